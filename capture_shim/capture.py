@@ -1,0 +1,300 @@
+"""Routing of a task's output into its spool file.
+
+`sys.stdout` and `sys.stderr` are replaced once per process by a `StreamRouter`, which sends
+each write to the capture of the *current task* (a context variable, so the threads pool's
+concurrent tasks never see each other's output) or, outside any task, to the stream that was
+there before. Nothing here may raise into a task: a failed spool write is counted and the text
+goes to the original stream instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from contextvars import ContextVar, Token
+from typing import Any, TextIO
+
+from capture_shim import spool
+from capture_shim.config import ShimConfig
+
+_current: ContextVar[TaskCapture | None] = ContextVar("tasklog_capture", default=None)
+_install_lock = threading.Lock()
+
+
+class Stats:
+    """Process-wide counters, readable by tests and by whoever embeds the shim."""
+
+    spool_errors = 0  # records that could not be written to a spool file
+    internal_errors = 0  # exceptions inside the shim's own hooks, swallowed
+    _warned: set[str] = set()  # noqa: RUF012 - process-wide on purpose
+
+
+def warn_once(key: str, message: str) -> None:
+    """Tell the worker's own stderr about a problem, once per process per kind."""
+    if key in Stats._warned:
+        return
+    Stats._warned.add(key)
+    try:
+        sys.__stderr__.write(f"celery-tasklog: {message}\n")  # type: ignore[union-attr]
+    except Exception:
+        pass
+
+
+def current() -> TaskCapture | None:
+    return _current.get()
+
+
+class StreamRouter:
+    """A stand-in for sys.stdout/sys.stderr that follows the current task."""
+
+    def __init__(self, original: TextIO, stream: str) -> None:
+        self._original = original
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        cap = _current.get()
+        if cap is None:
+            return self._original.write(text)
+        cap.write(self._stream, text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._original.flush()
+
+    @property
+    def buffer(self) -> Any:
+        cap = _current.get()
+        if cap is None:
+            return self._original.buffer
+        return _BinaryRouter(cap, self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        # encoding, errors, isatty, fileno…: whatever the original stream says.
+        return getattr(self._original, name)
+
+
+class _BinaryRouter:
+    """`sys.stdout.buffer` inside a task: bytes are decoded, invalid ones replaced visibly."""
+
+    def __init__(self, cap: TaskCapture, stream: str) -> None:
+        self._cap = cap
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        self._cap.write(self._stream, bytes(data).decode("utf-8", "backslashreplace"))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+#: The worker's own bookkeeping ("Task x succeeded in 0.1s"), not the task's output.
+_WORKER_LOGGERS = ("celery.", "kombu.", "amqp.")
+
+
+class CaptureLogHandler(logging.Handler):
+    """Copies `logging` records raised inside a task into its capture as `log` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        cap = _current.get()
+        if cap is None or record.name.startswith(_WORKER_LOGGERS):
+            return
+        try:
+            text = self.format(record)
+        except Exception:
+            Stats.internal_errors += 1
+            return
+        for line in text.split("\n"):
+            cap.emit(spool.LOG, line, record.levelname)
+
+
+_log_handler = CaptureLogHandler()
+
+
+def ensure_routing() -> None:
+    """Put the routers and the log handler in place, again if someone replaced them.
+
+    Celery swaps sys.stdout for its logging proxy and clears the root logger's handlers when a
+    worker starts, after an app module (and so `install`) was imported; this runs at each task
+    start to follow such changes. Cheap when nothing changed.
+    """
+    if (
+        isinstance(sys.stdout, StreamRouter)
+        and isinstance(sys.stderr, StreamRouter)
+        and _log_handler in logging.root.handlers
+    ):
+        return
+    with _install_lock:
+        if not isinstance(sys.stdout, StreamRouter):
+            sys.stdout = StreamRouter(sys.stdout, spool.STDOUT)  # type: ignore[assignment]
+        if not isinstance(sys.stderr, StreamRouter):
+            sys.stderr = StreamRouter(sys.stderr, spool.STDERR)  # type: ignore[assignment]
+        if _log_handler not in logging.root.handlers:
+            logging.root.addHandler(_log_handler)
+
+
+class TaskCapture:
+    """The output of one task run, on its way to one spool file."""
+
+    def __init__(self, config: ShimConfig, task_id: str, start: dict[str, Any]) -> None:
+        self.task_id = task_id
+        self._config = config
+        self._lock = threading.Lock()
+        self._partial: dict[str, str] = {}
+        self._seq = 0
+        self._errors = 0
+        self._started = time.monotonic()
+        self._token: Token[TaskCapture | None] | None = None
+        #: The exception and traceback text, when the task failed (set by a signal).
+        self.failure: tuple[BaseException | None, str | None] = (None, None)
+        self._spool: spool.SpoolFile | None = None
+        # Where text goes when the spool cannot take it: the streams in place before routing.
+        self._fallback = {
+            spool.STDOUT: _unrouted(sys.stdout),
+            spool.STDERR: _unrouted(sys.stderr),
+            spool.LOG: _unrouted(sys.stderr),
+        }
+        try:
+            self._spool = spool.SpoolFile(config.spool_dir, task_id)
+        except OSError as exc:
+            self._fail("open", exc)
+            return
+        self._put(spool.encode({"k": spool.START, "v": spool.VERSION, "t": time.time(), **start}))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        self._token = _current.set(self)
+
+    def deactivate(self) -> None:
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:  # reset from another context: still stop routing here
+                _current.set(None)
+            self._token = None
+
+    def finish(self, state: str, exc: BaseException | None = None, tb: str | None = None) -> None:
+        """Flush partial lines, write the `end` record, close the file."""
+        with self._lock:
+            partial, self._partial = self._partial, {}
+        for stream, text in partial.items():
+            if text:
+                self.emit(stream, text)
+        end: dict[str, Any] = {
+            "k": spool.END,
+            "t": time.time(),
+            "state": state,
+            "runtime": round(time.monotonic() - self._started, 6),
+            "lines": self._seq,
+            "errors": self._errors,
+        }
+        if exc is not None:
+            end["exc_type"] = type(exc).__name__
+            end["exc_message"] = _safe_str(exc)
+            end["traceback"] = tb
+        self._put(spool.encode(end))
+        if self._spool is not None:
+            try:
+                self._spool.close()
+            except OSError:
+                pass
+            self._spool = None
+
+    # -- output -----------------------------------------------------------------------------
+
+    def write(self, stream: str, text: str) -> None:
+        with self._lock:
+            buf = self._partial.get(stream, "") + text
+            if "\n" not in buf:
+                # A line without its newline yet; bound it so a progress bar of "\r"s can't grow forever.
+                if len(buf) > self._config.max_line_bytes:
+                    self._partial[stream] = ""
+                    self._emit_locked(stream, buf, None)
+                else:
+                    self._partial[stream] = buf
+                return
+            *lines, rest = buf.split("\n")
+            self._partial[stream] = rest
+            for line in lines:
+                self._emit_locked(stream, line, None)
+
+    def emit(self, stream: str, text: str, level: str | None = None) -> None:
+        with self._lock:
+            self._emit_locked(stream, text, level)
+
+    def _emit_locked(self, stream: str, text: str, level: str | None) -> None:
+        limit = self._config.max_line_bytes
+        if len(text) > limit // 4:  # cheap pre-check: a str of n chars is at most 4n bytes
+            raw = text.encode("utf-8", "surrogatepass")
+            if len(raw) > limit:
+                kept = raw[:limit].decode("utf-8", "ignore")
+                text = f"{kept} … [line cut: {len(raw) - limit} more bytes]"
+        self._seq += 1
+        data = spool.encode_line(self._seq, stream, text, level)
+        if self._spool is None or not self._put(data):
+            self._to_fallback(stream, text)
+
+    def progress(self, percent: float | None, message: str | None, state: str | None) -> None:
+        record: dict[str, Any] = {"k": spool.PROGRESS, "t": time.time(), "p": percent}
+        if message is not None:
+            record["msg"] = message
+        if state is not None:
+            record["state"] = state
+        with self._lock:
+            self._put(spool.encode(record))
+
+    # -- failure handling -------------------------------------------------------------------
+
+    def _put(self, data: bytes) -> bool:
+        if self._spool is None:
+            return False
+        try:
+            self._spool.write(data)
+            return True
+        except OSError as exc:
+            self._fail("write", exc)
+            return False
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        self._errors += 1
+        Stats.spool_errors += 1
+        warn_once(
+            f"{what}:{exc.errno}",
+            f"cannot {what} spool file in {self._config.spool_dir} ({exc.strerror}); "
+            "task output goes to the worker's own streams",
+        )
+
+    def _to_fallback(self, stream: str, text: str) -> None:
+        if self._spool is None:  # never opened; a failed write was counted by _fail
+            self._errors += 1
+            Stats.spool_errors += 1
+        try:
+            self._fallback[stream].write(text + "\n")
+        except Exception:
+            pass
+
+
+def _unrouted(stream: Any) -> Any:
+    while isinstance(stream, StreamRouter):
+        stream = stream._original
+    return stream
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def host_name() -> str:
+    return os.uname().nodename

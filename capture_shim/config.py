@@ -1,0 +1,63 @@
+"""The shim's few settings, read from the environment without pydantic.
+
+A worker host installs only Celery and this package; the collector and API validate the same
+variables with pydantic-settings. A bad value here falls back to the default with a warning
+rather than stopping a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+DEFAULT_SPOOL_DIR = "/var/spool/tasklog"
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    warnings.warn(f"{name}={raw!r} is not a boolean; using {default}", stacklevel=3)
+    return default
+
+
+def _int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        warnings.warn(f"{name}={raw!r} must be an integer >= {minimum}; using {default}", stacklevel=3)
+        return default
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ShimConfig:
+    enabled: bool
+    spool_dir: str
+    max_lines: int
+    max_line_bytes: int
+    record_args: bool
+
+    @classmethod
+    def from_env(cls) -> ShimConfig:
+        return cls(
+            enabled=_bool("TASKLOG_ENABLED", True),
+            spool_dir=os.environ.get("TASKLOG_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
+            max_lines=_int("TASKLOG_MAX_LINES", 1000, 2),
+            max_line_bytes=_int("TASKLOG_MAX_LINE_BYTES", 16384, 64),
+            record_args=_bool("TASKLOG_RECORD_ARGS", False),
+        )

@@ -1,0 +1,103 @@
+"""The spool format, version 1: how a worker hands a task's output to the collector.
+
+One file per task run in the spool directory, named ``<safe id>.<pid>.<ns>.jsonl``. The safe
+id is the task id itself when it is short and made of ``[A-Za-z0-9_.-]`` (not starting with a
+dot), otherwise ``h-`` and the first 32 hex digits of its SHA-256: a task id is a
+user-controlled string and must never choose a path. The real id is in the ``start`` record.
+
+Each line of a file is one JSON object terminated by ``\\n``, written whole by a single
+``os.write`` on an ``O_APPEND`` descriptor, so a reader sees whole records or a trailing partial
+line (which it must leave for later). ``k`` is the record kind, ``t`` a Unix time in seconds:
+
+``start`` (first record of a file)
+    ``v`` format version (1), ``task_id``, ``name``, ``host``, ``pid``, ``worker``,
+    ``parent_id``, ``root_id``, ``retries``, ``max_lines`` (head+tail bound the collector
+    applies), ``args``/``kwargs`` (only when ``TASKLOG_RECORD_ARGS`` is on).
+``line``
+    ``n`` per-run sequence number 1, 2, 3…, ``s`` stream (``stdout``, ``stderr``, ``log``),
+    ``m`` the text without its newline, ``l`` the level name for ``log`` lines.
+``progress``
+    ``p`` percent 0-100 or null, ``msg`` optional text, ``state`` optional Celery state.
+``end`` (last record of a file)
+    ``state`` (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``…), ``runtime`` seconds,
+    ``exc_type``, ``exc_message``, ``traceback``, ``lines`` (lines written), ``errors``
+    (records that could not be written to the spool and went to the original stream).
+
+A reader ignores keys it does not know, counts and skips a line that is not a valid record,
+and never ingests a trailing line without its newline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+
+VERSION = 1
+SUFFIX = ".jsonl"
+
+START = "start"
+LINE = "line"
+PROGRESS = "progress"
+END = "end"
+
+STDOUT = "stdout"
+STDERR = "stderr"
+LOG = "log"
+#: Lines the system itself adds (the "N lines omitted" marker).
+MARKER = "marker"
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+_dumps = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":")).encode
+_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def safe_name(task_id: str) -> str:
+    """The file-name stem for a task id: the id itself if harmless, else a hash of it."""
+    if _SAFE_ID.fullmatch(task_id):
+        return task_id
+    return "h-" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def file_name(task_id: str, pid: int, ns: int) -> str:
+    return f"{safe_name(task_id)}.{pid}.{ns}{SUFFIX}"
+
+
+def encode(record: dict[str, object]) -> bytes:
+    """One record as a JSON line; text that is not valid Unicode is shown escaped, not lost."""
+    return (_dumps(record) + "\n").encode("utf-8", "backslashreplace")
+
+
+def encode_line(seq: int, stream: str, text: str, level: str | None = None) -> bytes:
+    # The hot path: one formatted string instead of building and dumping a dict.
+    lvl = "" if level is None else f',"l":"{level}"'
+    return (
+        f'{{"k":"line","n":{seq},"t":{time.time():.6f},"s":"{stream}"{lvl},"m":{_str(text)}}}\n'
+    ).encode("utf-8", "backslashreplace")
+
+
+class SpoolFile:
+    """An append-only spool file for one task run. Raises OSError; the caller decides."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, directory: str, task_id: str) -> None:
+        self.path = os.path.join(directory, file_name(task_id, os.getpid(), time.time_ns()))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self.fd = os.open(self.path, flags, 0o640)
+
+    def write(self, data: bytes) -> None:
+        # O_APPEND + one write per record: a reader sees whole records or a partial tail.
+        written = os.write(self.fd, data)
+        if written != len(data):  # only on a full disk; finish the record or fail loudly
+            view = memoryview(data)[written:]
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
