@@ -12,6 +12,8 @@ from importlib import resources
 
 import psycopg
 
+from tasklog.errors import StoreUnavailable
+
 log = logging.getLogger("tasklog.migrate")
 
 _LOCK_ID = 0x7461736B6C6F67  # "tasklog"
@@ -31,7 +33,11 @@ def available() -> list[tuple[int, str, str]]:
 def migrate(conninfo: str) -> list[str]:
     """Apply the migrations not yet applied; returns their file names."""
     applied: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"TASKLOG_DATABASE_URL: cannot connect ({_last_line(exc)})") from None
+    with conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
             conn.execute(
@@ -51,3 +57,8 @@ def migrate(conninfo: str) -> list[str]:
                 )
                 applied.append(name)
     return applied
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,350 @@
+"""The collector's main loop: watch → read a batch → commit → publish → clean up.
+
+One collector per spool directory (a lock file says so). It stores every complete record
+exactly once: offsets move only with a committed batch, and after any failed commit they are
+reloaded from Postgres before reading again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from watchfiles import awatch
+
+from collector.migrate import migrate
+from collector.publish import Publisher
+from collector.settings import CollectorSettings
+from collector.store import Store, Stored
+from collector.tail import Batch, FileState, SpoolDir
+from tasklog import __version__, sdnotify
+from tasklog.errors import ConfigError, StoreUnavailable
+
+log = logging.getLogger("tasklog.collector")
+
+LOCK_NAME = ".tasklog-collector.lock"
+_PRUNE_INTERVAL = 3600.0
+
+
+class Counters:
+    """What the collector did since it started (heartbeat stats and metrics)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.batches = 0
+        self.corrupt = 0
+        self.lost = 0
+        self.vanished = 0
+        self.store_failures = 0
+        self.files_done = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Collector:
+    def __init__(self, settings: CollectorSettings) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.status = "starting"
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._forget: list[str] = []
+        self._started_at = datetime.now(UTC)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        with spool_lock(settings.spool_dir):
+            async with (
+                Store(settings.require_database_url(), settings.host) as store,
+                Publisher(settings.redis()) as publisher,
+            ):
+                await self._main(store, publisher)
+
+    async def _main(self, store: Store, publisher: Publisher) -> None:
+        url = self.settings.require_database_url()
+        if await self._until_available(lambda: asyncio.to_thread(migrate, url)) is None:
+            return
+        files = await self._until_available(store.load_files)
+        if files is None:
+            return
+        spool = SpoolDir(self.settings.spool_dir, files)
+        spool.scan()
+        log.info(
+            "collector %s following %s as host %r (%d files known)",
+            __version__, self.settings.spool_dir, self.settings.host, len(files),
+        )
+        self.status = "ok"
+        sdnotify.ready()
+        watcher = asyncio.create_task(self._watch(spool), name="watch")
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop(self._stop), name="watchdog")
+        due = {"scan": 0.0, "orphans": 0.0, "heartbeat": 0.0, "summary": 0.0, "prune": 0.0}
+        summary = (time.monotonic(), 0)
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                now = time.monotonic()
+                if now >= due["scan"]:
+                    self._vanished(spool, spool.scan())
+                    due["scan"] = now + self.settings.rescan_interval
+                await self._drain(store, publisher, spool)
+                now = time.monotonic()
+                if now >= due["orphans"]:
+                    await self._orphans(store, publisher, spool)
+                    due["orphans"] = now + min(5.0, self.settings.orphan_timeout / 2)
+                if now >= due["heartbeat"]:
+                    await self._heartbeat(store, spool)
+                    due["heartbeat"] = now + self.settings.heartbeat_interval
+                if now >= due["prune"]:
+                    await self._prune(store)
+                    due["prune"] = now + _PRUNE_INTERVAL
+                if now >= due["summary"]:
+                    summary = self._summary(spool, summary)
+                    due["summary"] = now + self.settings.summary_interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.01, min(due.values()) - now))
+        finally:
+            self.status = "stopping"
+            sdnotify.stopping()
+            self._stop.set()
+            for task in (watcher, watchdog):
+                task.cancel()
+            await asyncio.wait({watcher, watchdog}, timeout=5)
+            log.info("collector stopped (%d lines stored)", self.counters.lines)
+
+    # -- the data path ----------------------------------------------------------------------
+
+    async def _watch(self, spool: SpoolDir) -> None:
+        step = max(1, min(10, self.settings.debounce_ms))
+        try:
+            async for changes in awatch(
+                spool.path, stop_event=self._stop, debounce=self.settings.debounce_ms,
+                step=step, recursive=False, rust_timeout=1000, yield_on_timeout=False,
+            ):
+                spool.touched({Path(path).name for _, path in changes})
+                self._wake.set()
+        except Exception as exc:  # inotify limits and the like: the rescans still find everything
+            log.warning(
+                "cannot watch %s (%s); relying on rescans every %.1fs",
+                spool.path, exc, self.settings.rescan_interval,
+            )
+
+    async def _drain(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
+        """Store everything readable now, batch by batch."""
+        while not self._stop.is_set():
+            batch = spool.read_batch(self.settings.batch_lines, self.settings.batch_bytes)
+            if not batch and not self._forget:
+                return
+            stored = await self._commit(store, spool, batch)
+            if stored is None:
+                continue  # offsets were reloaded; read again (or stop)
+            spool.commit(batch)
+            self.counters.batches += 1
+            self.counters.lines += stored.rows
+            self.counters.corrupt += batch.corrupt
+            log.debug(
+                "batch: %d lines from %d files stored in one transaction",
+                stored.rows, len(batch.chunks),
+            )
+            await publisher.publish(stored.lines, stored.tasks)
+            for state in stored.ended:
+                self._remove(spool, state)
+            if not batch:
+                return
+
+    async def _commit(self, store: Store, spool: SpoolDir, batch: Batch) -> Stored | None:
+        forget, self._forget = self._forget, []
+        try:
+            stored = await store.commit(batch, forget)
+        except Exception as exc:
+            self._forget = forget + self._forget
+            self.counters.store_failures += 1
+            if not isinstance(exc, StoreUnavailable):
+                log.exception("storing a batch failed; retrying it")
+            files = await self._until_available(store.load_files, first_error=exc)
+            if files is not None:
+                _reload(spool, files)
+            return None
+        return stored
+
+    def _remove(self, spool: SpoolDir, state: FileState) -> None:
+        """A file whose end is stored is deleted; its offsets row goes with the next batch."""
+        try:
+            os.unlink(spool.path / state.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot delete stored spool file %s: %s", state.name, exc)
+            return
+        spool.files.pop(state.name, None)
+        self._forget.append(state.name)
+        self.counters.files_done += 1
+
+    def _vanished(self, spool: SpoolDir, names: list[str]) -> None:
+        for name in names:
+            state = spool.files.pop(name)
+            if not state.ended:
+                self.counters.vanished += 1
+                log.warning(
+                    "spool file %s disappeared before its end was stored (task %s)",
+                    name, state.task_id,
+                )
+            if state.registered:
+                self._forget.append(name)
+
+    async def _orphans(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
+        now = time.monotonic()
+        for state in list(spool.files.values()):
+            if state.ended or state.size > state.offset:
+                continue
+            if now - state.changed_at < self.settings.orphan_timeout:
+                continue
+            pid = writer_pid(state.name)
+            if pid is not None and pid_alive(pid):
+                continue
+            if not state.registered:
+                self._remove(spool, state)  # the writer died before its start record
+                continue
+            reason = f"worker process {pid} died without finishing the task"
+            try:
+                task = await store.lose(state, reason)
+            except StoreUnavailable:
+                return
+            self.counters.lost += 1
+            log.warning("task %s is LOST: %s", state.task_id, reason)
+            await publisher.publish({}, [task] if task else [])
+            self._remove(spool, state)
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    async def _heartbeat(self, store: Store, spool: SpoolDir) -> None:
+        files, nbytes = spool.backlog()
+        with contextlib.suppress(StoreUnavailable):
+            await store.heartbeat({
+                "spool_dir": str(self.settings.spool_dir), "pid": os.getpid(),
+                "version": __version__, "started_at": self._started_at,
+                "backlog_files": files, "backlog_bytes": nbytes,
+                "stats": {**self.counters.as_dict(), "status": self.status},
+            })
+        sdnotify.status(f"{self.status}; {self.counters.lines} lines stored; backlog {files} files")
+
+    async def _prune(self, store: Store) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            dropped, deleted = await store.prune(self.settings.retention_days)
+            if dropped or deleted:
+                log.info("retention: dropped %d line partitions, deleted %d tasks",
+                         len(dropped), deleted)
+
+    def _summary(self, spool: SpoolDir, last: tuple[float, int]) -> tuple[float, int]:
+        now, lines = time.monotonic(), self.counters.lines
+        since, before = last
+        files, nbytes = spool.backlog()
+        if lines != before or files:
+            log.info(
+                "stored %d lines in %.0fs (%.0f lines/s); backlog %d files, %d bytes; "
+                "%d corrupt records skipped, %d tasks lost so far",
+                lines - before, now - since, (lines - before) / max(now - since, 1e-9),
+                files, nbytes, self.counters.corrupt, self.counters.lost,
+            )
+        return now, lines
+
+    async def _until_available(self, fn: Any, first_error: BaseException | None = None) -> Any:
+        """Call `fn` until Postgres answers, backing off; None if asked to stop meanwhile."""
+        delay = 0.2
+        error = first_error
+        warned = False
+        while not self._stop.is_set():
+            if error is None:
+                try:
+                    result = await fn()
+                except StoreUnavailable as exc:
+                    error = exc
+                else:
+                    if warned:
+                        log.info("Postgres reachable again; resuming from stored offsets")
+                    self.status = "ok"
+                    return result
+            if not warned:
+                log.warning("Postgres unavailable (%s); retrying with backoff", error)
+                warned = True
+            self.status = "waiting for postgres"
+            sdnotify.status(f"waiting for postgres: {error}")
+            error = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
+        return None
+
+
+def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:
+    """After a failed commit, trust only what Postgres says was stored."""
+    for name, state in list(spool.files.items()):
+        saved = files.get(name)
+        fresh = saved or FileState(name=name, inode=state.inode)
+        fresh.size, fresh.changed_at = state.size, state.changed_at
+        spool.files[name] = fresh
+    spool.scan()
+    spool.touched(set(spool.files))
+
+
+def writer_pid(name: str) -> int | None:
+    try:
+        return int(name.rsplit(".", 3)[-3])
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def spool_lock(spool_dir: Path) -> Iterator[None]:
+    """One collector per spool directory: a second one would store every line twice."""
+    if not spool_dir.is_dir():
+        raise ConfigError(f"TASKLOG_SPOOL_DIR: {spool_dir} is not a directory")
+    path = spool_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"TASKLOG_SPOOL_DIR: cannot open {path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(
+                f"another collector (pid {other}) already follows {spool_dir}; "
+                "run one collector per spool directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def serve(settings: CollectorSettings) -> None:
+    await Collector(settings).run()

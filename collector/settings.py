@@ -1,0 +1,43 @@
+"""The collector's settings (`TASKLOG_*` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from capture_shim.config import DEFAULT_SPOOL_DIR
+from tasklog.settings import Common
+
+
+class CollectorSettings(Common):
+    spool_dir: Path = Field(
+        Path(DEFAULT_SPOOL_DIR), description="Directory the workers' shim writes spool files to."
+    )
+    batch_lines: int = Field(
+        20_000, ge=1, le=1_000_000, description="Most lines stored in one transaction."
+    )
+    batch_bytes: int = Field(
+        16 << 20, ge=1 << 16, description="Most spool bytes read for one transaction."
+    )
+    debounce_ms: int = Field(
+        50, ge=1, le=5000, description="Longest wait grouping file changes before a batch."
+    )
+    rescan_interval: float = Field(
+        2.0, gt=0, description="Seconds between full scans of the spool dir (misses no file)."
+    )
+    orphan_timeout: float = Field(
+        60.0, gt=0, description="Idle seconds after which a file whose writer died is LOST."
+    )
+    retention_days: int = Field(
+        30, ge=1, description="Days of tasks and lines kept; older partitions are dropped."
+    )
+    heartbeat_interval: float = Field(
+        5.0, gt=0, description="Seconds between heartbeats (diagnostic page, health)."
+    )
+    summary_interval: float = Field(
+        60.0, gt=0, description="Seconds between the info-level summary log lines."
+    )
+    metrics_file: Path | None = Field(
+        None, description="If set, Prometheus text metrics are written to this file."
+    )

