@@ -215,9 +215,12 @@ class EmbeddedPostgres:
                 "-l", str(self.log_path), "-o", options, "start"]
         code, output = self._run(bin_dir / "pg_ctl", args, run_as, self.timeout + 10)
         if code != 0:
+            tail = log_tail(self.log_path)
+            fatal = [line for line in tail.splitlines() if "FATAL:" in line]
+            reason = fatal[-1].split("FATAL:", 1)[1].strip() if fatal else output
             raise EmbeddedServerError(
-                f"embedded Postgres failed to start on {HOST}:{self.port} ({output}); "
-                f"server log {self.log_path}:\n{log_tail(self.log_path)}"
+                f"embedded Postgres failed to start on {HOST}:{self.port}: {reason}\n"
+                f"server log {self.log_path}:\n{tail}"
             )
         running = self._live_postmaster()
         if running is None:
@@ -521,9 +524,12 @@ class EmbeddedRedis:
                 f"log {self.log_path}:\n{log_tail(self.log_path)}"
             )
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
+        # No retries: redis-py's default ones would outlast our deadline many times over.
         client = redis.Redis(host=HOST, port=self.port or 0, socket_timeout=1,
-                             socket_connect_timeout=1)
+                             socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
             return bool(client.ping())
         except redis.RedisError:

