@@ -141,3 +141,20 @@ def test_solo_worker_writes_a_spool_file(
     assert start["name"] == "demo.demo_quick_task"
     assert [r["m"] for r in lines if r["k"] == spool.LINE] == ["Quick task done"]
     assert end["state"] == "SUCCESS"
+
+
+def test_worker_and_collector_store_a_task(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path,
+    celery_client: object,
+) -> None:
+    procs.collector(database_url=database_url, redis_url=redis_url, spool_dir=spool_dir,
+                    ready="following")
+    procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="solo", concurrency=1)
+    result = celery_client.send_task("demo.demo_quick_task", ignore_result=True)  # type: ignore[attr-defined]
+
+    rows = wait_for(
+        lambda: pg_rows(database_url, "SELECT state, task_name FROM tasks "
+                        "WHERE task_id = %s AND state = 'SUCCESS'", (result.id,)),
+        timeout=30, message="the task stored as SUCCESS",
+    )
+    assert rows == [("SUCCESS", "demo.demo_quick_task")]
