@@ -21,6 +21,7 @@ from typing import Any
 
 from watchfiles import awatch
 
+from collector import metrics
 from collector.migrate import migrate
 from collector.publish import Publisher
 from collector.settings import CollectorSettings
@@ -60,6 +61,7 @@ class Collector:
         self._wake = asyncio.Event()
         self._forget: list[str] = []
         self._started_at = datetime.now(UTC)
+        self._backlog = (0, 0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -234,7 +236,7 @@ class Collector:
     # -- housekeeping -----------------------------------------------------------------------
 
     async def _heartbeat(self, store: Store, spool: SpoolDir) -> None:
-        files, nbytes = spool.backlog()
+        self._backlog = files, nbytes = spool.backlog()
         with contextlib.suppress(StoreUnavailable):
             await store.heartbeat({
                 "spool_dir": str(self.settings.spool_dir), "pid": os.getpid(),
@@ -242,7 +244,20 @@ class Collector:
                 "backlog_files": files, "backlog_bytes": nbytes,
                 "stats": {**self.counters.as_dict(), "status": self.status},
             })
+        self._report()
+
+    def _report(self) -> None:
+        """Tell systemd and the metrics file how things stand."""
+        files, nbytes = self._backlog
         sdnotify.status(f"{self.status}; {self.counters.lines} lines stored; backlog {files} files")
+        if self.settings.metrics_file is None:
+            return
+        snapshot = {"counters": self.counters.as_dict(), "status": self.status,
+                    "backlog_files": files, "backlog_bytes": nbytes}
+        try:
+            metrics.write(self.settings.metrics_file, lambda: snapshot)
+        except OSError as exc:
+            log.warning("cannot write TASKLOG_METRICS_FILE %s: %s", self.settings.metrics_file, exc)
 
     async def _prune(self, store: Store) -> None:
         with contextlib.suppress(StoreUnavailable):
@@ -284,7 +299,7 @@ class Collector:
                 log.warning("Postgres unavailable (%s); retrying with backoff", error)
                 warned = True
             self.status = "waiting for postgres"
-            sdnotify.status(f"waiting for postgres: {error}")
+            self._report()
             error = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)

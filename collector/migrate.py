@@ -36,7 +36,8 @@ def migrate(conninfo: str) -> list[str]:
     try:
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"TASKLOG_DATABASE_URL: cannot connect ({_last_line(exc)})") from None
+        reason = _last_line(exc)
+        raise StoreUnavailable(f"TASKLOG_DATABASE_URL: cannot connect ({reason})") from None
     with conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))

@@ -98,7 +98,8 @@ class Store:
         async def step(conn: psycopg.AsyncConnection[Any]) -> dict[str, FileState]:
             cur = await conn.execute(Q["load_files"], {"host": self.host})
             files = {}
-            for name, inode, offset, task_id, base, max_seq, head, tail, ended in await cur.fetchall():
+            for row in await cur.fetchall():
+                name, inode, offset, task_id, base, max_seq, head, tail, ended = row
                 files[name] = FileState(
                     name=name, inode=inode, offset=offset, task_id=task_id, seq_base=base,
                     max_seq=max_seq, head=head, tail=tail, ended=ended, size=offset,
@@ -270,7 +271,8 @@ class Store:
             for (name,) in await cur.fetchall():
                 day = _partition_day(name)
                 if day is not None and day + timedelta(days=1) <= cutoff.date():
-                    await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+                    drop = sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name))
+                    await conn.execute(drop)
                     self._partitions.discard(name)
                     dropped.append(name)
             deleted = 0
@@ -351,7 +353,8 @@ def _plan(runs: list[_Run], stored: Stored) -> tuple[list[tuple[Any, ...]], ...]
 def _marker_for(task_id: str, base: int, head: int, omitted: int, t: Any) -> dict[str, Any]:
     return {
         "task_id": task_id, "seq": base + head + 1, "t": _when(_number(t) or time.time()),
-        "message": f"… {omitted} lines omitted (TASKLOG_MAX_LINES keeps the first and last lines) …",
+        "message": f"… {omitted} lines omitted "
+        "(TASKLOG_MAX_LINES keeps the first and last lines) …",
     }
 
 

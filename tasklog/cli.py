@@ -106,7 +106,6 @@ def _collector(args: argparse.Namespace) -> None:
 
 def _api(args: argparse.Namespace) -> None:
     from api.server import run
-
     from api.settings import ApiSettings
     from tasklog.settings import load
 

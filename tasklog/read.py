@@ -38,7 +38,9 @@ def recent_tasks(url: str, limit: int, state: str | None = None) -> list[dict[st
 
 
 def format_tasks(rows: list[dict[str, Any]]) -> str:
-    header = f"{'TASK ID':36}  {'NAME':28}  {'STATE':8}  {'PROG':>4}  {'STARTED':19}  {'RUNTIME':>8}"
+    header = (
+        f"{'TASK ID':36}  {'NAME':28}  {'STATE':8}  {'PROG':>4}  {'STARTED':19}  {'RUNTIME':>8}"
+    )
     out = [header]
     for row in rows:
         progress = "" if row["progress"] is None else f"{row['progress']:.0f}%"
