@@ -1,0 +1,112 @@
+"""The spool format v1: safe file names and line records that JSON reads back exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from capture_shim import spool
+
+_HASHED = re.compile(r"h-[0-9a-f]{32}")
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "d9a0c2a4-5a5e-4f4c-9e6b-2f1f1f2b7a11",  # Celery's uuid4
+        "job_42",
+        "a.b-c",
+        "X",
+        "a" * 128,
+    ],
+)
+def test_safe_ids_are_kept(task_id: str) -> None:
+    assert spool.safe_name(task_id) == task_id
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "../../etc/passwd",
+        "a/b",
+        "/abs",
+        "..",
+        ".hidden",
+        "nul\x00byte",
+        "x" * 10_000,
+        "a" * 129,
+        "tâche-é",
+        "任务",
+        "emoji-🎉",
+        "lone-\udcff",
+        "",
+        "with space",
+        "new\nline",
+    ],
+)
+def test_unsafe_ids_are_hashed(task_id: str) -> None:
+    name = spool.safe_name(task_id)
+    assert _HASHED.fullmatch(name), name
+    assert spool.safe_name(task_id) == name  # stable
+    file_name = spool.file_name(task_id, 123, 456)
+    assert os.sep not in file_name and "\x00" not in file_name
+    assert file_name == f"{name}.123.456{spool.SUFFIX}"
+
+
+def test_distinct_unsafe_ids_get_distinct_names() -> None:
+    ids = ["../a", "../b", "a/b", "a/c", "x" * 10_000, "x" * 10_001]
+    assert len({spool.safe_name(i) for i in ids}) == len(ids)
+
+
+def test_spool_file_stays_in_its_directory(tmp_path: Path) -> None:
+    inner = tmp_path / "spool"
+    inner.mkdir()
+    f = spool.SpoolFile(str(inner), "../../escape")
+    try:
+        f.write(b"x\n")
+    finally:
+        f.close()
+    assert Path(f.path).parent == inner
+    assert [p.name for p in tmp_path.iterdir()] == ["spool"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain",
+        "",
+        'quotes " and \\ backslash',
+        "tab\tcr\rvt\x0bbell\x07",
+        "nul \x00 inside",
+        "é ü ß — “typographic”",
+        "emoji 🎉🚀 and CJK 日本語 中文",
+        "lone surrogate \udcff and \ud800",
+        "\x1b[31mANSI red\x1b[0m",
+        "</script><b>markup</b>",
+        "line\u2028separator\u2029",
+    ],
+)
+@pytest.mark.parametrize("level", [None, "WARNING"])
+def test_encode_line_round_trips_through_json(text: str, level: str | None) -> None:
+    data = spool.encode_line(7, spool.STDERR, text, level)
+    assert data.endswith(b"\n") and data.count(b"\n") == 1  # one record, one line
+    data.decode("utf-8")  # always valid UTF-8, whatever the text was
+    record = json.loads(data)
+    assert record["k"] == spool.LINE
+    assert record["n"] == 7
+    assert record["s"] == spool.STDERR
+    assert record["m"] == text
+    assert isinstance(record["t"], float)
+    assert record.get("l") == level
+
+
+def test_encode_keeps_unknown_objects_and_bad_unicode_visible() -> None:
+    data = spool.encode({"k": spool.END, "state": "FAILURE", "obj": object(), "s": "x\udcffy"})
+    data.decode("utf-8")
+    record = json.loads(data)
+    assert record["obj"].startswith("<object object")
+    assert record["s"] == "x\udcffy"
