@@ -69,12 +69,13 @@ class Collector:
 
     async def run(self) -> None:
         settings = self.settings
+        url = settings.require_database_url()  # the first thing a misconfigured host needs to hear
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         with spool_lock(settings.spool_dir):
             async with (
-                Store(settings.require_database_url(), settings.host) as store,
+                Store(url, settings.host) as store,
                 Publisher(settings.redis()) as publisher,
             ):
                 await self._main(store, publisher)
