@@ -16,6 +16,15 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 DEFAULT_SPOOL_DIR = "/var/spool/tasklog"
 
+#: (variable, default, description) of each setting the shim reads, for the settings table.
+DOCUMENTED: tuple[tuple[str, str, str], ...] = (
+    ("TASKLOG_ENABLED", "true", "Capture task output at all; false costs next to nothing."),
+    ("TASKLOG_SPOOL_DIR", DEFAULT_SPOOL_DIR, "Directory the shim writes spool files to."),
+    ("TASKLOG_MAX_LINES", "1000", "Lines kept per task run: the first half and the last half."),
+    ("TASKLOG_MAX_LINE_BYTES", "16384", "Longest line kept; longer ones are cut with a marker."),
+    ("TASKLOG_RECORD_ARGS", "false", "Store task args and kwargs (they may hold secrets)."),
+)
+
 
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
