@@ -34,6 +34,8 @@ log = logging.getLogger("tasklog.collector")
 
 LOCK_NAME = ".tasklog-collector.lock"
 _PRUNE_INTERVAL = 3600.0
+#: Below this much free space the spool counts as full (a record or two would not fit).
+SPOOL_LOW_BYTES = 64 << 10
 
 
 class Counters:
@@ -62,6 +64,7 @@ class Collector:
         self._forget: list[str] = []
         self._started_at = datetime.now(UTC)
         self._backlog = (0, 0)
+        self._spool_full = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -238,14 +241,34 @@ class Collector:
 
     async def _heartbeat(self, store: Store, spool: SpoolDir) -> None:
         self._backlog = files, nbytes = spool.backlog()
+        free = self._spool_free()
         with contextlib.suppress(StoreUnavailable):
             await store.heartbeat({
                 "spool_dir": str(self.settings.spool_dir), "pid": os.getpid(),
                 "version": __version__, "started_at": self._started_at,
                 "backlog_files": files, "backlog_bytes": nbytes,
-                "stats": {**self.counters.as_dict(), "status": self.status},
+                "stats": {**self.counters.as_dict(), "status": self.status,
+                          "spool_free_bytes": free, "spool_full": self._spool_full},
             })
         self._report()
+
+    def _spool_free(self) -> int | None:
+        """Free bytes on the spool's file system; warns once when workers can't write."""
+        try:
+            st = os.statvfs(self.settings.spool_dir)
+        except OSError:
+            return None
+        free = st.f_bavail * st.f_frsize
+        full = free < SPOOL_LOW_BYTES
+        if full and not self._spool_full:
+            log.warning(
+                "spool file system of %s is full (%d bytes free): workers cannot spool, their "
+                "output goes to their own streams", self.settings.spool_dir, free,
+            )
+        elif self._spool_full and not full:
+            log.info("spool file system has room again (%d bytes free)", free)
+        self._spool_full = full
+        return free
 
     def _report(self) -> None:
         """Tell systemd and the metrics file how things stand."""
