@@ -218,6 +218,9 @@ class EmbeddedPostgres:
             tail = log_tail(self.log_path)
             fatal = [line for line in tail.splitlines() if "FATAL:" in line]
             reason = fatal[-1].split("FATAL:", 1)[1].strip() if fatal else output
+            if run_as.user is not None and "Permission denied" in reason:
+                reason += (f" (as root, Postgres runs as system user {run_as.user!r}, which "
+                           f"must be able to enter every parent of {self.pgdata})")
             raise EmbeddedServerError(
                 f"embedded Postgres failed to start on {HOST}:{self.port}: {reason}\n"
                 f"server log {self.log_path}:\n{tail}"

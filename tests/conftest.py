@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,13 +43,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_state_root() -> Iterator[Path]:
+    """Where embedded Postgres servers keep their data, removed at the end of the session.
+
+    Not under pytest's tmp_path: as root, Postgres runs as another user who must traverse
+    every parent directory, and each pytest session (a concurrent one too) resets
+    /tmp/pytest-of-<user> to mode 0700.
+    """
+    path = Path(tempfile.mkdtemp(prefix="tasklog-test-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_state_dir(pg_state_root: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory for an `EmbeddedPostgres` of the test's own."""
+    return Path(tempfile.mkdtemp(prefix=f"{request.node.name[:40]}-", dir=pg_state_root))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(pg_state_root: Path) -> Iterator[str]:
     """A Postgres server URL whose user may create databases."""
     given = os.environ.get("TASKLOG_TEST_DATABASE_URL")
     if given:
         yield given
         return
-    with EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), fast=True) as server:
+    with EmbeddedPostgres(pg_state_root / "session", fast=True) as server:
         yield server.url()
 
 
@@ -125,10 +148,10 @@ def spool_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def embedded_pg(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EmbeddedPostgres]:
+def embedded_pg(pg_state_dir: Path, request: pytest.FixtureRequest) -> Iterator[EmbeddedPostgres]:
     """A Postgres of the test's own, which it may stop, start and kill; `tasklog` database
     migrated: ``embedded_pg.url("tasklog")``. Always stopped at the end."""
-    server = EmbeddedPostgres(tmp_path / "embedded-pg", fast=True)
+    server = EmbeddedPostgres(pg_state_dir, fast=True)
     try:
         server.start()
         with _admin(server.url()) as conn:

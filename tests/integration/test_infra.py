@@ -15,8 +15,8 @@ from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerErro
 from tests.helpers import ProcessFactory, pg_rows, wait_for
 
 
-def test_embedded_postgres_restarts_on_same_port_and_keeps_data(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg", fast=True)
+def test_embedded_postgres_restarts_on_same_port_and_keeps_data(pg_state_dir: Path) -> None:
+    server = EmbeddedPostgres(pg_state_dir, fast=True)
     with server:
         port = server.port
         pg_rows(server.url(), "CREATE TABLE kept (v int)")
@@ -39,11 +39,11 @@ def test_embedded_postgres_restarts_on_same_port_and_keeps_data(tmp_path: Path) 
     assert not server.is_running()
 
 
-def test_embedded_postgres_adopts_a_server_left_running(tmp_path: Path) -> None:
-    first = EmbeddedPostgres(tmp_path / "pg", fast=True)
+def test_embedded_postgres_adopts_a_server_left_running(pg_state_dir: Path) -> None:
+    first = EmbeddedPostgres(pg_state_dir, fast=True)
     first.start()
     try:
-        second = EmbeddedPostgres(tmp_path / "pg")
+        second = EmbeddedPostgres(pg_state_dir)
         second.start()
         assert second.port == first.port
         assert pg_rows(second.url(), "SELECT 1") == [(1,)]
@@ -52,11 +52,11 @@ def test_embedded_postgres_adopts_a_server_left_running(tmp_path: Path) -> None:
     assert not second.is_running()
 
 
-def test_embedded_postgres_port_taken_names_the_log(tmp_path: Path) -> None:
+def test_embedded_postgres_port_taken_names_the_log(pg_state_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = EmbeddedPostgres(tmp_path / "pg", port=taken.getsockname()[1], fast=True)
+        server = EmbeddedPostgres(pg_state_dir, port=taken.getsockname()[1], fast=True)
         with pytest.raises(EmbeddedServerError, match=r"(?s)failed to start.*TCP/IP.*pgdata/log"):
             server.start()
     assert not server.is_running()
