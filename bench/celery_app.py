@@ -1,0 +1,43 @@
+"""The Celery app the shim benchmark runs in a solo-pool worker.
+
+Three tasks print the same lines: captured by the shim (`TerminalLoggingTask`), to a plain
+file (no capture), and through the seed guide's `DBLogWriter`. Each returns ns per line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import psycopg
+from celery import Celery
+
+from bench.printing import DBLogWriter, timed_prints
+from capture_shim import TerminalLoggingTask
+
+_url = os.environ.get("TASKLOG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+app = Celery("tasklog-bench", broker=_url, backend=_url)
+app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
+                result_expires=600)
+
+
+@app.task(name="bench.captured", base=TerminalLoggingTask)
+def captured(count: int, seed: int) -> float:
+    return timed_prints(count, seed)
+
+
+@app.task(name="bench.plain")
+def plain(count: int, seed: int, path: str) -> float:
+    with open(path, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        return timed_prints(count, seed)
+
+
+@app.task(name="bench.seed_db", bind=True)
+def seed_db(self: object, count: int, seed: int, database_url: str) -> float:
+    task_id = self.request.id  # type: ignore[attr-defined]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        writer = DBLogWriter(conn, task_id, "stdout")
+        with contextlib.redirect_stdout(writer):  # type: ignore[type-var]
+            per_line = timed_prints(count, seed)
+            writer.flush()
+    return per_line
