@@ -1,0 +1,139 @@
+"""The application factory: resources opened in `cleanup_ctx`, routes, middlewares."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from aiohttp import web
+
+from api import auth, keys, metrics, routes, sse, views
+from api.hub import Hub
+from api.launch import Launcher
+from api.pages import Pages
+from api.queries import Store
+from api.settings import ApiSettings
+from tasklog.errors import StoreUnavailable
+
+log = logging.getLogger("tasklog.api")
+
+PREFIX = "/tasklog"
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: auth.Handler) -> web.StreamResponse:
+    """Every failure is a JSON body with a 4xx/5xx status, never a traceback."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text or exc.reason
+        if message.startswith(f"{exc.status}: "):
+            message = exc.reason
+        response = _error(exc.status, message)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except StoreUnavailable as exc:
+        status = 503
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return _error(503, str(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (see the API's log)")
+    finally:
+        if not request.path.startswith(PREFIX + "/sse/"):
+            route = request.match_info.route.resource
+            name = route.canonical if route is not None else "unmatched"
+            metrics.REQUEST_SECONDS.labels(name, request.method, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    store = Store(settings.require_database_url(), max_size=settings.api_db_pool_size)
+    await store.open()
+    hub = Hub(settings.redis())
+    launcher = Launcher(settings.redis())
+    app[keys.STORE], app[keys.HUB], app[keys.LAUNCHER] = store, hub, launcher
+    hub_task = asyncio.create_task(hub.run(), name="redis-hub")
+    hub_task.add_done_callback(_hub_died)
+    metrics.REDIS_LIVE.set_function(lambda: float(hub.live))
+    try:
+        yield
+    finally:
+        hub_task.cancel()
+        await asyncio.wait({hub_task}, timeout=5)
+        await hub.aclose()
+        await launcher.close()
+        await store.close()
+
+
+def _hub_died(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the Redis hub stopped: %r; streams poll Postgres", task.exception())
+
+
+async def _stop_streams(app: web.Application) -> None:
+    """Shutdown: end every SSE stream now (clients resume with Last-Event-ID) and wait."""
+    app[keys.HUB].close_all()
+    streams = list(app[keys.STREAMS])
+    for stream in streams:
+        if stream.prepared:
+            stream.stop_streaming()
+    if streams:
+        await asyncio.wait([asyncio.ensure_future(s.wait()) for s in streams], timeout=5)
+
+
+def create_app(settings: ApiSettings) -> web.Application:
+    public = frozenset({PREFIX + "/healthz", PREFIX + "/login"})
+    app = web.Application(middlewares=[json_errors, auth.make_middleware(PREFIX, public)])
+    app[keys.SETTINGS] = settings
+    app[keys.PAGES] = Pages(PREFIX)
+    app[keys.STREAMS] = weakref.WeakSet()
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_stop_streams)
+
+    r = app.router
+    r.add_get(PREFIX + "/api/tasks/", routes.list_tasks)
+    r.add_get(PREFIX + "/api/tasks/{task_id}/", routes.get_task)
+    r.add_get(PREFIX + "/api/tasks/{task_id}/raw", routes.raw_log)
+    r.add_post(PREFIX + "/api/launch/", routes.launch)
+    r.add_get(PREFIX + "/api/diagnostic/", routes.diagnostic)
+    r.add_get(PREFIX + "/api/openapi.json", routes.openapi_doc)
+    r.add_get(PREFIX + "/sse/task/{task_id}/", sse.task_stream)
+    r.add_get(PREFIX + "/sse/tasks/", sse.tasks_stream)
+    r.add_get(PREFIX + "/sse/test/", sse.test_stream)
+    r.add_get(PREFIX + "/healthz", routes.health)
+    r.add_get(PREFIX + "/metrics", routes.metrics_text)
+    r.add_get(PREFIX + "/", views.task_list)
+    r.add_get(PREFIX + "/task/{task_id}/", views.task_view)
+    r.add_get(PREFIX + "/diagnostic/", views.diagnostic_page)
+    r.add_get(PREFIX + "/launch/", views.launch_page)
+    r.add_get(PREFIX + "/login", views.login_page)
+    r.add_post(PREFIX + "/login", views.login)
+    r.add_post(PREFIX + "/logout", views.logout)
+    r.add_static(PREFIX + "/static/", str(resources.files("api").joinpath("static")))
+    r.add_get("/", _to_prefix)
+    return app
+
+
+async def _to_prefix(request: web.Request) -> web.Response:
+    raise web.HTTPFound(PREFIX + "/")

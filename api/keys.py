@@ -1,0 +1,21 @@
+"""Typed keys of what the application holds (set up by `api.app.create_app`)."""
+
+from __future__ import annotations
+
+import weakref
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from api.hub import Hub
+from api.launch import Launcher
+from api.pages import Pages
+from api.queries import Store
+from api.settings import ApiSettings
+
+SETTINGS = web.AppKey("settings", ApiSettings)
+STORE = web.AppKey("store", Store)
+HUB = web.AppKey("hub", Hub)
+PAGES = web.AppKey("pages", Pages)
+LAUNCHER = web.AppKey("launcher", Launcher)
+STREAMS = web.AppKey("streams", weakref.WeakSet[EventSourceResponse])

@@ -1,0 +1,73 @@
+"""Launching the demo tasks from the browser, as the seed's demo views did.
+
+Tasks are sent by name through a Celery app of our own (broker: TASKLOG_REDIS_URL, as in
+`demo.app`), so the API never imports the demo code or installs the capture shim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from celery import Celery
+
+#: The demo tasks a browser may launch, with the keyword arguments it may set.
+DEMO_TASKS: dict[str, dict[str, type]] = {
+    "demo.demo_long_task": {"duration": float, "steps": int},
+    "demo.demo_failing_task": {},
+    "demo.demo_quick_task": {},
+    "celery_tasklog.tasks.timed_print_task": {"duration": float},
+    "demo.print_text": {"text": str, "stream": str},
+}
+
+LIMITS: dict[str, tuple[float, float]] = {"duration": (0.1, 3600), "steps": (1, 1000)}
+
+
+def check_kwargs(name: str, kwargs: object) -> str | None:
+    """Why these arguments may not be sent to demo task `name`, or None if they may."""
+    allowed = DEMO_TASKS[name]
+    usage = f"kwargs: {name} accepts {', '.join(allowed) or 'no arguments'}"
+    if not isinstance(kwargs, dict):
+        return usage
+    for key, value in kwargs.items():
+        kind = allowed.get(key)
+        if kind is None or isinstance(value, bool):
+            return usage
+        if not isinstance(value, (int, float) if kind is float else kind):
+            return f"kwargs.{key}: expected {kind.__name__}"
+        if key in LIMITS and not LIMITS[key][0] <= value <= LIMITS[key][1]:
+            return f"kwargs.{key}: expected {LIMITS[key][0]:g} to {LIMITS[key][1]:g}"
+        if key == "text" and len(value) > 10_000:
+            return "kwargs.text: at most 10000 characters"
+        if key == "stream" and value not in ("stdout", "stderr"):
+            return "kwargs.stream: expected stdout or stderr"
+    return None
+
+
+class Launcher:
+    """Sends demo tasks to the broker; Celery's client is blocking, so it runs in a thread."""
+
+    def __init__(self, broker_url: str | None) -> None:
+        self._celery: Celery | None = None
+        if broker_url:
+            self._celery = Celery("tasklog-api", broker=broker_url, set_as_current=False)
+            # A browser waits for the answer: fail fast when the broker is away.
+            self._celery.conf.update(
+                broker_connection_timeout=3,
+                broker_connection_retry_on_startup=False,
+                task_publish_retry=False,
+            )
+
+    @property
+    def available(self) -> bool:
+        return self._celery is not None
+
+    async def launch(self, name: str, kwargs: dict[str, Any]) -> str:
+        assert self._celery is not None
+        celery = self._celery
+        result = await asyncio.to_thread(celery.send_task, name, kwargs=kwargs)
+        return str(result.id)
+
+    async def close(self) -> None:
+        if self._celery is not None:
+            await asyncio.to_thread(self._celery.close)

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the API process, served as text at ``/tasklog/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+SSE_CLIENTS = Gauge(
+    "tasklog_api_sse_clients", "SSE clients connected.", ["stream"], registry=REGISTRY
+)
+SSE_EVENTS = Counter(
+    "tasklog_api_sse_events", "SSE events sent, by type.", ["type"], registry=REGISTRY
+)
+SSE_CUT_OFF = Counter(
+    "tasklog_api_sse_cut_off",
+    "SSE clients cut off because their buffer overflowed.",
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "tasklog_api_request_seconds",
+    "Latency of HTTP requests (SSE: until the stream's headers are sent).",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+HUB_MESSAGES = Counter(
+    "tasklog_api_redis_messages", "Messages received from Redis.", ["channel"], registry=REGISTRY
+)
+HUB_RECONNECTS = Counter(
+    "tasklog_api_redis_reconnects", "Times the Redis subscription was re-established.",
+    registry=REGISTRY,
+)  # fmt: skip
+REDIS_LIVE = Gauge(
+    "tasklog_api_redis_live", "1 while the Redis subscription holds.", registry=REGISTRY
+)
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

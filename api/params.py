@@ -1,0 +1,113 @@
+"""Validation of what a client sends: every bad value becomes a 4xx JSON error."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import UTC, datetime
+from typing import NoReturn
+
+from aiohttp import web
+
+from tasklog.constants import ALL_STATES
+
+MAX_TASK_ID = 255
+MAX_TEXT = 255
+MAX_SEQ = 2**63 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def error(status: type[web.HTTPError], message: str, **extra: object) -> NoReturn:
+    """Raise an HTTP error whose body is ``{"error": message, ...}``."""
+    body = json.dumps({"error": message, "status": status.status_code, **extra})
+    raise status(text=body, content_type="application/json")
+
+
+def bad(message: str) -> NoReturn:
+    error(web.HTTPBadRequest, message)
+
+
+def task_id(request: web.Request) -> str:
+    value = request.match_info["task_id"]
+    if not value or len(value) > MAX_TASK_ID or _CONTROL.search(value):
+        bad(f"task_id: expected 1 to {MAX_TASK_ID} printable characters")
+    return value
+
+
+def integer(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    return _int(raw, name, low, high)
+
+
+def _int(raw: str, name: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"\d{1,19}", raw.strip()):
+        bad(f"{name}: expected an integer between {low} and {high} (got {raw[:40]!r})")
+    value = int(raw)
+    if not low <= value <= high:
+        bad(f"{name}: expected an integer between {low} and {high} (got {value})")
+    return value
+
+
+def after_seq(request: web.Request) -> int:
+    """Where a stream resumes: the Last-Event-ID header wins over ``?after_seq=``."""
+    header = request.headers.get("Last-Event-ID")
+    if header:
+        return _int(header, "Last-Event-ID", 0, MAX_SEQ)
+    return integer(request, "after_seq", 0, 0, MAX_SEQ)
+
+
+def text(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_TEXT or _CONTROL.search(value):
+        bad(f"{name}: expected at most {MAX_TEXT} printable characters")
+    return value
+
+
+def states(request: web.Request) -> list[str]:
+    found: list[str] = []
+    for raw in request.query.getall("state", []):
+        for item in raw.split(","):
+            state = item.strip().upper()
+            if not state:
+                continue
+            if state not in ALL_STATES:
+                bad(f"state: expected one of {', '.join(sorted(ALL_STATES))} (got {item[:40]!r})")
+            found.append(state)
+    return found
+
+
+def timestamp(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip().replace(" ", "+"))
+    except ValueError:
+        bad(f"{name}: expected an ISO 8601 time such as 2024-05-01T12:00:00Z (got {raw[:40]!r})")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def encode_cursor(created_at: datetime, task_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), task_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor(request: web.Request) -> tuple[datetime, str] | None:
+    raw = request.query.get("cursor")
+    if not raw:
+        return None
+    try:
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        created, tid = json.loads(decoded)
+        value = datetime.fromisoformat(created)
+        if not isinstance(tid, str) or value.tzinfo is None:
+            raise ValueError(raw)
+    except (ValueError, TypeError, binascii.Error):
+        bad("cursor: not a cursor this API handed out (use the `next` link as it is)")
+    return value, tid

@@ -1,0 +1,76 @@
+"""`tasklog api`: serve the application until SIGTERM or SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+
+from aiohttp import web
+
+from api.app import PREFIX, create_app
+from api.settings import ApiSettings
+
+log = logging.getLogger("tasklog.api")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_host(settings: ApiSettings) -> str:
+    """The address to listen on: loopback only unless a token protects the API."""
+    host = settings.api_host
+    if settings.api_token is not None:
+        return host
+    if is_loopback(host):
+        log.warning("TASKLOG_API_TOKEN is not set: the API is open to anyone on this machine"
+                    " and listens on %s only", host)  # fmt: skip
+        return host
+    if settings.api_insecure_bind:
+        log.warning("TASKLOG_API_TOKEN is not set and TASKLOG_API_INSECURE_BIND is on: the API"
+                    " on %s is open to anyone who can reach it", host)  # fmt: skip
+        return host
+    log.warning("TASKLOG_API_TOKEN is not set: listening on 127.0.0.1 instead of %s"
+                " (set a token to listen on other addresses)", host)  # fmt: skip
+    return "127.0.0.1"
+
+
+def run(settings: ApiSettings) -> None:
+    """Run the API until SIGTERM or SIGINT (blocking)."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    asyncio.run(serve(settings))
+
+
+async def serve(settings: ApiSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host = bind_host(settings)
+    runner = web.AppRunner(
+        create_app(settings),
+        handle_signals=False,
+        shutdown_timeout=settings.api_shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, settings.api_port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else settings.api_port
+        log.info("tasklog api listening on http://%s:%s%s/", host, port, PREFIX)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,46 @@
+-- Named queries of the API, loaded once by api/queries.py. The API only reads.
+-- {columns} and {where} are filled with fixed fragments by psycopg.sql; values are always bound.
+
+-- name: list_tasks
+SELECT {columns}
+FROM tasks
+WHERE {where}
+ORDER BY created_at DESC, task_id DESC
+LIMIT %(limit)s;
+
+-- name: get_task
+SELECT {columns}, traceback
+FROM tasks
+WHERE task_id = %(task_id)s;
+
+-- name: task_progress
+-- What a stream re-checks: cheap, by primary key.
+SELECT {columns}
+FROM tasks
+WHERE task_id = %(task_id)s;
+
+-- name: tasks_updated_since
+SELECT {columns}, updated_at
+FROM tasks
+WHERE updated_at > %(since)s - interval '2 seconds'  -- commits land after now()
+ORDER BY updated_at
+LIMIT %(limit)s;
+
+-- name: lines_after
+SELECT seq, ts, stream, level, message
+FROM lines
+WHERE task_id = %(task_id)s AND seq > %(after_seq)s
+ORDER BY seq
+LIMIT %(limit)s;
+
+-- name: collectors
+SELECT host, spool_dir, pid, version, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at) AS heartbeat_age,
+       backlog_files, backlog_bytes, stats
+FROM collectors
+ORDER BY host;
+
+-- name: server_info
+SELECT current_setting('server_version') AS version, now() AS now,
+       (SELECT max(version) FROM tasklog_migrations) AS schema_version,
+       (SELECT reltuples::bigint FROM pg_class WHERE oid = 'tasks'::regclass) AS tasks_estimate;

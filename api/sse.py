@@ -1,0 +1,228 @@
+"""Server-Sent Events: a task's lines with no gap and no duplicate, and the task list's changes.
+
+A task stream subscribes to the hub *before* it reads Postgres, so a line committed during the
+replay arrives through Redis as well; lines are sent in seq order and anything at or below the
+last sent seq is dropped. A live batch that does not follow the last sent seq, a task message
+announcing a higher ``last_seq``, a Redis outage (`RESYNC`) or a quiet spell all lead back to
+Postgres, the source of truth. A finished status means every line is stored: the stream replays
+what is left, sends ``end`` and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+
+from api import keys, metrics, params, wire
+from api.hub import RESYNC, Subscription
+from tasklog.constants import FINISHED_STATES, PENDING
+from tasklog.errors import StoreUnavailable
+
+log = logging.getLogger("tasklog.api.sse")
+
+REPLAY_PAGE = 1000
+#: Reconnection delay suggested to browsers, in milliseconds.
+RETRY_MS = 2000
+
+
+class Stream(EventSourceResponse):
+    async def event(self, data: wire.Json, id: int | None = None, retry: int | None = None) -> None:
+        await self.send(wire.dumps(data), id=None if id is None else str(id), retry=retry)
+        metrics.SSE_EVENTS.labels(data["type"]).inc()
+
+
+class TaskFollower:
+    """One client following one task: what was sent, and how to send what comes next."""
+
+    def __init__(self, stream: Stream, request: web.Request, task_id: str, after: int) -> None:
+        self.stream = stream
+        self.store = request.app[keys.STORE]
+        self.task_id = task_id
+        self.last_seq = after
+        self.status: tuple[Any, ...] | None = None
+        self.finished = False
+
+    async def replay(self) -> None:
+        """Send every stored line after the last one sent."""
+        while True:
+            rows = await self.store.lines_after(self.task_id, self.last_seq, REPLAY_PAGE)
+            for row in rows:
+                await self.stream.event(wire.line_json(row, self.task_id), id=row["seq"])
+                self.last_seq = row["seq"]
+            if len(rows) < REPLAY_PAGE:
+                return
+
+    async def on_lines(self, message: dict[str, Any]) -> None:
+        lines = message.get("lines") or []
+        if not lines:
+            return
+        if lines[0]["seq"] > self.last_seq + 1:
+            await self.replay()  # something was missed (or omitted): Postgres has it all
+            return
+        for line in lines:
+            if line["seq"] > self.last_seq:
+                await self.stream.event(wire.published_line(line, self.task_id), id=line["seq"])
+                self.last_seq = line["seq"]
+
+    async def on_task(self, task: wire.Json) -> None:
+        if (task.get("last_seq") or 0) > self.last_seq or task.get("status") in FINISHED_STATES:
+            await self.replay()
+        await self.send_status(task)
+
+    async def send_status(self, task: wire.Json) -> None:
+        key = tuple(task.get(name) for name in wire.STATUS_KEYS)
+        if key != self.status:
+            self.status = key
+            await self.stream.event(wire.status_event(task))
+        if task.get("status") in FINISHED_STATES:
+            self.finished = True
+
+    async def refresh(self, row: dict[str, Any] | None = None) -> None:
+        """Catch up from Postgres alone: the task first (a finished task has all its lines
+        stored), then its lines, then its state."""
+        if row is None:
+            row = await self.store.task_progress(self.task_id)
+        await self.replay()
+        if row is not None:
+            await self.on_task(wire.task_json(row))
+
+    async def follow(self, sub: Subscription, hub_live: Any, settings: Any) -> None:
+        while not self.finished:
+            wait = settings.api_sse_resync if hub_live() else settings.api_poll_interval
+            batch = await sub.next_batch(wait)
+            if sub.closed:
+                return
+            if sub.overflowed:
+                log.info("cutting off a slow client of task %s at seq %s", self.task_id,
+                         self.last_seq)  # fmt: skip
+                return
+            if not batch or RESYNC in batch:
+                await self.refresh()
+                continue
+            for message in batch:
+                if "lines" in message:
+                    await self.on_lines(message)
+                else:
+                    await self.on_task(message)
+                if self.finished:
+                    break
+
+
+async def task_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /tasklog/sse/task/{task_id}/``: replay after Last-Event-ID, then follow live."""
+    task_id = params.task_id(request)
+    after = params.after_seq(request)
+    app = request.app
+    settings, hub = app[keys.SETTINGS], app[keys.HUB]
+    async with hub.subscribe(task_id, settings.api_client_buffer) as sub:
+        # The first read happens before the response starts, so a dead Postgres is a 503.
+        row = await app[keys.STORE].task_progress(task_id)
+        async with _open(request, sub) as stream:
+            follower = TaskFollower(stream, request, task_id, after)
+            await stream.event(
+                {"type": wire.CONNECTED, "task_id": task_id, "after_seq": after}, retry=RETRY_MS
+            )
+            try:
+                await follower.refresh(row)
+                if follower.status is None:
+                    await follower.send_status(_pending(task_id))
+                await follower.follow(sub, lambda: hub.live, settings)
+                if follower.finished:
+                    await stream.event({"type": wire.END, "task_id": task_id,
+                                        "last_seq": follower.last_seq})  # fmt: skip
+            except StoreUnavailable as exc:
+                # Headers are sent: end the stream; the browser retries with Last-Event-ID.
+                log.warning("stream of task %s ended: %s", task_id, exc)
+            except (ConnectionResetError, TimeoutError):
+                pass  # the client went away or stalled past the send timeout
+    return stream
+
+
+async def tasks_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /tasklog/sse/tasks/``: every task change, for the list page."""
+    app = request.app
+    settings, hub, store = app[keys.SETTINGS], app[keys.HUB], app[keys.STORE]
+    async with hub.subscribe(None, settings.api_client_buffer) as sub:
+        since = await _now(store)
+        async with _open(request, sub) as stream:
+            await stream.event({"type": wire.CONNECTED}, retry=RETRY_MS)
+            try:
+                while True:
+                    wait = settings.api_sse_resync if hub.live else settings.api_poll_interval
+                    batch = await sub.next_batch(wait)
+                    if sub.closed or sub.overflowed:
+                        break
+                    if batch and RESYNC not in batch:
+                        for task in batch:
+                            await stream.event(wire.status_event(task))
+                        continue
+                    # Redis is away or came back: what changed meanwhile is in Postgres.
+                    for row in await store.tasks_updated_since(since):
+                        since = max(since, row.pop("updated_at"))
+                        await stream.event(wire.status_event(wire.task_json(row)))
+            except StoreUnavailable as exc:
+                log.warning("task list stream ended: %s", exc)
+            except (ConnectionResetError, TimeoutError):
+                pass
+    return stream
+
+
+async def test_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /tasklog/sse/test/``: the seed's test stream, a counter every second."""
+    count = params.integer(request, "count", 10, 1, 1000)
+    interval = params.integer(request, "interval_ms", 1000, 10, 60_000) / 1000
+    settings = request.app[keys.SETTINGS]
+    async with sse_response(request, response_cls=Stream,
+                            ping_interval=settings.api_sse_heartbeat) as stream:  # fmt: skip
+        request.app[keys.STREAMS].add(stream)
+        await stream.event({"type": wire.CONNECTED})
+        try:
+            for i in range(1, count + 1):
+                await stream.event({"type": "test", "count": i}, id=i)
+                await asyncio.sleep(interval)
+            await stream.event({"type": wire.END})
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return stream
+
+
+def _pending(task_id: str) -> wire.Json:
+    return {"task_id": task_id, "status": PENDING, "progress": None, "progress_message": None}
+
+
+async def _now(store: Any) -> datetime:
+    info = await store.server_info()
+    assert info is not None
+    now: datetime = info["now"]
+    return now
+
+
+@asynccontextmanager
+async def _open(request: web.Request, sub: Subscription) -> AsyncIterator[Stream]:
+    """Start an SSE response for a subscription; a lost client closes the subscription."""
+    settings = request.app[keys.SETTINGS]
+    label = "task" if sub.task_id is not None else "tasks"
+    async with sse_response(
+        request,
+        response_cls=Stream,
+        ping_interval=settings.api_sse_heartbeat,
+        send_timeout=settings.api_send_timeout,
+    ) as stream:
+        request.app[keys.STREAMS].add(stream)
+        metrics.SSE_CLIENTS.labels(label).inc()
+        # The heartbeat task ends when the connection is lost: wake the follower then.
+        watch = asyncio.create_task(stream.wait(), name="sse-watch")
+        watch.add_done_callback(lambda _: sub.close())
+        try:
+            yield stream
+        finally:
+            metrics.SSE_CLIENTS.labels(label).dec()
+            watch.cancel()
+            await asyncio.wait({watch})

@@ -1,0 +1,123 @@
+// The live log view: replay then live lines over SSE, resuming after a dropped connection
+// without duplicates (the browser sends Last-Event-ID; lines at or below the last seq are
+// ignored anyway).
+"use strict";
+(function () {
+  const head = document.getElementById("taskhead");
+  const log = document.getElementById("log");
+  const follow = document.getElementById("follow");
+  const filter = document.getElementById("filter");
+  const live = document.getElementById("live");
+  const count = document.getElementById("count");
+  const hidden = new Set();
+  let lastSeq = 0;
+  let lines = 0;
+  let finished = false;
+  let source = null;
+
+  function setText(id, value) {
+    const el = document.getElementById(id);
+    if (el) el.textContent = value === null || value === undefined || value === "" ? "—" : value;
+  }
+
+  function setProgress(el, value) {
+    const fill = el.querySelector(".fill");
+    const pct = el.querySelector(".pct");
+    if (value === null || value === undefined || value === "") {
+      el.classList.add("unknown"); fill.style.width = "0%"; pct.textContent = "";
+    } else {
+      el.classList.remove("unknown");
+      const v = Math.max(0, Math.min(100, Number(value)));
+      fill.style.width = v + "%"; pct.textContent = Math.round(v) + "%";
+    }
+  }
+
+  function setStatus(task) {
+    const badge = document.getElementById("status");
+    badge.textContent = task.status;
+    badge.className = "badge s-" + task.status;
+    if (task.task_name) setText("task-name", task.task_name);
+    if (task.host) setText("task-host", task.host);
+    if (task.started_at) setText("task-started", task.started_at);
+    if (task.completed_at) setText("task-completed", task.completed_at);
+    const progress = document.getElementById("progress");
+    const done = task.status === "SUCCESS";
+    setProgress(progress, done ? 100 : task.progress);
+    progress.dataset.progress = done ? 100 : (task.progress ?? "");
+    document.getElementById("progress-message").textContent = task.progress_message || "";
+    const exc = document.getElementById("exception");
+    if (task.exc_type) { exc.hidden = false; exc.textContent = task.exc_type + ": " + (task.exc_message || ""); }
+  }
+
+  function matches(row) {
+    const q = filter.value.trim().toLowerCase();
+    return !hidden.has(row.dataset.stream) && (!q || row.dataset.text.includes(q));
+  }
+
+  function atBottom() {
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 8;
+  }
+
+  function addLine(line) {
+    if (line.id <= lastSeq) return;
+    lastSeq = line.id;
+    const row = document.createElement("div");
+    row.className = "line " + line.stream + (line.level ? " lvl-" + String(line.level).toLowerCase() : "");
+    row.dataset.seq = line.id;
+    row.dataset.stream = line.stream === "marker" ? "stdout" : line.stream;
+    const seq = document.createElement("span");
+    seq.className = "seq"; seq.textContent = line.id;
+    const time = document.createElement("span");
+    time.className = "ts"; time.textContent = (line.timestamp || "").slice(11, 23);
+    time.title = line.timestamp || "";
+    const tag = document.createElement("span");
+    tag.className = "tag"; tag.textContent = line.level || line.stream;
+    const text = document.createElement("span");
+    text.className = "msg";
+    row.dataset.text = window.tasklogAnsi.render(text, line.message).toLowerCase();
+    row.append(seq, time, tag, text);
+    row.hidden = !matches(row);
+    log.appendChild(row);
+    lines += 1;
+  }
+
+  function connect() {
+    // A fresh EventSource after a close resumes after the last seq shown.
+    const url = head.dataset.sse + (lastSeq ? "?after_seq=" + lastSeq : "");
+    source = new EventSource(url);
+    source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+    source.onerror = () => {
+      if (finished) return;
+      live.textContent = "reconnecting…"; live.className = "live off";
+    };
+    source.onmessage = (event) => {
+      const data = JSON.parse(event.data);
+      const stick = follow.checked;
+      if (data.type === "new_log") addLine(data);
+      else if (data.type === "status") setStatus(data);
+      else if (data.type === "end") {
+        finished = true;
+        source.close();
+        live.textContent = "finished"; live.className = "live done";
+      }
+      count.textContent = lines + (lines === 1 ? " line" : " lines");
+      if (stick) log.scrollTop = log.scrollHeight;
+    };
+  }
+
+  // Scrolling up pauses follow; scrolling back to the bottom resumes it.
+  log.addEventListener("scroll", () => { follow.checked = atBottom(); });
+  follow.addEventListener("change", () => { if (follow.checked) log.scrollTop = log.scrollHeight; });
+  filter.addEventListener("input", () => {
+    for (const row of log.children) row.hidden = !matches(row);
+  });
+  for (const box of document.querySelectorAll(".stream-toggle")) {
+    box.addEventListener("change", () => {
+      if (box.checked) hidden.delete(box.value); else hidden.add(box.value);
+      for (const row of log.children) row.hidden = !matches(row);
+    });
+  }
+  setProgress(document.getElementById("progress"), document.getElementById("progress").dataset.progress);
+  window.tasklogView = { lastSeq: () => lastSeq, reconnect: () => { source.close(); connect(); } };
+  connect();
+})();

@@ -1,0 +1,83 @@
+// The task list: rows updated live from /sse/tasks/ (status and progress events).
+"use strict";
+(function () {
+  const table = document.getElementById("tasks");
+  const body = table.tBodies[0];
+  const prefix = table.dataset.prefix;
+  const live = document.getElementById("live");
+  const filtered = table.dataset.filtered === "yes";
+
+  function setProgress(el, value, status) {
+    const fill = el.querySelector(".fill");
+    const pct = el.querySelector(".pct");
+    if (status === "SUCCESS") value = 100;
+    el.dataset.progress = value ?? "";
+    if (value === null || value === undefined || value === "") {
+      el.classList.add("unknown"); fill.style.width = "0%"; pct.textContent = "";
+    } else {
+      el.classList.remove("unknown");
+      const v = Math.max(0, Math.min(100, Number(value)));
+      fill.style.width = v + "%"; pct.textContent = Math.round(v) + "%";
+    }
+  }
+
+  function cell(cls) { const td = document.createElement("td"); if (cls) td.className = cls; return td; }
+
+  function newRow(task) {
+    const tr = document.createElement("tr");
+    tr.dataset.taskId = task.task_id;
+    const id = cell("mono");
+    const a = document.createElement("a");
+    a.href = prefix + "/task/" + encodeURIComponent(task.task_id) + "/";
+    a.textContent = task.task_id.slice(0, 12);
+    id.appendChild(a);
+    const status = cell();
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    status.appendChild(badge);
+    const prog = cell("pcol");
+    const bar = document.createElement("div");
+    bar.className = "progress";
+    const fill = document.createElement("div"); fill.className = "fill";
+    const pct = document.createElement("span"); pct.className = "pct";
+    bar.append(fill, pct);
+    const msg = document.createElement("div"); msg.className = "pmsg";
+    prog.append(bar, msg);
+    tr.append(id, cell("name"), status, prog, cell(), cell("time"), cell("runtime"), cell("lines"));
+    const empty = body.querySelector("tr.empty");
+    if (empty) empty.remove();
+    body.insertBefore(tr, body.firstChild);
+    return tr;
+  }
+
+  function update(task) {
+    let tr = null;
+    for (const row of body.rows) if (row.dataset.taskId === task.task_id) { tr = row; break; }
+    if (!tr) {
+      if (filtered) return;  // a filtered view shows what the filter found
+      tr = newRow(task);
+    }
+    const c = tr.cells;
+    if (task.task_name) c[1].textContent = task.task_name;
+    const badge = c[2].querySelector(".badge");
+    badge.textContent = task.status; badge.className = "badge s-" + task.status;
+    setProgress(c[3].querySelector(".progress"), task.progress, task.status);
+    c[3].querySelector(".pmsg").textContent = task.progress_message || "";
+    if (task.host) c[4].textContent = task.host;
+    if (task.started_at) c[5].textContent = task.started_at;
+    if (task.runtime !== null && task.runtime !== undefined) c[6].textContent = Number(task.runtime).toFixed(2) + "s";
+    if (task.line_count !== undefined) c[7].textContent = task.line_count;
+  }
+
+  for (const bar of table.querySelectorAll(".progress")) {
+    const status = bar.closest("tr").querySelector(".badge").textContent;
+    setProgress(bar, bar.dataset.progress, status);
+  }
+  const source = new EventSource(table.dataset.sse);
+  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+  source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  source.onmessage = (event) => {
+    const data = JSON.parse(event.data);
+    if (data.type === "status") update(data);
+  };
+})();

@@ -1,0 +1,81 @@
+"""The HTML pages: task list, live log view, diagnostic, demo launcher, login."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from api import auth, keys, params, routes, wire
+from api.launch import DEMO_TASKS
+
+
+async def task_list(request: web.Request) -> web.Response:
+    filters = routes.task_filter(request)
+    rows = await request.app[keys.STORE].list_tasks(filters, routes.TASKS_DEFAULT)
+    tasks = [wire.task_json(row) for row in rows]
+    return request.app[keys.PAGES].render(
+        request, "tasks.html", tasks=tasks, query=dict(request.query), title="Tasks"
+    )
+
+
+async def task_view(request: web.Request) -> web.Response:
+    task_id = params.task_id(request)
+    row = await request.app[keys.STORE].get_task(task_id)
+    task = wire.task_json(row) if row else None
+    return request.app[keys.PAGES].render(
+        request, "task.html", task_id=task_id, task=task, title=f"Task {task_id}"
+    )
+
+
+async def diagnostic_page(request: web.Request) -> web.Response:
+    report = await routes.diagnose(request.app)
+    return request.app[keys.PAGES].render(
+        request, "diagnostic.html", report=report, title="Diagnostic"
+    )
+
+
+async def launch_page(request: web.Request) -> web.Response:
+    app = request.app
+    enabled = app[keys.SETTINGS].api_demo_launch and app[keys.LAUNCHER].available
+    return app[keys.PAGES].render(
+        request, "launch.html", tasks=DEMO_TASKS, enabled=enabled, title="Launch demo tasks"
+    )
+
+
+async def login_page(request: web.Request) -> web.Response:
+    pages = request.app[keys.PAGES]
+    target = auth.safe_next(pages.prefix, request.query.get("next"))
+    return pages.render(request, "login.html", next=target, failed=False, title="Log in")
+
+
+async def login(request: web.Request) -> web.Response:
+    app = request.app
+    pages, secret = app[keys.PAGES], app[keys.SETTINGS].api_token
+    form = await request.post()
+    target = auth.safe_next(pages.prefix, str(form.get("next", "")))
+    given = str(form.get("token", ""))
+    if secret is None:
+        raise web.HTTPFound(target)
+    if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+        return pages.render(
+            request, "login.html", status=401, next=target, failed=True, title="Log in"
+        )
+    response = web.HTTPFound(target)
+    response.set_cookie(
+        auth.COOKIE,
+        auth.session_value(secret.get_secret_value()),
+        path=pages.prefix + "/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        max_age=30 * 24 * 3600,
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    prefix = request.app[keys.PAGES].prefix
+    response = web.HTTPFound(prefix + "/login")
+    response.del_cookie(auth.COOKIE, path=prefix + "/")
+    raise response
