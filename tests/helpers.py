@@ -137,10 +137,20 @@ class Proc:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(10)
 
+    def children(self) -> list[int]:
+        """Pids of the process's direct children (e.g. prefork pool processes); Linux only."""
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
     def terminate(self, timeout: float = 10) -> int | None:
-        """SIGTERM the group, SIGKILL it after `timeout` seconds; then kill any straggler."""
+        """SIGTERM the process, SIGKILL its group after `timeout` seconds; then kill any
+        straggler. Only the main process gets SIGTERM: a Celery worker then shuts its pool
+        down itself (warm shutdown), as it would under a careful supervisor."""
         if self.alive:
-            self.send_signal(signal.SIGTERM, group=True)
+            self.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from capture_shim import spool
-from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, pid_alive
 from tests.helpers import ProcessFactory, pg_rows, wait_for
 
 
@@ -112,8 +112,10 @@ def test_process_factory_stops_a_process_group(procs: ProcessFactory) -> None:
     proc = procs.start("sleeper", ["sh", "-c", "sleep 60 & echo started; wait"],
                        ready="started")
     assert proc.alive
+    children = wait_for(proc.children, timeout=5, message="the shell's child")
     proc.terminate(timeout=5)
     assert not proc.alive
+    assert [pid for pid in children if pid_alive(pid)] == []
     with pytest.raises(AssertionError, match="exited with code 3"):
         procs.start("failing", ["sh", "-c", "echo boom; exit 3"], ready="never")
 
@@ -158,3 +160,16 @@ def test_worker_and_collector_store_a_task(
         timeout=30, message="the task stored as SUCCESS",
     )
     assert rows == [("SUCCESS", "demo.demo_quick_task")]
+
+
+def test_prefork_worker_runs_a_task_and_stops_with_its_pool(
+    procs: ProcessFactory, redis_url: str, spool_dir: Path, celery_client: object
+) -> None:
+    worker = procs.worker(redis_url=redis_url, spool_dir=spool_dir)
+    result = celery_client.send_task("demo.demo_quick_task")  # type: ignore[attr-defined]
+    assert result.get(timeout=20) == "quick"
+    children = worker.children()
+    assert len(children) == 2
+    worker.terminate()
+    assert not worker.alive
+    assert [pid for pid in children if pid_alive(pid)] == []
