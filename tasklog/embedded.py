@@ -64,7 +64,7 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is left in process group `pgid`."""
     proc = Path("/proc")
     if not proc.is_dir():
@@ -257,7 +257,7 @@ class EmbeddedPostgres:
             else:
                 os.kill(pid, signal.SIGKILL)
         gone = _wait_until(
-            lambda: not pid_alive(pid) and not (group and _group_alive(pid)), timeout=10
+            lambda: not pid_alive(pid) and not (group and group_alive(pid)), timeout=10
         )
         if not gone:
             raise EmbeddedServerError(f"embedded Postgres (pid {pid}) survived SIGKILL for 10s")

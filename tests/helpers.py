@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
-from tasklog.embedded import free_port, pid_alive
+from tasklog.embedded import free_port, group_alive, pid_alive
 
 __all__ = [
     "REPO_ROOT",
@@ -131,11 +131,15 @@ class Proc:
             else:
                 os.kill(self.pid, sig)
 
-    def kill(self) -> None:
-        """SIGKILL the process and everything in its group, and reap it."""
+    def kill(self, timeout: float = 10) -> None:
+        """SIGKILL the process and everything in its group, and wait until they are gone."""
         self.send_signal(signal.SIGKILL, group=True)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
+            self.popen.wait(timeout)
+        # Delivery is asynchronous: the group's other members may take a moment to die.
+        deadline = time.monotonic() + timeout
+        while group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def children(self) -> list[int]:
         """Pids of the process's direct children (e.g. prefork pool processes); Linux only."""
