@@ -11,8 +11,6 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from api import wire
-
 
 class Pages:
     def __init__(self, prefix: str) -> None:
@@ -22,7 +20,7 @@ class Pages:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.env.filters["tojson_attr"] = wire.dumps
+        self.env.filters["when"] = when
 
     def render(
         self, request: web.Request, name: str, status: int = 200, **ctx: Any
@@ -36,3 +34,8 @@ class Pages:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         return response
+
+
+def when(value: str | None) -> str:
+    """An ISO 8601 time as ``2024-05-01 12:00:03`` (UTC), or a dash."""
+    return value[:19].replace("T", " ") if value else "—"

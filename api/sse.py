@@ -149,12 +149,21 @@ async def tasks_stream(request: web.Request) -> web.StreamResponse:
     """``GET /tasklog/sse/tasks/``: every task change, for the list page."""
     app = request.app
     settings, hub, store = app[keys.SETTINGS], app[keys.HUB], app[keys.STORE]
+    # A page passes the time it was rendered: changes since then are sent first, so none
+    # falls between the page and its stream.
+    given = params.timestamp(request, "since")
     async with hub.subscribe(None, settings.api_client_buffer) as sub:
-        since = await _now(store)
+        since = given or await _now(store)
         async with _open(request, sub) as stream:
             await stream.event({"type": wire.CONNECTED}, retry=RETRY_MS)
             try:
+                catch_up = given is not None
                 while True:
+                    if catch_up:
+                        catch_up = False
+                        for row in await store.tasks_updated_since(since):
+                            since = max(since, row.pop("updated_at"))
+                            await stream.event(wire.status_event(wire.task_json(row)))
                     wait = settings.api_sse_resync if hub.live else settings.api_poll_interval
                     batch = await sub.next_batch(wait)
                     if sub.closed or sub.overflowed:

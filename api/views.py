@@ -12,10 +12,13 @@ from api.launch import DEMO_TASKS
 
 async def task_list(request: web.Request) -> web.Response:
     filters = routes.task_filter(request)
-    rows = await request.app[keys.STORE].list_tasks(filters, routes.TASKS_DEFAULT)
+    store = request.app[keys.STORE]
+    info = await store.server_info()  # before the list: the live stream resumes from here
+    rows = await store.list_tasks(filters, routes.TASKS_DEFAULT)
     tasks = [wire.task_json(row) for row in rows]
+    since = info["now"].isoformat() if info else ""
     return request.app[keys.PAGES].render(
-        request, "tasks.html", tasks=tasks, query=dict(request.query), title="Tasks"
+        request, "tasks.html", tasks=tasks, query=dict(request.query), since=since, title="Tasks"
     )
 
 

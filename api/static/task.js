@@ -3,6 +3,7 @@
 // ignored anyway).
 "use strict";
 (function () {
+  const when = (iso) => (iso ? String(iso).slice(0, 19).replace("T", " ") : "—");
   const head = document.getElementById("taskhead");
   const log = document.getElementById("log");
   const follow = document.getElementById("follow");
@@ -38,8 +39,8 @@
     badge.className = "badge s-" + task.status;
     if (task.task_name) setText("task-name", task.task_name);
     if (task.host) setText("task-host", task.host);
-    if (task.started_at) setText("task-started", task.started_at);
-    if (task.completed_at) setText("task-completed", task.completed_at);
+    if (task.started_at) setText("task-started", when(task.started_at));
+    if (task.completed_at) setText("task-completed", when(task.completed_at));
     const progress = document.getElementById("progress");
     const done = task.status === "SUCCESS";
     setProgress(progress, done ? 100 : task.progress);

@@ -1,6 +1,7 @@
 // The task list: rows updated live from /sse/tasks/ (status and progress events).
 "use strict";
 (function () {
+  const when = (iso) => (iso ? String(iso).slice(0, 19).replace("T", " ") : "—");
   const table = document.getElementById("tasks");
   const body = table.tBodies[0];
   const prefix = table.dataset.prefix;
@@ -64,7 +65,7 @@
     setProgress(c[3].querySelector(".progress"), task.progress, task.status);
     c[3].querySelector(".pmsg").textContent = task.progress_message || "";
     if (task.host) c[4].textContent = task.host;
-    if (task.started_at) c[5].textContent = task.started_at;
+    if (task.started_at) { c[5].textContent = when(task.started_at); c[5].title = task.started_at; }
     if (task.runtime !== null && task.runtime !== undefined) c[6].textContent = Number(task.runtime).toFixed(2) + "s";
     if (task.line_count !== undefined) c[7].textContent = task.line_count;
   }
