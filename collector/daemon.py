@@ -217,6 +217,10 @@ class Collector:
     async def _orphans(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
         now = time.monotonic()
         for state in list(spool.files.values()):
+            if state.ended and state.size <= state.offset:
+                # Stored in full, but the process died before deleting it (kill -9 after commit).
+                self._remove(spool, state)
+                continue
             if state.ended or state.size > state.offset:
                 continue
             if now - state.changed_at < self.settings.orphan_timeout:

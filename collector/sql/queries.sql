@@ -45,18 +45,22 @@ UPDATE tasks SET
 WHERE task_id = %(task_id)s
 
 -- name: end_task
-UPDATE tasks SET
-    state = %(state)s,
-    completed_at = to_timestamp(%(t)s),
-    runtime = %(runtime)s,
-    exc_type = %(exc_type)s,
-    exc_message = %(exc_message)s,
-    traceback = %(traceback)s,
-    spool_errors = spool_errors + %(errors)s,
-    lines_omitted = lines_omitted + %(omitted)s,
-    progress = CASE WHEN %(state)s = 'SUCCESS' THEN 100 ELSE progress END,
+-- A RETRY end stored after the retried run finished (the new run started before the old one
+-- wrote its end) leaves the final state alone; its counts still add up.
+UPDATE tasks AS t SET
+    state = CASE WHEN x.late THEN t.state ELSE %(state)s END,
+    completed_at = CASE WHEN x.late THEN t.completed_at ELSE to_timestamp(%(t)s) END,
+    runtime = CASE WHEN x.late THEN t.runtime ELSE %(runtime)s END,
+    exc_type = CASE WHEN x.late THEN t.exc_type ELSE %(exc_type)s END,
+    exc_message = CASE WHEN x.late THEN t.exc_message ELSE %(exc_message)s END,
+    traceback = CASE WHEN x.late THEN t.traceback ELSE %(traceback)s END,
+    spool_errors = t.spool_errors + %(errors)s,
+    lines_omitted = t.lines_omitted + %(omitted)s,
+    progress = CASE WHEN %(state)s = 'SUCCESS' THEN 100 ELSE t.progress END,
     updated_at = now()
-WHERE task_id = %(task_id)s
+FROM (SELECT %(state)s = 'RETRY' AND state IN ('SUCCESS', 'FAILURE', 'REVOKED', 'LOST') AS late
+      FROM tasks WHERE task_id = %(task_id)s) AS x
+WHERE t.task_id = %(task_id)s
 
 -- name: lose_task
 -- The writer died without an end record.
