@@ -22,6 +22,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_failure, task_postrun, task_prerun, task_revoked
 
+from capture_shim import fdcapture
 from capture_shim.capture import Stats, TaskCapture, current, ensure_routing, host_name, warn_once
 from capture_shim.config import ShimConfig
 
@@ -146,11 +147,13 @@ def _begin(config: ShimConfig, task: Any, task_id: str, args: Any, kwargs: Any) 
         start["kwargs"] = dict(kwargs or {})
     cap = TaskCapture(config, task_id, start)
     cap.activate()
+    fdcapture.begin(cap, config)
     return cap
 
 
 def _end(cap: TaskCapture, state: str, exc: BaseException | None, tb: str | None) -> None:
     try:
+        fdcapture.end(cap)  # first: what the pipes still hold comes before the end record
         cap.finish(state, exc, tb)
     finally:
         cap.deactivate()

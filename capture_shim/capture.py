@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
@@ -58,7 +59,7 @@ class StreamRouter:
         cap = _current.get()
         if cap is None:
             return self._original.write(text)
-        cap.write(self._stream, text)
+        cap.route(self._stream, text)
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -89,7 +90,7 @@ class _BinaryRouter:
         self._stream = stream
 
     def write(self, data: bytes) -> int:
-        self._cap.write(self._stream, bytes(data).decode("utf-8", "backslashreplace"))
+        self._cap.route(self._stream, bytes(data).decode("utf-8", "backslashreplace"))
         return len(data)
 
     def flush(self) -> None:
@@ -153,6 +154,8 @@ class TaskCapture:
         self._errors = 0
         self._started = time.monotonic()
         self._token: Token[TaskCapture | None] | None = None
+        #: Where the routers send Python-level text: `write`, or fd capture's ordered path.
+        self.route: Callable[[str, str], None] = self.write
         #: The exception and traceback text, when the task failed (set by a signal).
         self.failure: tuple[BaseException | None, str | None] = (None, None)
         self._spool: spool.SpoolFile | None = None

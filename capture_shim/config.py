@@ -23,6 +23,9 @@ DOCUMENTED: tuple[tuple[str, str, str], ...] = (
     ("TASKLOG_MAX_LINES", "1000", "Lines kept per task run: the first half and the last half."),
     ("TASKLOG_MAX_LINE_BYTES", "16384", "Longest line kept; longer ones are cut with a marker."),
     ("TASKLOG_RECORD_ARGS", "false", "Store task args and kwargs (they may hold secrets)."),
+    ("TASKLOG_CAPTURE_FD", "true",
+     "Capture fd 1/2 too (subprocesses, C code) in prefork and solo pools."),
+    ("TASKLOG_TEE", "false", "Also echo captured output to the worker's own stdout/stderr."),
 )
 
 
@@ -48,7 +51,8 @@ def _int(name: str, default: int, minimum: int) -> int:
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        warnings.warn(f"{name}={raw!r} must be an integer >= {minimum}; using {default}", stacklevel=3)
+        warnings.warn(f"{name}={raw!r} must be an integer >= {minimum}; using {default}",
+                      stacklevel=3)
         return default
     return value
 
@@ -60,6 +64,10 @@ class ShimConfig:
     max_lines: int
     max_line_bytes: int
     record_args: bool
+    #: Capture fd 1/2 too (subprocesses, os.write, C code) where one task owns the process.
+    capture_fd: bool = True
+    #: Also echo captured output to the worker's own stdout/stderr.
+    tee: bool = False
 
     @classmethod
     def from_env(cls) -> ShimConfig:
@@ -69,4 +77,6 @@ class ShimConfig:
             max_lines=_int("TASKLOG_MAX_LINES", 1000, 2),
             max_line_bytes=_int("TASKLOG_MAX_LINE_BYTES", 16384, 64),
             record_args=_bool("TASKLOG_RECORD_ARGS", False),
+            capture_fd=_bool("TASKLOG_CAPTURE_FD", True),
+            tee=_bool("TASKLOG_TEE", False),
         )
