@@ -72,8 +72,11 @@ class TaskFollower:
                 self.last_seq = line["seq"]
 
     async def on_task(self, task: wire.Json) -> None:
-        if (task.get("last_seq") or 0) > self.last_seq or task.get("status") in FINISHED_STATES:
-            await self.replay()
+        announced = task.get("last_seq")
+        if (announced is None and task.get("status") in FINISHED_STATES) or (
+            announced is not None and announced > self.last_seq
+        ):
+            await self.replay()  # lines this stream has not seen are stored: send them first
         await self.send_status(task)
 
     async def send_status(self, task: wire.Json) -> None:
@@ -94,25 +97,38 @@ class TaskFollower:
             await self.on_task(wire.task_json(row))
 
     async def follow(self, sub: Subscription, hub_live: Any, settings: Any) -> None:
+        # The replay comes first; later, whenever a Postgres read failed, Postgres again.
+        behind, first = True, True
         while not self.finished:
-            wait = settings.api_sse_resync if hub_live() else settings.api_poll_interval
-            batch = await sub.next_batch(wait)
+            if first:
+                batch, first = [], False
+            else:
+                live = hub_live() and not behind
+                batch = await sub.next_batch(
+                    settings.api_sse_resync if live else settings.api_poll_interval
+                )
             if sub.closed:
                 return
             if sub.overflowed:
                 log.info("cutting off a slow client of task %s at seq %s", self.task_id,
                          self.last_seq)  # fmt: skip
                 return
-            if not batch or RESYNC in batch:
-                await self.refresh()
-                continue
-            for message in batch:
-                if "lines" in message:
-                    await self.on_lines(message)
+            try:
+                if behind or not batch or RESYNC in batch:
+                    await self.refresh()
                 else:
-                    await self.on_task(message)
-                if self.finished:
-                    break
+                    for message in batch:
+                        if "lines" in message:
+                            await self.on_lines(message)
+                        else:
+                            await self.on_task(message)
+                        if self.finished:
+                            break
+                behind = False
+            except StoreUnavailable as exc:
+                # What was sent is sent (last_seq says so); the rest comes once Postgres answers.
+                log.warning("stream of task %s waits for Postgres: %s", self.task_id, exc)
+                behind = True
 
 
 async def task_stream(request: web.Request) -> web.StreamResponse:
@@ -129,10 +145,9 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
             await stream.event(
                 {"type": wire.CONNECTED, "task_id": task_id, "after_seq": after}, retry=RETRY_MS
             )
+            if row is None:
+                await follower.send_status(_pending(task_id))
             try:
-                await follower.refresh(row)
-                if follower.status is None:
-                    await follower.send_status(_pending(task_id))
                 await follower.follow(sub, lambda: hub.live, settings)
                 if follower.finished:
                     await stream.event({"type": wire.END, "task_id": task_id,
