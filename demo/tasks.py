@@ -103,3 +103,68 @@ def retry_task(self) -> str:
     if self.request.retries == 0:
         raise self.retry(countdown=0)
     return "retried"
+
+
+# -- fd-level capture (tests/integration/test_fd_capture.py) -----------------------------------
+
+
+@app.task(bind=True, name="demo.fd_mixed")
+def fd_mixed(self) -> str:
+    """Writes to fd 1/2 every way Python's sys.stdout never sees, between two prints."""
+    import ctypes
+    import os
+    import subprocess
+
+    print("py before")
+    subprocess.run(["sh", "-c", "echo out; echo err >&2"], check=True)
+    os.write(1, b"os write 1\n")
+    os.write(2, b"os write 2\n")
+    libc = ctypes.CDLL(None)
+    libc.printf(b"c printf %d\n", 42)
+    libc.fflush(None)
+    print("py after")
+    print("py err", file=sys.stderr)
+    return "mixed"
+
+
+@app.task(bind=True, name="demo.fd_burst")
+def fd_burst(self, megabytes: int = 20, width: int = 100) -> int:
+    """A child process writes `megabytes` MB of `width`-byte numbered lines to its stdout."""
+    import subprocess
+
+    count = megabytes * 1_000_000 // width
+    script = (
+        "import sys\n"
+        f"pad = 'x' * {width - 14}\n"
+        f"for start in range(1, {count + 1}, 10000):\n"
+        f"    stop = min(start + 10000, {count + 1})\n"
+        "    sys.stdout.write(''.join(f'burst {i:07d}{pad}\\n' for i in range(start, stop)))\n"
+    )
+    print("burst start")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    print("burst end")
+    return count
+
+
+@app.task(bind=True, name="demo.fd_orphan")
+def fd_orphan(self, delay: float = 1.5) -> int:
+    """Starts a child that outlives the task and writes after it returned."""
+    import subprocess
+
+    child = subprocess.Popen(["sh", "-c", f"sleep {delay}; echo orphan-late; echo orphan-err >&2"])
+    print("orphan started")
+    return child.pid
+
+
+@app.task(bind=True, name="demo.fd_close")
+def fd_close(self) -> str:
+    """Closes fd 1 and points fd 2 at /dev/null, as some daemonizing code does."""
+    import os
+
+    os.write(1, b"before close\n")
+    os.close(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    print("python still captured")
+    return "closed"
