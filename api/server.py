@@ -11,6 +11,7 @@ from aiohttp import web
 
 from api.app import PREFIX, create_app
 from api.settings import ApiSettings
+from tasklog import sdnotify
 
 log = logging.getLogger("tasklog.api")
 
@@ -68,8 +69,12 @@ async def serve(settings: ApiSettings, stop: asyncio.Event | None = None) -> Non
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.api_port
         log.info("tasklog api listening on http://%s:%s%s/", host, port, PREFIX)
+        sdnotify.ready(f"listening on {host}:{port}")
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop(stop), name="watchdog")
         await stop.wait()
         log.info("shutting down")
+        sdnotify.stopping()
+        await watchdog
     finally:
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
