@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,10 @@ def run_demo(state_dir: str | Path, launch: bool = True) -> None:
         ], env, logs))
         url = _start_api(env, logs, procs)
         say(f"logs of the collector, worker and API are in {logs}")
+        if url and _answers(url + "healthz"):
+            say(f"open {url} to watch tasks live (the launch page starts more)")
         if launch:
             _launch_and_show(env, database_url)
-        if url:
-            say(f"open {url} to watch tasks live (the launch page starts more)")
         say("running; press Ctrl-C to stop everything")
         _wait_for_interrupt(procs)
         say("stopping")
@@ -126,6 +127,19 @@ def _start_api(env: dict[str, str], logs: Path, procs: list[Any]) -> str | None:
     port = env.get("TASKLOG_API_PORT", "8000")
     procs.append(_spawn("api", [sys.executable, "-m", "tasklog", "api"], env, logs))
     return f"http://{host}:{port}/tasklog/"
+
+
+def _answers(url: str, timeout: float = 30) -> bool:
+    """Wait until the API answers (it starts in a second or two)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    say(f"the API did not answer at {url} within {timeout:.0f}s; see its log")
+    return False
 
 
 def _launch_and_show(env: dict[str, str], database_url: str) -> None:
