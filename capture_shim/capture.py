@@ -218,7 +218,8 @@ class TaskCapture:
         with self._lock:
             buf = self._partial.get(stream, "") + text
             if "\n" not in buf:
-                # A line without its newline yet; bound it so a progress bar of "\r"s can't grow forever.
+                # A line without its newline yet; bound it so a progress bar of "\r"s
+                # can't grow forever.
                 if len(buf) > self._config.max_line_bytes:
                     self._partial[stream] = ""
                     self._emit_locked(stream, buf, None)

@@ -208,6 +208,8 @@ class FdSession:
         self._probe = select.poll()  # the task thread's, under the lock
         self._attached = True
         self._ended = False
+        #: Streams whose last Python-level write left a line open (no fd data since).
+        self._mid_line: set[str] = set()
         self._closed = threading.Event()  # every read end reached end-of-file
         self._thread: threading.Thread | None = None
         self._swapped: list[tuple[logging.StreamHandler[Any], Any]] = []
@@ -274,10 +276,16 @@ class FdSession:
             _write_all(_FD_OF.get(stream, 2), text.encode("utf-8", "backslashreplace"))
             return
         with self._lock:
-            if self._attached and self._readers and self._probe.poll(0):
+            # The rest of a line a print started (print writes text, then "\n") needs no look:
+            # it keeps the line whole, and a pipe is looked at once per print, not twice.
+            if stream not in self._mid_line and self._probe.poll(0):
                 for read_end in list(self._readers):
                     self._drain(read_end)
             self.cap.write(stream, text)
+            if text.endswith("\n"):
+                self._mid_line.discard(stream)
+            else:
+                self._mid_line.add(stream)
             if self.tee and stream in _FD_OF:
                 _write_all(self._saved[_FD_OF[stream]], text.encode("utf-8", "backslashreplace"))
 
@@ -320,6 +328,7 @@ class FdSession:
                 text = decoder.decode(data)
                 if text:
                     self.cap.write(_STREAMS[fd], text)
+                    self._mid_line.discard(_STREAMS[fd])
 
     def _close_reader(self, read_end: int) -> None:
         fd, decoder = self._readers.pop(read_end)
