@@ -301,4 +301,5 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def host_name() -> str:
-    return os.uname().nodename
+    # The same name the collector of this host goes by (its TASKLOG_HOST, else the node name).
+    return os.environ.get("TASKLOG_HOST") or os.uname().nodename
