@@ -58,6 +58,7 @@ import os
 import select
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -177,11 +178,15 @@ def end(cap: TaskCapture) -> None:
     session.end()
 
 
+#: Sessions started in this process and not ended, the detached ones included.
+_live: weakref.WeakSet[FdSession] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
     # A task forked (multiprocessing "fork"): the reader thread is not here, its lock may be
     # held forever; write Python-level text to fd 1/2 (the pipes) instead.
-    if _session is not None:
-        _session.forked = True
+    for session in list(_live):
+        session.forked = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -249,6 +254,7 @@ class FdSession:
             self._probe.register(read_end, select.POLLIN)
         self._redirect_worker_streams()
         self.cap.route = self.write_python
+        _live.add(self)
         self._thread = threading.Thread(target=self._run, name="tasklog-fd-reader", daemon=True)
         self._thread.start()
         FdStats.sessions += 1
@@ -347,6 +353,7 @@ class FdSession:
         if self._ended or self._thread is None:  # ended already, or never started
             return
         self._ended = True
+        _live.discard(self)
         try:
             self._end()
         except Exception as exc:

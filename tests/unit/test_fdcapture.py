@@ -271,3 +271,36 @@ def test_an_oserror_at_start_falls_back_to_python_level(tmp_path: Path) -> None:
     assert "fd line" in result.stdout
     assert "fd-level capture could not start" in result.stderr
     assert [m for _, _, m in _lines(spool_dir)] == ["python line"]
+
+
+def test_a_process_forked_by_the_task_writes_through_the_pipes(
+    session: Callable[..., FdSession], spool_dir: Path
+) -> None:
+    sess = session()
+    sess.cap.route(spool.STDOUT, "parent before\n")
+    pid = os.fork()
+    if pid == 0:  # the child: no reader thread here, its Python-level text goes to fd 1
+        try:
+            sess.cap.route(spool.STDOUT, "from the child\n")
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    sess.cap.route(spool.STDOUT, "parent after\n")
+    sess.end()
+    sess.cap.finish("SUCCESS")
+    assert _lines(spool_dir) == [(1, "stdout", "parent before"), (2, "stdout", "from the child"),
+                                 (3, "stdout", "parent after")]
+
+
+def test_tee_without_fd_capture_echoes_to_the_replaced_streams(
+    spool_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cap = _capture(spool_dir)
+    assert fdcapture.begin(cap, _config(spool_dir, capture_fd=False, tee=True)) is None
+    cap.route(spool.STDOUT, "to both\n")
+    cap.route(spool.STDERR, "err to both\n")
+    fdcapture.end(cap)
+    cap.finish("SUCCESS")
+    seen = capsys.readouterr()
+    assert seen.out == "to both\n" and seen.err == "err to both\n"
+    assert [m for _, _, m in _lines(spool_dir)] == ["to both", "err to both"]
