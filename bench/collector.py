@@ -1,12 +1,288 @@
-"""Benchmark 2."""
+"""Benchmark 2: collector throughput from a pre-filled spool, and its memory with a backlog.
+
+The spool is written by the shim's own writer (`TaskCapture`), one file per task. Each run
+hard-links it into a fresh spool directory, starts ``python -m tasklog collector`` against a
+fresh database, and times until every task's end is stored. Baselines on the same rows: a raw
+``COPY`` with ``psql`` (the practical limit) and one committed INSERT per line (a sample,
+extrapolated). ``--backlog-gb 1`` is the memory mode: one run over a spool of that size.
+"""
+
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.common import (
+    Child,
+    Databases,
+    Figure,
+    children,
+    python,
+    row,
+    sample_lines,
+    scalar,
+    title,
+    verdict,
+    wait_for,
+    workdir,
+)
+
+TARGET_RATE = 200_000
+TARGET_COPY_RATIO = 0.5
+TARGET_RSS_MB = 150
+_COLUMNS = "task_id, seq, ts, stream, level, message"
+#: A head+tail bound beyond any file's length (and within the schema's integer).
+_KEEP_ALL = 2_000_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--lines", type=int, default=1_000_000, help="lines in the spool")
+    p.add_argument("--files", type=int, default=1_000, help="spool files (tasks)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each way")
+    p.add_argument("--insert-sample", type=int, default=10_000,
+                   help="lines per INSERT-per-line run (extrapolated)")
+    p.add_argument("--backlog-gb", type=float, default=0.0,
+                   help="memory mode: one collector run over a spool backlog of this size")
+    p.add_argument("--no-redis", action="store_true", help="run the collector without Redis")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
 
 
-def run(args: argparse.Namespace) -> None:
-    pass
+def run(args: argparse.Namespace) -> dict[str, Figure]:
+    if args.backlog_gb:
+        return run_backlog(args)
+    title(f"collector: {args.lines:,} lines in {args.files:,} spool files -> Postgres")
+    dbs = Databases(args.database_url)
+    try:
+        with workdir(args.keep) as tmp:
+            master = tmp / "master"
+            started = time.monotonic()
+            nbytes = fill_spool(master, args.files, args.lines)
+            row("spool written by the shim's writer",
+                f"{nbytes / 1e6:,.0f} MB in {time.monotonic() - started:.1f}s")
+            copy_file = tmp / "rows.copy"
+            days = copy_rows(master, copy_file)
+            rates: dict[str, list[float]] = {"collector": [], "copy": [], "insert": []}
+            walls, peaks, cpus = [], [], []
+            for i in range(args.runs):
+                result = collect_once(master, tmp / f"run{i}", dbs, args, args.lines)
+                rates["collector"].append(result["rate"])
+                walls.append(result["wall"])
+                peaks.append(result["rss_peak_mb"])
+                cpus.append(result["cpu_us_per_line"])
+                rates["copy"].append(psql_copy(copy_file, days, dbs, args.lines))
+                rates["insert"].append(insert_per_line(copy_file, days, dbs, args.insert_sample))
+    finally:
+        dbs.close()
+    collector = Figure("collector (python -m tasklog collector)", "lines/s", rates["collector"])
+    copy = Figure("raw COPY with psql, same rows", "lines/s", rates["copy"])
+    insert = Figure("one committed INSERT per line (extrapolated)", "lines/s", rates["insert"])
+    ratio = collector.median / copy.median
+    row(collector.name, collector.text(0),
+        f"target >= {TARGET_RATE:,}: {verdict(collector.median >= TARGET_RATE)}")
+    row("  wall time incl. start-up", Figure("", "s", walls).text(2))
+    row("  collector CPU per line", Figure("", "us", cpus).text(2))
+    row("  collector peak RSS", Figure("", "MB", peaks).text(1))
+    row(copy.name, copy.text(0))
+    row("collector / raw COPY", f"{ratio:.2f}x",
+        f"target >= {TARGET_COPY_RATIO}x: {verdict(ratio >= TARGET_COPY_RATIO)}")
+    row(insert.name, insert.text(0), f"sample of {args.insert_sample:,} lines per run")
+    row("collector / INSERT per line", f"{collector.median / insert.median:,.0f}x")
+    return {"collector": collector, "copy": copy, "insert": insert}
+
+
+def run_backlog(args: argparse.Namespace) -> dict[str, Figure]:
+    target = int(args.backlog_gb * 1e9)
+    per_line = 185  # bytes per spool record, on average, for 40-200 byte lines
+    lines = target // per_line
+    files = max(args.files, 1)
+    title(f"collector memory: a {args.backlog_gb:g} GB spool backlog "
+          f"(~{lines:,} lines in {files:,} files)")
+    dbs = Databases(args.database_url)
+    try:
+        with workdir(args.keep) as tmp:
+            master = tmp / "master"
+            started = time.monotonic()
+            nbytes = fill_spool(master, files, lines)
+            row("spool written by the shim's writer",
+                f"{nbytes / 1e9:,.2f} GB in {time.monotonic() - started:.0f}s")
+            result = collect_once(master, tmp / "run", dbs, args, lines, link=False)
+    finally:
+        dbs.close()
+    peak = Figure("collector peak RSS (VmHWM)", "MB", [result["rss_peak_mb"]])
+    rate = Figure("collector throughput over the backlog", "lines/s", [result["rate"]])
+    row(peak.name, peak.text(1),
+        f"target <= {TARGET_RSS_MB} MB: {verdict(peak.median <= TARGET_RSS_MB)}")
+    row(rate.name, rate.text(0))
+    return {"rss": peak, "backlog_rate": rate}
+
+
+# -- the spool ---------------------------------------------------------------------------------
+
+
+def fill_spool(directory: Path, files: int, lines: int) -> int:
+    """Write `lines` lines across `files` task spool files with the shim; returns bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    workers = min(2, os.cpu_count() or 1)
+    share = [(directory, i, workers, files, lines) for i in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_fill_part, share))
+    return sum(p.stat().st_size for p in directory.iterdir())
+
+
+def _fill_part(job: tuple[Path, int, int, int, int]) -> None:
+    directory, part, step, files, lines = job
+    from capture_shim.capture import TaskCapture
+    from capture_shim.config import ShimConfig
+
+    # max_lines beyond any file: every line is kept, none trimmed by the head+tail bound.
+    config = ShimConfig(enabled=True, spool_dir=str(directory), max_lines=_KEEP_ALL,
+                        max_line_bytes=16384, record_args=False)
+    pool = sample_lines(20_011, seed=part + 7)
+    k = 0
+    for f in range(part, files, step):
+        n = lines // files + (1 if f < lines % files else 0)
+        task_id = f"bench-{f:07d}"
+        cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "bench.fill",
+                                            "host": "bench", "pid": os.getpid(),
+                                            "max_lines": _KEEP_ALL})
+        for _ in range(n):
+            cap.emit("stdout", pool[k % len(pool)])
+            k += 1
+        cap.finish("SUCCESS")
+
+
+def copy_rows(spool: Path, out: Path) -> set[str]:
+    """The rows the collector would store, as a COPY text file; returns the days they span."""
+    days: set[str] = set()
+    with out.open("w", encoding="utf-8") as dst:
+        for path in spool.iterdir():
+            task_id = None
+            for raw in path.read_bytes().splitlines():
+                rec = json.loads(raw)
+                if rec["k"] == "start":
+                    task_id = rec["task_id"]
+                elif rec["k"] == "line":
+                    ts = datetime.fromtimestamp(rec["t"], UTC)
+                    days.add(ts.date().isoformat())
+                    dst.write(f"{task_id}\t{rec['n']}\t{ts.isoformat()}\t{rec['s']}\t\\N\t"
+                              f"{_copy_escape(rec['m'])}\n")
+    return days
+
+
+def _copy_escape(text: str) -> str:
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def _partitions(url: str, days: set[str]) -> None:
+    import psycopg
+    from psycopg import sql
+
+    stmt = "CREATE TABLE IF NOT EXISTS {} PARTITION OF lines FOR VALUES FROM ({}) TO ({})"
+    with psycopg.connect(url, autocommit=True) as conn:
+        for day in sorted(days):
+            start = datetime.fromisoformat(day).date()
+            conn.execute(sql.SQL(stmt).format(
+                sql.Identifier(f"lines_{start:%Y%m%d}"),
+                sql.Literal(f"{start.isoformat()} 00:00:00+00"),
+                sql.Literal(f"{start + timedelta(days=1)} 00:00:00+00"),
+            ))
+
+
+# -- the ways ----------------------------------------------------------------------------------
+
+
+def collect_once(master: Path, spool: Path, dbs: Databases, args: argparse.Namespace,
+                 lines: int, link: bool = True) -> dict[str, float]:
+    """One collector run over a copy of the spool; throughput, peak RSS, CPU per line."""
+    spool.mkdir()
+    names = [p.name for p in master.iterdir()]
+    for name in names:
+        if link:
+            os.link(master / name, spool / name)
+        else:
+            os.rename(master / name, spool / name)
+    url = dbs.fresh()
+    env = {"TASKLOG_DATABASE_URL": url, "TASKLOG_SPOOL_DIR": str(spool),
+           "TASKLOG_HOST": "bench", "TASKLOG_LOG_LEVEL": "INFO"}
+    if not args.no_redis:
+        env["TASKLOG_REDIS_URL"] = args.redis_url
+    with children() as procs:
+        spawned = time.monotonic()
+        proc = Child(f"collector-{spool.name}", [python(), "-m", "tasklog", "collector"], env,
+                     spool.parent)
+        procs.append(proc)
+        ready = proc.wait_for_log("following", timeout=120)
+        done = _wait_stored(url, len(names), proc)
+        stored = scalar(url, "SELECT coalesce(sum(line_count), 0) FROM tasks")
+        peak = proc.rss_peak_kb() / 1024
+        cpu = proc.cpu_seconds()
+    dbs.drop(url)
+    shutil.rmtree(spool, ignore_errors=True)
+    if stored != lines:
+        raise RuntimeError(f"collector stored {stored} lines, expected {lines}")
+    return {"rate": lines / (done - ready), "wall": done - spawned, "rss_peak_mb": peak,
+            "cpu_us_per_line": cpu / lines * 1e6}
+
+
+def _wait_stored(url: str, files: int, proc: Child, stall: float = 60) -> float:
+    """Wait until every task's end is stored; fails if nothing moves for `stall` seconds."""
+    last, moved = None, time.monotonic()
+
+    def stored() -> bool:
+        nonlocal last, moved
+        ended, lines = scalar(url, "SELECT ARRAY[count(completed_at), coalesce(sum(line_count), 0)]"
+                              " FROM tasks")
+        if (ended, lines) != last:
+            last, moved = (ended, lines), time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise RuntimeError(f"collector stalled at {last} (tasks ended, lines); log tail:\n"
+                               + "\n".join(proc.log_text().splitlines()[-20:]))
+        return bool(ended == files)
+
+    return wait_for(stored, 24 * 3600, "every task stored", proc, interval=0.05)
+
+
+def psql_copy(copy_file: Path, days: set[str], dbs: Databases, lines: int) -> float:
+    """Lines per second of `\\copy` into the same (fresh) lines table."""
+    url = dbs.fresh()
+    _partitions(url, days)
+    started = time.monotonic()
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c",
+                    f"\\copy lines ({_COLUMNS}) FROM '{copy_file}'"], check=True)
+    elapsed = time.monotonic() - started
+    stored = scalar(url, "SELECT count(*) FROM lines")
+    dbs.drop(url)
+    if stored != lines:
+        raise RuntimeError(f"COPY stored {stored} lines, expected {lines}")
+    return lines / elapsed
+
+
+def insert_per_line(copy_file: Path, days: set[str], dbs: Databases, sample: int) -> float:
+    """Lines per second of one committed INSERT per line, over the first `sample` rows."""
+    import psycopg
+
+    rows = []
+    with copy_file.open(encoding="utf-8") as src:
+        for line in src:
+            task_id, seq, ts, stream, _, message = line.rstrip("\n").split("\t")
+            rows.append((task_id, int(seq), ts, stream, message))
+            if len(rows) >= sample:
+                break
+    url = dbs.fresh()
+    _partitions(url, days)
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.monotonic()
+        for r in rows:
+            conn.execute("INSERT INTO lines (task_id, seq, ts, stream, level, message) "
+                         "VALUES (%s, %s, %s, %s, NULL, %s)", r)
+        elapsed = time.monotonic() - started
+    dbs.drop(url)
+    return len(rows) / elapsed
