@@ -9,7 +9,9 @@ Drives the shim in this process as a prefork/solo task would (no worker, no Redi
 * ``fd child``: a child process writes all lines at once to its inherited stdout;
   ``child /dev/null`` is the same child with nothing capturing it (the floor).
 
-Every captured way ends with its spool file written and closed. Run:
+Every captured way ends with its spool file written and closed. A last figure is the fixed
+cost per task of an `FdSession` (pipes, thread, descriptors put back) on top of a `TaskCapture`.
+Run:
 ``python -m bench.fd_capture [--lines 100000] [--width 100] [--runs 5]``.
 """
 
@@ -101,6 +103,25 @@ def _ways(spool_dir: Path, lines: int, width: int) -> dict[str, Callable[[int], 
     }
 
 
+def _per_task(spool_dir: Path, tasks: int) -> tuple[float, float]:
+    """Median seconds per task of an empty TaskCapture, without and with an FdSession
+    (interleaved, so a busy machine weighs on both alike)."""
+    config = ShimConfig(enabled=True, spool_dir=str(spool_dir), max_lines=1000,
+                        max_line_bytes=16384, record_args=False)
+    costs: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(tasks):
+        for with_fd in (False, True):
+            started = time.perf_counter()
+            cap = TaskCapture(config, f"task-{with_fd}-{i}", {"task_id": "t"})
+            if with_fd:
+                session = FdSession(cap)
+                session.start()
+                session.end()
+            cap.finish("SUCCESS")
+            costs[with_fd].append(time.perf_counter() - started)
+    return statistics.median(costs[False]), statistics.median(costs[True])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
@@ -120,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                 times.setdefault(name, []).append(way(n))
                 for path in spool_dir.glob("*" + spool.SUFFIX):
                     path.unlink()
+        plain_task, fd_task = _per_task(spool_dir, 500)
 
     out = sys.__stdout__
     assert out is not None
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         us = median / args.lines * 1e6
         out.write(f"  {name:<16} {us:7.2f} µs/line  {median * 1e3:8.1f} ms  "
                   f"({median / floor:4.2f}x python)\n")
+    out.write(f"  per task: {plain_task * 1e6:.0f} µs without fd capture, "
+              f"{fd_task * 1e6:.0f} µs with it (+{(fd_task - plain_task) * 1e6:.0f} µs)\n")
     out.flush()
 
 

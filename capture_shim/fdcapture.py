@@ -243,11 +243,11 @@ class FdSession:
         except BaseException:
             for fd in redirected:
                 _quiet(os.dup2, self._saved[fd], fd, self._inheritable[fd])
-            for number in [*write_ends.values(), *self._readers, *self._saved.values()]:
+            for number in [*self._readers, *self._saved.values()]:
                 _quiet(os.close, number)
             raise
-        finally:
-            for number in write_ends.values():  # fd 1/2 are now the only write ends here
+        finally:  # on success fd 1/2 are now the only write ends here
+            for number in write_ends.values():
                 _quiet(os.close, number)
         for read_end in self._readers:
             self._poller.register(read_end, select.POLLIN)
