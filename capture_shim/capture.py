@@ -9,6 +9,7 @@ goes to the original stream instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,6 +24,10 @@ from capture_shim.config import ShimConfig
 
 _current: ContextVar[TaskCapture | None] = ContextVar("tasklog_capture", default=None)
 _install_lock = threading.Lock()
+#: End records a full spool refused, with their files: retried when the process starts a task.
+_pending_ends: list[tuple[str, bytes]] = []
+_pending_lock = threading.Lock()
+_MAX_PENDING_ENDS = 256
 
 
 class Stats:
@@ -38,8 +43,12 @@ def warn_once(key: str, message: str) -> None:
     if key in Stats._warned:
         return
     Stats._warned.add(key)
+    # Inside a task whose fd 2 is captured, sys.__stderr__ leads back into the task's own
+    # output; its fallback stream is the worker's real stderr.
+    cap = _current.get()
+    stream = sys.__stderr__ if cap is None else cap._fallback[spool.STDERR]
     try:
-        sys.__stderr__.write(f"celery-tasklog: {message}\n")  # type: ignore[union-attr]
+        stream.write(f"celery-tasklog: {message}\n")  # type: ignore[union-attr]
     except Exception:
         pass
 
@@ -165,12 +174,22 @@ class TaskCapture:
             spool.STDERR: _unrouted(sys.stderr),
             spool.LOG: _unrouted(sys.stderr),
         }
+        if _pending_ends:
+            _retry_pending_ends()
         try:
             self._spool = spool.SpoolFile(config.spool_dir, task_id)
         except OSError as exc:
             self._fail("open", exc)
             return
-        self._put(spool.encode({"k": spool.START, "v": spool.VERSION, "t": time.time(), **start}))
+        if not self._put(
+            spool.encode({"k": spool.START, "v": spool.VERSION, "t": time.time(), **start})
+        ):
+            # A file without its start record could never be placed: give it up (unlinking
+            # needs no space) and send this task's output to the original streams.
+            with contextlib.suppress(OSError):
+                self._spool.close()
+                os.unlink(self._spool.path)
+            self._spool = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -204,7 +223,9 @@ class TaskCapture:
             end["exc_type"] = type(exc).__name__
             end["exc_message"] = _safe_str(exc)
             end["traceback"] = tb
-        self._put(spool.encode(end))
+        data = spool.encode(end)
+        if not self._put(data) and self._spool is not None:
+            _hold_end(self._spool.path, data)
         if self._spool is not None:
             try:
                 self._spool.close()
@@ -285,6 +306,32 @@ class TaskCapture:
             self._fallback[stream].write(text + "\n")
         except Exception:
             pass
+
+
+def _hold_end(path: str, data: bytes) -> None:
+    """Keep an end record the spool refused: until it is written the collector keeps the file
+    and shows the task running (until the worker process exits)."""
+    with _pending_lock:
+        if len(_pending_ends) < _MAX_PENDING_ENDS:
+            _pending_ends.append((path, data))
+
+
+def _retry_pending_ends() -> None:
+    """Append the end records a full spool refused, oldest first, now that there may be room."""
+    with _pending_lock:
+        kept = []
+        for path, data in _pending_ends:
+            try:
+                file = spool.SpoolFile.reopen(path)
+            except OSError:
+                continue  # gone: the collector finished it as LOST, or someone removed it
+            try:
+                file.write(data)
+            except OSError:
+                kept.append((path, data))
+            finally:
+                file.close()
+        _pending_ends[:] = kept
 
 
 def _unrouted(stream: Any) -> Any:

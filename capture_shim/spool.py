@@ -7,7 +7,8 @@ user-controlled string and must never choose a path. The real id is in the ``sta
 
 Each line of a file is one JSON object terminated by ``\\n``, written whole by a single
 ``os.write`` on an ``O_APPEND`` descriptor, so a reader sees whole records or a trailing partial
-line (which it must leave for later). ``k`` is the record kind, ``t`` a Unix time in seconds:
+line (which it must leave for later; a record torn by a full disk is truncated away). ``k`` is
+the record kind, ``t`` a Unix time in seconds:
 
 ``start`` (first record of a file)
     ``v`` format version (1), ``task_id``, ``name``, ``host``, ``pid``, ``worker``,
@@ -21,7 +22,8 @@ line (which it must leave for later). ``k`` is the record kind, ``t`` a Unix tim
 ``end`` (last record of a file)
     ``state`` (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``…), ``runtime`` seconds,
     ``exc_type``, ``exc_message``, ``traceback``, ``lines`` (lines written), ``errors``
-    (records that could not be written to the spool and went to the original stream).
+    (records that could not be written to the spool and went to the original stream). When
+    a full disk refuses it, the same process appends it before its next task starts.
 
 A reader ignores keys it does not know, counts and skips a line that is not a valid record,
 and never ingests a trailing line without its newline.
@@ -88,14 +90,31 @@ class SpoolFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self.fd = os.open(self.path, flags, 0o640)
 
+    @classmethod
+    def reopen(cls, path: str) -> SpoolFile:
+        """An existing spool file, to append a record that a full disk refused earlier."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        return self
+
     def write(self, data: bytes) -> None:
         # O_APPEND + one write per record: a reader sees whole records or a partial tail.
         written = os.write(self.fd, data)
         if written != len(data):  # only on a full disk; finish the record or fail loudly
             view = memoryview(data)[written:]
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+            try:
+                while view:
+                    n = os.write(self.fd, view)
+                    view = view[n:]
+            except OSError:
+                # Take the torn record back (truncating needs no space): left there, it would
+                # swallow the next record written once space frees. One writer per file.
+                try:
+                    os.ftruncate(self.fd, os.fstat(self.fd).st_size - (len(data) - len(view)))
+                except OSError:
+                    pass
+                raise
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -252,6 +252,7 @@ class Collector:
                 "version": __version__, "started_at": self._started_at,
                 "backlog_files": files, "backlog_bytes": nbytes,
                 "stats": {**self.counters.as_dict(), "status": self.status,
+                          "truncated": spool.truncated, "skipped_bytes": spool.skipped_bytes,
                           "spool_free_bytes": free, "spool_full": self._spool_full},
             })
         self._report()

@@ -86,6 +86,8 @@ class SpoolDir:
         self.files = known
         self._dirty: set[str] = set(known)
         self.skipped_bytes = 0
+        #: Files found shorter than what was stored of them (truncated under the collector).
+        self.truncated = 0
 
     # -- discovering ------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class SpoolDir:
                 name, st.st_size, state.offset,
             )
             state.offset = st.st_size
+            self.truncated += 1
         if st.st_size > state.offset:
             self._dirty.add(name)
 
