@@ -29,6 +29,7 @@ from collector.store import Store, Stored
 from collector.tail import Batch, FileState, SpoolDir
 from tasklog import __version__, sdnotify
 from tasklog.errors import ConfigError, StoreUnavailable
+from tasklog.process import pid_alive
 
 log = logging.getLogger("tasklog.collector")
 
@@ -352,16 +353,6 @@ def writer_pid(name: str) -> int | None:
         return int(name.rsplit(".", 3)[-3])
     except (IndexError, ValueError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from types import ModuleType, TracebackType
 from typing import IO, Any, Self
 
 from tasklog.errors import TasklogError
+from tasklog.process import pid_alive
 
 HOST = "127.0.0.1"
 #: The system account that runs Postgres when we are root (Postgres refuses to run as root);
@@ -47,21 +48,6 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except OSError as exc:
         return f"(no log: {exc.strerror})"
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(log is empty)"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (dead, not yet reaped by its parent) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): trust kill()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def group_alive(pgid: int) -> bool:
