@@ -104,7 +104,9 @@ async def _stop_streams(app: web.Application) -> None:
 
 def create_app(settings: ApiSettings) -> web.Application:
     public = frozenset({PREFIX + "/healthz", PREFIX + "/login"})
-    app = web.Application(middlewares=[json_errors, auth.make_middleware(PREFIX, public)])
+    app = web.Application(
+        middlewares=[json_errors, auth.same_origin, auth.make_middleware(PREFIX, public)]
+    )
     app[keys.SETTINGS] = settings
     app[keys.PAGES] = Pages(PREFIX)
     app[keys.STREAMS] = weakref.WeakSet()

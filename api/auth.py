@@ -2,7 +2,8 @@
 
 A client sends ``Authorization: Bearer <token>``; a browser logs in once through the login
 page, which sets an HttpOnly cookie (EventSource cannot send headers). The cookie holds an
-HMAC of the token, not the token itself.
+HMAC of the token, not the token itself. With or without a token, a POST from another site's
+page is refused (`same_origin`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -49,6 +50,44 @@ def make_middleware(
         raise web.HTTPFound(f"{prefix}/login?next={quote(target, safe='')}")
 
     return require_token
+
+
+#: Methods that change something: a browser must not send them on behalf of another site.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = (":80", ":443")
+
+
+def _netloc(value: str) -> str:
+    host = value.strip().lower()
+    for port in _DEFAULT_PORTS:
+        if host.endswith(port):
+            return host.removesuffix(port)
+    return host
+
+
+def is_cross_site(request: web.Request) -> bool:
+    """Whether a browser sent this request from a page of another site.
+
+    Browsers name the page that sends a POST in ``Origin`` (and ``Referer``); a request with
+    neither was not sent by a browser for another site's page. Only the host is compared:
+    behind a TLS-terminating proxy the scheme seen here is not the browser's.
+    """
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if source is None:
+        return False
+    given = urlsplit(source)
+    if given.scheme not in ("http", "https") or not given.netloc:
+        return True  # "null" (sandboxed frames, file: pages) or garbage
+    return _netloc(given.netloc) != _netloc(request.host)
+
+
+@web.middleware
+async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Cross-site request forgery: refuse an unsafe method sent from another site's page."""
+    if request.method in UNSAFE_METHODS and is_cross_site(request):
+        params.error(web.HTTPForbidden, "cross-site request refused: Origin/Referer is not "
+                                        f"this site ({request.host})")  # fmt: skip
+    return await handler(request)
 
 
 def safe_next(prefix: str, target: str | None) -> str:

@@ -108,6 +108,10 @@ async def launch(request: web.Request) -> web.Response:
     launcher = request.app[keys.LAUNCHER]
     if not request.app[keys.SETTINGS].api_demo_launch or not launcher.available:
         params.error(web.HTTPNotFound, "launching demo tasks is disabled (no TASKLOG_REDIS_URL?)")
+    # Another site's page can post a form (text/plain, urlencoded, multipart) without asking;
+    # sending JSON would need a CORS preflight, which this API never grants.
+    if request.content_type != "application/json":
+        params.bad("body: expected a JSON object sent as Content-Type: application/json")
     try:
         body = await request.json()
     except ValueError:

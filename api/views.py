@@ -71,7 +71,8 @@ async def login(request: web.Request) -> web.Response:
         path=pages.prefix + "/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        # Behind a TLS-terminating proxy (docs/deploy.md) the browser's scheme is forwarded.
+        secure=request.secure or request.headers.get("X-Forwarded-Proto") == "https",
         max_age=30 * 24 * 3600,
     )
     raise response
