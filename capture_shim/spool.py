@@ -11,9 +11,11 @@ line (which it must leave for later; a record torn by a full disk is truncated a
 the record kind, ``t`` a Unix time in seconds:
 
 ``start`` (first record of a file)
-    ``v`` format version (1), ``task_id``, ``name``, ``host``, ``pid``, ``worker``,
-    ``parent_id``, ``root_id``, ``retries``, ``max_lines`` (head+tail bound the collector
-    applies), ``args``/``kwargs`` (only when ``TASKLOG_RECORD_ARGS`` is on).
+    ``v`` format version (1), ``task_id`` (see `task_id_problem`: a task whose id is empty, holds
+    NUL, is not valid Unicode or is longer than 1024 bytes is not spooled), ``name``,
+    ``host``, ``pid``, ``worker``, ``parent_id``, ``root_id``, ``retries``, ``max_lines``
+    (head+tail bound the collector applies), ``args``/``kwargs`` (only when
+    ``TASKLOG_RECORD_ARGS`` is on).
 ``line``
     ``n`` per-run sequence number 1, 2, 3…, ``s`` stream (``stdout``, ``stderr``, ``log``),
     ``m`` the text without its newline, ``l`` the level name for ``log`` lines.
@@ -51,6 +53,10 @@ LOG = "log"
 #: Lines the system itself adds (the "N lines omitted" marker).
 MARKER = "marker"
 
+#: Longest task id the spool carries, in UTF-8 bytes: Postgres indexes it (a btree entry holds
+#: at most ~2700 bytes), and no sane id comes near.
+MAX_TASK_ID_BYTES = 1024
+
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _dumps = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":")).encode
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
@@ -61,6 +67,21 @@ def safe_name(task_id: str) -> str:
     if _SAFE_ID.fullmatch(task_id):
         return task_id
     return "h-" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def task_id_problem(task_id: object) -> str | None:
+    """Why a task id cannot be spooled (it must be storable and indexable text), or None."""
+    if not isinstance(task_id, str) or not task_id:
+        return "is empty"
+    if "\x00" in task_id:
+        return "contains a NUL character"
+    try:
+        size = len(task_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    if size > MAX_TASK_ID_BYTES:
+        return f"is {size} bytes long (at most {MAX_TASK_ID_BYTES})"
+    return None
 
 
 def file_name(task_id: str, pid: int, ns: int) -> str:

@@ -230,8 +230,8 @@ def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
             )
             return True
         if kind == spool.START:
-            if not isinstance(rec.get("task_id"), str) or rec.get("v") != spool.VERSION:
-                raise ValueError("bad start record")
+            if rec.get("v") != spool.VERSION or spool.task_id_problem(rec.get("task_id")):
+                raise ValueError("bad start record")  # an id Postgres could not store or index
             chunk.start = rec
         elif kind == spool.PROGRESS:
             chunk.progress = rec

@@ -81,6 +81,14 @@ def print_text(self, text: str, stream: str = "stdout") -> str:
     return "ok"
 
 
+@app.task(bind=True, name="demo.print_bytes")
+def print_bytes(self, hex_bytes: str, stream: str = "stdout") -> int:
+    """Writes raw bytes (given as hex) to `sys.stdout.buffer` (tests: invalid UTF-8)."""
+    data = bytes.fromhex(hex_bytes)
+    (sys.stderr if stream == "stderr" else sys.stdout).buffer.write(data)
+    return len(data)
+
+
 @app.task(bind=True, name="demo.progress_task")
 def progress_task(self, steps: int = 5, delay: float = 0.2) -> int:
     for step in range(1, steps + 1):
