@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.launch import DEMO_TASKS
 from tasklog import __version__
 from tasklog.constants import ALL_STATES
 
@@ -37,6 +38,14 @@ _LINE = {
         "level": {"type": ["string", "null"]},
         "message": {"type": "string"},
     },
+}
+_LAUNCH = {
+    "type": "object",
+    "properties": {
+        "task": {"type": "string", "enum": sorted(DEMO_TASKS)},
+        "kwargs": {"type": "object", "description": "the task's keyword arguments"},
+    },
+    "required": ["task"],
 }
 _ERROR = {
     "description": "bad input",
@@ -136,7 +145,17 @@ def document(prefix: str) -> dict[str, Any]:
             f"{prefix}/api/launch/": {
                 "post": {
                     "summary": "Launch a demo task: {task, kwargs}",
-                    "responses": {"202": {"description": "task_id and page url"}, "400": _ERROR},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _LAUNCH}},
+                    },
+                    "responses": {
+                        "202": {"description": "task_id and page url"},
+                        "400": _ERROR,
+                        "403": _ERROR,
+                        "404": _ERROR,
+                        "503": _ERROR,
+                    },
                 }
             },
             f"{prefix}/api/diagnostic/": {"get": {"summary": "Diagnostics", "responses": {}}},

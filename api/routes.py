@@ -119,7 +119,7 @@ async def launch(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         params.bad("body: expected a JSON object")
     name = body.get("task")
-    if name not in DEMO_TASKS:
+    if not isinstance(name, str) or name not in DEMO_TASKS:
         params.bad(f"task: expected one of {', '.join(DEMO_TASKS)}")
     kwargs = body.get("kwargs") or {}
     problem = check_kwargs(name, kwargs)
