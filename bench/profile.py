@@ -1,0 +1,101 @@
+"""``python -m bench.profile shim|collector``: cProfile of a hot path, top functions by time.
+
+``shim`` prints lines through the routed `sys.stdout` into a spool file, in-process;
+``collector`` reads a shim-written spool and commits it batch by batch with the collector's
+own `SpoolDir` and `Store`, in-process, against a fresh database (no watcher, no Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import time
+from pathlib import Path
+
+from bench.common import DEFAULT_DATABASE_URL, Databases, workdir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    p.add_argument("target", choices=["shim", "collector"])
+    p.add_argument("--lines", type=int, default=200_000)
+    p.add_argument("--files", type=int, default=200)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--sort", default="tottime")
+    p.add_argument("--no-profile", action="store_true", help="time only")
+    p.add_argument("--database-url", default=os.environ.get("TASKLOG_BENCH_DATABASE_URL",
+                                                            DEFAULT_DATABASE_URL))
+    args = p.parse_args()
+    with workdir() as tmp:
+        if args.target == "shim":
+            _shim(args, tmp)
+        else:
+            _collector(args, tmp)
+
+
+def _run(args: argparse.Namespace, fn: object, *fargs: object) -> object:
+    profiler = None if args.no_profile else cProfile.Profile()
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    result = fn(*fargs)  # type: ignore[operator]
+    if profiler is not None:
+        profiler.disable()
+    elapsed = time.perf_counter() - started
+    print(f"{args.target}: {args.lines:,} lines in {elapsed:.2f}s "
+          f"({elapsed / args.lines * 1e6:.2f} us/line{'' if args.no_profile else ', profiled'})")
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+    return result
+
+
+def _shim(args: argparse.Namespace, tmp: Path) -> None:
+    from bench.printing import timed_prints
+    from capture_shim.capture import TaskCapture, ensure_routing
+    from capture_shim.config import ShimConfig
+
+    config = ShimConfig(enabled=True, spool_dir=str(tmp), max_lines=1000,
+                        max_line_bytes=16384, record_args=False)
+    ensure_routing()
+    cap = TaskCapture(config, "profile", {"task_id": "profile"})
+    cap.activate()
+    try:
+        _run(args, timed_prints, args.lines, 1)
+    finally:
+        cap.finish("SUCCESS")
+        cap.deactivate()
+
+
+def _collector(args: argparse.Namespace, tmp: Path) -> None:
+    from bench.collector import fill_spool
+    from collector.store import Store
+    from collector.tail import SpoolDir
+
+    spool = tmp / "spool"
+    fill_spool(spool, args.files, args.lines)
+    dbs = Databases(args.database_url)
+    try:
+        url = dbs.fresh()
+
+        async def drain() -> int:
+            rows = 0
+            async with Store(url, "profile") as store:
+                files = SpoolDir(spool, await store.load_files())
+                files.scan()
+                while batch := files.read_batch(20_000, 16 << 20):
+                    stored = await store.commit(batch)
+                    files.commit(batch)
+                    rows += stored.rows
+            return rows
+
+        rows = _run(args, asyncio.run, drain())
+        assert rows == args.lines, rows
+    finally:
+        dbs.close()
+
+
+if __name__ == "__main__":
+    main()
