@@ -251,3 +251,24 @@ async def test_redis_stopped_mid_stream_and_restarted(
     finally:
         procs.stop_all()
         live.stop()
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_soak_bounded(database_url: str, redis_url: str, tmp_path: Path) -> None:
+    """bench/soak.py at a CI size: nothing lost or duplicated, stored or streamed; memory of
+    every process within generous bounds (the full run's figures: docs/RELIABILITY.md)."""
+    from bench.soak import soak
+
+    tasks, lines, clients = 100, 500, 40
+    report = await asyncio.to_thread(soak, database_url, redis_url, tasks, lines, clients,
+                                     tmp_path / "soak", timeout=150)  # fmt: skip
+    assert report.lines_stored == report.lines_sent == tasks * lines
+    assert (report.lines_duplicated, report.lines_lost) == (0, 0)
+    assert report.sse_received == report.sse_expected == tasks * lines
+    assert (report.sse_duplicated, report.sse_missed, report.sse_wrong_text) == (0, 0, 0)
+    assert report.sse_ends == tasks and report.tasks_finished == tasks
+    for name, megabytes in report.rss_peak_mb.items():
+        assert 0 < megabytes < 400, (name, megabytes)
