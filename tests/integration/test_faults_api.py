@@ -140,12 +140,20 @@ async def test_redis_down_when_collector_and_api_start(
             assert report["postgres"]["ok"] is True
             assert report["redis"]["ok"] is False and report["redis"]["subscribed"] is False
 
-            # Storage goes on and streams poll Postgres: every line, once, in order.
+            # Storage goes on and streams poll Postgres: every line, once, in order; the task
+            # list's stream sees the task finish.
+            listing = await session.get(f"{base}{PREFIX}/sse/tasks/")
+            assert listing.status == 200
+            task_list = SSEReader(listing)
+            await task_list.until(lambda e: e.type == "connected")
             task = celery_client.send_task("demo.print_lines",
                                            kwargs={"count": count, "delay": 0.005})  # fmt: skip
             async with follow(session, base, task.id) as stream:
                 events = await stream.rest(timeout=60)
             assert_every_line_once(events, count, "client while Redis is down")
+            await task_list.until(lambda e: e.type == "status" and e.data["task_id"] == task.id
+                                  and e.data["status"] == "SUCCESS")  # fmt: skip
+            listing.close()
             await wait_log(collector, PAUSED)
             assert await metric(session, base, "tasklog_api_redis_live") == 0
 
