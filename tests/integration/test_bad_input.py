@@ -15,6 +15,7 @@ import pytest
 
 from capture_shim import spool
 from tests.helpers import REPO_ROOT, ProcessFactory, pg_rows, wait_for
+from tests.integration.test_faults_worker import peak_rss_kb
 
 MARKER = "(TASKLOG_MAX_LINES keeps the first and last lines)"
 
@@ -42,6 +43,7 @@ def _tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")}
 
 
+@pytest.mark.slow  # a `tasklog logs` process per id
 def test_hostile_task_ids(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path,
     celery_client: Any, tmp_path: Path,
@@ -105,8 +107,8 @@ def test_hostile_task_ids(
 def test_strange_and_huge_output(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
 ) -> None:
-    procs.collector(database_url=database_url, spool_dir=spool_dir, redis_url=redis_url,
-                    ready="following")
+    collector = procs.collector(database_url=database_url, spool_dir=spool_dir,
+                                redis_url=redis_url, ready="following")
     procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="prefork", concurrency=2,
                  env={"TASKLOG_MAX_LINE_BYTES": "16384", "TASKLOG_MAX_LINES": "1000"})
     verbatim = [
@@ -152,7 +154,8 @@ def test_strange_and_huge_output(
         shown = [r["message"] for r in _cli_logs(database_url, ids[label])]
         assert shown == messages(label), label
     print(f"\n10 MB line stored as {len(messages('huge')[0].encode())} bytes; {many} lines "
-          f"stored as 500 + marker + 500 ({omitted} omitted)")
+          f"stored as 500 + marker + 500 ({omitted} omitted); collector peak RSS "
+          f"{peak_rss_kb(collector.pid) / 1024:.0f} MiB")
 
 
 @pytest.mark.parametrize("record_args", [False, True])

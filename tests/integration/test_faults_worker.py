@@ -76,6 +76,16 @@ class Writer(threading.Thread):
             raise self.error
 
 
+def peak_rss_kb(pid: int) -> int:
+    """The process's peak resident set size so far (VmHWM), 0 if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) if match else 0
+
+
 @pytest.fixture
 def writers() -> Iterator[list[Writer]]:
     started: list[Writer] = []
@@ -104,12 +114,14 @@ def test_collector_killed_at_random_moments_while_workers_write(
     writers.append(writer)
     writer.start()
     at_kill: list[tuple[float, int]] = []
+    peak_kb = 0
     for _ in range(kills):
         proc = procs.collector(database_url=database_url, spool_dir=spool_dir,
                                env=SMALL_BATCHES)
         # From spawn, not from "ready": some kills land in start-up (migrate, load offsets).
         delay = rng.uniform(0.3, 2.0)
         time.sleep(delay)  # the fault injection itself, not a wait for a condition
+        peak_kb = max(peak_kb, peak_rss_kb(proc.pid))
         proc.kill()
         at_kill.append((round(delay, 2), stored_lines(database_url)))
     writer.join_checked()
@@ -122,7 +134,8 @@ def test_collector_killed_at_random_moments_while_workers_write(
     mid = sum(1 for n in counts if 0 < n < total)
     assert mid >= kills // 2, at_kill
     print(f"{kills} kill -9 (delay s, lines stored at the kill): {at_kill}; {mid} mid-ingest; "
-          f"{total} lines of {tasks + waiting} tasks stored exactly once, seq 1..{lines}")
+          f"{total} lines of {tasks + waiting} tasks stored exactly once, seq 1..{lines}; "
+          f"collector peak RSS {peak_kb / 1024:.0f} MiB")
 
 
 # -- 2. Postgres down: health and metrics say so, the process stays ---------------------------
