@@ -108,7 +108,7 @@ class Collector:
                 self._wake.clear()
                 now = time.monotonic()
                 if now >= due["scan"]:
-                    self._vanished(spool, spool.scan())
+                    await self._vanished(store, publisher, spool, spool.scan())
                     due["scan"] = now + self.settings.rescan_interval
                 await self._drain(store, publisher, spool)
                 now = time.monotonic()
@@ -203,15 +203,25 @@ class Collector:
         self._forget.append(state.name)
         self.counters.files_done += 1
 
-    def _vanished(self, spool: SpoolDir, names: list[str]) -> None:
+    async def _vanished(
+        self, store: Store, publisher: Publisher, spool: SpoolDir, names: list[str]
+    ) -> None:
+        """Files deleted under us: what was stored stays; an unfinished task becomes LOST."""
         for name in names:
-            state = spool.files.pop(name)
+            state = spool.files[name]
             if not state.ended:
                 self.counters.vanished += 1
                 log.warning(
                     "spool file %s disappeared before its end was stored (task %s)",
                     name, state.task_id,
                 )
+                if state.registered:
+                    try:
+                        task = await store.lose(state, "its spool file was deleted before the end")
+                    except StoreUnavailable:
+                        return  # the next scan tries again
+                    await publisher.publish({}, [task] if task else [])
+            del spool.files[name]
             if state.registered:
                 self._forget.append(name)
 

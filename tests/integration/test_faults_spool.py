@@ -217,7 +217,9 @@ def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
     assert proc.alive and proc.returncode is None
     assert _lines(url, "truncated") == [(i, f"truncated {i}") for i in range(1, 14)]
     deleted = _task(url, "deleted")
-    assert deleted is not None and deleted["state"] == "STARTED"  # its end went with the file
+    # Its end went with the file: the task is LOST, with the lines stored before.
+    assert deleted is not None and deleted["state"] == "LOST"
+    assert "spool file was deleted" in deleted["exc_message"]
     assert _lines(url, "deleted") == [(i, f"deleted {i}") for i in range(1, 11)]
     assert _lines(url, "replaced") == [
         *((i, f"replaced {i}") for i in range(1, 11)), (11, "replacement 1"),
