@@ -12,6 +12,7 @@ import asyncio
 import cProfile
 import os
 import pstats
+import sys
 import time
 from pathlib import Path
 
@@ -45,10 +46,13 @@ def _run(args: argparse.Namespace, fn: object, *fargs: object) -> object:
     if profiler is not None:
         profiler.disable()
     elapsed = time.perf_counter() - started
+    # The real stdout: inside the shim's capture, print() would go to the spool file.
+    out = sys.__stdout__
     print(f"{args.target}: {args.lines:,} lines in {elapsed:.2f}s "
-          f"({elapsed / args.lines * 1e6:.2f} us/line{'' if args.no_profile else ', profiled'})")
+          f"({elapsed / args.lines * 1e6:.2f} us/line{'' if args.no_profile else ', profiled'})",
+          file=out)
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+        pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
     return result
 
 

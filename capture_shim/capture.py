@@ -242,7 +242,12 @@ class TaskCapture:
 
     def write(self, stream: str, text: str) -> None:
         with self._lock:
-            buf = self._partial.get(stream, "") + text
+            partial = self._partial.get(stream, "")
+            if text == "\n":  # print()'s second write, ending the line its first one began
+                self._partial[stream] = ""
+                self._emit_locked(stream, partial, None)
+                return
+            buf = partial + text if partial else text
             if "\n" not in buf:
                 # A line without its newline yet; bound it so a progress bar of "\r"s
                 # can't grow forever.
@@ -270,8 +275,15 @@ class TaskCapture:
                 text = f"{kept} … [line cut: {len(raw) - limit} more bytes]"
         self._seq += 1
         data = spool.encode_line(self._seq, stream, text, level)
-        if self._spool is None or not self._put(data):
-            self._to_fallback(stream, text)
+        # `_put` inlined: this runs for every line a task prints.
+        file = self._spool
+        if file is not None:
+            try:
+                file.write(data)
+                return
+            except OSError as exc:
+                self._fail("write", exc)
+        self._to_fallback(stream, text)
 
     def progress(self, percent: float | None, message: str | None, state: str | None) -> None:
         record: dict[str, Any] = {"k": spool.PROGRESS, "t": time.time(), "p": percent}

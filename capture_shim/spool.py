@@ -60,6 +60,7 @@ MAX_TASK_ID_BYTES = 1024
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _dumps = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":")).encode
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_time_ns = time.time_ns
 
 
 def safe_name(task_id: str) -> str:
@@ -94,10 +95,12 @@ def encode(record: dict[str, object]) -> bytes:
 
 
 def encode_line(seq: int, stream: str, text: str, level: str | None = None) -> bytes:
-    # The hot path: one formatted string instead of building and dumping a dict.
+    # The hot path: one formatted string instead of building and dumping a dict; the time in
+    # microseconds cut as text, which costs half of formatting a float.
     lvl = "" if level is None else f',"l":"{level}"'
+    us = str(_time_ns() // 1000)
     return (
-        f'{{"k":"line","n":{seq},"t":{time.time():.6f},"s":"{stream}"{lvl},"m":{_str(text)}}}\n'
+        f'{{"k":"line","n":{seq},"t":{us[:-6]}.{us[-6:]},"s":"{stream}"{lvl},"m":{_str(text)}}}\n'
     ).encode("utf-8", "backslashreplace")
 
 
