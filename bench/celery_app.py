@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import psycopg
 from celery import Celery
@@ -41,3 +42,15 @@ def seed_db(self: object, count: int, seed: int, database_url: str) -> float:
             per_line = timed_prints(count, seed)
             writer.flush()
     return per_line
+
+
+@app.task(name="bench.ticks", base=TerminalLoggingTask)
+def ticks(count: int, interval: float) -> int:
+    """Print `count` lines `interval` seconds apart, each carrying the time it was printed."""
+    start = time.monotonic()
+    for i in range(1, count + 1):
+        print(f"tick {i} {time.time():.6f}")
+        pause = start + i * interval - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    return count

@@ -59,7 +59,7 @@ def title(text: str) -> None:
 
 
 def row(label: str, value: str, note: str = "") -> None:
-    print(f"  {label:<44} {value}" + (f"   [{note}]" if note else ""), flush=True)
+    print(f"  {label:<52} {value}" + (f"   [{note}]" if note else ""), flush=True)
 
 
 def verdict(ok: bool) -> str:
