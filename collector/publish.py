@@ -12,6 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -69,5 +70,9 @@ def _default(value: object) -> object:
     return str(value)
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))
+def _dumps(obj: object) -> bytes | str:
+    # A batch's lines are published as they are stored: orjson writes them ~5x faster.
+    try:
+        return orjson.dumps(obj, default=_default)
+    except orjson.JSONEncodeError:  # what orjson refuses (an int past 64 bits…), json may not
+        return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))

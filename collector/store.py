@@ -419,13 +419,16 @@ def _iso(t: float) -> str:
     Built from a cached second and the microseconds: a datetime per line cost more than
     everything else in a batch but the parsing.
     """
-    sec, micro = divmod(round(_when(t) * 1_000_000), 1_000_000)
+    if not _EARLIEST <= t <= _LATEST:
+        t = _when(t)
+    micros = int(t * 1_000_000 + 0.5)
+    sec = micros // 1_000_000
     prefix = _seconds.get(sec)
     if prefix is None:
         if len(_seconds) >= 4096:
             _seconds.clear()
         prefix = _seconds[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{prefix}.{micro:06d}+00:00"
+    return f"{prefix}.{micros - sec * 1_000_000:06d}+00:00"
 
 
 def _copy_text(rows: list[tuple[Any, ...]]) -> bytes:
