@@ -3,7 +3,10 @@
 The same task prints the same lines (40-200 bytes) three ways, interleaved run by run:
 
 * ``plain``: to a file, no capture (the floor: ``print`` itself);
-* ``captured``: through the shim into its spool file (`TerminalLoggingTask`);
+* ``captured``: through the shim into its spool file (`TerminalLoggingTask`), as configured
+  by default: in a solo or prefork worker that includes file-descriptor capture (fd 1/2
+  through pipes, `capture_shim/fdcapture.py`), which looks at the pipes once per print;
+* ``captured, Python level``: the same with ``TASKLOG_CAPTURE_FD=false`` (a second worker);
 * ``seed``: the seed guide's ``DBLogWriter``, one committed INSERT per line into the same
   Postgres.
 
@@ -69,11 +72,14 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
         else:
             runner = _InWorker(spool, tmp, args.redis_url)
             stack.enter_context(runner)
-        results: dict[str, list[float]] = {"plain": [], "captured": [], "seed": []}
+        results: dict[str, list[float]] = {"plain": [], "captured": [], "python_level": [],
+                                           "seed": []}
         runner.warm_up(seed_url)
         for i in range(args.runs):
             results["plain"].append(runner.plain(args.lines, i))
             results["captured"].append(runner.captured(args.lines, i))
+            if not args.direct:
+                results["python_level"].append(runner.captured(args.lines, i, fd=False))
             if seed_url is not None:
                 results["seed"].append(runner.seed(args.seed_lines, i, seed_url))
             _clean(spool)
@@ -90,6 +96,15 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> dict[st
     row(captured.name, captured.text(3), f"{captured.median / plain.median:.1f}x plain")
     row(cost.name, cost.text(3), f"target ≤ {TARGET_US} µs: {verdict(cost.median <= TARGET_US)}")
     figures = {"plain": plain, "captured": captured, "shim_cost": cost}
+    if us["python_level"]:
+        py = Figure("captured, Python level only (CAPTURE_FD=false)", "µs/line",
+                    us["python_level"])
+        py_cost = Figure("  its cost over no capture", "µs/line",
+                         [c - p for c, p in zip(us["python_level"], us["plain"], strict=True)])
+        row(py.name, py.text(3))
+        row(py_cost.name, py_cost.text(3),
+            f"target ≤ {TARGET_US} µs: {verdict(py_cost.median <= TARGET_US)}")
+        figures.update(python_level=py, python_level_cost=py_cost)
     if us["seed"]:
         plain_median = statistics.median(us["plain"])
         seed = Figure("seed guide: one committed INSERT per line", "µs/line", us["seed"])
@@ -131,7 +146,7 @@ class _Direct:
                 contextlib.redirect_stdout(f):
             return timed_prints(count, seed)
 
-    def captured(self, count: int, seed: int) -> float:
+    def captured(self, count: int, seed: int, fd: bool = True) -> float:
         from bench.printing import timed_prints
         from capture_shim.capture import TaskCapture, ensure_routing
 
@@ -164,6 +179,7 @@ class _InWorker:
     def __init__(self, spool: Path, tmp: Path, redis_url: str) -> None:
         self.spool, self.tmp, self.redis_url = spool, tmp, redis_url
         self.queue = f"tasklog-bench-{secrets.token_hex(4)}"
+        self.queue_py = self.queue + "-py"
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _InWorker:
@@ -174,22 +190,23 @@ class _InWorker:
 
         self.app = celery_app.app
         procs = self._stack.enter_context(children())
-        worker = Child("worker", [
-            python(), "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo",
-            "-l", "info", "-Q", self.queue, "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-n", f"{self.queue}@%h",
-        ], {"TASKLOG_SPOOL_DIR": str(self.spool), "TASKLOG_BENCH_REDIS_URL": self.redis_url},
-            self.tmp)
-        procs.append(worker)
-        worker.wait_for_log("ready.", timeout=60)
+        env = {"TASKLOG_SPOOL_DIR": str(self.spool), "TASKLOG_BENCH_REDIS_URL": self.redis_url}
+        for queue, extra in ((self.queue, {}), (self.queue_py, {"TASKLOG_CAPTURE_FD": "false"})):
+            procs.append(Child(f"worker-{queue}", [
+                python(), "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo",
+                "-l", "info", "-Q", queue, "--without-gossip", "--without-mingle",
+                "--without-heartbeat", "-n", f"{queue}@%h",
+            ], {**env, **extra}, self.tmp))
+        for worker in procs:
+            worker.wait_for_log("ready.", timeout=60)
         self._stack.callback(self.app.close)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def _call(self, name: str, *args: object) -> float:
-        result = self.app.send_task(name, args=args, queue=self.queue)
+    def _call(self, name: str, *args: object, queue: str | None = None) -> float:
+        result = self.app.send_task(name, args=args, queue=queue or self.queue)
         try:
             return float(result.get(timeout=600))
         finally:
@@ -199,6 +216,7 @@ class _InWorker:
         started = time.monotonic()
         self.plain(2000, 99)
         self.captured(2000, 99)
+        self.captured(2000, 99, fd=False)
         if seed_url is not None:
             self.seed(50, 99, seed_url)
         if time.monotonic() - started > 30:
@@ -207,8 +225,9 @@ class _InWorker:
     def plain(self, count: int, seed: int) -> float:
         return self._call("bench.plain", count, seed, str(self.tmp / "plain.txt"))
 
-    def captured(self, count: int, seed: int) -> float:
-        return self._call("bench.captured", count, seed)
+    def captured(self, count: int, seed: int, fd: bool = True) -> float:
+        return self._call("bench.captured", count, seed,
+                          queue=self.queue if fd else self.queue_py)
 
     def seed(self, count: int, seed: int, url: str) -> float:
         return self._call("bench.seed_db", count, seed, url)
