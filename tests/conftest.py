@@ -11,6 +11,7 @@ database), `spool_dir`, `procs` (real subprocesses, see tests/helpers.py), `cele
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
@@ -194,4 +195,16 @@ def celery_client(redis_url: str) -> Iterator[Any]:
     try:
         yield app
     finally:
+        # The Redis result backend keeps a pub/sub connection and a pool of its own that
+        # app.close() leaves open; closed here, not by the garbage collector mid-next-test.
+        # The test's AsyncResults unsubscribe when collected: let them, before closing.
+        gc.collect()
+        backend = app.backend
+        consumer = getattr(backend, "result_consumer", None)
+        if consumer is not None:
+            consumer.stop()
+        client = getattr(backend, "client", None)
+        if client is not None:
+            client.close()
+            client.connection_pool.disconnect()
         app.close()
