@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_DATABASE_URL, Databases, workdir
+from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Databases, workdir
 
 
 def main() -> None:
@@ -27,6 +27,8 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--sort", default="tottime")
     p.add_argument("--no-profile", action="store_true", help="time only")
+    p.add_argument("--redis-url", default=os.environ.get("TASKLOG_BENCH_REDIS_URL",
+                                                         DEFAULT_REDIS_URL))
     p.add_argument("--database-url", default=os.environ.get("TASKLOG_BENCH_DATABASE_URL",
                                                             DEFAULT_DATABASE_URL))
     args = p.parse_args()
@@ -75,6 +77,7 @@ def _shim(args: argparse.Namespace, tmp: Path) -> None:
 
 def _collector(args: argparse.Namespace, tmp: Path) -> None:
     from bench.collector import fill_spool
+    from collector.publish import Publisher
     from collector.store import Store
     from collector.tail import SpoolDir
 
@@ -84,19 +87,34 @@ def _collector(args: argparse.Namespace, tmp: Path) -> None:
     try:
         url = dbs.fresh()
 
+        steps = {"read+parse": 0.0, "commit (wall)": 0.0, "commit (CPU)": 0.0, "publish": 0.0}
+
         async def drain() -> int:
             rows = 0
-            async with Store(url, "profile") as store:
+            async with Store(url, "profile") as store, Publisher(args.redis_url) as publisher:
                 files = SpoolDir(spool, await store.load_files())
                 files.scan()
-                while batch := files.read_batch(20_000, 16 << 20):
+                while True:
+                    started = time.perf_counter()
+                    batch = files.read_batch(20_000, 16 << 20)
+                    read, cpu = time.perf_counter(), time.thread_time()
+                    steps["read+parse"] += read - started
+                    if not batch:
+                        break
                     stored = await store.commit(batch)
+                    committed = time.perf_counter()
+                    steps["commit (wall)"] += committed - read
+                    steps["commit (CPU)"] += time.thread_time() - cpu
                     files.commit(batch)
+                    await publisher.publish(stored.lines, stored.tasks)
+                    steps["publish"] += time.perf_counter() - committed
                     rows += stored.rows
             return rows
 
         rows = _run(args, asyncio.run, drain())
         assert rows == args.lines, rows
+        print("per line: " + ", ".join(f"{name} {total / args.lines * 1e6:.2f} us"
+                                       for name, total in steps.items()))
     finally:
         dbs.close()
 
