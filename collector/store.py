@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -26,6 +27,8 @@ log = logging.getLogger("tasklog.collector")
 
 Q = queries.load("collector.sql")
 _COPY = "COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN"
+#: Lines planned and sent to COPY at a time (see `_commit`).
+_SLICE_LINES = 2000
 # Record times outside 2000..2100 are clock errors (or garbage); they are clamped.
 _EARLIEST = 946684800.0
 _LATEST = 4102444800.0
@@ -121,10 +124,23 @@ class Store:
         stored = Stored()
         async with conn.transaction():
             runs = await self._place(conn, batch.chunks)
-            rows, trims, advances, ends, markers = _plan(runs, stored)
-            if rows:
-                async with conn.cursor().copy(_COPY) as copy:
-                    await copy.write(_copy_text(rows))
+            trims: list[Any] = []
+            advances: list[Any] = []
+            ends: list[Any] = []
+            markers: list[Any] = []
+            any_lines = any(run.chunk.lines for run in runs)
+            async with conn.cursor().copy(_COPY) if any_lines else nullcontext() as copy:
+                # Slice by slice, each sent before the next is planned: Postgres stores one
+                # while this process prepares the next, on the other core.
+                for runs_slice in _slices(runs, _SLICE_LINES):
+                    rows, *statements = _plan(runs_slice, stored)
+                    for done, more in zip((trims, advances, ends, markers), statements,
+                                          strict=True):
+                        done += more
+                    if rows:
+                        assert copy is not None
+                        await copy.write(_copy_text(rows))
+                    stored.rows += len(rows)
             async with conn.cursor() as cur:
                 if trims:
                     await cur.executemany(Q["trim_tail"], trims)
@@ -154,7 +170,6 @@ class Store:
             if run.chunk.end is not None:
                 state.ended = True
                 stored.ended.append(state)
-        stored.rows = len(rows)
         return stored
 
     async def _place(
@@ -306,6 +321,20 @@ async def _start_runs(
 
 
 # -- planning a batch (pure) ----------------------------------------------------------------
+
+
+def _slices(runs: list[_Run], lines: int) -> Iterator[list[_Run]]:
+    """Consecutive runs holding about `lines` lines each (a run is never split)."""
+    group: list[_Run] = []
+    count = 0
+    for run in runs:
+        group.append(run)
+        count += len(run.chunk.lines)
+        if count >= lines:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group
 
 
 def _plan(runs: list[_Run], stored: Stored) -> tuple[list[tuple[Any, ...]], ...]:
