@@ -26,6 +26,7 @@ log = logging.getLogger("tasklog.collector")
 #: A record longer than this without a newline is corrupt; it is skipped, not waited for.
 MAX_RECORD_BYTES = 8 << 20
 _STREAMS = frozenset({spool.STDOUT, spool.STDERR, spool.LOG})
+_NUMBER = (int, float)
 
 
 @dataclass
@@ -221,14 +222,15 @@ def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
             t = rec["t"]
             if (
                 type(seq) is not int or seq < 1 or stream not in _STREAMS
-                or not isinstance(message, str) or not isinstance(t, int | float)
+                or not isinstance(message, str) or not isinstance(t, _NUMBER)
                 or not math.isfinite(t)
             ):
                 raise ValueError("bad line record")
             level = rec.get("l")
+            if "\x00" in message or not message.isascii():  # else clean already
+                message = clean_text(message)
             chunk.lines.append(
-                Line(seq, float(t), stream, level if isinstance(level, str) else None,
-                     clean_text(message))
+                Line(seq, float(t), stream, level if isinstance(level, str) else None, message)
             )
             return True
         if kind == spool.START:
