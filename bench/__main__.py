@@ -1,4 +1,4 @@
-"""``python -m bench [shim|collector|latency|all] [options]``: run the benchmarks."""
+"""``python -m bench [shim|collector|latency|fanout|all] [options]``: run the benchmarks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import platform
 import subprocess
 from types import ModuleType
 
-from bench import collector, latency, shim
+from bench import collector, fanout, latency, shim
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
-SUITES: dict[str, ModuleType] = {"shim": shim, "collector": collector, "latency": latency}
+SUITES: dict[str, ModuleType] = {"shim": shim, "collector": collector, "latency": latency,
+                                  "fanout": fanout}
 
 
 def main() -> None:

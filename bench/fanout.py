@@ -1,0 +1,313 @@
+"""Benchmark 4: SSE fan-out, N clients on one API process following a task printing 100 lines/s.
+
+The lines go through the real path: this process writes them with the shim's own `TaskCapture`
+into a spool, ``python -m tasklog collector`` stores and publishes them, one
+``python -m tasklog api`` streams them to every client (``GET /tasklog/sse/task/<id>/``).
+The clients run in ``--client-procs`` separate processes (aiohttp), connect before the task
+starts, and note for every line the lag from its time (the spool record's ``ts``, when it was
+printed) to its arrival; each also checks that ids come without gap or duplicate and that the
+stream ends with ``end``. The API's RSS and CPU are read from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import secrets
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench.common import (
+    Child,
+    Databases,
+    Figure,
+    children,
+    python,
+    row,
+    sample_lines,
+    title,
+    verdict,
+    wait_for,
+    workdir,
+)
+
+TARGET_CLIENTS = 2000
+TARGET_P99_S = 1.0
+#: Lags are counted in buckets of 1 ms up to this many; beyond, in the last one.
+HIST_MS = 120_000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=int, nargs="+", default=[1000, 5000],
+                   help="client counts to measure, one API process each")
+    p.add_argument("--rate", type=float, default=100, help="lines per second the task prints")
+    p.add_argument("--seconds", type=float, default=20, help="how long the task prints")
+    p.add_argument("--runs", type=int, default=3, help="runs per client count")
+    p.add_argument("--client-procs", type=int, default=4, help="client processes")
+    p.add_argument("--buffer", type=int, default=None,
+                   help="TASKLOG_API_CLIENT_BUFFER for the API (default: the API's own)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Figure]:
+    title(f"fan-out: SSE clients on one API process, a task printing {args.rate:g} lines/s")
+    _raise_fd_limit()
+    dbs = Databases(args.database_url)
+    figures: dict[str, Figure] = {}
+    try:
+        for clients in args.clients:
+            results = []
+            for _ in range(args.runs):
+                with workdir() as tmp, children() as procs:
+                    results.append(_run_once(args, clients, tmp, procs, dbs))
+                _print_run(clients, results[-1])
+            figures.update(_report(clients, results))
+    finally:
+        dbs.close()
+    return figures
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Child],
+              dbs: Databases) -> dict[str, float]:
+    from capture_shim.capture import TaskCapture
+    from capture_shim.config import ShimConfig
+    from tasklog.embedded import free_port
+
+    spool = tmp / "spool"
+    spool.mkdir()
+    url = dbs.fresh()
+    common = {"TASKLOG_DATABASE_URL": url, "TASKLOG_REDIS_URL": args.redis_url,
+              "TASKLOG_SPOOL_DIR": str(spool), "TASKLOG_HOST": "bench"}
+    collector = Child("collector", [python(), "-m", "tasklog", "collector"], common, tmp)
+    procs.append(collector)
+    port = free_port()
+    api_env = {**common, "TASKLOG_API_PORT": str(port), "TASKLOG_LOG_LEVEL": "warning"}
+    if args.buffer:
+        api_env["TASKLOG_API_CLIENT_BUFFER"] = str(args.buffer)
+    api = Child("api", [python(), "-m", "tasklog", "api"], api_env, tmp)
+    procs.append(api)
+    collector.wait_for_log("following", timeout=60)
+    wait_for(lambda: _port_open(port), 60, "the API to listen", api)
+
+    task_id = f"fan-{secrets.token_hex(6)}"
+    sse_url = f"http://127.0.0.1:{port}/tasklog/sse/task/{task_id}/"
+    per_proc = [clients // args.client_procs + (i < clients % args.client_procs)
+                for i in range(args.client_procs)]
+    client_procs = []
+    for i, n in enumerate(per_proc):
+        out = tmp / f"client{i}.json"
+        child = Child(f"client{i}", [python(), "-m", "bench.fanout", sse_url, str(n), str(out)],
+                      {}, tmp)
+        procs.append(child)
+        client_procs.append((child, out))
+    for child, _ in client_procs:
+        child.wait_for_log("connected", timeout=300)
+    rss_idle_kb = api.rss_kb()
+
+    config = ShimConfig(enabled=True, spool_dir=str(spool), max_lines=10_000_000,
+                        max_line_bytes=16384, record_args=False)
+    count = int(args.rate * args.seconds)
+    pool = sample_lines(1009, seed=5)
+    cpu0, wall0 = api.cpu_seconds(), time.monotonic()
+    clients_cpu0 = sum(child.cpu_seconds() for child, _ in client_procs)
+    rss_peak_kb = [api.rss_kb()]
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_rss, args=(api, rss_peak_kb, stop), daemon=True)
+    sampler.start()
+    cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "bench.fanout"})
+    started = time.monotonic()
+    for i in range(count):
+        delay = started + i / args.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        cap.emit("stdout", pool[i % len(pool)])
+    cap.finish("SUCCESS")
+    printing = time.monotonic() - started
+    try:
+        for child, out in client_procs:
+            wait_for(out.exists, 120 + args.seconds, f"{child.name} to finish", child,
+                     interval=0.1)
+    finally:
+        stop.set()
+        sampler.join(5)
+    wall = time.monotonic() - wall0
+    api_cpu = api.cpu_seconds() - cpu0
+    clients_cpu = sum(child.cpu_seconds() for child, _ in client_procs) - clients_cpu0
+    hist = [0] * (HIST_MS + 1)
+    totals = {"events": 0, "gaps": 0, "dups": 0, "ended": 0, "cut": 0, "max_ms": 0.0}
+    for _, out in client_procs:
+        part = json.loads(out.read_text())
+        for ms, n in part["hist"]:
+            hist[ms] += n
+        for key in ("events", "gaps", "dups", "ended", "cut"):
+            totals[key] += part[key]
+        totals["max_ms"] = max(totals["max_ms"], part["max_ms"])
+    return {
+        "clients": clients, "lines": count, "print_s": printing, "wall_s": wall,
+        "p50_ms": _hist_percentile(hist, 50), "p99_ms": _hist_percentile(hist, 99),
+        "max_ms": totals["max_ms"], "events": totals["events"],
+        "expected": clients * count, "gaps": totals["gaps"], "dups": totals["dups"],
+        "ended": totals["ended"], "cut": totals["cut"],
+        "api_cpu_pct": 100 * api_cpu / wall, "clients_cpu_pct": 100 * clients_cpu / wall,
+        "rss_idle_mb": rss_idle_kb / 1024, "rss_peak_mb": max(rss_peak_kb) / 1024,
+        "client_procs": len(client_procs),
+    }
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _sample_rss(api: Child, peak: list[int], stop: threading.Event) -> None:
+    while not stop.wait(0.2):
+        with contextlib.suppress(OSError, KeyError):
+            peak.append(api.rss_kb())
+
+
+def _hist_percentile(hist: list[int], p: float) -> float:
+    total = sum(hist)
+    if not total:
+        return float("nan")
+    rank = max(1, round(p / 100 * total))
+    seen = 0
+    for ms, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            return float(ms)
+    return float(HIST_MS)
+
+
+def _print_run(clients: int, r: dict[str, float]) -> None:
+    row(f"{clients} clients, one run",
+        f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, max {r['max_ms']:,.0f} ms; "
+        f"{r['events']:,}/{r['expected']:,} line events, {r['ended']} ended, {r['cut']} cut off, "
+        f"{r['gaps']} gaps, {r['dups']} dups; API CPU {r['api_cpu_pct']:.0f}% of a core, "
+        f"RSS {r['rss_idle_mb']:.0f} MB connected -> {r['rss_peak_mb']:.0f} MB peak; "
+        f"{r['client_procs']} client processes at {r['clients_cpu_pct']:.0f}% CPU together")
+
+
+def _report(clients: int, results: list[dict[str, float]]) -> dict[str, Figure]:
+    def fig(key: str, name: str, unit: str) -> Figure:
+        return Figure(f"{clients} clients: {name}", unit, [r[key] for r in results])
+
+    out = {
+        f"p50_{clients}": fig("p50_ms", "delivery lag p50", "ms"),
+        f"p99_{clients}": fig("p99_ms", "delivery lag p99", "ms"),
+        f"cpu_{clients}": fig("api_cpu_pct", "API CPU (% of one core)", "%"),
+        f"rss_{clients}": fig("rss_peak_mb", "API peak RSS", "MB"),
+    }
+    for key, figure in out.items():
+        note = ""
+        if key.startswith("p99"):
+            note = (f"target: {TARGET_CLIENTS:,} clients with p99 <= {TARGET_P99_S:g} s"
+                    + (f": {verdict(figure.median <= TARGET_P99_S * 1000)}"
+                       if clients >= TARGET_CLIENTS else " (fewer clients than the target)"))
+        row(figure.name, figure.text(0), note)
+    complete = all(r["events"] == r["expected"] and r["ended"] == clients for r in results)
+    row(f"{clients} clients: every line to every client, then end", "yes" if complete else "NO",
+        f"client processes: {results[0]['client_procs']}")
+    return out
+
+
+# -- the client side: `python -m bench.fanout URL N OUT` -----------------------------------------
+
+
+async def _clients(url: str, n: int, out: Path) -> None:
+    import aiohttp
+
+    hist: dict[int, int] = {}
+    totals = {"events": 0, "gaps": 0, "dups": 0, "ended": 0, "cut": 0, "max_ms": 0.0}
+    ts_cache: dict[bytes, float] = {}
+    connected = 0
+    all_connected = asyncio.Event()
+    gate = asyncio.Semaphore(50)  # connect in waves: the API's listen backlog is small
+
+    def ts_of(raw: bytes) -> float:
+        t = ts_cache.get(raw)
+        if t is None:
+            t = ts_cache[raw] = datetime.fromisoformat(raw.decode()).timestamp()
+        return t
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal connected
+        last = 0
+        ended = False
+        async with gate:
+            response = await session.get(url, timeout=aiohttp.ClientTimeout(total=None))
+        try:
+            buf = b""
+            seen_connected = False
+            while True:
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                now = time.time()
+                buf += chunk
+                frames = buf.split(b"\r\n\r\n")
+                buf = frames.pop()
+                for frame in frames:
+                    if frame.startswith(b"id: "):
+                        seq = int(frame[4:frame.index(b"\r\n")])
+                        i = frame.index(b'"timestamp":"') + 13
+                        lag_ms = (now - ts_of(frame[i:frame.index(b'"', i)])) * 1000
+                        bucket = min(HIST_MS, max(0, int(lag_ms)))
+                        hist[bucket] = hist.get(bucket, 0) + 1
+                        totals["max_ms"] = max(totals["max_ms"], lag_ms)
+                        totals["events"] += 1
+                        if seq <= last:
+                            totals["dups"] += 1
+                        elif seq != last + 1:
+                            totals["gaps"] += 1
+                        last = max(last, seq)
+                    elif b'"type":"end"' in frame:
+                        ended = True
+                    elif not seen_connected and b'"type":"connected"' in frame:
+                        seen_connected = True
+                        connected += 1
+                        if connected == n:
+                            all_connected.set()
+                if ended:
+                    break
+        finally:
+            response.release()
+            totals["ended" if ended else "cut"] += 1
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = [asyncio.create_task(one(session), name=f"client-{i}") for i in range(n)]
+        waiter = asyncio.create_task(all_connected.wait(), name="all-connected")
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        print(f"connected {connected} clients", flush=True)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        waiter.cancel()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        print(f"{len(errors)} clients failed, e.g. {errors[0]!r}", flush=True)
+    tmp = out.with_suffix(".part")
+    tmp.write_text(json.dumps({**totals, "hist": sorted(hist.items())}))
+    tmp.rename(out)
+
+
+def main() -> None:
+    url, n, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    _raise_fd_limit()
+    asyncio.run(_clients(url, n, out))
+
+
+if __name__ == "__main__":
+    main()
