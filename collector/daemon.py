@@ -153,14 +153,29 @@ class Collector:
             )
 
     async def _drain(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
-        """Store everything readable now, batch by batch."""
+        """Store everything readable now, batch by batch.
+
+        While a batch commits, the next one is read and parsed in a thread, from other files
+        only: it needs nothing from the commit under way, and is thrown away if that fails.
+        """
+        limits = (self.settings.batch_lines, self.settings.batch_bytes)
+        batch = spool.read_batch(*limits)
         while not self._stop.is_set():
-            batch = spool.read_batch(self.settings.batch_lines, self.settings.batch_bytes)
             if not batch and not self._forget:
                 return
-            stored = await self._commit(store, spool, batch)
+            in_flight = frozenset(chunk.state.name for chunk in batch.chunks)
+            ahead = asyncio.create_task(
+                asyncio.to_thread(spool.read_batch, *limits, in_flight), name="read-ahead"
+            )
+            try:
+                stored = await self._commit(store, spool, batch)
+            finally:
+                following = await ahead
             if stored is None:
-                continue  # offsets were reloaded; read again (or stop)
+                # Offsets were reloaded: read again from them (the read-ahead is stale).
+                spool.touched(set(spool.files))
+                batch = spool.read_batch(*limits)
+                continue
             spool.commit(batch)
             self.counters.batches += 1
             self.counters.lines += stored.rows
@@ -174,6 +189,7 @@ class Collector:
                 self._remove(spool, state)
             if not batch:
                 return
+            batch = following or spool.read_batch(*limits)
 
     async def _commit(self, store: Store, spool: SpoolDir, batch: Batch) -> Stored | None:
         forget, self._forget = self._forget, []

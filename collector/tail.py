@@ -12,7 +12,9 @@ import json
 import logging
 import math
 import os
+import threading
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,9 @@ class SpoolDir:
         self.path = path
         self.files = known
         self._dirty: set[str] = set(known)
+        # A batch may be read in a thread while the loop notes changes: a file must not be
+        # unmarked by the reader just after the loop marked it for growing.
+        self._marks = threading.Lock()
         self.skipped_bytes = 0
         #: Files found shorter than what was stored of them (truncated under the collector).
         self.truncated = 0
@@ -118,6 +123,10 @@ class SpoolDir:
             self._observe(name, st)
 
     def _observe(self, name: str, st: os.stat_result) -> None:
+        with self._marks:
+            self._observe_locked(name, st)
+
+    def _observe_locked(self, name: str, st: os.stat_result) -> None:
         state = self.files.get(name)
         if state is None:
             state = self.files[name] = FileState(name=name, inode=st.st_ino)
@@ -148,27 +157,37 @@ class SpoolDir:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read_batch(self, max_lines: int, max_bytes: int) -> Batch:
+    def read_batch(self, max_lines: int, max_bytes: int, skip: Set[str] = frozenset()) -> Batch:
+        """The next batch from the stored offsets, leaving out the files in `skip` (those of a
+        batch being committed, whose offsets are about to move)."""
         batch = Batch()
         # Oldest files first (names end in the writer's start time), so a backlog drains in order.
         for name in sorted(self._dirty, key=_start_ns):
             if batch.lines >= max_lines or batch.bytes >= max_bytes:
                 break
+            if name in skip:
+                continue
             state = self.files.get(name)
             if state is None or state.size <= state.offset:
-                self._dirty.discard(name)
+                self._unmark(name, state, state.offset if state else 0)
                 continue
+            seen = state.size
             chunk = self._read(state, max_lines - batch.lines, max_bytes - batch.bytes)
             if chunk is None:
-                self._dirty.discard(name)
+                self._unmark(name, state, seen)
                 continue
             batch.chunks.append(chunk)
             batch.lines += len(chunk.lines)
             batch.bytes += chunk.end_offset - state.offset
             batch.corrupt += chunk.corrupt
-            if chunk.end_offset >= state.size:
-                self._dirty.discard(name)
+            self._unmark(name, state, chunk.end_offset)
         return batch
+
+    def _unmark(self, name: str, state: FileState | None, upto: int) -> None:
+        """Nothing more to read in `name` past `upto`, unless it grew or changed meanwhile."""
+        with self._marks:
+            if self.files.get(name) is state and (state is None or upto >= state.size):
+                self._dirty.discard(name)
 
     def _read(self, state: FileState, max_lines: int, max_bytes: int) -> FileChunk | None:
         want = min(state.size - state.offset, max(max_bytes, 1 << 16), MAX_RECORD_BYTES)
