@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-procs", type=int, default=4, help="client processes")
     p.add_argument("--buffer", type=int, default=None,
                    help="TASKLOG_API_CLIENT_BUFFER for the API (default: the API's own)")
+    p.add_argument("--py-spy", metavar="FILE", default=None,
+                   help="record the API with py-spy while the task prints (collapsed stacks)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Figure]:
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
         for clients in args.clients:
             results = []
             for _ in range(args.runs):
-                with workdir() as tmp, children() as procs:
+                with workdir(args.keep) as tmp, children() as procs:
                     results.append(_run_once(args, clients, tmp, procs, dbs))
                 _print_run(clients, results[-1])
             figures.update(_report(clients, results))
@@ -125,6 +128,11 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(api, rss_peak_kb, stop), daemon=True)
     sampler.start()
+    if args.py_spy:
+        procs.append(Child("py-spy", [
+            str(Path(python()).parent / "py-spy"), "record", "--pid", str(api.pid), "--format",
+            "raw", "--output", args.py_spy, "--duration", str(int(args.seconds)), "--nonblocking",
+        ], {}, tmp))
     cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "bench.fanout"})
     started = time.monotonic()
     for i in range(count):
