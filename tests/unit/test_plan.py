@@ -30,6 +30,7 @@ def test_short_run_keeps_every_line_with_its_base() -> None:
 def test_long_run_in_one_batch_keeps_head_and_tail_and_marks_the_gap() -> None:
     rows, trims, advances, ends, markers = _plan([run_of(range(1, 101), end=True)], Stored())
     assert stored_seqs(rows) == [1, 2, 3, 4, 5, 96, 97, 98, 99, 100]
+    assert trims == []  # the omitted lines were never inserted, so there is nothing to delete
     assert markers[0]["seq"] == 6 and "90 lines omitted" in markers[0]["message"]
     assert ends[0]["omitted"] == 90
     assert advances[0]["added"] == 11  # ten lines and the marker
