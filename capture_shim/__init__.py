@@ -77,9 +77,9 @@ def install(app: Celery) -> None:
     def update_state(self: Task, task_id: str | None = None, state: str | None = None,
                      meta: Any = None, **kwargs: Any) -> None:
         _guard(_record_state, task_id, state, meta)
-        return original(self, task_id, state, meta, **kwargs)
+        original(self, task_id, state, meta, **kwargs)
 
-    app.Task.update_state = update_state  # type: ignore[method-assign]
+    app.Task.update_state = update_state
 
 
 def progress(percent: float | None, message: str | None = None) -> None:
@@ -122,7 +122,7 @@ class TerminalLoggingTask(Task):  # type: ignore[misc]
     def update_state(self, task_id: str | None = None, state: str | None = None,
                      meta: Any = None, **kwargs: Any) -> None:
         _guard(_record_state, task_id, state, meta)
-        return super().update_state(task_id, state, meta, **kwargs)
+        super().update_state(task_id, state, meta, **kwargs)
 
 
 # -- shared by both ways in -----------------------------------------------------------------

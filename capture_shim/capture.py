@@ -144,9 +144,9 @@ def ensure_routing() -> None:
         return
     with _install_lock:
         if not isinstance(sys.stdout, StreamRouter):
-            sys.stdout = StreamRouter(sys.stdout, spool.STDOUT)  # type: ignore[assignment]
+            sys.stdout = StreamRouter(sys.stdout, spool.STDOUT)
         if not isinstance(sys.stderr, StreamRouter):
-            sys.stderr = StreamRouter(sys.stderr, spool.STDERR)  # type: ignore[assignment]
+            sys.stderr = StreamRouter(sys.stderr, spool.STDERR)
         if _log_handler not in logging.root.handlers:
             logging.root.addHandler(_log_handler)
 

@@ -59,7 +59,7 @@ MAX_TASK_ID_BYTES = 1024
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _dumps = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":")).encode
-_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_str = json.encoder.encode_basestring
 _time_ns = time.time_ns
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -42,6 +42,16 @@ class Stored:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     ended: list[FileState] = field(default_factory=list)
     rows: int = 0
+
+
+class _Plan(NamedTuple):
+    """The rows to COPY and the parameters of the statements that go with them."""
+
+    rows: list[tuple[Any, ...]]
+    trims: list[dict[str, Any]]
+    advances: list[dict[str, Any]]
+    ends: list[dict[str, Any]]
+    markers: list[dict[str, Any]]
 
 
 @dataclass
@@ -337,7 +347,7 @@ def _slices(runs: list[_Run], lines: int) -> Iterator[list[_Run]]:
         yield group
 
 
-def _plan(runs: list[_Run], stored: Stored) -> tuple[list[tuple[Any, ...]], ...]:
+def _plan(runs: list[_Run], stored: Stored) -> _Plan:
     """The rows to COPY and the statements that go with them, applying the head+tail bound.
 
     A run keeps its first `head` lines and its last `tail` lines: lines of this batch that are
@@ -394,7 +404,7 @@ def _plan(runs: list[_Run], stored: Stored) -> tuple[list[tuple[Any, ...]], ...]
         run.max_seq = after
         if not published:
             del stored.lines[run.task_id]
-    return rows, trims, advances, ends, markers
+    return _Plan(rows, trims, advances, ends, markers)
 
 
 def _marker_for(task_id: str, base: int, head: int, omitted: int, t: Any) -> dict[str, Any]:
