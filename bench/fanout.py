@@ -116,6 +116,8 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
         client_procs.append((child, out))
     for child, _ in client_procs:
         child.wait_for_log("connected", timeout=300)
+    # Each stream reads Postgres once it is connected: start when the API is idle again.
+    _wait_idle(api, timeout=120)
     rss_idle_kb = api.rss_kb()
 
     config = ShimConfig(enabled=True, spool_dir=str(spool), max_lines=10_000_000,
@@ -171,6 +173,15 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
         "rss_idle_mb": rss_idle_kb / 1024, "rss_peak_mb": max(rss_peak_kb) / 1024,
         "client_procs": len(client_procs),
     }
+
+
+def _wait_idle(child: Child, timeout: float, below: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = child.cpu_seconds()
+        time.sleep(1)
+        if child.cpu_seconds() - before < below:
+            return
 
 
 def _port_open(port: int) -> bool:
@@ -281,6 +292,7 @@ async def _clients(url: str, n: int, out: Path) -> None:
                             totals["dups"] += 1
                         elif seq != last + 1:
                             totals["gaps"] += 1
+                            print(f"gap: {last} -> {seq}", flush=True)
                         last = max(last, seq)
                     elif b'"type":"end"' in frame:
                         ended = True
