@@ -1,4 +1,4 @@
-"""``python -m bench [shim|collector|latency|fanout|all] [options]``: run the benchmarks."""
+"""``python -m bench [shim|collector|latency|fanout|api|all] [options]``: run the benchmarks."""
 
 from __future__ import annotations
 
