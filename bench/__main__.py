@@ -8,11 +8,11 @@ import platform
 import subprocess
 from types import ModuleType
 
-from bench import collector, fanout, latency, prune, shim
+from bench import api_latency, collector, fanout, latency, prune, shim
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 SUITES: dict[str, ModuleType] = {"shim": shim, "collector": collector, "latency": latency,
-                                  "fanout": fanout, "prune": prune}
+                                  "fanout": fanout, "prune": prune, "api": api_latency}
 
 
 def main() -> None:
