@@ -223,13 +223,13 @@ _BUILD = [
 _LINES = """
 INSERT INTO lines (task_id, seq, ts, stream, level, message)
 SELECT p.task_id, s, p.created_at + interval '50 ms' + s * interval '20 ms',
-       CASE WHEN s % 17 = 0 THEN 'stderr' ELSE 'stdout' END,
-       CASE WHEN s % 17 = 0 THEN 'WARNING' END,
+       CASE WHEN s %% 17 = 0 THEN 'stderr' ELSE 'stdout' END,
+       CASE WHEN s %% 17 = 0 THEN 'WARNING' END,
        '[' || lpad(s::text, 5, '0') || '] ' ||
        left('processing batch item ' || s || ' of ' || p.lines || ': user order invoice '
             || md5(p.task_id || s) || ' retry connection timeout ok done records rows elapsed '
-            || (s * 7 % 1000) || ' ms cache hit upload chunk payload request response status',
-            40 + (s * 37 % 160))
+            || (s * 7 %% 1000) || ' ms cache hit upload chunk payload request response status',
+            40 + (s * 37 %% 160))
 FROM printing p, generate_series(1, p.lines) AS s
 WHERE p.created_at >= %(lo)s AND p.created_at < %(hi)s
 """
