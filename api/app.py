@@ -94,7 +94,8 @@ def _hub_died(task: asyncio.Task[None]) -> None:
 async def _stop_streams(app: web.Application) -> None:
     """Shutdown: end every SSE stream now (clients resume with Last-Event-ID) and wait."""
     app[keys.HUB].close_all()
-    streams = list(app[keys.STREAMS])
+    open_streams = app[keys.STREAMS]
+    streams = list(open_streams)
     for stream in streams:
         if stream.prepared:
             stream.stop_streaming()

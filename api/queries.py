@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -44,7 +44,7 @@ _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS))
 
 
 def _query(name: str, **fragments: sql.Composable) -> sql.Composed:
-    return sql.SQL(QUERIES[name]).format(columns=_COLUMNS, **fragments)  # type: ignore[arg-type]
+    return sql.SQL(QUERIES[name]).format(columns=_COLUMNS, **fragments)
 
 
 class TaskFilter:
@@ -115,18 +115,19 @@ class Store:
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         try:
             async with self.pool.connection() as conn:
-                yield conn
+                # The pool's connections have the dict_row factory (see `__init__`).
+                yield cast("psycopg.AsyncConnection[Row]", conn)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
         except psycopg.errors.UndefinedTable as exc:
             raise StoreUnavailable("the tasklog schema is missing: run `tasklog migrate`") from exc
 
-    async def _all(self, query: sql.Composable, params: dict[str, Any]) -> list[Row]:
+    async def _all(self, query: sql.Composed, params: dict[str, Any]) -> list[Row]:
         async with self._conn() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
-    async def _one(self, query: sql.Composable, params: dict[str, Any]) -> Row | None:
+    async def _one(self, query: sql.Composed, params: dict[str, Any]) -> Row | None:
         async with self._conn() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchone()
