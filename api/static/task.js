@@ -21,18 +21,6 @@
     if (el) el.textContent = value === null || value === undefined || value === "" ? "—" : value;
   }
 
-  function setProgress(el, value) {
-    const fill = el.querySelector(".fill");
-    const pct = el.querySelector(".pct");
-    if (value === null || value === undefined || value === "") {
-      el.classList.add("unknown"); fill.style.width = "0%"; pct.textContent = "";
-    } else {
-      el.classList.remove("unknown");
-      const v = Math.max(0, Math.min(100, Number(value)));
-      fill.style.width = v + "%"; pct.textContent = Math.round(v) + "%";
-    }
-  }
-
   function setStatus(task) {
     const badge = document.getElementById("status");
     badge.textContent = task.status;
@@ -42,9 +30,7 @@
     if (task.started_at) setText("task-started", when(task.started_at));
     if (task.completed_at) setText("task-completed", when(task.completed_at));
     const progress = document.getElementById("progress");
-    const done = task.status === "SUCCESS";
-    setProgress(progress, done ? 100 : task.progress);
-    progress.dataset.progress = done ? 100 : (task.progress ?? "");
+    window.tasklogProgress(progress, task.progress, task.status);
     document.getElementById("progress-message").textContent = task.progress_message || "";
     const exc = document.getElementById("exception");
     if (task.exc_type) { exc.hidden = false; exc.textContent = task.exc_type + ": " + (task.exc_message || ""); }
@@ -118,7 +104,8 @@
       for (const row of log.children) row.hidden = !matches(row);
     });
   }
-  setProgress(document.getElementById("progress"), document.getElementById("progress").dataset.progress);
+  const bar = document.getElementById("progress");
+  window.tasklogProgress(bar, bar.dataset.progress, document.getElementById("status").textContent.trim());
   window.tasklogView = { lastSeq: () => lastSeq, reconnect: () => { source.close(); connect(); } };
   connect();
 })();

@@ -8,22 +8,6 @@
   const live = document.getElementById("live");
   const filtered = table.dataset.filtered === "yes";
 
-  function setProgress(el, value, status) {
-    const fill = el.querySelector(".fill");
-    const pct = el.querySelector(".pct");
-    if (status === "SUCCESS") value = 100;
-    // A task that ended without reporting progress has no bar, not an indeterminate one.
-    el.classList.toggle("ended", ["FAILURE", "REVOKED", "LOST"].includes(status));
-    el.dataset.progress = value ?? "";
-    if (value === null || value === undefined || value === "") {
-      el.classList.add("unknown"); fill.style.width = "0%"; pct.textContent = "";
-    } else {
-      el.classList.remove("unknown");
-      const v = Math.max(0, Math.min(100, Number(value)));
-      fill.style.width = v + "%"; pct.textContent = Math.round(v) + "%";
-    }
-  }
-
   function cell(cls) { const td = document.createElement("td"); if (cls) td.className = cls; return td; }
 
   function newRow(task) {
@@ -64,7 +48,7 @@
     if (task.task_name) c[1].textContent = task.task_name;
     const badge = c[2].querySelector(".badge");
     badge.textContent = task.status; badge.className = "badge s-" + task.status;
-    setProgress(c[3].querySelector(".progress"), task.progress, task.status);
+    window.tasklogProgress(c[3].querySelector(".progress"), task.progress, task.status);
     c[3].querySelector(".pmsg").textContent = task.progress_message || "";
     if (task.host) c[4].textContent = task.host;
     if (task.started_at) { c[5].textContent = when(task.started_at); c[5].title = task.started_at; }
@@ -74,7 +58,7 @@
 
   for (const bar of table.querySelectorAll(".progress")) {
     const status = bar.closest("tr").querySelector(".badge").textContent;
-    setProgress(bar, bar.dataset.progress, status);
+    window.tasklogProgress(bar, bar.dataset.progress, status);
   }
   const source = new EventSource(table.dataset.sse);
   source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
