@@ -17,7 +17,7 @@ from api.launch import Launcher
 from api.pages import Pages
 from api.queries import Store
 from api.settings import ApiSettings
-from tasklog.errors import StoreUnavailable
+from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api")
 

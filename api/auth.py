@@ -85,8 +85,10 @@ def is_cross_site(request: web.Request) -> bool:
 async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Cross-site request forgery: refuse an unsafe method sent from another site's page."""
     if request.method in UNSAFE_METHODS and is_cross_site(request):
-        params.error(web.HTTPForbidden, "cross-site request refused: Origin/Referer is not "
-                                        f"this site ({request.host})")  # fmt: skip
+        params.error(
+            web.HTTPForbidden,
+            f"cross-site request refused: Origin/Referer is not this site ({request.host})",
+        )
     return await handler(request)
 
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from api import metrics
-from tasklog.constants import LINES_CHANNEL_PREFIX, TASKS_CHANNEL
+from tasklog.core.constants import LINES_CHANNEL_PREFIX, TASKS_CHANNEL
 
 log = logging.getLogger("tasklog.api.hub")
 

@@ -35,8 +35,10 @@ def check_kwargs(name: str, kwargs: object) -> str | None:
             return usage
         if not isinstance(value, (int, float) if kind is float else kind):
             return f"kwargs.{key}: expected {kind.__name__}"
-        if key in LIMITS and isinstance(value, int | float) and not (
-            LIMITS[key][0] <= value <= LIMITS[key][1]
+        if (
+            key in LIMITS
+            and isinstance(value, int | float)
+            and not (LIMITS[key][0] <= value <= LIMITS[key][1])
         ):
             return f"kwargs.{key}: expected {LIMITS[key][0]:g} to {LIMITS[key][1]:g}"
         if key == "text" and isinstance(value, str) and len(value) > 10_000:

@@ -28,9 +28,10 @@ HUB_MESSAGES = Counter(
     "tasklog_api_redis_messages", "Messages received from Redis.", ["channel"], registry=REGISTRY
 )
 HUB_RECONNECTS = Counter(
-    "tasklog_api_redis_reconnects", "Times the Redis subscription was re-established.",
+    "tasklog_api_redis_reconnects",
+    "Times the Redis subscription was re-established.",
     registry=REGISTRY,
-)  # fmt: skip
+)
 REDIS_LIVE = Gauge(
     "tasklog_api_redis_live", "1 while the Redis subscription holds.", registry=REGISTRY
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from api.launch import DEMO_TASKS
-from tasklog import __version__
-from tasklog.constants import ALL_STATES
+from tasklog.core import __version__
+from tasklog.core.constants import ALL_STATES
 
 _TASK = {
     "type": "object",

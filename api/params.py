@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from tasklog.constants import ALL_STATES
+from tasklog.core.constants import ALL_STATES
 
 MAX_TASK_ID = 255
 MAX_TEXT = 255

@@ -18,16 +18,34 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tasklog.errors import StoreUnavailable
+from tasklog.core.errors import StoreUnavailable
 
 Row = dict[str, Any]
 
 #: The task columns every JSON view of a task carries.
 TASK_COLUMNS = (
-    "task_id", "task_name", "state", "progress", "progress_message", "host", "worker", "pid",
-    "parent_id", "root_id", "retries", "created_at", "started_at", "completed_at", "runtime",
-    "exc_type", "exc_message", "line_count", "last_seq", "lines_omitted", "spool_errors",
-)  # fmt: skip
+    "task_id",
+    "task_name",
+    "state",
+    "progress",
+    "progress_message",
+    "host",
+    "worker",
+    "pid",
+    "parent_id",
+    "root_id",
+    "retries",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "runtime",
+    "exc_type",
+    "exc_message",
+    "line_count",
+    "last_seq",
+    "lines_omitted",
+    "spool_errors",
+)
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -59,8 +77,12 @@ class TaskFilter:
         before: tuple[datetime, str] | None = None,
     ) -> None:
         self.states, self.name, self.host, self.since, self.before = (
-            list(states), name, host, since, before,
-        )  # fmt: skip
+            list(states),
+            name,
+            host,
+            since,
+            before,
+        )
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
         clauses: list[sql.Composable] = []

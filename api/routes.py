@@ -13,8 +13,8 @@ from aiohttp import web
 from api import keys, metrics, openapi, params, wire
 from api.launch import DEMO_TASKS, check_kwargs
 from api.queries import TaskFilter
-from tasklog import __version__
-from tasklog.errors import StoreUnavailable
+from tasklog.core import __version__
+from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api")
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from api.app import PREFIX, create_app
 from api.settings import ApiSettings
-from tasklog import sdnotify
+from tasklog.core import sdnotify
 
 log = logging.getLogger("tasklog.api")
 
@@ -31,15 +31,24 @@ def bind_host(settings: ApiSettings) -> str:
     if settings.api_token is not None:
         return host
     if is_loopback(host):
-        log.warning("TASKLOG_API_TOKEN is not set: the API is open to anyone on this machine"
-                    " and listens on %s only", host)  # fmt: skip
+        log.warning(
+            "TASKLOG_API_TOKEN is not set: the API is open to anyone on this machine"
+            " and listens on %s only",
+            host,
+        )
         return host
     if settings.api_insecure_bind:
-        log.warning("TASKLOG_API_TOKEN is not set and TASKLOG_API_INSECURE_BIND is on: the API"
-                    " on %s is open to anyone who can reach it", host)  # fmt: skip
+        log.warning(
+            "TASKLOG_API_TOKEN is not set and TASKLOG_API_INSECURE_BIND is on: the API"
+            " on %s is open to anyone who can reach it",
+            host,
+        )
         return host
-    log.warning("TASKLOG_API_TOKEN is not set: listening on 127.0.0.1 instead of %s"
-                " (set a token to listen on other addresses)", host)  # fmt: skip
+    log.warning(
+        "TASKLOG_API_TOKEN is not set: listening on 127.0.0.1 instead of %s"
+        " (set a token to listen on other addresses)",
+        host,
+    )
     return "127.0.0.1"
 
 

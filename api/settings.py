@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from tasklog.settings import Common
+from tasklog.core.settings import Common
 
 
 class ApiSettings(Common):

@@ -22,8 +22,8 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from api import keys, metrics, params, wire
 from api.hub import RESYNC, Subscription
-from tasklog.constants import FINISHED_STATES, PENDING
-from tasklog.errors import StoreUnavailable
+from tasklog.core.constants import FINISHED_STATES, PENDING
+from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api.sse")
 
@@ -181,8 +181,9 @@ class TaskFollower:
             if sub.closed:
                 return
             if sub.overflowed:
-                log.info("cutting off a slow client of task %s at seq %s", self.task_id,
-                         self.last_seq)  # fmt: skip
+                log.info(
+                    "cutting off a slow client of task %s at seq %s", self.task_id, self.last_seq
+                )
                 return
             try:
                 if behind or not batch or RESYNC in batch:
@@ -215,8 +216,9 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
             try:
                 await follower.follow(sub, lambda: hub.live, settings, hub.clients)
                 if follower.finished:
-                    await stream.event({"type": wire.END, "task_id": task_id,
-                                        "last_seq": follower.last_seq})  # fmt: skip
+                    await stream.event(
+                        {"type": wire.END, "task_id": task_id, "last_seq": follower.last_seq}
+                    )
             except StoreUnavailable as exc:
                 # Headers are sent: end the stream; the browser retries with Last-Event-ID.
                 log.warning("stream of task %s ended: %s", task_id, exc)
@@ -268,8 +270,9 @@ async def test_stream(request: web.Request) -> web.StreamResponse:
     count = params.integer(request, "count", 10, 1, 1000)
     interval = params.integer(request, "interval_ms", 1000, 10, 60_000) / 1000
     settings = request.app[keys.SETTINGS]
-    async with sse_response(request, response_cls=Stream,
-                            ping_interval=settings.api_sse_heartbeat) as stream:  # fmt: skip
+    async with sse_response(
+        request, response_cls=Stream, ping_interval=settings.api_sse_heartbeat
+    ) as stream:
         request.app[keys.STREAMS].add(stream)
         await stream.event({"type": wire.CONNECTED})
         try:

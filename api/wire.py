@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from tasklog.constants import FINISHED_STATES
+from tasklog.core.constants import FINISHED_STATES
 
 Json = dict[str, Any]
 

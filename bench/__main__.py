@@ -11,20 +11,29 @@ from types import ModuleType
 from bench import api_latency, collector, fanout, latency, prune, shim
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
-SUITES: dict[str, ModuleType] = {"shim": shim, "collector": collector, "latency": latency,
-                                  "fanout": fanout, "prune": prune, "api": api_latency}
+SUITES: dict[str, ModuleType] = {
+    "shim": shim,
+    "collector": collector,
+    "latency": latency,
+    "fanout": fanout,
+    "prune": prune,
+    "api": api_latency,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--database-url", default=os.environ.get("TASKLOG_BENCH_DATABASE_URL",
-                                                 DEFAULT_DATABASE_URL),
+        "--database-url",
+        default=os.environ.get("TASKLOG_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
         help="a Postgres server URL whose user may create databases "
-             "(env TASKLOG_BENCH_DATABASE_URL)")
+        "(env TASKLOG_BENCH_DATABASE_URL)",
+    )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("TASKLOG_BENCH_REDIS_URL", DEFAULT_REDIS_URL),
-        help="a Redis database the benchmarks may use (env TASKLOG_BENCH_REDIS_URL)")
+        "--redis-url",
+        default=os.environ.get("TASKLOG_BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        help="a Redis database the benchmarks may use (env TASKLOG_BENCH_REDIS_URL)",
+    )
     sub = parser.add_subparsers(dest="suite", metavar="SUITE")
     for name, module in SUITES.items():
         module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
@@ -47,12 +56,15 @@ def _machine() -> None:
     model = "?"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                      if ln.startswith("Model name")), "?")
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
+            "?",
+        )
     except OSError:
         pass
-    print(f"machine: {os.cpu_count()} cores, {model}; Python {platform.python_version()}",
-          flush=True)
+    print(
+        f"machine: {os.cpu_count()} cores, {model}; Python {platform.python_version()}", flush=True
+    )
 
 
 if __name__ == "__main__":

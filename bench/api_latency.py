@@ -60,29 +60,44 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
     kinds = _kinds(url)
     runs: dict[str, list[list[float]]] = {name: [] for name in kinds}
     with workdir() as tmp, children() as procs:
-        from tasklog.embedded import free_port
+        from tasklog.demo.embedded import free_port
 
         port = free_port()
-        api = Child("api", [python(), "-m", "tasklog", "api"],
-                    {"TASKLOG_DATABASE_URL": url, "TASKLOG_API_PORT": str(port),
-                     "TASKLOG_LOG_LEVEL": "warning"}, Path(tmp))
+        api = Child(
+            "api",
+            [python(), "-m", "tasklog", "api"],
+            {
+                "TASKLOG_DATABASE_URL": url,
+                "TASKLOG_API_PORT": str(port),
+                "TASKLOG_LOG_LEVEL": "warning",
+            },
+            Path(tmp),
+        )
         procs.append(api)
-        wait_for(lambda: _get(port, "/tasklog/healthz", quiet=True) is not None, 60,
-                 "the API to answer", api)
+        wait_for(
+            lambda: _get(port, "/tasklog/healthz", quiet=True) is not None,
+            60,
+            "the API to answer",
+            api,
+        )
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for _ in range(args.runs):
             for name, paths in kinds.items():
                 for path in paths[:20]:  # warm-up: connections of the pool, plans
                     _timed(conn, path)
-                runs[name].append([_timed(conn, random.choice(paths))
-                                   for _ in range(args.requests)])
+                runs[name].append(
+                    [_timed(conn, random.choice(paths)) for _ in range(args.requests)]
+                )
         conn.close()
     figures = {}
     for name in kinds:
         for p in (50, 99):
             fig = Figure(f"{name}, p{p}", "ms", [percentile(r, p) for r in runs[name]])
-            note = (f"target p99 <= {TARGET_P99_MS:g} ms: {verdict(fig.median <= TARGET_P99_MS)}"
-                    if p == 99 else "")
+            note = (
+                f"target p99 <= {TARGET_P99_MS:g} ms: {verdict(fig.median <= TARGET_P99_MS)}"
+                if p == 99
+                else ""
+            )
             row(fig.name, fig.text(2), note)
             figures[f"{name} p{p}"] = fig
     return figures
@@ -124,25 +139,33 @@ def _kinds(url: str) -> dict[str, list[str]]:
     with psycopg.connect(url, autocommit=True) as conn:
         deep = conn.execute(
             "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC"
-            " OFFSET 500000 LIMIT 50").fetchall()
-        small = [r[0] for r in conn.execute(
-            "SELECT task_id FROM tasks WHERE line_count = %s LIMIT 5000", (SMALL_LINES,))]
-        big = [r[0] for r in conn.execute(
-            "SELECT task_id FROM tasks WHERE line_count = %s LIMIT 500", (BIG_LINES,))]
+            " OFFSET 500000 LIMIT 50"
+        ).fetchall()
+        small = [
+            r[0]
+            for r in conn.execute(
+                "SELECT task_id FROM tasks WHERE line_count = %s LIMIT 5000", (SMALL_LINES,)
+            )
+        ]
+        big = [
+            r[0]
+            for r in conn.execute(
+                "SELECT task_id FROM tasks WHERE line_count = %s LIMIT 500", (BIG_LINES,)
+            )
+        ]
         names = [r[0] for r in conn.execute("SELECT DISTINCT task_name FROM tasks")]
     rng.shuffle(small)
     return {
         "list, first page": [base],
         "list, state+name filter": [
             f"{base}?state=FAILURE&name={urllib.parse.quote(n)}" for n in names
-        ] + [f"{base}?state=STARTED&state=RETRY&name={urllib.parse.quote(n)}" for n in names],
+        ]
+        + [f"{base}?state=STARTED&state=RETRY&name={urllib.parse.quote(n)}" for n in names],
         "list, deep keyset page (offset 500k) via cursor": [
             f"{base}?cursor={urllib.parse.quote(encode_cursor(at, tid))}" for at, tid in deep
         ],
         "detail, first page of 100-line tasks": [f"{base}{t}/" for t in small],
-        "detail, page after_seq=500 of 1000-line tasks": [
-            f"{base}{t}/?after_seq=500" for t in big
-        ],
+        "detail, page after_seq=500 of 1000-line tasks": [f"{base}{t}/?after_seq=500" for t in big],
         "detail, page after_seq=500, limit=100": [
             f"{base}{t}/?after_seq=500&limit=100" for t in big
         ],
@@ -156,16 +179,16 @@ def _ensure_database(server_url: str, url: str, rebuild: bool) -> None:
     import psycopg
 
     with psycopg.connect(server_url, autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                               (DB_NAME,)).fetchone()
+        exists = admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)
+        ).fetchone()
         if exists and not rebuild:
             try:
                 done = scalar(url, "SELECT value FROM bench_meta WHERE key = 'built'")
             except psycopg.Error:
                 done = None
             if done:
-                print(f"  reusing {DB_NAME} (built {done}; --rebuild to make it again)",
-                      flush=True)
+                print(f"  reusing {DB_NAME} (built {done}; --rebuild to make it again)", flush=True)
                 return
         admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'.encode())
         admin.execute(f'CREATE DATABASE "{DB_NAME}"'.encode())
@@ -250,8 +273,8 @@ def _build(url: str) -> None:
             conn.execute(statement.encode())
         print(f"  tasks built ({time.monotonic() - started:.0f}s)", flush=True)
         first, last = conn.execute(
-            "SELECT min(created_at)::date, (max(created_at) + interval '1 day')::date"
-            " FROM tasks").fetchone()  # type: ignore[misc]
+            "SELECT min(created_at)::date, (max(created_at) + interval '1 day')::date FROM tasks"
+        ).fetchone()  # type: ignore[misc]
         day = first
         from datetime import timedelta
 
@@ -261,21 +284,31 @@ def _build(url: str) -> None:
             day += timedelta(days=1)
         for day in days:  # named and bounded as the collector makes them (collector/store.py)
             nxt = day + timedelta(days=1)
-            conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} PARTITION OF lines FOR VALUES FROM ({}) TO ({})"
-            ).format(sql.Identifier(f"lines_{day:%Y%m%d}"),
-                     sql.Literal(f"{day.isoformat()} 00:00:00+00"),
-                     sql.Literal(f"{nxt.isoformat()} 00:00:00+00")))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF lines FOR VALUES FROM ({}) TO ({})"
+                ).format(
+                    sql.Identifier(f"lines_{day:%Y%m%d}"),
+                    sql.Literal(f"{day.isoformat()} 00:00:00+00"),
+                    sql.Literal(f"{nxt.isoformat()} 00:00:00+00"),
+                )
+            )
         for day in days:  # the lines of the tasks created that day, a day at a time
             nxt = day + timedelta(days=1)
-            conn.execute(_LINES.encode(), {"lo": f"{day.isoformat()} 00:00:00+00",
-                                           "hi": f"{nxt.isoformat()} 00:00:00+00"})
+            conn.execute(
+                _LINES.encode(),
+                {"lo": f"{day.isoformat()} 00:00:00+00", "hi": f"{nxt.isoformat()} 00:00:00+00"},
+            )
         print(f"  lines built ({time.monotonic() - started:.0f}s)", flush=True)
         conn.execute("VACUUM ANALYZE")
         conn.execute("CREATE TABLE bench_meta (key text PRIMARY KEY, value text)")
         count = conn.execute("SELECT count(*) FROM lines").fetchone()[0]  # type: ignore[index]
         tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]  # type: ignore[index]
-        conn.execute("INSERT INTO bench_meta VALUES ('built', now()::text), ('lines', %s),"
-                     " ('tasks', %s)", (str(count), str(tasks)))
-    print(f"  built {DB_NAME}: {tasks:,} tasks, {count:,} lines in "
-          f"{time.monotonic() - started:.0f}s", flush=True)
+        conn.execute(
+            "INSERT INTO bench_meta VALUES ('built', now()::text), ('lines', %s), ('tasks', %s)",
+            (str(count), str(tasks)),
+        )
+    print(
+        f"  built {DB_NAME}: {tasks:,} tasks, {count:,} lines in {time.monotonic() - started:.0f}s",
+        flush=True,
+    )

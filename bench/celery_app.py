@@ -18,8 +18,9 @@ from capture_shim import TerminalLoggingTask
 
 _url = os.environ.get("TASKLOG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 app = Celery("tasklog-bench", broker=_url, backend=_url)
-app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
-                result_expires=600)
+app.conf.update(
+    worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True, result_expires=600
+)
 
 
 @app.task(name="bench.captured", base=TerminalLoggingTask)

@@ -46,10 +46,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", type=int, default=1_000_000, help="lines in the spool")
     p.add_argument("--files", type=int, default=1_000, help="spool files (tasks)")
     p.add_argument("--runs", type=int, default=3, help="runs of each way")
-    p.add_argument("--insert-sample", type=int, default=10_000,
-                   help="lines per INSERT-per-line run (extrapolated)")
-    p.add_argument("--backlog-gb", type=float, default=0.0,
-                   help="memory mode: one collector run over a spool backlog of this size")
+    p.add_argument(
+        "--insert-sample",
+        type=int,
+        default=10_000,
+        help="lines per INSERT-per-line run (extrapolated)",
+    )
+    p.add_argument(
+        "--backlog-gb",
+        type=float,
+        default=0.0,
+        help="memory mode: one collector run over a spool backlog of this size",
+    )
     p.add_argument("--no-redis", action="store_true", help="run the collector without Redis")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
 
@@ -64,8 +72,10 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
             master = tmp / "master"
             started = time.monotonic()
             nbytes = fill_spool(master, args.files, args.lines)
-            row("spool written by the shim's writer",
-                f"{nbytes / 1e6:,.0f} MB in {time.monotonic() - started:.1f}s")
+            row(
+                "spool written by the shim's writer",
+                f"{nbytes / 1e6:,.0f} MB in {time.monotonic() - started:.1f}s",
+            )
             copy_file = tmp / "rows.copy"
             days = copy_rows(master, copy_file)
             rates: dict[str, list[float]] = {"collector": [], "copy": [], "insert": []}
@@ -84,14 +94,20 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
     copy = Figure("raw COPY with psql, same rows", "lines/s", rates["copy"])
     insert = Figure("one committed INSERT per line (extrapolated)", "lines/s", rates["insert"])
     ratio = collector.median / copy.median
-    row(collector.name, collector.text(0),
-        f"target >= {TARGET_RATE:,}: {verdict(collector.median >= TARGET_RATE)}")
+    row(
+        collector.name,
+        collector.text(0),
+        f"target >= {TARGET_RATE:,}: {verdict(collector.median >= TARGET_RATE)}",
+    )
     row("  wall time incl. start-up", Figure("", "s", walls).text(2))
     row("  collector CPU per line", Figure("", "us", cpus).text(2))
     row("  collector peak RSS", Figure("", "MB", peaks).text(1))
     row(copy.name, copy.text(0))
-    row("collector / raw COPY", f"{ratio:.2f}x",
-        f"target >= {TARGET_COPY_RATIO}x: {verdict(ratio >= TARGET_COPY_RATIO)}")
+    row(
+        "collector / raw COPY",
+        f"{ratio:.2f}x",
+        f"target >= {TARGET_COPY_RATIO}x: {verdict(ratio >= TARGET_COPY_RATIO)}",
+    )
     row(insert.name, insert.text(0), f"sample of {args.insert_sample:,} lines per run")
     row("collector / INSERT per line", f"{collector.median / insert.median:,.0f}x")
     return {"collector": collector, "copy": copy, "insert": insert}
@@ -102,23 +118,30 @@ def run_backlog(args: argparse.Namespace) -> dict[str, Figure]:
     per_line = 185  # bytes per spool record, on average, for 40-200 byte lines
     lines = target // per_line
     files = max(args.files, 1)
-    title(f"collector memory: a {args.backlog_gb:g} GB spool backlog "
-          f"(~{lines:,} lines in {files:,} files)")
+    title(
+        f"collector memory: a {args.backlog_gb:g} GB spool backlog "
+        f"(~{lines:,} lines in {files:,} files)"
+    )
     dbs = Databases(args.database_url)
     try:
         with workdir(args.keep) as tmp:
             master = tmp / "master"
             started = time.monotonic()
             nbytes = fill_spool(master, files, lines)
-            row("spool written by the shim's writer",
-                f"{nbytes / 1e9:,.2f} GB in {time.monotonic() - started:.0f}s")
+            row(
+                "spool written by the shim's writer",
+                f"{nbytes / 1e9:,.2f} GB in {time.monotonic() - started:.0f}s",
+            )
             result = collect_once(master, tmp / "run", dbs, args, lines, link=False)
     finally:
         dbs.close()
     peak = Figure("collector peak RSS (VmHWM)", "MB", [result["rss_peak_mb"]])
     rate = Figure("collector throughput over the backlog", "lines/s", [result["rate"]])
-    row(peak.name, peak.text(1),
-        f"target <= {TARGET_RSS_MB} MB: {verdict(peak.median <= TARGET_RSS_MB)}")
+    row(
+        peak.name,
+        peak.text(1),
+        f"target <= {TARGET_RSS_MB} MB: {verdict(peak.median <= TARGET_RSS_MB)}",
+    )
     row(rate.name, rate.text(0))
     return {"rss": peak, "backlog_rate": rate}
 
@@ -142,16 +165,29 @@ def _fill_part(job: tuple[Path, int, int, int, int]) -> None:
     from capture_shim.config import ShimConfig
 
     # max_lines beyond any file: every line is kept, none trimmed by the head+tail bound.
-    config = ShimConfig(enabled=True, spool_dir=str(directory), max_lines=_KEEP_ALL,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(directory),
+        max_lines=_KEEP_ALL,
+        max_line_bytes=16384,
+        record_args=False,
+    )
     pool = sample_lines(20_011, seed=part + 7)
     k = 0
     for f in range(part, files, step):
         n = lines // files + (1 if f < lines % files else 0)
         task_id = f"bench-{f:07d}"
-        cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "bench.fill",
-                                            "host": "bench", "pid": os.getpid(),
-                                            "max_lines": _KEEP_ALL})
+        cap = TaskCapture(
+            config,
+            task_id,
+            {
+                "task_id": task_id,
+                "name": "bench.fill",
+                "host": "bench",
+                "pid": os.getpid(),
+                "max_lines": _KEEP_ALL,
+            },
+        )
         for _ in range(n):
             cap.emit("stdout", pool[k % len(pool)])
             k += 1
@@ -171,14 +207,15 @@ def copy_rows(spool: Path, out: Path) -> set[str]:
                 elif rec["k"] == "line":
                     ts = datetime.fromtimestamp(rec["t"], UTC)
                     days.add(ts.date().isoformat())
-                    dst.write(f"{task_id}\t{rec['n']}\t{ts.isoformat()}\t{rec['s']}\t\\N\t"
-                              f"{_copy_escape(rec['m'])}\n")
+                    dst.write(
+                        f"{task_id}\t{rec['n']}\t{ts.isoformat()}\t{rec['s']}\t\\N\t"
+                        f"{_copy_escape(rec['m'])}\n"
+                    )
     return days
 
 
 def _copy_escape(text: str) -> str:
-    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _partitions(url: str, days: set[str]) -> None:
@@ -189,18 +226,26 @@ def _partitions(url: str, days: set[str]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for day in sorted(days):
             start = datetime.fromisoformat(day).date()
-            conn.execute(sql.SQL(stmt).format(
-                sql.Identifier(f"lines_{start:%Y%m%d}"),
-                sql.Literal(f"{start.isoformat()} 00:00:00+00"),
-                sql.Literal(f"{start + timedelta(days=1)} 00:00:00+00"),
-            ))
+            conn.execute(
+                sql.SQL(stmt).format(
+                    sql.Identifier(f"lines_{start:%Y%m%d}"),
+                    sql.Literal(f"{start.isoformat()} 00:00:00+00"),
+                    sql.Literal(f"{start + timedelta(days=1)} 00:00:00+00"),
+                )
+            )
 
 
 # -- the ways ----------------------------------------------------------------------------------
 
 
-def collect_once(master: Path, spool: Path, dbs: Databases, args: argparse.Namespace,
-                 lines: int, link: bool = True) -> dict[str, float]:
+def collect_once(
+    master: Path,
+    spool: Path,
+    dbs: Databases,
+    args: argparse.Namespace,
+    lines: int,
+    link: bool = True,
+) -> dict[str, float]:
     """One collector run over a copy of the spool; throughput, peak RSS, CPU per line."""
     spool.mkdir()
     names = [p.name for p in master.iterdir()]
@@ -210,14 +255,19 @@ def collect_once(master: Path, spool: Path, dbs: Databases, args: argparse.Names
         else:
             os.rename(master / name, spool / name)
     url = dbs.fresh()
-    env = {"TASKLOG_DATABASE_URL": url, "TASKLOG_SPOOL_DIR": str(spool),
-           "TASKLOG_HOST": "bench", "TASKLOG_LOG_LEVEL": "INFO"}
+    env = {
+        "TASKLOG_DATABASE_URL": url,
+        "TASKLOG_SPOOL_DIR": str(spool),
+        "TASKLOG_HOST": "bench",
+        "TASKLOG_LOG_LEVEL": "INFO",
+    }
     if not args.no_redis:
         env["TASKLOG_REDIS_URL"] = args.redis_url
     with children() as procs:
         spawned = time.monotonic()
-        proc = Child(f"collector-{spool.name}", [python(), "-m", "tasklog", "collector"], env,
-                     spool.parent)
+        proc = Child(
+            f"collector-{spool.name}", [python(), "-m", "tasklog", "collector"], env, spool.parent
+        )
         procs.append(proc)
         ready = proc.wait_for_log("following", timeout=120)
         done = _wait_stored(url, len(names), proc)
@@ -228,8 +278,12 @@ def collect_once(master: Path, spool: Path, dbs: Databases, args: argparse.Names
     shutil.rmtree(spool, ignore_errors=True)
     if stored != lines:
         raise RuntimeError(f"collector stored {stored} lines, expected {lines}")
-    return {"rate": lines / (done - ready), "wall": done - spawned, "rss_peak_mb": peak,
-            "cpu_us_per_line": cpu / lines * 1e6}
+    return {
+        "rate": lines / (done - ready),
+        "wall": done - spawned,
+        "rss_peak_mb": peak,
+        "cpu_us_per_line": cpu / lines * 1e6,
+    }
 
 
 def _wait_stored(url: str, files: int, proc: Child, stall: float = 60) -> float:
@@ -238,13 +292,16 @@ def _wait_stored(url: str, files: int, proc: Child, stall: float = 60) -> float:
 
     def stored() -> bool:
         nonlocal last, moved
-        ended, lines = scalar(url, "SELECT ARRAY[count(completed_at), coalesce(sum(line_count), 0)]"
-                              " FROM tasks")
+        ended, lines = scalar(
+            url, "SELECT ARRAY[count(completed_at), coalesce(sum(line_count), 0)] FROM tasks"
+        )
         if (ended, lines) != last:
             last, moved = (ended, lines), time.monotonic()
         elif time.monotonic() - moved > stall:
-            raise RuntimeError(f"collector stalled at {last} (tasks ended, lines); log tail:\n"
-                               + "\n".join(proc.log_text().splitlines()[-20:]))
+            raise RuntimeError(
+                f"collector stalled at {last} (tasks ended, lines); log tail:\n"
+                + "\n".join(proc.log_text().splitlines()[-20:])
+            )
         return bool(ended == files)
 
     return wait_for(stored, 24 * 3600, "every task stored", proc, interval=0.05)
@@ -255,8 +312,20 @@ def psql_copy(copy_file: Path, days: set[str], dbs: Databases, lines: int) -> fl
     url = dbs.fresh()
     _partitions(url, days)
     started = time.monotonic()
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c",
-                    f"\\copy lines ({_COLUMNS}) FROM '{copy_file}'"], check=True)
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            f"\\copy lines ({_COLUMNS}) FROM '{copy_file}'",
+        ],
+        check=True,
+    )
     elapsed = time.monotonic() - started
     stored = scalar(url, "SELECT count(*) FROM lines")
     dbs.drop(url)
@@ -281,8 +350,11 @@ def insert_per_line(copy_file: Path, days: set[str], dbs: Databases, sample: int
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.monotonic()
         for r in rows:
-            conn.execute("INSERT INTO lines (task_id, seq, ts, stream, level, message) "
-                         "VALUES (%s, %s, %s, %s, NULL, %s)", r)
+            conn.execute(
+                "INSERT INTO lines (task_id, seq, ts, stream, level, message) "
+                "VALUES (%s, %s, %s, %s, NULL, %s)",
+                r,
+            )
         elapsed = time.monotonic() - started
     dbs.drop(url)
     return len(rows) / elapsed

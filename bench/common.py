@@ -41,8 +41,10 @@ class Figure:
 
     def text(self, digits: int = 2) -> str:
         lo, hi = min(self.values), max(self.values)
-        return (f"{self.median:,.{digits}f} {self.unit} "
-                f"(min-max {lo:,.{digits}f}-{hi:,.{digits}f}, {len(self.values)} runs)")
+        return (
+            f"{self.median:,.{digits}f} {self.unit} "
+            f"(min-max {lo:,.{digits}f}-{hi:,.{digits}f}, {len(self.values)} runs)"
+        )
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -159,15 +161,25 @@ def scalar(url: str, statement: str, params: Sequence[Any] | None = None) -> Any
 class Child:
     """A subprocess in a session of its own, logging to a file, always stopped by `stop`."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path,
-                 cwd: Path = REPO_ROOT) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        log_dir: Path,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
         with self.log_path.open("wb") as log:
             self.popen = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**clean, "PYTHONUNBUFFERED": "1", **env}, cwd=cwd,
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**clean, "PYTHONUNBUFFERED": "1", **env},
+                cwd=cwd,
                 start_new_session=True,
             )
 
@@ -180,8 +192,9 @@ class Child:
 
     def wait_for_log(self, needle: str, timeout: float = 60) -> float:
         """Wait until `needle` appears in the log; returns the monotonic time it was seen."""
-        return wait_for(lambda: needle in self.log_text(), timeout,
-                        f"{self.name} to log {needle!r}", self)
+        return wait_for(
+            lambda: needle in self.log_text(), timeout, f"{self.name} to log {needle!r}", self
+        )
 
     def rss_peak_kb(self) -> int:
         """The process's peak resident set (VmHWM), in KiB."""
@@ -215,16 +228,23 @@ def _status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             child: Child | None = None, interval: float = 0.01) -> float:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    child: Child | None = None,
+    interval: float = 0.01,
+) -> float:
     """Poll until `predicate()` is truthy; returns the monotonic time it became so."""
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
             return time.monotonic()
         if child is not None and child.popen.poll() is not None:
-            raise RuntimeError(f"{child.name} exited ({child.popen.returncode}) before {what}:\n"
-                               + "\n".join(child.log_text().splitlines()[-30:]))
+            raise RuntimeError(
+                f"{child.name} exited ({child.popen.returncode}) before {what}:\n"
+                + "\n".join(child.log_text().splitlines()[-30:])
+            )
         if time.monotonic() > deadline:
             tail = "" if child is None else "\n" + "\n".join(child.log_text().splitlines()[-30:])
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}{tail}")

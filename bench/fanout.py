@@ -44,16 +44,29 @@ HIST_MS = 120_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clients", type=int, nargs="+", default=[1000, 5000],
-                   help="client counts to measure, one API process each")
+    p.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[1000, 5000],
+        help="client counts to measure, one API process each",
+    )
     p.add_argument("--rate", type=float, default=100, help="lines per second the task prints")
     p.add_argument("--seconds", type=float, default=20, help="how long the task prints")
     p.add_argument("--runs", type=int, default=3, help="runs per client count")
     p.add_argument("--client-procs", type=int, default=4, help="client processes")
-    p.add_argument("--buffer", type=int, default=None,
-                   help="TASKLOG_API_CLIENT_BUFFER for the API (default: the API's own)")
-    p.add_argument("--py-spy", metavar="FILE", default=None,
-                   help="record the API with py-spy while the task prints (collapsed stacks)")
+    p.add_argument(
+        "--buffer",
+        type=int,
+        default=None,
+        help="TASKLOG_API_CLIENT_BUFFER for the API (default: the API's own)",
+    )
+    p.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        default=None,
+        help="record the API with py-spy while the task prints (collapsed stacks)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
 
 
@@ -81,17 +94,22 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Child],
-              dbs: Databases) -> dict[str, float]:
+def _run_once(
+    args: argparse.Namespace, clients: int, tmp: Path, procs: list[Child], dbs: Databases
+) -> dict[str, float]:
     from capture_shim.capture import TaskCapture
     from capture_shim.config import ShimConfig
-    from tasklog.embedded import free_port
+    from tasklog.demo.embedded import free_port
 
     spool = tmp / "spool"
     spool.mkdir()
     url = dbs.fresh()
-    common = {"TASKLOG_DATABASE_URL": url, "TASKLOG_REDIS_URL": args.redis_url,
-              "TASKLOG_SPOOL_DIR": str(spool), "TASKLOG_HOST": "bench"}
+    common = {
+        "TASKLOG_DATABASE_URL": url,
+        "TASKLOG_REDIS_URL": args.redis_url,
+        "TASKLOG_SPOOL_DIR": str(spool),
+        "TASKLOG_HOST": "bench",
+    }
     collector = Child("collector", [python(), "-m", "tasklog", "collector"], common, tmp)
     procs.append(collector)
     port = free_port()
@@ -105,13 +123,16 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
 
     task_id = f"fan-{secrets.token_hex(6)}"
     sse_url = f"http://127.0.0.1:{port}/tasklog/sse/task/{task_id}/"
-    per_proc = [clients // args.client_procs + (i < clients % args.client_procs)
-                for i in range(args.client_procs)]
+    per_proc = [
+        clients // args.client_procs + (i < clients % args.client_procs)
+        for i in range(args.client_procs)
+    ]
     client_procs = []
     for i, n in enumerate(per_proc):
         out = tmp / f"client{i}.json"
-        child = Child(f"client{i}", [python(), "-m", "bench.fanout", sse_url, str(n), str(out)],
-                      {}, tmp)
+        child = Child(
+            f"client{i}", [python(), "-m", "bench.fanout", sse_url, str(n), str(out)], {}, tmp
+        )
         procs.append(child)
         client_procs.append((child, out))
     for child, _ in client_procs:
@@ -120,8 +141,13 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
     _wait_idle(api, timeout=120)
     rss_idle_kb = api.rss_kb()
 
-    config = ShimConfig(enabled=True, spool_dir=str(spool), max_lines=10_000_000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(spool),
+        max_lines=10_000_000,
+        max_line_bytes=16384,
+        record_args=False,
+    )
     count = int(args.rate * args.seconds)
     pool = sample_lines(1009, seed=5)
     cpu0, wall0 = api.cpu_seconds(), time.monotonic()
@@ -131,10 +157,26 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
     sampler = threading.Thread(target=_sample_rss, args=(api, rss_peak_kb, stop), daemon=True)
     sampler.start()
     if args.py_spy:
-        procs.append(Child("py-spy", [
-            str(Path(python()).parent / "py-spy"), "record", "--pid", str(api.pid), "--format",
-            "raw", "--output", args.py_spy, "--duration", str(int(args.seconds)), "--nonblocking",
-        ], {}, tmp))
+        procs.append(
+            Child(
+                "py-spy",
+                [
+                    str(Path(python()).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(api.pid),
+                    "--format",
+                    "raw",
+                    "--output",
+                    args.py_spy,
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--nonblocking",
+                ],
+                {},
+                tmp,
+            )
+        )
     cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "bench.fanout"})
     started = time.monotonic()
     for i in range(count):
@@ -146,8 +188,7 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
     printing = time.monotonic() - started
     try:
         for child, out in client_procs:
-            wait_for(out.exists, 120 + args.seconds, f"{child.name} to finish", child,
-                     interval=0.1)
+            wait_for(out.exists, 120 + args.seconds, f"{child.name} to finish", child, interval=0.1)
     finally:
         stop.set()
         sampler.join(5)
@@ -164,13 +205,23 @@ def _run_once(args: argparse.Namespace, clients: int, tmp: Path, procs: list[Chi
             totals[key] += part[key]
         totals["max_ms"] = max(totals["max_ms"], part["max_ms"])
     return {
-        "clients": clients, "lines": count, "print_s": printing, "wall_s": wall,
-        "p50_ms": _hist_percentile(hist, 50), "p99_ms": _hist_percentile(hist, 99),
-        "max_ms": totals["max_ms"], "events": totals["events"],
-        "expected": clients * count, "gaps": totals["gaps"], "dups": totals["dups"],
-        "ended": totals["ended"], "cut": totals["cut"],
-        "api_cpu_pct": 100 * api_cpu / wall, "clients_cpu_pct": 100 * clients_cpu / wall,
-        "rss_idle_mb": rss_idle_kb / 1024, "rss_peak_mb": max(rss_peak_kb) / 1024,
+        "clients": clients,
+        "lines": count,
+        "print_s": printing,
+        "wall_s": wall,
+        "p50_ms": _hist_percentile(hist, 50),
+        "p99_ms": _hist_percentile(hist, 99),
+        "max_ms": totals["max_ms"],
+        "events": totals["events"],
+        "expected": clients * count,
+        "gaps": totals["gaps"],
+        "dups": totals["dups"],
+        "ended": totals["ended"],
+        "cut": totals["cut"],
+        "api_cpu_pct": 100 * api_cpu / wall,
+        "clients_cpu_pct": 100 * clients_cpu / wall,
+        "rss_idle_mb": rss_idle_kb / 1024,
+        "rss_peak_mb": max(rss_peak_kb) / 1024,
         "client_procs": len(client_procs),
     }
 
@@ -212,12 +263,14 @@ def _hist_percentile(hist: list[int], p: float) -> float:
 
 
 def _print_run(clients: int, r: dict[str, float]) -> None:
-    row(f"{clients} clients, one run",
+    row(
+        f"{clients} clients, one run",
         f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, max {r['max_ms']:,.0f} ms; "
         f"{r['events']:,}/{r['expected']:,} line events, {r['ended']} ended, {r['cut']} cut off, "
         f"{r['gaps']} gaps, {r['dups']} dups; API CPU {r['api_cpu_pct']:.0f}% of a core, "
         f"RSS {r['rss_idle_mb']:.0f} MB connected -> {r['rss_peak_mb']:.0f} MB peak; "
-        f"{r['client_procs']} client processes at {r['clients_cpu_pct']:.0f}% CPU together")
+        f"{r['client_procs']} client processes at {r['clients_cpu_pct']:.0f}% CPU together",
+    )
 
 
 def _report(clients: int, results: list[dict[str, float]]) -> dict[str, Figure]:
@@ -233,13 +286,18 @@ def _report(clients: int, results: list[dict[str, float]]) -> dict[str, Figure]:
     for key, figure in out.items():
         note = ""
         if key.startswith("p99"):
-            note = (f"target: {TARGET_CLIENTS:,} clients with p99 <= {TARGET_P99_S:g} s"
-                    + (f": {verdict(figure.median <= TARGET_P99_S * 1000)}"
-                       if clients >= TARGET_CLIENTS else " (fewer clients than the target)"))
+            note = f"target: {TARGET_CLIENTS:,} clients with p99 <= {TARGET_P99_S:g} s" + (
+                f": {verdict(figure.median <= TARGET_P99_S * 1000)}"
+                if clients >= TARGET_CLIENTS
+                else " (fewer clients than the target)"
+            )
         row(figure.name, figure.text(0), note)
     complete = all(r["events"] == r["expected"] and r["ended"] == clients for r in results)
-    row(f"{clients} clients: every line to every client, then end", "yes" if complete else "NO",
-        f"client processes: {results[0]['client_procs']}")
+    row(
+        f"{clients} clients: every line to every client, then end",
+        "yes" if complete else "NO",
+        f"client processes: {results[0]['client_procs']}",
+    )
     return out
 
 
@@ -281,9 +339,9 @@ async def _clients(url: str, n: int, out: Path) -> None:
                 buf = frames.pop()
                 for frame in frames:
                     if frame.startswith(b"id: "):
-                        seq = int(frame[4:frame.index(b"\r\n")])
+                        seq = int(frame[4 : frame.index(b"\r\n")])
                         i = frame.index(b'"timestamp":"') + 13
-                        lag_ms = (now - ts_of(frame[i:frame.index(b'"', i)])) * 1000
+                        lag_ms = (now - ts_of(frame[i : frame.index(b'"', i)])) * 1000
                         bucket = min(HIST_MS, max(0, int(lag_ms)))
                         hist[bucket] = hist.get(bucket, 0) + 1
                         totals["max_ms"] = max(totals["max_ms"], lag_ms)

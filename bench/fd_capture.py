@@ -34,14 +34,21 @@ from capture_shim.fdcapture import FdSession
 
 
 def _capture(spool_dir: Path, n: int) -> TaskCapture:
-    config = ShimConfig(enabled=True, spool_dir=str(spool_dir), max_lines=1000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(spool_dir),
+        max_lines=1000,
+        max_line_bytes=16384,
+        record_args=False,
+    )
     return TaskCapture(config, f"bench-{n}", {"task_id": f"bench-{n}", "name": "bench"})
 
 
 def _child_argv(lines: int, width: int) -> list[str]:
-    script = (f"import sys; pad = 'x' * {width - 14}; sys.stdout.write(''.join("
-              f"f'line {{i:08d}}{{pad}}\\n' for i in range({lines})))")
+    script = (
+        f"import sys; pad = 'x' * {width - 14}; sys.stdout.write(''.join("
+        f"f'line {{i:08d}}{{pad}}\\n' for i in range({lines})))"
+    )
     return [sys.executable, "-c", script]
 
 
@@ -106,8 +113,13 @@ def _ways(spool_dir: Path, lines: int, width: int) -> dict[str, Callable[[int], 
 def _per_task(spool_dir: Path, tasks: int) -> tuple[float, float]:
     """Median seconds per task of an empty TaskCapture, without and with an FdSession
     (interleaved, so a busy machine weighs on both alike)."""
-    config = ShimConfig(enabled=True, spool_dir=str(spool_dir), max_lines=1000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(spool_dir),
+        max_lines=1000,
+        max_line_bytes=16384,
+        record_args=False,
+    )
     costs: dict[bool, list[float]] = {False: [], True: []}
     for i in range(tasks):
         for with_fd in (False, True):
@@ -150,10 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in times.items():
         median = statistics.median(values)
         us = median / args.lines * 1e6
-        out.write(f"  {name:<16} {us:7.2f} µs/line  {median * 1e3:8.1f} ms  "
-                  f"({median / floor:4.2f}x python)\n")
-    out.write(f"  per task: {plain_task * 1e6:.0f} µs without fd capture, "
-              f"{fd_task * 1e6:.0f} µs with it (+{(fd_task - plain_task) * 1e6:.0f} µs)\n")
+        out.write(
+            f"  {name:<16} {us:7.2f} µs/line  {median * 1e3:8.1f} ms  "
+            f"({median / floor:4.2f}x python)\n"
+        )
+    out.write(
+        f"  per task: {plain_task * 1e6:.0f} µs without fd capture, "
+        f"{fd_task * 1e6:.0f} µs with it (+{(fd_task - plain_task) * 1e6:.0f} µs)\n"
+    )
     out.flush()
 
 

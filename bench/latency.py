@@ -30,7 +30,7 @@ from bench.common import (
     verdict,
     workdir,
 )
-from tasklog.embedded import free_port
+from tasklog.demo.embedded import free_port
 
 TARGETS_MS = {"sse_p50_idle": 50, "sse_p99_idle": 250, "sse_p99_load": 500}
 
@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
         dbs.close()
 
 
-def _run(args: argparse.Namespace, tmp: Path, procs: list[Child],
-         dbs: Databases) -> dict[str, Figure]:
+def _run(
+    args: argparse.Namespace, tmp: Path, procs: list[Child], dbs: Databases
+) -> dict[str, Figure]:
     import os
 
     spool = tmp / "spool"
@@ -62,26 +63,53 @@ def _run(args: argparse.Namespace, tmp: Path, procs: list[Child],
     url = dbs.fresh()
     redis_db = args.redis_url
     queue = f"tasklog-bench-{secrets.token_hex(4)}"
-    common = {"TASKLOG_DATABASE_URL": url, "TASKLOG_REDIS_URL": redis_db,
-              "TASKLOG_SPOOL_DIR": str(spool), "TASKLOG_HOST": "bench"}
+    common = {
+        "TASKLOG_DATABASE_URL": url,
+        "TASKLOG_REDIS_URL": redis_db,
+        "TASKLOG_SPOOL_DIR": str(spool),
+        "TASKLOG_HOST": "bench",
+    }
     collector = Child("collector", [python(), "-m", "tasklog", "collector"], common, tmp)
     procs.append(collector)
     port = free_port()
     sse_url = None
     if not args.no_sse:
-        api = Child("api", [python(), "-m", "tasklog", "api"],
-                    {**common, "TASKLOG_API_PORT": str(port)}, tmp)
+        api = Child(
+            "api",
+            [python(), "-m", "tasklog", "api"],
+            {**common, "TASKLOG_API_PORT": str(port)},
+            tmp,
+        )
         procs.append(api)
         try:
             api.wait_for_log("listening on", timeout=60)
             sse_url = f"http://127.0.0.1:{port}/tasklog/sse/task/{{}}/"
         except (RuntimeError, TimeoutError) as exc:
             row("print -> SSE client", "skipped", f"the API did not start: {exc}".splitlines()[0])
-    worker = Child("worker", [
-        python(), "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo", "-l", "info",
-        "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "-n", f"{queue}@%h",
-    ], {"TASKLOG_SPOOL_DIR": str(spool), "TASKLOG_BENCH_REDIS_URL": redis_db}, tmp)
+    worker = Child(
+        "worker",
+        [
+            python(),
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_app",
+            "worker",
+            "-P",
+            "solo",
+            "-l",
+            "info",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"{queue}@%h",
+        ],
+        {"TASKLOG_SPOOL_DIR": str(spool), "TASKLOG_BENCH_REDIS_URL": redis_db},
+        tmp,
+    )
     procs.append(worker)
     collector.wait_for_log("following", timeout=60)
     worker.wait_for_log("ready.", timeout=60)
@@ -95,8 +123,12 @@ def _run(args: argparse.Namespace, tmp: Path, procs: list[Child],
         for phase in phases:
             load = None
             if phase == "load":
-                load = Child("load", [python(), "-m", "bench.load", "--rate", str(args.load),
-                                      "--spool", str(spool)], {}, tmp)
+                load = Child(
+                    "load",
+                    [python(), "-m", "bench.load", "--rate", str(args.load), "--spool", str(spool)],
+                    {},
+                    tmp,
+                )
                 procs.append(load)
                 time.sleep(2)  # the collector reaches its steady state
             db_runs: list[list[float]] = []
@@ -117,8 +149,9 @@ def _run(args: argparse.Namespace, tmp: Path, procs: list[Child],
     return figures
 
 
-def _report(what: str, label: str, phase: str, runs: list[list[float]],
-            target_phase: str | None) -> dict[str, Figure]:
+def _report(
+    what: str, label: str, phase: str, runs: list[list[float]], target_phase: str | None
+) -> dict[str, Figure]:
     out = {}
     for p in (50, 95, 99):
         fig = Figure(f"{what}, {label}, p{p}", "ms", [percentile(r, p) for r in runs])
@@ -131,20 +164,23 @@ def _report(what: str, label: str, phase: str, runs: list[list[float]],
     return out
 
 
-def _measure(app: object, queue: str, db_url: str, sse_url: str | None, count: int,
-             interval: float) -> tuple[list[float], list[float]]:
+def _measure(
+    app: object, queue: str, db_url: str, sse_url: str | None, count: int, interval: float
+) -> tuple[list[float], list[float]]:
     """One task of `count` ticks; latencies in ms of each line to Postgres and to SSE."""
     task_id = f"lat-{secrets.token_hex(6)}"
     db_seen: dict[int, float] = {}
     sse_seen: dict[int, float] = {}
     printed: dict[int, float] = {}
     done = threading.Event()
-    poller = threading.Thread(target=_poll_rows, args=(db_url, task_id, count, db_seen, printed,
-                                                       done), name="poll-rows")
+    poller = threading.Thread(
+        target=_poll_rows, args=(db_url, task_id, count, db_seen, printed, done), name="poll-rows"
+    )
     poller.start()
     try:
-        asyncio.run(_follow_and_send(app, queue, sse_url, task_id, count, interval, sse_seen,
-                                     printed))
+        asyncio.run(
+            _follow_and_send(app, queue, sse_url, task_id, count, interval, sse_seen, printed)
+        )
         poller.join(timeout=60)
     finally:
         done.set()
@@ -156,16 +192,24 @@ def _measure(app: object, queue: str, db_url: str, sse_url: str | None, count: i
     return db_ms, sse_ms
 
 
-def _poll_rows(url: str, task_id: str, count: int, seen: dict[int, float],
-               printed: dict[int, float], done: threading.Event) -> None:
+def _poll_rows(
+    url: str,
+    task_id: str,
+    count: int,
+    seen: dict[int, float],
+    printed: dict[int, float],
+    done: threading.Event,
+) -> None:
     import psycopg
 
     last = 0
     with psycopg.connect(url, autocommit=True) as conn:
         deadline = time.monotonic() + 600
         while last < count and not done.is_set() and time.monotonic() < deadline:
-            rows = conn.execute("SELECT seq, message FROM lines WHERE task_id = %s AND seq > %s"
-                                " ORDER BY seq", (task_id, last)).fetchall()
+            rows = conn.execute(
+                "SELECT seq, message FROM lines WHERE task_id = %s AND seq > %s ORDER BY seq",
+                (task_id, last),
+            ).fetchall()
             now = time.time()
             for seq, message in rows:
                 seen[seq] = now
@@ -178,9 +222,16 @@ def _printed_at(message: str) -> float:
     return float(message.rsplit(" ", 1)[1])
 
 
-async def _follow_and_send(app: object, queue: str, sse_url: str | None, task_id: str,
-                           count: int, interval: float, seen: dict[int, float],
-                           printed: dict[int, float]) -> None:
+async def _follow_and_send(
+    app: object,
+    queue: str,
+    sse_url: str | None,
+    task_id: str,
+    count: int,
+    interval: float,
+    seen: dict[int, float],
+    printed: dict[int, float],
+) -> None:
     import aiohttp
 
     timeout = count * interval + 60
@@ -189,18 +240,24 @@ async def _follow_and_send(app: object, queue: str, sse_url: str | None, task_id
         if sse_url is not None:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             response = await stack.enter_async_context(
-                session.get(sse_url.format(task_id), timeout=aiohttp.ClientTimeout(total=None)))
+                session.get(sse_url.format(task_id), timeout=aiohttp.ClientTimeout(total=None))
+            )
             response.raise_for_status()
-        result = app.send_task("bench.ticks", args=(count, interval),  # type: ignore[attr-defined]
-                               queue=queue, task_id=task_id)
+        result = app.send_task(
+            "bench.ticks",
+            args=(count, interval),  # type: ignore[attr-defined]
+            queue=queue,
+            task_id=task_id,
+        )
         if response is not None:
             await asyncio.wait_for(_read_events(response, count, seen, printed), timeout)
         await asyncio.to_thread(result.get, timeout=timeout)
         result.forget()
 
 
-async def _read_events(response: object, count: int, seen: dict[int, float],
-                       printed: dict[int, float]) -> None:
+async def _read_events(
+    response: object, count: int, seen: dict[int, float], printed: dict[int, float]
+) -> None:
     async for raw in response.content:  # type: ignore[attr-defined]
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line.startswith("data:"):

@@ -24,8 +24,9 @@ def main() -> None:
     from capture_shim.capture import TaskCapture
     from capture_shim.config import ShimConfig
 
-    config = ShimConfig(enabled=True, spool_dir=args.spool, max_lines=1000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True, spool_dir=args.spool, max_lines=1000, max_line_bytes=16384, record_args=False
+    )
     stop = False
 
     def on_term(*_: object) -> None:

@@ -27,10 +27,12 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--sort", default="tottime")
     p.add_argument("--no-profile", action="store_true", help="time only")
-    p.add_argument("--redis-url", default=os.environ.get("TASKLOG_BENCH_REDIS_URL",
-                                                         DEFAULT_REDIS_URL))
-    p.add_argument("--database-url", default=os.environ.get("TASKLOG_BENCH_DATABASE_URL",
-                                                            DEFAULT_DATABASE_URL))
+    p.add_argument(
+        "--redis-url", default=os.environ.get("TASKLOG_BENCH_REDIS_URL", DEFAULT_REDIS_URL)
+    )
+    p.add_argument(
+        "--database-url", default=os.environ.get("TASKLOG_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+    )
     args = p.parse_args()
     with workdir() as tmp:
         if args.target == "shim":
@@ -50,9 +52,11 @@ def _run(args: argparse.Namespace, fn: object, *fargs: object) -> object:
     elapsed = time.perf_counter() - started
     # The real stdout: inside the shim's capture, print() would go to the spool file.
     out = sys.__stdout__
-    print(f"{args.target}: {args.lines:,} lines in {elapsed:.2f}s "
-          f"({elapsed / args.lines * 1e6:.2f} us/line{'' if args.no_profile else ', profiled'})",
-          file=out)
+    print(
+        f"{args.target}: {args.lines:,} lines in {elapsed:.2f}s "
+        f"({elapsed / args.lines * 1e6:.2f} us/line{'' if args.no_profile else ', profiled'})",
+        file=out,
+    )
     if profiler is not None:
         pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
     return result
@@ -63,8 +67,9 @@ def _shim(args: argparse.Namespace, tmp: Path) -> None:
     from capture_shim.capture import TaskCapture, ensure_routing
     from capture_shim.config import ShimConfig
 
-    config = ShimConfig(enabled=True, spool_dir=str(tmp), max_lines=1000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True, spool_dir=str(tmp), max_lines=1000, max_line_bytes=16384, record_args=False
+    )
     ensure_routing()
     cap = TaskCapture(config, "profile", {"task_id": "profile"})
     cap.activate()
@@ -113,8 +118,12 @@ def _collector(args: argparse.Namespace, tmp: Path) -> None:
 
         rows = _run(args, asyncio.run, drain())
         assert rows == args.lines, rows
-        print("per line: " + ", ".join(f"{name} {total / args.lines * 1e6:.2f} us"
-                                       for name, total in steps.items()))
+        print(
+            "per line: "
+            + ", ".join(
+                f"{name} {total / args.lines * 1e6:.2f} us" for name, total in steps.items()
+            )
+        )
     finally:
         dbs.close()
 

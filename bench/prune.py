@@ -20,8 +20,12 @@ RETENTION_DAYS = 30
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=40, help="days of synthetic data (40)")
-    parser.add_argument("--lines-per-day", type=int, default=500_000,
-                        help="lines per day (500,000: 20 million lines over 40 days)")
+    parser.add_argument(
+        "--lines-per-day",
+        type=int,
+        default=500_000,
+        help="lines per day (500,000: 20 million lines over 40 days)",
+    )
 
 
 def fill(url: str, days: int, per_day: int) -> None:
@@ -66,8 +70,10 @@ def fill(url: str, days: int, per_day: int) -> None:
 def run(args: argparse.Namespace) -> None:
     import psycopg
 
-    title(f"retention: {args.days} days x {args.lines_per_day:,} lines, "
-          f"TASKLOG_RETENTION_DAYS={RETENTION_DAYS}")
+    title(
+        f"retention: {args.days} days x {args.lines_per_day:,} lines, "
+        f"TASKLOG_RETENTION_DAYS={RETENTION_DAYS}"
+    )
     dbs = Databases(args.database_url)
     try:
         url = dbs.fresh()
@@ -80,25 +86,40 @@ def run(args: argparse.Namespace) -> None:
         # VACUUM so that the space can be used again (what dropping a partition gives at once).
         oldest = datetime.now(UTC).date() - timedelta(days=args.days - 1)
         t0 = time.monotonic()
-        scalar(url, "WITH d AS (DELETE FROM lines WHERE ts >= %s AND ts < %s RETURNING 1) "
-                    "SELECT count(*) FROM d", (oldest, oldest + timedelta(days=1)))
+        scalar(
+            url,
+            "WITH d AS (DELETE FROM lines WHERE ts >= %s AND ts < %s RETURNING 1) "
+            "SELECT count(*) FROM d",
+            (oldest, oldest + timedelta(days=1)),
+        )
         deleted = time.monotonic() - t0
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"VACUUM lines_{oldest:%Y%m%d}")
         one_day = time.monotonic() - t0
         pruned_days = args.days - RETENTION_DAYS - 1
 
-        env = {"TASKLOG_DATABASE_URL": url, "TASKLOG_RETENTION_DAYS": str(RETENTION_DAYS),
-               "PATH": "/usr/bin:/bin"}
+        env = {
+            "TASKLOG_DATABASE_URL": url,
+            "TASKLOG_RETENTION_DAYS": str(RETENTION_DAYS),
+            "PATH": "/usr/bin:/bin",
+        }
         t0 = time.monotonic()
-        out = subprocess.run([python(), "-m", "tasklog", "prune"], env=env, check=True,
-                             capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(
+            [python(), "-m", "tasklog", "prune"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         prune = time.monotonic() - t0
         after = scalar(url, "SELECT count(*) FROM lines")
         row("tasklog prune", f"{prune:.2f} s", out)
         row("lines after", f"{after:,} ({total - after:,} gone)")
-        row("DELETE + VACUUM of one day's lines", f"{one_day:.2f} s",
-            f"DELETE {deleted:.2f} s; x {pruned_days} days = {one_day * pruned_days:.1f} s")
+        row(
+            "DELETE + VACUUM of one day's lines",
+            f"{one_day:.2f} s",
+            f"DELETE {deleted:.2f} s; x {pruned_days} days = {one_day * pruned_days:.1f} s",
+        )
         row("ratio", f"prune is {one_day * pruned_days / prune:,.0f}x faster than DELETE")
     finally:
         dbs.close()

@@ -42,17 +42,21 @@ TARGET_RATIO = 100.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", type=int, default=100_000, help="lines per captured/plain run")
-    p.add_argument("--seed-lines", type=int, default=2_000,
-                   help="lines per seed-guide (INSERT per line) run")
+    p.add_argument(
+        "--seed-lines", type=int, default=2_000, help="lines per seed-guide (INSERT per line) run"
+    )
     p.add_argument("--runs", type=int, default=5, help="runs of each way")
-    p.add_argument("--direct", action="store_true",
-                   help="no Celery worker: drive TaskCapture in this process")
+    p.add_argument(
+        "--direct", action="store_true", help="no Celery worker: drive TaskCapture in this process"
+    )
     p.add_argument("--no-seed", action="store_true", help="skip the INSERT-per-line way")
 
 
 def run(args: argparse.Namespace) -> dict[str, Figure]:
-    title("shim: cost per printed line inside a task"
-          + (" (in-process)" if args.direct else " (solo-pool Celery worker)"))
+    title(
+        "shim: cost per printed line inside a task"
+        + (" (in-process)" if args.direct else " (solo-pool Celery worker)")
+    )
     with workdir() as tmp, contextlib.ExitStack() as stack:
         spool = tmp / "spool"
         spool.mkdir()
@@ -72,8 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
         else:
             runner = _InWorker(spool, tmp, args.redis_url)
             stack.enter_context(runner)
-        results: dict[str, list[float]] = {"plain": [], "captured": [], "python_level": [],
-                                           "seed": []}
+        results: dict[str, list[float]] = {
+            "plain": [],
+            "captured": [],
+            "python_level": [],
+            "seed": [],
+        }
         runner.warm_up(seed_url)
         for i in range(args.runs):
             results["plain"].append(runner.plain(args.lines, i))
@@ -90,30 +98,44 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> dict[st
     us = {k: [v / 1000 for v in values] for k, values in results.items()}
     plain = Figure("plain print to a file", "µs/line", us["plain"])
     captured = Figure("captured by the shim", "µs/line", us["captured"])
-    cost = Figure("shim cost over no capture", "µs/line",
-                  [c - p for c, p in zip(us["captured"], us["plain"], strict=True)])
+    cost = Figure(
+        "shim cost over no capture",
+        "µs/line",
+        [c - p for c, p in zip(us["captured"], us["plain"], strict=True)],
+    )
     row(plain.name, plain.text(3))
     row(captured.name, captured.text(3), f"{captured.median / plain.median:.1f}x plain")
     row(cost.name, cost.text(3), f"target ≤ {TARGET_US} µs: {verdict(cost.median <= TARGET_US)}")
     figures = {"plain": plain, "captured": captured, "shim_cost": cost}
     if us["python_level"]:
-        py = Figure("captured, Python level only (CAPTURE_FD=false)", "µs/line",
-                    us["python_level"])
-        py_cost = Figure("  its cost over no capture", "µs/line",
-                         [c - p for c, p in zip(us["python_level"], us["plain"], strict=True)])
+        py = Figure("captured, Python level only (CAPTURE_FD=false)", "µs/line", us["python_level"])
+        py_cost = Figure(
+            "  its cost over no capture",
+            "µs/line",
+            [c - p for c, p in zip(us["python_level"], us["plain"], strict=True)],
+        )
         row(py.name, py.text(3))
-        row(py_cost.name, py_cost.text(3),
-            f"target ≤ {TARGET_US} µs: {verdict(py_cost.median <= TARGET_US)}")
+        row(
+            py_cost.name,
+            py_cost.text(3),
+            f"target ≤ {TARGET_US} µs: {verdict(py_cost.median <= TARGET_US)}",
+        )
         figures.update(python_level=py, python_level_cost=py_cost)
     if us["seed"]:
         plain_median = statistics.median(us["plain"])
         seed = Figure("seed guide: one committed INSERT per line", "µs/line", us["seed"])
-        seed_cost = Figure("INSERT-per-line cost over no capture", "µs/line",
-                           [s - plain_median for s in us["seed"]])
+        seed_cost = Figure(
+            "INSERT-per-line cost over no capture",
+            "µs/line",
+            [s - plain_median for s in us["seed"]],
+        )
         ratio = seed_cost.median / max(cost.median, 1e-9)
         row(seed.name, seed.text(1), f"{args.seed_lines:,} lines per run")
-        row("shim cost vs INSERT-per-line cost", f"{ratio:,.0f}x cheaper",
-            f"target ≥ {TARGET_RATIO:.0f}x: {verdict(ratio >= TARGET_RATIO)}")
+        row(
+            "shim cost vs INSERT-per-line cost",
+            f"{ratio:,.0f}x cheaper",
+            f"target ≥ {TARGET_RATIO:.0f}x: {verdict(ratio >= TARGET_RATIO)}",
+        )
         figures.update(seed=seed, seed_cost=seed_cost)
     return figures
 
@@ -129,8 +151,13 @@ class _Direct:
     def __init__(self, spool: Path, tmp: Path) -> None:
         from capture_shim.config import ShimConfig
 
-        self.config = ShimConfig(enabled=True, spool_dir=str(spool), max_lines=1000,
-                                 max_line_bytes=16384, record_args=False)
+        self.config = ShimConfig(
+            enabled=True,
+            spool_dir=str(spool),
+            max_lines=1000,
+            max_line_bytes=16384,
+            record_args=False,
+        )
         self.tmp = tmp
 
     def warm_up(self, seed_url: str | None) -> None:
@@ -142,8 +169,10 @@ class _Direct:
     def plain(self, count: int, seed: int) -> float:
         from bench.printing import timed_prints
 
-        with open(self.tmp / "plain.txt", "w", encoding="utf-8") as f, \
-                contextlib.redirect_stdout(f):
+        with (
+            open(self.tmp / "plain.txt", "w", encoding="utf-8") as f,
+            contextlib.redirect_stdout(f),
+        ):
             return timed_prints(count, seed)
 
     def captured(self, count: int, seed: int, fd: bool = True) -> float:
@@ -192,11 +221,32 @@ class _InWorker:
         procs = self._stack.enter_context(children())
         env = {"TASKLOG_SPOOL_DIR": str(self.spool), "TASKLOG_BENCH_REDIS_URL": self.redis_url}
         for queue, extra in ((self.queue, {}), (self.queue_py, {"TASKLOG_CAPTURE_FD": "false"})):
-            procs.append(Child(f"worker-{queue}", [
-                python(), "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo",
-                "-l", "info", "-Q", queue, "--without-gossip", "--without-mingle",
-                "--without-heartbeat", "-n", f"{queue}@%h",
-            ], {**env, **extra}, self.tmp))
+            procs.append(
+                Child(
+                    f"worker-{queue}",
+                    [
+                        python(),
+                        "-m",
+                        "celery",
+                        "-A",
+                        "bench.celery_app",
+                        "worker",
+                        "-P",
+                        "solo",
+                        "-l",
+                        "info",
+                        "-Q",
+                        queue,
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                        "-n",
+                        f"{queue}@%h",
+                    ],
+                    {**env, **extra},
+                    self.tmp,
+                )
+            )
         for worker in procs:
             worker.wait_for_log("ready.", timeout=60)
         self._stack.callback(self.app.close)
@@ -226,8 +276,7 @@ class _InWorker:
         return self._call("bench.plain", count, seed, str(self.tmp / "plain.txt"))
 
     def captured(self, count: int, seed: int, fd: bool = True) -> float:
-        return self._call("bench.captured", count, seed,
-                          queue=self.queue if fd else self.queue_py)
+        return self._call("bench.captured", count, seed, queue=self.queue if fd else self.queue_py)
 
     def seed(self, count: int, seed: int, url: str) -> float:
         return self._call("bench.seed_db", count, seed, url)

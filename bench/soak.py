@@ -54,14 +54,22 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return (self.lines_stored == self.lines_sent and not self.lines_duplicated
-                and not self.lines_lost and self.sse_received == self.sse_expected
-                and not self.sse_duplicated and not self.sse_missed
-                and not self.sse_wrong_text and self.sse_ends == self.tasks)  # fmt: skip
+        return (
+            self.lines_stored == self.lines_sent
+            and not self.lines_duplicated
+            and not self.lines_lost
+            and self.sse_received == self.sse_expected
+            and not self.sse_duplicated
+            and not self.sse_missed
+            and not self.sse_wrong_text
+            and self.sse_ends == self.tasks
+        )
 
     def print(self) -> None:
-        title(f"soak: {self.tasks:,} tasks x {self.lines_per_task:,} lines, "
-              f"{self.clients} SSE clients")  # fmt: skip
+        title(
+            f"soak: {self.tasks:,} tasks x {self.lines_per_task:,} lines, "
+            f"{self.clients} SSE clients"
+        )
         row("lines sent / stored", f"{self.lines_sent:,} / {self.lines_stored:,}")
         row("lines duplicated / lost", f"{self.lines_duplicated:,} / {self.lines_lost:,}")
         row("SSE lines expected / received", f"{self.sse_expected:,} / {self.sse_received:,}")
@@ -130,8 +138,7 @@ async def follow_task(session: Any, base: str, task_id: str, timeout: float) -> 
     return seen
 
 
-async def run_clients(base: str, task_ids: list[str], clients: int, timeout: float
-                      ) -> list[Follow]:  # fmt: skip
+async def run_clients(base: str, task_ids: list[str], clients: int, timeout: float) -> list[Follow]:
     import aiohttp
 
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -171,12 +178,21 @@ def _children_of(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def soak(database_url: str, redis_url: str, tasks: int, lines: int, clients: int,
-         work: Path, *, concurrency: int = 2, timeout: float = 3600) -> Report:  # fmt: skip
+def soak(
+    database_url: str,
+    redis_url: str,
+    tasks: int,
+    lines: int,
+    clients: int,
+    work: Path,
+    *,
+    concurrency: int = 2,
+    timeout: float = 3600,
+) -> Report:
     """Run the soak against a migrated database and a Redis database; both are only used."""
     from celery import Celery
 
-    from tasklog.embedded import free_port
+    from tasklog.demo.embedded import free_port
 
     report = Report(tasks, lines, clients)
     spool = work / "spool"
@@ -185,49 +201,89 @@ def soak(database_url: str, redis_url: str, tasks: int, lines: int, clients: int
     logs.mkdir()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    common = {"TASKLOG_DATABASE_URL": database_url, "TASKLOG_REDIS_URL": redis_url,
-              "TASKLOG_LOG_LEVEL": "WARNING"}  # fmt: skip
+    common = {
+        "TASKLOG_DATABASE_URL": database_url,
+        "TASKLOG_REDIS_URL": redis_url,
+        "TASKLOG_LOG_LEVEL": "WARNING",
+    }
     with children() as started:
-        collector = Child("collector", [python(), "-m", "tasklog", "collector"],
-                          {**common, "TASKLOG_SPOOL_DIR": str(spool), "TASKLOG_HOST": "soak",
-                           "TASKLOG_LOG_LEVEL": "INFO"}, logs)  # fmt: skip
+        collector = Child(
+            "collector",
+            [python(), "-m", "tasklog", "collector"],
+            {
+                **common,
+                "TASKLOG_SPOOL_DIR": str(spool),
+                "TASKLOG_HOST": "soak",
+                "TASKLOG_LOG_LEVEL": "INFO",
+            },
+            logs,
+        )
         started.append(collector)
         collector.wait_for_log("following")
-        api = Child("api", [python(), "-m", "tasklog", "api"],
-                    {**common, "TASKLOG_API_PORT": str(port), "TASKLOG_LOG_LEVEL": "INFO"},
-                    logs)  # fmt: skip
+        api = Child(
+            "api",
+            [python(), "-m", "tasklog", "api"],
+            {**common, "TASKLOG_API_PORT": str(port), "TASKLOG_LOG_LEVEL": "INFO"},
+            logs,
+        )
         started.append(api)
         api.wait_for_log("listening on")
-        worker = Child("worker", [python(), "-m", "celery", "-A", "demo.app", "worker",
-                                  "-P", "prefork", "-c", str(concurrency), "-l", "info",
-                                  "--without-gossip", "--without-mingle", "--without-heartbeat",
-                                  "-n", "soak@%h"],
-                       {"TASKLOG_REDIS_URL": redis_url, "TASKLOG_SPOOL_DIR": str(spool)},
-                       logs)  # fmt: skip
+        worker = Child(
+            "worker",
+            [
+                python(),
+                "-m",
+                "celery",
+                "-A",
+                "tasklog.demo.app",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                str(concurrency),
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                "soak@%h",
+            ],
+            {"TASKLOG_REDIS_URL": redis_url, "TASKLOG_SPOOL_DIR": str(spool)},
+            logs,
+        )
         started.append(worker)
         worker.wait_for_log("ready.")
 
         app = Celery("soak", broker=redis_url, set_as_current=False)
         started_at = time.monotonic()
         try:
-            ids = [app.send_task(TASK, kwargs={"count": lines}, ignore_result=True).id
-                   for _ in range(tasks)]  # fmt: skip
+            ids = [
+                app.send_task(TASK, kwargs={"count": lines}, ignore_result=True).id
+                for _ in range(tasks)
+            ]
         finally:
             app.close()
         report.lines_sent = tasks * lines
         follows = asyncio.run(run_clients(base, ids, clients, timeout))
-        bench_wait_for(lambda: _finished(database_url, ids) == tasks, timeout,
-                       "every task stored as finished", collector, interval=0.2)  # fmt: skip
+        bench_wait_for(
+            lambda: _finished(database_url, ids) == tasks,
+            timeout,
+            "every task stored as finished",
+            collector,
+            interval=0.2,
+        )
         report.duration_s = time.monotonic() - started_at
 
         pool = _children_of(worker.pid)
         report.rss_peak_mb = {
             "worker (main)": _peak_mb(worker.pid),
-            f"worker (largest of {len(pool)} pool processes)": max(map(_peak_mb, pool),
-                                                                    default=0.0),
+            f"worker (largest of {len(pool)} pool processes)": max(
+                map(_peak_mb, pool), default=0.0
+            ),
             "collector": _peak_mb(collector.pid),
             "API": _peak_mb(api.pid),
-        }  # fmt: skip
+        }
     report.tasks_finished = _finished(database_url, ids)
     _count_stored(database_url, ids, lines, report)
     report.sse_expected = tasks * lines
@@ -244,8 +300,13 @@ def soak(database_url: str, redis_url: str, tasks: int, lines: int, clients: int
 def _finished(database_url: str, ids: list[str]) -> int:
     from bench.common import scalar
 
-    return int(scalar(database_url, "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) "
-                                    "AND state = 'SUCCESS'", [ids]))  # fmt: skip
+    return int(
+        scalar(
+            database_url,
+            "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND state = 'SUCCESS'",
+            [ids],
+        )
+    )
 
 
 def _count_stored(database_url: str, ids: list[str], lines: int, report: Report) -> None:
@@ -256,7 +317,9 @@ def _count_stored(database_url: str, ids: list[str], lines: int, report: Report)
         rows = conn.execute(
             "SELECT task_id, count(*), count(DISTINCT message),"
             " count(*) FILTER (WHERE message <> 'line ' || seq) FROM lines"
-            " WHERE task_id = ANY(%s) GROUP BY task_id", [ids]).fetchall()  # fmt: skip
+            " WHERE task_id = ANY(%s) GROUP BY task_id",
+            [ids],
+        ).fetchall()
     per_task = {r[0]: r[1:] for r in rows}
     for task_id in ids:
         total, distinct, wrong = per_task.get(task_id, (0, 0, 0))
@@ -272,7 +335,7 @@ def _count_stored(database_url: str, ids: list[str], lines: int, report: Report)
 def servers(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
     """A migrated database URL and a Redis URL: given ones, or embedded servers."""
     from collector.migrate import migrate
-    from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis
+    from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
 
     with ExitStack() as stack:
         if args.database_url:

@@ -41,20 +41,36 @@ def install(app: Celery) -> None:
     def wanted(task: Any) -> bool:
         return getattr(task, "app", None) is app
 
-    def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
-                  args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    def on_prerun(
+        sender: Any = None,
+        task_id: str | None = None,
+        task: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        **_: Any,
+    ) -> None:
         if task is None or task_id is None or not wanted(task):
             return
         _guard(_begin, config, task, task_id, args, kwargs)
 
-    def on_failure(sender: Any = None, task_id: str | None = None, exception: Any = None,
-                   einfo: Any = None, **_: Any) -> None:
+    def on_failure(
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: Any = None,
+        einfo: Any = None,
+        **_: Any,
+    ) -> None:
         cap = current()
         if cap is not None and cap.task_id == task_id and exception is not None:
             cap.failure = (exception, getattr(einfo, "traceback", None))
 
-    def on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None,
-                   state: str | None = None, **_: Any) -> None:
+    def on_postrun(
+        sender: Any = None,
+        task_id: str | None = None,
+        task: Any = None,
+        state: str | None = None,
+        **_: Any,
+    ) -> None:
         cap = current()
         if cap is None or cap.task_id != task_id:
             return
@@ -74,8 +90,13 @@ def install(app: Celery) -> None:
 
     original = app.Task.update_state
 
-    def update_state(self: Task, task_id: str | None = None, state: str | None = None,
-                     meta: Any = None, **kwargs: Any) -> None:
+    def update_state(
+        self: Task,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
         _guard(_record_state, task_id, state, meta)
         original(self, task_id, state, meta, **kwargs)
 
@@ -119,8 +140,9 @@ class TerminalLoggingTask(Task):  # type: ignore[misc]
         _guard(_end, cap, "SUCCESS", None, None)
         return result
 
-    def update_state(self, task_id: str | None = None, state: str | None = None,
-                     meta: Any = None, **kwargs: Any) -> None:
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
         _guard(_record_state, task_id, state, meta)
         super().update_state(task_id, state, meta, **kwargs)
 
@@ -196,4 +218,3 @@ def _guard(fn: Any, *args: Any) -> Any:
         Stats.internal_errors += 1
         warn_once(f"internal:{type(exc).__name__}", f"internal error ignored: {exc!r}")
         return None
-

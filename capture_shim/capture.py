@@ -178,8 +178,10 @@ class TaskCapture:
             _retry_pending_ends()
         problem = spool.task_id_problem(task_id)
         if problem is not None:  # the task runs as ever; its output goes to the worker's streams
-            warn_once("task_id:" + ("long" if problem.endswith(")") else problem),
-                      f"task id {task_id[:80]!r} {problem}; its output is not captured")
+            warn_once(
+                "task_id:" + ("long" if problem.endswith(")") else problem),
+                f"task id {task_id[:80]!r} {problem}; its output is not captured",
+            )
             return
         try:
             self._spool = spool.SpoolFile(config.spool_dir, task_id)

@@ -23,8 +23,11 @@ DOCUMENTED: tuple[tuple[str, str, str], ...] = (
     ("TASKLOG_MAX_LINES", "1000", "Lines kept per task run: the first half and the last half."),
     ("TASKLOG_MAX_LINE_BYTES", "16384", "Longest line kept; longer ones are cut with a marker."),
     ("TASKLOG_RECORD_ARGS", "false", "Store task args and kwargs (they may hold secrets)."),
-    ("TASKLOG_CAPTURE_FD", "true",
-     "Capture fd 1/2 too (subprocesses, C code) in prefork and solo pools."),
+    (
+        "TASKLOG_CAPTURE_FD",
+        "true",
+        "Capture fd 1/2 too (subprocesses, C code) in prefork and solo pools.",
+    ),
     ("TASKLOG_TEE", "false", "Also echo captured output to the worker's own stdout/stderr."),
 )
 
@@ -51,8 +54,9 @@ def _int(name: str, default: int, minimum: int) -> int:
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        warnings.warn(f"{name}={raw!r} must be an integer >= {minimum}; using {default}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{name}={raw!r} must be an integer >= {minimum}; using {default}", stacklevel=3
+        )
         return default
     return value
 

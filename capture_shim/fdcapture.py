@@ -160,9 +160,10 @@ def begin(cap: TaskCapture, config: ShimConfig) -> FdSession | None:
         session.start()
     except Exception as exc:
         FdStats.fallbacks += 1
-        warn_once(f"fd-start:{type(exc).__name__}:{getattr(exc, 'errno', None)}",
-                  f"fd-level capture could not start ({exc!r}); "
-                  "capturing Python-level output only")
+        warn_once(
+            f"fd-start:{type(exc).__name__}:{getattr(exc, 'errno', None)}",
+            f"fd-level capture could not start ({exc!r}); capturing Python-level output only",
+        )
         return None
     _session = session
     return session
@@ -443,7 +444,7 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     except BlockingIOError:
         pass  # a non-blocking original that is full: drop rather than stall the reader
     except OSError:

@@ -27,9 +27,9 @@ from collector.publish import Publisher
 from collector.settings import CollectorSettings
 from collector.store import Store, Stored
 from collector.tail import Batch, FileState, SpoolDir
-from tasklog import __version__, sdnotify
-from tasklog.errors import ConfigError, StoreUnavailable
-from tasklog.process import pid_alive
+from tasklog.core import __version__, sdnotify
+from tasklog.core.errors import ConfigError, StoreUnavailable
+from tasklog.core.process import pid_alive
 
 log = logging.getLogger("tasklog.collector")
 
@@ -95,7 +95,10 @@ class Collector:
         spool.scan()
         log.info(
             "collector %s following %s as host %r (%d files known)",
-            __version__, self.settings.spool_dir, self.settings.host, len(files),
+            __version__,
+            self.settings.spool_dir,
+            self.settings.host,
+            len(files),
         )
         self.status = "ok"
         sdnotify.ready()
@@ -141,15 +144,22 @@ class Collector:
         step = max(1, min(10, self.settings.debounce_ms))
         try:
             async for changes in awatch(
-                spool.path, stop_event=self._stop, debounce=self.settings.debounce_ms,
-                step=step, recursive=False, rust_timeout=1000, yield_on_timeout=False,
+                spool.path,
+                stop_event=self._stop,
+                debounce=self.settings.debounce_ms,
+                step=step,
+                recursive=False,
+                rust_timeout=1000,
+                yield_on_timeout=False,
             ):
                 spool.touched({Path(path).name for _, path in changes})
                 self._wake.set()
         except Exception as exc:  # inotify limits and the like: the rescans still find everything
             log.warning(
                 "cannot watch %s (%s); relying on rescans every %.1fs",
-                spool.path, exc, self.settings.rescan_interval,
+                spool.path,
+                exc,
+                self.settings.rescan_interval,
             )
 
     async def _drain(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
@@ -182,7 +192,8 @@ class Collector:
             self.counters.corrupt += batch.corrupt
             log.debug(
                 "batch: %d lines from %d files stored in one transaction",
-                stored.rows, len(batch.chunks),
+                stored.rows,
+                len(batch.chunks),
             )
             await publisher.publish(stored.lines, stored.tasks)
             for state in stored.ended:
@@ -229,7 +240,8 @@ class Collector:
                 self.counters.vanished += 1
                 log.warning(
                     "spool file %s disappeared before its end was stored (task %s)",
-                    name, state.task_id,
+                    name,
+                    state.task_id,
                 )
                 if state.registered:
                     try:
@@ -274,14 +286,24 @@ class Collector:
         self._backlog = files, nbytes = spool.backlog()
         free = self._spool_free()
         with contextlib.suppress(StoreUnavailable):
-            await store.heartbeat({
-                "spool_dir": str(self.settings.spool_dir), "pid": os.getpid(),
-                "version": __version__, "started_at": self._started_at,
-                "backlog_files": files, "backlog_bytes": nbytes,
-                "stats": {**self.counters.as_dict(), "status": self.status,
-                          "truncated": spool.truncated, "skipped_bytes": spool.skipped_bytes,
-                          "spool_free_bytes": free, "spool_full": self._spool_full},
-            })
+            await store.heartbeat(
+                {
+                    "spool_dir": str(self.settings.spool_dir),
+                    "pid": os.getpid(),
+                    "version": __version__,
+                    "started_at": self._started_at,
+                    "backlog_files": files,
+                    "backlog_bytes": nbytes,
+                    "stats": {
+                        **self.counters.as_dict(),
+                        "status": self.status,
+                        "truncated": spool.truncated,
+                        "skipped_bytes": spool.skipped_bytes,
+                        "spool_free_bytes": free,
+                        "spool_full": self._spool_full,
+                    },
+                }
+            )
         self._report()
 
     def _spool_free(self) -> int | None:
@@ -295,7 +317,9 @@ class Collector:
         if full and not self._spool_full:
             log.warning(
                 "spool file system of %s is full (%d bytes free): workers cannot spool, their "
-                "output goes to their own streams", self.settings.spool_dir, free,
+                "output goes to their own streams",
+                self.settings.spool_dir,
+                free,
             )
         elif self._spool_full and not full:
             log.info("spool file system has room again (%d bytes free)", free)
@@ -308,8 +332,12 @@ class Collector:
         sdnotify.status(f"{self.status}; {self.counters.lines} lines stored; backlog {files} files")
         if self.settings.metrics_file is None:
             return
-        snapshot = {"counters": self.counters.as_dict(), "status": self.status,
-                    "backlog_files": files, "backlog_bytes": nbytes}
+        snapshot = {
+            "counters": self.counters.as_dict(),
+            "status": self.status,
+            "backlog_files": files,
+            "backlog_bytes": nbytes,
+        }
         try:
             metrics.write(self.settings.metrics_file, lambda: snapshot)
         except OSError as exc:
@@ -319,8 +347,9 @@ class Collector:
         with contextlib.suppress(StoreUnavailable):
             dropped, deleted = await store.prune(self.settings.retention_days)
             if dropped or deleted:
-                log.info("retention: dropped %d line partitions, deleted %d tasks",
-                         len(dropped), deleted)
+                log.info(
+                    "retention: dropped %d line partitions, deleted %d tasks", len(dropped), deleted
+                )
 
     def _summary(self, spool: SpoolDir, last: tuple[float, int]) -> tuple[float, int]:
         now, lines = time.monotonic(), self.counters.lines
@@ -330,8 +359,13 @@ class Collector:
             log.info(
                 "stored %d lines in %.0fs (%.0f lines/s); backlog %d files, %d bytes; "
                 "%d corrupt records skipped, %d tasks lost so far",
-                lines - before, now - since, (lines - before) / max(now - since, 1e-9),
-                files, nbytes, self.counters.corrupt, self.counters.lost,
+                lines - before,
+                now - since,
+                (lines - before) / max(now - since, 1e-9),
+                files,
+                nbytes,
+                self.counters.corrupt,
+                self.counters.lost,
             )
         return now, lines
 

@@ -36,13 +36,16 @@ class _Snapshot(Collector):
             family = CounterMetricFamily(f"tasklog_collector_{name}", doc)
             family.add_metric([], counters.get(name, 0))
             yield family
-        for name, doc in (("backlog_files", "Spool files with unstored bytes."),
-                          ("backlog_bytes", "Spool bytes not yet stored.")):
+        for name, doc in (
+            ("backlog_files", "Spool files with unstored bytes."),
+            ("backlog_bytes", "Spool bytes not yet stored."),
+        ):
             gauge = GaugeMetricFamily(f"tasklog_collector_{name}", doc)
             gauge.add_metric([], data[name])  # type: ignore[arg-type]
             yield gauge
         up = GaugeMetricFamily(
-            "tasklog_collector_up", "1 when storing normally, 0 while waiting for Postgres.",
+            "tasklog_collector_up",
+            "1 when storing normally, 0 while waiting for Postgres.",
             labels=["status"],
         )
         up.add_metric([str(data["status"])], 1 if data["status"] == "ok" else 0)

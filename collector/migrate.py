@@ -12,7 +12,7 @@ from importlib import resources
 
 import psycopg
 
-from tasklog.errors import StoreUnavailable
+from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.migrate")
 

@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tasklog.constants import TASKS_CHANNEL, lines_channel
+from tasklog.core.constants import TASKS_CHANNEL, lines_channel
 
 log = logging.getLogger("tasklog.collector")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from capture_shim.config import DEFAULT_SPOOL_DIR
-from tasklog.settings import Common
+from tasklog.core.settings import Common
 
 
 class CollectorSettings(Common):

@@ -20,8 +20,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from collector.tail import Batch, FileChunk, FileState, clean_text
-from tasklog import queries
-from tasklog.errors import StoreUnavailable
+from tasklog.core import queries
+from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.collector")
 
@@ -83,7 +83,9 @@ class Store:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5,
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=5,
                     application_name=f"tasklog-collector@{self.host}",
                 )
             except psycopg.OperationalError as exc:
@@ -114,8 +116,16 @@ class Store:
             for row in await cur.fetchall():
                 name, inode, offset, task_id, base, max_seq, head, tail, ended = row
                 files[name] = FileState(
-                    name=name, inode=inode, offset=offset, task_id=task_id, seq_base=base,
-                    max_seq=max_seq, head=head, tail=tail, ended=ended, size=offset,
+                    name=name,
+                    inode=inode,
+                    offset=offset,
+                    task_id=task_id,
+                    seq_base=base,
+                    max_seq=max_seq,
+                    head=head,
+                    tail=tail,
+                    ended=ended,
+                    size=offset,
                 )
             return files
 
@@ -144,8 +154,9 @@ class Store:
                 # while this process prepares the next, on the other core.
                 for runs_slice in _slices(runs, _SLICE_LINES):
                     rows, *statements = _plan(runs_slice, stored)
-                    for done, more in zip((trims, advances, ends, markers), statements,
-                                          strict=True):
+                    for done, more in zip(
+                        (trims, advances, ends, markers), statements, strict=True
+                    ):
                         done += more
                     if rows:
                         assert copy is not None
@@ -188,16 +199,23 @@ class Store:
         """Give each chunk its task and seq base; new runs are upserted as STARTED."""
         runs: list[_Run] = []
         batch_last: dict[str, int] = {}
-        stored_last = iter(await _start_runs(conn, [
-            chunk.start for chunk in chunks
-            if not chunk.state.registered and chunk.start is not None
-        ]))
+        stored_last = iter(
+            await _start_runs(
+                conn,
+                [
+                    chunk.start
+                    for chunk in chunks
+                    if not chunk.state.registered and chunk.start is not None
+                ],
+            )
+        )
         for chunk in chunks:
             state = chunk.state
             if state.registered:
                 assert state.task_id is not None
-                run = _Run(chunk, state.task_id, state.seq_base, state.head, state.tail,
-                           state.max_seq)
+                run = _Run(
+                    chunk, state.task_id, state.seq_base, state.head, state.tail, state.max_seq
+                )
             elif chunk.start is not None:
                 start = chunk.start
                 task_id = start["task_id"]
@@ -208,8 +226,11 @@ class Store:
                 head = max_lines // 2
                 run = _Run(chunk, task_id, base, head, max_lines - head, 0)
             else:
-                log.error("spool file %s has no start record; its %d lines are skipped",
-                          state.name, len(chunk.lines))
+                log.error(
+                    "spool file %s has no start record; its %d lines are skipped",
+                    state.name,
+                    len(chunk.lines),
+                )
                 chunk.corrupt += len(chunk.lines)
                 chunk.lines.clear()
                 continue
@@ -221,15 +242,19 @@ class Store:
     def _file_row(self, run: _Run) -> dict[str, Any]:
         chunk = run.chunk
         return {
-            "host": self.host, "file": chunk.state.name, "inode": chunk.state.inode,
-            "offset": chunk.end_offset, "task_id": run.task_id, "seq_base": run.seq_base,
-            "max_seq": run.max_seq, "head": run.head, "tail": run.tail,
+            "host": self.host,
+            "file": chunk.state.name,
+            "inode": chunk.state.inode,
+            "offset": chunk.end_offset,
+            "task_id": run.task_id,
+            "seq_base": run.seq_base,
+            "max_seq": run.max_seq,
+            "head": run.head,
+            "tail": run.tail,
             "ended": chunk.end is not None,
         }
 
-    async def _ensure_partitions(
-        self, conn: psycopg.AsyncConnection[Any], days: set[date]
-    ) -> None:
+    async def _ensure_partitions(self, conn: psycopg.AsyncConnection[Any], days: set[date]) -> None:
         for day in sorted(days):
             name = f"lines_{day:%Y%m%d}"
             if name in self._partitions:
@@ -263,12 +288,21 @@ class Store:
                 )
                 if omitted:
                     await conn.execute(Q["insert_marker"], _marker(state, omitted, None))
-                await conn.execute(Q["save_file"], {
-                    "host": self.host, "file": state.name, "inode": state.inode,
-                    "offset": state.offset, "task_id": state.task_id,
-                    "seq_base": state.seq_base, "max_seq": state.max_seq, "head": state.head,
-                    "tail": state.tail, "ended": True,
-                })
+                await conn.execute(
+                    Q["save_file"],
+                    {
+                        "host": self.host,
+                        "file": state.name,
+                        "inode": state.inode,
+                        "offset": state.offset,
+                        "task_id": state.task_id,
+                        "seq_base": state.seq_base,
+                        "max_seq": state.max_seq,
+                        "head": state.head,
+                        "tail": state.tail,
+                        "ended": True,
+                    },
+                )
                 cur = await conn.execute(Q["changed_tasks"], {"ids": [state.task_id]})
                 names = [d.name for d in cur.description or ()]
                 row = await cur.fetchone()
@@ -371,8 +405,15 @@ def _plan(runs: list[_Run], stored: Stored) -> _Plan:
                 seq = base + line.seq
                 ts = _iso(line.t)
                 rows.append((run.task_id, seq, ts, line.stream, line.level, line.message))
-                published.append({"seq": seq, "ts": ts, "stream": line.stream,
-                                  "level": line.level, "message": line.message})
+                published.append(
+                    {
+                        "seq": seq,
+                        "ts": ts,
+                        "stream": line.stream,
+                        "level": line.level,
+                        "message": line.message,
+                    }
+                )
                 added += 1
         low, high = max(head, before - tail), min(before, cutoff)
         if high > low:
@@ -383,24 +424,31 @@ def _plan(runs: list[_Run], stored: Stored) -> _Plan:
         if chunk.end is not None and omitted:
             markers.append(_marker_for(run.task_id, base, head, omitted, chunk.end.get("t")))
             added += 1
-        advances.append({
-            "task_id": run.task_id, "added": added, "last_seq": base + after,
-            "progress": _percent(progress.get("p")),
-            "progress_message": _text(progress.get("msg")),
-            "state": (_text(progress.get("state")) or "")[:32] or None,
-        })
+        advances.append(
+            {
+                "task_id": run.task_id,
+                "added": added,
+                "last_seq": base + after,
+                "progress": _percent(progress.get("p")),
+                "progress_message": _text(progress.get("msg")),
+                "state": (_text(progress.get("state")) or "")[:32] or None,
+            }
+        )
         if chunk.end is not None:
             end = chunk.end
-            ends.append({
-                "task_id": run.task_id, "state": str(end["state"])[:32],
-                "t": _when(_number(end.get("t")) or time.time()),
-                "runtime": _number(end.get("runtime")),
-                "exc_type": _text(end.get("exc_type")),
-                "exc_message": _text(end.get("exc_message")),
-                "traceback": _text(end.get("traceback")),
-                "errors": end["errors"] if type(end.get("errors")) is int else 0,
-                "omitted": omitted,
-            })
+            ends.append(
+                {
+                    "task_id": run.task_id,
+                    "state": str(end["state"])[:32],
+                    "t": _when(_number(end.get("t")) or time.time()),
+                    "runtime": _number(end.get("runtime")),
+                    "exc_type": _text(end.get("exc_type")),
+                    "exc_message": _text(end.get("exc_message")),
+                    "traceback": _text(end.get("traceback")),
+                    "errors": end["errors"] if type(end.get("errors")) is int else 0,
+                    "omitted": omitted,
+                }
+            )
         run.max_seq = after
         if not published:
             del stored.lines[run.task_id]
@@ -409,7 +457,9 @@ def _plan(runs: list[_Run], stored: Stored) -> _Plan:
 
 def _marker_for(task_id: str, base: int, head: int, omitted: int, t: Any) -> dict[str, Any]:
     return {
-        "task_id": task_id, "seq": base + head + 1, "t": _when(_number(t) or time.time()),
+        "task_id": task_id,
+        "seq": base + head + 1,
+        "t": _when(_number(t) or time.time()),
         "message": f"… {omitted} lines omitted "
         "(TASKLOG_MAX_LINES keeps the first and last lines) …",
     }
@@ -486,26 +536,33 @@ def _iso(t: float) -> str:
     if prefix is None:
         if len(_seconds) >= 4096:
             _seconds.clear()
-        prefix = _seconds[micros[:-6]] = datetime.fromtimestamp(
-            int(micros[:-6]), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = _seconds[micros[:-6]] = datetime.fromtimestamp(int(micros[:-6]), UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
     return f"{prefix}.{micros[-6:]}+00:00"
 
 
 def _copy_text(rows: list[tuple[Any, ...]]) -> bytes:
     """Rows in COPY text format, one buffer: one write instead of a `write_row` per line."""
     null = "\\N"
-    return "".join([
-        f"{_copy_escape(task_id)}\t{seq}\t{ts}\t{stream}\t"
-        f"{null if level is None else _copy_escape(level)}\t{_copy_escape(message)}\n"
-        for task_id, seq, ts, stream, level, message in rows
-    ]).encode("utf-8")
+    return "".join(
+        [
+            f"{_copy_escape(task_id)}\t{seq}\t{ts}\t{stream}\t"
+            f"{null if level is None else _copy_escape(level)}\t{_copy_escape(message)}\n"
+            for task_id, seq, ts, stream, level, message in rows
+        ]
+    ).encode("utf-8")
 
 
 def _copy_escape(text: str) -> str:
     # Text is clean (no NUL, no lone surrogate); COPY gives meaning to these four.
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
-        return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                .replace("\r", "\\r"))
+        return (
+            text.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
     return text
 
 

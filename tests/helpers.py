@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
-from tasklog.embedded import free_port, group_alive, pid_alive
+from tasklog.demo.embedded import free_port, group_alive, pid_alive
 
 __all__ = [
     "REPO_ROOT",
@@ -58,14 +58,18 @@ def wait_for(
             if last:
                 return last
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; "
-                                 f"last value: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last value: {last!r}"
+            )
         time.sleep(interval)
 
 
 def pg_rows(
-    database_url: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
-    *, dicts: bool = False,
+    database_url: str,
+    sql: str,
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+    *,
+    dicts: bool = False,
 ) -> list[Any]:
     """Run one statement in autocommit and return its rows (tuples, or dicts if asked)."""
     with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
@@ -88,8 +92,9 @@ _TAIL_LINES = 40
 class Proc:
     """A subprocess started by `ProcessFactory`, in a session of its own, logging to a file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
-                 popen: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, popen: subprocess.Popen[bytes]
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -202,8 +207,13 @@ class ProcessFactory:
         full_env = {**self.base_env, **(env or {})}
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=full_env, cwd=cwd, start_new_session=True,
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
             )
         proc = Proc(name, argv, log_path, popen)
         self.procs.append(proc)
@@ -224,13 +234,38 @@ class ProcessFactory:
     ) -> Proc:
         """A demo Celery worker (demo.app) with `pool`, ready once it logs "ready."."""
         number = next(self._counter)
-        argv = [sys.executable, "-m", "celery", "-A", "demo.app", "worker", "-P", pool,
-                "-c", str(concurrency), "-l", "info", "--without-gossip", "--without-mingle",
-                "--without-heartbeat", "-n", f"w{number}-{os.getpid()}@%h", *args]
-        full_env = {"TASKLOG_REDIS_URL": redis_url, "TASKLOG_SPOOL_DIR": str(spool_dir),
-                    **(env or {})}
-        return self.start(f"worker{number}", argv, env=full_env,
-                          ready=re.compile(r"\bready\.$", re.M), timeout=timeout)
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasklog.demo.app",
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"w{number}-{os.getpid()}@%h",
+            *args,
+        ]
+        full_env = {
+            "TASKLOG_REDIS_URL": redis_url,
+            "TASKLOG_SPOOL_DIR": str(spool_dir),
+            **(env or {}),
+        }
+        return self.start(
+            f"worker{number}",
+            argv,
+            env=full_env,
+            ready=re.compile(r"\bready\.$", re.M),
+            timeout=timeout,
+        )
 
     def collector(
         self,
@@ -244,13 +279,21 @@ class ProcessFactory:
         timeout: float = 30,
     ) -> Proc:
         """`python -m tasklog collector`; `ready` as in `start` (the caller knows its sign)."""
-        full_env = {"TASKLOG_DATABASE_URL": database_url, "TASKLOG_SPOOL_DIR": str(spool_dir),
-                    "TASKLOG_HOST": host}
+        full_env = {
+            "TASKLOG_DATABASE_URL": database_url,
+            "TASKLOG_SPOOL_DIR": str(spool_dir),
+            "TASKLOG_HOST": host,
+        }
         if redis_url is not None:
             full_env["TASKLOG_REDIS_URL"] = redis_url
         full_env.update(env or {})
-        return self.start("collector", [sys.executable, "-m", "tasklog", "collector"],
-                          env=full_env, ready=ready, timeout=timeout)
+        return self.start(
+            "collector",
+            [sys.executable, "-m", "tasklog", "collector"],
+            env=full_env,
+            ready=ready,
+            timeout=timeout,
+        )
 
     def stop_all(self, timeout: float = 10) -> None:
         """Stop every process still running, newest first, each within `timeout` seconds."""
@@ -261,8 +304,10 @@ class ProcessFactory:
         """The log tail of every process, for a failed test's output."""
         parts = []
         for proc in self.procs:
-            parts.append(f"----- {proc.name} (pid {proc.pid}, exit {proc.returncode}) "
-                         f"{proc.log_path} -----\n{proc.log_tail()}")
+            parts.append(
+                f"----- {proc.name} (pid {proc.pid}, exit {proc.returncode}) "
+                f"{proc.log_path} -----\n{proc.log_tail()}"
+            )
         return "\n".join(parts)
 
     def _wait_ready(self, proc: Proc, ready: Ready, timeout: float) -> None:

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api import keys
 from api.app import create_app
 from api.settings import ApiSettings
-from tasklog.constants import FINISHED_STATES, TASKS_CHANNEL, lines_channel
+from tasklog.core.constants import FINISHED_STATES, TASKS_CHANNEL, lines_channel
 
 PREFIX = "/tasklog"
 

@@ -115,4 +115,3 @@ async def test_stream_joined_mid_task_gets_every_line_once_across_a_disconnect(
     assert messages == [f"line {i}" for i in range(1, count + 1)]
     assert rest[-1].type == "end"
     assert [e.data["status"] for e in rest if e.type == "status"][-1] == "SUCCESS"
-

@@ -53,23 +53,43 @@ async def test_openapi_fuzz_no_server_error_no_traceback(
             await fake.lines(f"fuzz-{i}", [f"line {n} <b>&</b> \x1b[31m" for n in range(5)])
         await fake.finish("fuzz-0")
     port = free_port()
-    procs.start("api", [sys.executable, "-m", "tasklog", "api"], env={
-        "TASKLOG_DATABASE_URL": database_url, "TASKLOG_REDIS_URL": redis_url,
-        "TASKLOG_API_PORT": str(port)}, ready="listening on")  # fmt: skip
+    procs.start(
+        "api",
+        [sys.executable, "-m", "tasklog", "api"],
+        env={
+            "TASKLOG_DATABASE_URL": database_url,
+            "TASKLOG_REDIS_URL": redis_url,
+            "TASKLOG_API_PORT": str(port),
+        },
+        ready="listening on",
+    )
     hooks = tmp_path / "fuzz_hooks.py"
     hooks.write_text(HOOKS)
     base = f"http://127.0.0.1:{port}"
     argv = [
-        *cli, "run", f"{base}{PREFIX}/api/openapi.json", "--url", base,
-        "--checks", "not_a_server_error,no_stack_trace",
-        "--exclude-path-regex", "/sse/",
-        "--max-examples", os.environ.get("TASKLOG_FUZZ_EXAMPLES", "40"), "--workers", "1",
-        "--request-timeout", "10", "--no-color",
-        "--suppress-health-check", "all",
-    ]  # fmt: skip
+        *cli,
+        "run",
+        f"{base}{PREFIX}/api/openapi.json",
+        "--url",
+        base,
+        "--checks",
+        "not_a_server_error,no_stack_trace",
+        "--exclude-path-regex",
+        "/sse/",
+        "--max-examples",
+        os.environ.get("TASKLOG_FUZZ_EXAMPLES", "40"),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "10",
+        "--no-color",
+        "--suppress-health-check",
+        "all",
+    ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": str(hooks), "NO_COLOR": "1"}
-    run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=120, check=False)  # fmt: skip
+    run = subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     assert "No issues found" in output or "passed" in output.lower(), output[-3000:]

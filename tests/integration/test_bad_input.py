@@ -23,8 +23,14 @@ MARKER = "(TASKLOG_MAX_LINES keeps the first and last lines)"
 def _cli_logs(database_url: str, task_id: str) -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
     env["TASKLOG_DATABASE_URL"] = database_url
-    out = subprocess.run([sys.executable, "-m", "tasklog", "logs", task_id, "--json"], env=env,
-                         cwd=REPO_ROOT, capture_output=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tasklog", "logs", task_id, "--json"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    ).stdout
     # Split on "\n" only: str.splitlines also splits on U+2028 and friends, valid inside JSON.
     return [json.loads(line) for line in out.decode("utf-8").split("\n") if line]
 
@@ -35,8 +41,9 @@ def _state(url: str, task_id: str) -> str | None:
 
 
 def _lines(url: str, task_id: str) -> list[tuple[int, str, str]]:
-    return pg_rows(url, "SELECT seq, stream, message FROM lines WHERE task_id = %s "
-                        "ORDER BY seq", (task_id,))
+    return pg_rows(
+        url, "SELECT seq, stream, message FROM lines WHERE task_id = %s ORDER BY seq", (task_id,)
+    )
 
 
 def _tree(path: Path) -> set[str]:
@@ -45,13 +52,17 @@ def _tree(path: Path) -> set[str]:
 
 @pytest.mark.slow  # a `tasklog logs` process per id
 def test_hostile_task_ids(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path,
-    celery_client: Any, tmp_path: Path,
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+    tmp_path: Path,
 ) -> None:
-    procs.collector(database_url=database_url, spool_dir=spool_dir, redis_url=redis_url,
-                    ready="following")
-    worker = procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="prefork",
-                          concurrency=2)
+    procs.collector(
+        database_url=database_url, spool_dir=spool_dir, redis_url=redis_url, ready="following"
+    )
+    worker = procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="prefork", concurrency=2)
     before = {p.name for p in tmp_path.iterdir()}
     stored_ids = {
         "space": " ",
@@ -69,9 +80,12 @@ def test_hostile_task_ids(
         "10 KB same char": "x" * 10 * 1024,
         "NUL": "nul\x00id",
     }
-    results = {label: celery_client.send_task("demo.print_text", args=(f"hello {label}\n",),
-                                               task_id=task_id)
-               for label, task_id in {**stored_ids, **refused_ids}.items()}
+    results = {
+        label: celery_client.send_task(
+            "demo.print_text", args=(f"hello {label}\n",), task_id=task_id
+        )
+        for label, task_id in {**stored_ids, **refused_ids}.items()
+    }
     # An empty id: Celery itself replaces it with a fresh uuid.
     empty = celery_client.send_task("demo.print_text", args=("hello empty\n",), task_id="")
     assert empty.id and empty.id != ""
@@ -81,8 +95,11 @@ def test_hostile_task_ids(
     for label, result in results.items():  # every task ran normally, captured or not
         assert result.get(timeout=30) == "ok", label
         assert result.id == {**stored_ids, **refused_ids}[label]
-    wait_for(lambda: all(_state(database_url, i) == "SUCCESS" for i in stored_ids.values()),
-             timeout=30, message="every storable id stored")
+    wait_for(
+        lambda: all(_state(database_url, i) == "SUCCESS" for i in stored_ids.values()),
+        timeout=30,
+        message="every storable id stored",
+    )
     wait_for(lambda: not list(spool_dir.glob("*" + spool.SUFFIX)), message="spool drained")
 
     for label, task_id in stored_ids.items():
@@ -107,10 +124,16 @@ def test_hostile_task_ids(
 def test_strange_and_huge_output(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
 ) -> None:
-    collector = procs.collector(database_url=database_url, spool_dir=spool_dir,
-                                redis_url=redis_url, ready="following")
-    procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="prefork", concurrency=2,
-                 env={"TASKLOG_MAX_LINE_BYTES": "16384", "TASKLOG_MAX_LINES": "1000"})
+    collector = procs.collector(
+        database_url=database_url, spool_dir=spool_dir, redis_url=redis_url, ready="following"
+    )
+    procs.worker(
+        redis_url=redis_url,
+        spool_dir=spool_dir,
+        pool="prefork",
+        concurrency=2,
+        env={"TASKLOG_MAX_LINE_BYTES": "16384", "TASKLOG_MAX_LINES": "1000"},
+    )
     verbatim = [
         "<script>alert('x')</script> <img src=x onerror=alert(1)> &amp; &lt;",
         "\x1b[31mred\x1b[0m \x1b[1;4mbold\x1b[0m \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\",
@@ -122,16 +145,20 @@ def test_strange_and_huge_output(
     sent = {
         "verbatim": celery_client.send_task("demo.print_text", args=("\n".join(verbatim) + "\n",)),
         "nul": celery_client.send_task("demo.print_text", args=("a\x00b\x00\n",)),
-        "bytes": celery_client.send_task("demo.print_bytes",
-                                         args=((b"ok \xff\xfe \xc3\x28 \xe2\x82 end\n").hex(),)),
+        "bytes": celery_client.send_task(
+            "demo.print_bytes", args=((b"ok \xff\xfe \xc3\x28 \xe2\x82 end\n").hex(),)
+        ),
         "huge": celery_client.send_task("demo.print_text", args=("y" * huge + "\nafter\n",)),
         "many": celery_client.send_task("demo.print_lines", args=(many,), kwargs={"text": "m"}),
     }
     for result in sent.values():
         result.get(timeout=120)
     ids = {label: r.id for label, r in sent.items()}
-    wait_for(lambda: all(_state(database_url, i) == "SUCCESS" for i in ids.values()),
-             timeout=120, message="every task stored")
+    wait_for(
+        lambda: all(_state(database_url, i) == "SUCCESS" for i in ids.values()),
+        timeout=120,
+        message="every task stored",
+    )
 
     def messages(label: str) -> list[str]:
         return [m for _, _, m in _lines(database_url, ids[label])]
@@ -146,35 +173,44 @@ def test_strange_and_huge_output(
     assert kept[501:] == [(i, "stdout", f"m {i}") for i in range(many - 499, many + 1)]
     assert kept[500][:2] == (501, "marker") and f"{many - 1000} lines omitted" in kept[500][2]
     assert MARKER in kept[500][2]
-    ((omitted, count),) = pg_rows(database_url, "SELECT lines_omitted, line_count FROM tasks "
-                                                "WHERE task_id = %s", (ids["many"],))
+    ((omitted, count),) = pg_rows(
+        database_url,
+        "SELECT lines_omitted, line_count FROM tasks WHERE task_id = %s",
+        (ids["many"],),
+    )
     assert (omitted, count) == (many - 1000, 1001)
     # What `tasklog logs --json` shows is exactly what is stored, as text.
     for label in ("verbatim", "nul", "bytes", "huge"):
         shown = [r["message"] for r in _cli_logs(database_url, ids[label])]
         assert shown == messages(label), label
-    print(f"\n10 MB line stored as {len(messages('huge')[0].encode())} bytes; {many} lines "
-          f"stored as 500 + marker + 500 ({omitted} omitted); collector peak RSS "
-          f"{peak_rss_kb(collector.pid) / 1024:.0f} MiB")
+    print(
+        f"\n10 MB line stored as {len(messages('huge')[0].encode())} bytes; {many} lines "
+        f"stored as 500 + marker + 500 ({omitted} omitted); collector peak RSS "
+        f"{peak_rss_kb(collector.pid) / 1024:.0f} MiB"
+    )
 
 
 @pytest.mark.parametrize("record_args", [False, True])
 def test_task_args_are_stored_only_when_asked(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path,
-    celery_client: Any, record_args: bool,
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+    record_args: bool,
 ) -> None:
-    procs.collector(database_url=database_url, spool_dir=spool_dir, redis_url=redis_url,
-                    ready="following")
+    procs.collector(
+        database_url=database_url, spool_dir=spool_dir, redis_url=redis_url, ready="following"
+    )
     env = {"TASKLOG_RECORD_ARGS": "true"} if record_args else {}
-    procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=2,
-                 env=env)
+    procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=2, env=env)
     secret = "password=hunter2"
-    result = celery_client.send_task("demo.print_text", args=(f"{secret}\n",),
-                                     kwargs={"stream": "stdout"})
+    result = celery_client.send_task(
+        "demo.print_text", args=(f"{secret}\n",), kwargs={"stream": "stdout"}
+    )
     assert result.get(timeout=30) == "ok"
     wait_for(lambda: _state(database_url, result.id) == "SUCCESS", message="task stored")
-    ((args,),) = pg_rows(database_url, "SELECT args FROM tasks WHERE task_id = %s",
-                         (result.id,))
+    ((args,),) = pg_rows(database_url, "SELECT args FROM tasks WHERE task_id = %s", (result.id,))
     if record_args:
         assert args == {"args": [f"{secret}\n"], "kwargs": {"stream": "stdout"}}
     else:

@@ -12,7 +12,7 @@ from typing import Any
 from capture_shim import spool
 from capture_shim.capture import TaskCapture
 from capture_shim.config import ShimConfig
-from tasklog.embedded import EmbeddedPostgres
+from tasklog.demo.embedded import EmbeddedPostgres
 from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
 
 #: Small batches make many commits, so that a kill lands between two of them.
@@ -21,13 +21,19 @@ SMALL_BATCHES = {"TASKLOG_BATCH_LINES": "1000", "TASKLOG_LOG_LEVEL": "INFO"}
 
 def write_backlog(spool_dir: Path, tasks: int, lines: int, prefix: str = "task") -> list[str]:
     """Spool files exactly as a worker's shim writes them, each task finished."""
-    config = ShimConfig(enabled=True, spool_dir=str(spool_dir), max_lines=2 * lines,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(spool_dir),
+        max_lines=2 * lines,
+        max_line_bytes=16384,
+        record_args=False,
+    )
     ids = []
     for t in range(tasks):
         task_id = f"{prefix}-{t}"
-        cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "backlog",
-                                            "max_lines": config.max_lines})
+        cap = TaskCapture(
+            config, task_id, {"task_id": task_id, "name": "backlog", "max_lines": config.max_lines}
+        )
         for i in range(1, lines + 1):
             cap.write(spool.STDOUT if i % 10 else spool.STDERR, f"{task_id} line {i}\n")
         cap.finish("SUCCESS")
@@ -43,29 +49,36 @@ def wait_all_stored(url: str, spool_dir: Path, total: int, timeout: float = 120)
     """Every line in Postgres and every spool file deleted (its end stored)."""
 
     def done() -> bool:
-        return (stored_lines(url) >= total
-                and not list(spool_dir.glob("*" + spool.SUFFIX)))
+        return stored_lines(url) >= total and not list(spool_dir.glob("*" + spool.SUFFIX))
 
-    wait_for(done, timeout=timeout, interval=0.1, message=f"{total} lines stored",
-             ignore=(OSError,))
+    wait_for(
+        done, timeout=timeout, interval=0.1, message=f"{total} lines stored", ignore=(OSError,)
+    )
 
 
 def assert_exactly_once(url: str, ids: list[str], lines: int) -> None:
-    per_task = pg_rows(url, "SELECT task_id, count(*), count(DISTINCT seq), min(seq), max(seq) "
-                            "FROM lines GROUP BY task_id")
+    per_task = pg_rows(
+        url,
+        "SELECT task_id, count(*), count(DISTINCT seq), min(seq), max(seq) "
+        "FROM lines GROUP BY task_id",
+    )
     assert {row[0]: row[1:] for row in per_task} == {i: (lines, lines, 1, lines) for i in ids}
     # Each seq holds its own line, on its own stream.
-    assert pg_rows(url, "SELECT count(*) FROM lines WHERE message <> task_id || ' line ' || seq "
-                        "OR stream <> CASE WHEN seq % 10 = 0 THEN 'stderr' ELSE 'stdout' END"
-                   ) == [(0,)]
-    assert pg_rows(url, "SELECT state, line_count, last_seq, count(*) FROM tasks GROUP BY 1, 2, 3"
-                   ) == [("SUCCESS", lines, lines, len(ids))]
+    assert pg_rows(
+        url,
+        "SELECT count(*) FROM lines WHERE message <> task_id || ' line ' || seq "
+        "OR stream <> CASE WHEN seq % 10 = 0 THEN 'stderr' ELSE 'stdout' END",
+    ) == [(0,)]
+    assert pg_rows(
+        url, "SELECT state, line_count, last_seq, count(*) FROM tasks GROUP BY 1, 2, 3"
+    ) == [("SUCCESS", lines, lines, len(ids))]
     assert pg_rows(url, "SELECT count(*) FROM spool_files WHERE NOT ended") == [(0,)]
 
 
 def collector(procs: ProcessFactory, url: str, spool_dir: Path, **env: str) -> Proc:
-    return procs.collector(database_url=url, spool_dir=spool_dir, ready="following",
-                           env={**SMALL_BATCHES, **env})
+    return procs.collector(
+        database_url=url, spool_dir=spool_dir, ready="following", env={**SMALL_BATCHES, **env}
+    )
 
 
 def test_backlog_ingest_rate(procs: ProcessFactory, database_url: str, spool_dir: Path) -> None:
@@ -76,8 +89,10 @@ def test_backlog_ingest_rate(procs: ProcessFactory, database_url: str, spool_dir
     wait_all_stored(database_url, spool_dir, tasks * lines)
     elapsed = time.monotonic() - started
     assert_exactly_once(database_url, ids, lines)
-    print(f"\ncollector ingested a backlog of {tasks} tasks x {lines} lines = {tasks * lines} "
-          f"lines in {elapsed:.2f}s (from process start): {tasks * lines / elapsed:,.0f} lines/s")
+    print(
+        f"\ncollector ingested a backlog of {tasks} tasks x {lines} lines = {tasks * lines} "
+        f"lines in {elapsed:.2f}s (from process start): {tasks * lines / elapsed:,.0f} lines/s"
+    )
 
 
 def test_kill_9_mid_backlog_stores_every_line_once(
@@ -90,8 +105,12 @@ def test_kill_9_mid_backlog_stores_every_line_once(
     for round_ in range(1, 4):
         proc = collector(procs, database_url, spool_dir)
         target = total * round_ // 4
-        wait_for(lambda t=target: stored_lines(database_url) >= t, timeout=60, interval=0.01,
-                 message=f"{target} lines stored")
+        wait_for(
+            lambda t=target: stored_lines(database_url) >= t,
+            timeout=60,
+            interval=0.01,
+            message=f"{target} lines stored",
+        )
         proc.kill()  # SIGKILL: no clean shutdown, a batch may be half sent
         at_kill.append(stored_lines(database_url))
     assert 0 < at_kill[0] < total, at_kill  # the kills did land mid-backlog
@@ -110,14 +129,26 @@ def test_postgres_stopped_and_killed_during_ingest(
     ids = write_backlog(spool_dir, tasks, lines)
     proc = collector(procs, url, spool_dir)
 
-    wait_for(lambda: stored_lines(url) >= total // 4, timeout=60, interval=0.01,
-             message="a quarter stored")
+    wait_for(
+        lambda: stored_lines(url) >= total // 4,
+        timeout=60,
+        interval=0.01,
+        message="a quarter stored",
+    )
     embedded_pg.stop()
-    wait_for(lambda: "Postgres unavailable" in proc.log_text(), timeout=30,
-             message="the collector noticing")
+    wait_for(
+        lambda: "Postgres unavailable" in proc.log_text(),
+        timeout=30,
+        message="the collector noticing",
+    )
     embedded_pg.start()
-    wait_for(lambda: stored_lines(url) >= total // 2, timeout=60, interval=0.01,
-             message="half stored", ignore=(OSError,))
+    wait_for(
+        lambda: stored_lines(url) >= total // 2,
+        timeout=60,
+        interval=0.01,
+        message="half stored",
+        ignore=(OSError,),
+    )
     embedded_pg.kill()  # the postmaster SIGKILLed: open transactions die unanswered
     embedded_pg.start()
 
@@ -133,8 +164,9 @@ def test_collector_waits_for_postgres_at_start(
     url = embedded_pg.url("tasklog")
     embedded_pg.stop()
     ids = write_backlog(spool_dir, 10, 50)
-    proc = procs.collector(database_url=url, spool_dir=spool_dir,
-                           ready="Postgres unavailable.*retrying")
+    proc = procs.collector(
+        database_url=url, spool_dir=spool_dir, ready="Postgres unavailable.*retrying"
+    )
     assert proc.alive and "following" not in proc.log_text()
     embedded_pg.start()
     wait_all_stored(url, spool_dir, 10 * 50, timeout=60)
@@ -144,32 +176,52 @@ def test_collector_waits_for_postgres_at_start(
 def test_worker_child_killed_mid_task_is_lost_with_its_lines(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
 ) -> None:
-    procs.collector(database_url=database_url, spool_dir=spool_dir, redis_url=redis_url,
-                    ready="following", env={"TASKLOG_ORPHAN_TIMEOUT": "2"})
+    procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        redis_url=redis_url,
+        ready="following",
+        env={"TASKLOG_ORPHAN_TIMEOUT": "2"},
+    )
     procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="prefork", concurrency=1)
-    task_id = celery_client.send_task("demo.demo_long_task", kwargs={"duration": 60,
-                                                                     "steps": 120}).id
+    task_id = celery_client.send_task(
+        "demo.demo_long_task", kwargs={"duration": 60, "steps": 120}
+    ).id
 
     def lines() -> list[tuple[int, str]]:
-        return pg_rows(database_url, "SELECT seq, message FROM lines WHERE task_id = %s "
-                                     "ORDER BY seq", (task_id,))
+        return pg_rows(
+            database_url,
+            "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq",
+            (task_id,),
+        )
 
     wait_for(lambda: len(lines()) >= 3, timeout=30, message="three lines stored")
-    ((pid, state),) = pg_rows(database_url, "SELECT pid, state FROM tasks WHERE task_id = %s",
-                              (task_id,))
+    ((pid, state),) = pg_rows(
+        database_url, "SELECT pid, state FROM tasks WHERE task_id = %s", (task_id,)
+    )
     assert state in ("STARTED", "PROGRESS")
     os.kill(pid, signal.SIGKILL)
 
-    wait_for(lambda: pg_rows(database_url, "SELECT state FROM tasks WHERE task_id = %s",
-                             (task_id,)) == [("LOST",)], timeout=30, message="task LOST")
+    wait_for(
+        lambda: (
+            pg_rows(database_url, "SELECT state FROM tasks WHERE task_id = %s", (task_id,))
+            == [("LOST",)]
+        ),
+        timeout=30,
+        message="task LOST",
+    )
     kept = lines()
     assert kept[0] == (1, "Processing for 60 seconds")
     assert kept[1:] == [(i + 1, f"step {i}/120") for i in range(1, len(kept))]
-    ((message,),) = pg_rows(database_url, "SELECT exc_message FROM tasks WHERE task_id = %s",
-                            (task_id,))
+    ((message,),) = pg_rows(
+        database_url, "SELECT exc_message FROM tasks WHERE task_id = %s", (task_id,)
+    )
     assert f"worker process {pid} died" in message
-    wait_for(lambda: not list(spool_dir.glob("*" + spool.SUFFIX)), timeout=10,
-             message="the lost task's spool file removed")
+    wait_for(
+        lambda: not list(spool_dir.glob("*" + spool.SUFFIX)),
+        timeout=10,
+        message="the lost task's spool file removed",
+    )
 
 
 def test_file_stored_before_a_crash_is_deleted_on_restart(
@@ -180,22 +232,29 @@ def test_file_stored_before_a_crash_is_deleted_on_restart(
     os.link(path, tmp_path / "kept")  # the same inode, to put back afterwards
     proc = collector(procs, database_url, spool_dir)
     wait_all_stored(database_url, spool_dir, 5)
-    wait_for(lambda: pg_rows(database_url, "SELECT count(*) FROM spool_files") == [(0,)],
-             message="the offsets row forgotten")
+    wait_for(
+        lambda: pg_rows(database_url, "SELECT count(*) FROM spool_files") == [(0,)],
+        message="the offsets row forgotten",
+    )
     proc.terminate()
     # What kill -9 between the commit and the unlink leaves: the file, and its row saying
     # it was stored to the end.
     st = os.stat(tmp_path / "kept")
-    pg_rows(database_url,
-            'INSERT INTO spool_files (host, file, inode, "offset", task_id, seq_base, max_seq, '
-            "head_lines, tail_lines, ended) VALUES ('test-host', %s, %s, %s, %s, 0, 5, 10, 10, "
-            "true)", (path.name, st.st_ino, st.st_size, ids[0]))
+    pg_rows(
+        database_url,
+        'INSERT INTO spool_files (host, file, inode, "offset", task_id, seq_base, max_seq, '
+        "head_lines, tail_lines, ended) VALUES ('test-host', %s, %s, %s, %s, 0, 5, 10, 10, "
+        "true)",
+        (path.name, st.st_ino, st.st_size, ids[0]),
+    )
     os.link(tmp_path / "kept", path)
 
     collector(procs, database_url, spool_dir)
     wait_for(lambda: not path.exists(), timeout=20, message="the stored file deleted")
-    wait_for(lambda: pg_rows(database_url, "SELECT count(*) FROM spool_files") == [(0,)],
-             message="its offsets row forgotten")
+    wait_for(
+        lambda: pg_rows(database_url, "SELECT count(*) FROM spool_files") == [(0,)],
+        message="its offsets row forgotten",
+    )
     assert_exactly_once(database_url, ids, 5)
 
 
@@ -204,26 +263,38 @@ def test_late_retry_end_does_not_override_the_final_state(
 ) -> None:
     # With countdown=0 the retried run can start (threads pool) before the first run has
     # written its end record; the collector may then store them in this order.
-    config = ShimConfig(enabled=True, spool_dir=str(spool_dir), max_lines=1000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(spool_dir),
+        max_lines=1000,
+        max_line_bytes=16384,
+        record_args=False,
+    )
     task_id = "retried-task"
 
     def start(retries: int) -> TaskCapture:
-        return TaskCapture(config, task_id, {"task_id": task_id, "name": "demo.retry_task",
-                                             "retries": retries, "max_lines": 1000})
+        return TaskCapture(
+            config,
+            task_id,
+            {"task_id": task_id, "name": "demo.retry_task", "retries": retries, "max_lines": 1000},
+        )
 
     first = start(0)
     first.write(spool.STDOUT, "attempt 0\n")
     collector(procs, database_url, spool_dir)
     lines_q = "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq"
-    wait_for(lambda: pg_rows(database_url, lines_q, (task_id,)) == [(1, "attempt 0")],
-             message="the first attempt's line")
+    wait_for(
+        lambda: pg_rows(database_url, lines_q, (task_id,)) == [(1, "attempt 0")],
+        message="the first attempt's line",
+    )
     second = start(1)
     second.write(spool.STDOUT, "attempt 1\n")
     second.finish("SUCCESS")
     state_q = "SELECT state FROM tasks WHERE task_id = %s"
-    wait_for(lambda: pg_rows(database_url, state_q, (task_id,)) == [("SUCCESS",)],
-             message="the second attempt's SUCCESS")
+    wait_for(
+        lambda: pg_rows(database_url, state_q, (task_id,)) == [("SUCCESS",)],
+        message="the second attempt's SUCCESS",
+    )
     first.finish("RETRY")
     wait_for(lambda: not list(spool_dir.glob("*" + spool.SUFFIX)), message="both files stored")
     assert pg_rows(database_url, lines_q, (task_id,)) == [(1, "attempt 0"), (2, "attempt 1")]

@@ -20,9 +20,13 @@ def test_demo_runs_everything_shows_the_logs_and_stops_cleanly(
     port = free_port()
     # No TASKLOG_DATABASE_URL / TASKLOG_REDIS_URL: the demo must start embedded servers.
     env = {"TASKLOG_API_PORT": str(port), "HOME": os.environ.get("HOME", "/root")}
-    demo = procs.start("demo", [sys.executable, "-m", "tasklog", "demo",
-                                "--state-dir", str(pg_state_dir)],
-                       env=env, ready="running; press Ctrl-C", timeout=120)
+    demo = procs.start(
+        "demo",
+        [sys.executable, "-m", "tasklog", "demo", "--state-dir", str(pg_state_dir)],
+        env=env,
+        ready="running; press Ctrl-C",
+        timeout=120,
+    )
     out = demo.log_text()
     assert "starting embedded Postgres" in out and "starting embedded Redis" in out
     assert f"open http://127.0.0.1:{port}/tasklog/" in out
@@ -33,14 +37,14 @@ def test_demo_runs_everything_shows_the_logs_and_stops_cleanly(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/tasklog/api/tasks/", timeout=5) as r:
         assert r.status == 200
 
-    children = [int(p) for p in os.listdir("/proc") if p.isdigit()
-                and _parent(int(p)) == demo.pid]
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == demo.pid]
     assert children, "the demo should have started its components as children"
     demo.send_signal(signal.SIGINT)
     assert demo.wait(60) == 0
     assert "stopping" in demo.log_text()
-    wait_for(lambda: not pids_alive(children), timeout=20,
-             message="the demo left its components running")
+    wait_for(
+        lambda: not pids_alive(children), timeout=20, message="the demo left its components running"
+    )
     assert not (pg_state_dir / "postgres" / "pgdata" / "postmaster.pid").exists(), (
         "the demo left its embedded Postgres running"
     )

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tasklog.embedded import EmbeddedRedis
+from tasklog.demo.embedded import EmbeddedRedis
 from tests.helpers import Proc, ProcessFactory, free_port, pg_rows, wait_for
 from tests.integration.api_support import PREFIX, SSEReader, seqs
 
@@ -42,8 +42,9 @@ def start_api(
         "TASKLOG_LOG_LEVEL": "INFO",
         **env,
     }
-    proc = procs.start("api", [sys.executable, "-m", "tasklog", "api"], env=full_env,
-                       ready="listening on")  # fmt: skip
+    proc = procs.start(
+        "api", [sys.executable, "-m", "tasklog", "api"], env=full_env, ready="listening on"
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -94,19 +95,27 @@ def last_seq(database_url: str, task_id: str) -> int:
 
 
 async def wait_stored(database_url: str, task_id: str, seq: int, timeout: float = 60) -> None:
-    await asyncio.to_thread(wait_for, lambda: last_seq(database_url, task_id) >= seq, timeout,
-                            0.05, f"task {task_id} stored up to seq {seq}")  # fmt: skip
+    await asyncio.to_thread(
+        wait_for,
+        lambda: last_seq(database_url, task_id) >= seq,
+        timeout,
+        0.05,
+        f"task {task_id} stored up to seq {seq}",
+    )
 
 
 async def wait_log(proc: Proc, needle: str, timeout: float = 30) -> None:
-    await asyncio.to_thread(wait_for, lambda: needle in proc.log_text(), timeout, 0.05,
-                            f"{proc.name} to log {needle!r}")  # fmt: skip
+    await asyncio.to_thread(
+        wait_for, lambda: needle in proc.log_text(), timeout, 0.05, f"{proc.name} to log {needle!r}"
+    )
 
 
 def assert_every_line_once(events: list[Any], count: int, who: str) -> None:
     got = seqs(events)
-    assert got == list(range(1, count + 1)), f"{who}: {len(got)} lines, first gaps/dups near " \
-        f"{[s for i, s in enumerate(got) if s != i + 1][:5]}"  # fmt: skip
+    assert got == list(range(1, count + 1)), (
+        f"{who}: {len(got)} lines, first gaps/dups near "
+        f"{[s for i, s in enumerate(got) if s != i + 1][:5]}"
+    )
     messages = [e.data["message"] for e in events if e.type == "new_log"]
     assert messages == [f"line {i}" for i in range(1, count + 1)], who
     assert events[-1].type == "end", who
@@ -129,8 +138,9 @@ async def test_redis_down_when_collector_and_api_start(
 ) -> None:
     live = EmbeddedRedis(tmp_path / "live-redis", port=free_port())  # not started yet
     try:
-        collector = procs.collector(database_url=database_url, redis_url=live.url(),
-                                    spool_dir=spool_dir, ready="following")  # fmt: skip
+        collector = procs.collector(
+            database_url=database_url, redis_url=live.url(), spool_dir=spool_dir, ready="following"
+        )
         _, base = start_api(procs, database_url, live.url())
         procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=2)
         count = 150
@@ -146,13 +156,19 @@ async def test_redis_down_when_collector_and_api_start(
             assert listing.status == 200
             task_list = SSEReader(listing)
             await task_list.until(lambda e: e.type == "connected")
-            task = celery_client.send_task("demo.print_lines",
-                                           kwargs={"count": count, "delay": 0.005})  # fmt: skip
+            task = celery_client.send_task(
+                "demo.print_lines", kwargs={"count": count, "delay": 0.005}
+            )
             async with follow(session, base, task.id) as stream:
                 events = await stream.rest(timeout=60)
             assert_every_line_once(events, count, "client while Redis is down")
-            await task_list.until(lambda e: e.type == "status" and e.data["task_id"] == task.id
-                                  and e.data["status"] == "SUCCESS")  # fmt: skip
+            await task_list.until(
+                lambda e: (
+                    e.type == "status"
+                    and e.data["task_id"] == task.id
+                    and e.data["status"] == "SUCCESS"
+                )
+            )
             listing.close()
             await wait_log(collector, PAUSED)
             assert await metric(session, base, "tasklog_api_redis_live") == 0
@@ -169,8 +185,9 @@ async def test_redis_down_when_collector_and_api_start(
             pushed_before = await metric(
                 session, base, 'tasklog_api_redis_messages_total{channel="lines"}'
             )
-            task2 = celery_client.send_task("demo.print_lines",
-                                            kwargs={"count": count, "delay": 0.005})  # fmt: skip
+            task2 = celery_client.send_task(
+                "demo.print_lines", kwargs={"count": count, "delay": 0.005}
+            )
             async with follow(session, base, task2.id) as stream:
                 events2 = await stream.rest(timeout=60)
             assert_every_line_once(events2, count, "client after Redis came")
@@ -200,8 +217,9 @@ async def test_redis_stopped_mid_stream_and_restarted(
     live = EmbeddedRedis(tmp_path / "live-redis", port=free_port())
     live.start()
     try:
-        collector = procs.collector(database_url=database_url, redis_url=live.url(),
-                                    spool_dir=spool_dir, ready="following")  # fmt: skip
+        collector = procs.collector(
+            database_url=database_url, redis_url=live.url(), spool_dir=spool_dir, ready="following"
+        )
         _, base = start_api(procs, database_url, live.url())
         procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=2)
         count = 400
@@ -212,8 +230,9 @@ async def test_redis_stopped_mid_stream_and_restarted(
 
             await until(subscribed, "the API's hub subscribed")
             reconnects_before = await metric(session, base, "tasklog_api_redis_reconnects_total")
-            task = celery_client.send_task("demo.print_lines",
-                                           kwargs={"count": count, "delay": 0.01})  # fmt: skip
+            task = celery_client.send_task(
+                "demo.print_lines", kwargs={"count": count, "delay": 0.01}
+            )
             clients: dict[str, list[Any]] = {}
 
             async def client(name: str, join_at: int) -> None:
@@ -222,9 +241,11 @@ async def test_redis_stopped_mid_stream_and_restarted(
                     clients[name] = await stream.rest(timeout=90)
 
             # One client from the start, one that joins before the outage, one during it.
-            readers = [asyncio.create_task(client("early", 0), name="early"),
-                       asyncio.create_task(client("before", 30), name="before"),
-                       asyncio.create_task(client("during", 150), name="during")]  # fmt: skip
+            readers = [
+                asyncio.create_task(client("early", 0), name="early"),
+                asyncio.create_task(client("before", 30), name="before"),
+                asyncio.create_task(client("during", 150), name="during"),
+            ]
             await wait_stored(database_url, task.id, 60)
             await asyncio.to_thread(live.stop)
 
@@ -271,8 +292,9 @@ async def test_soak_bounded(database_url: str, redis_url: str, tmp_path: Path) -
     from bench.soak import soak
 
     tasks, lines, clients = 100, 500, 40
-    report = await asyncio.to_thread(soak, database_url, redis_url, tasks, lines, clients,
-                                     tmp_path / "soak", timeout=150)  # fmt: skip
+    report = await asyncio.to_thread(
+        soak, database_url, redis_url, tasks, lines, clients, tmp_path / "soak", timeout=150
+    )
     assert report.lines_stored == report.lines_sent == tasks * lines
     assert (report.lines_duplicated, report.lines_lost) == (0, 0)
     assert report.sse_received == report.sse_expected == tasks * lines

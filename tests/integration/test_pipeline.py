@@ -37,30 +37,41 @@ class Pipeline:
         """Every task finished in Postgres and every spool file stored and deleted."""
 
         def done() -> bool:
-            rows = pg_rows(self.database_url,
-                           "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND state = ANY(%s)",
-                           (ids, list(FINISHED)))
+            rows = pg_rows(
+                self.database_url,
+                "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND state = ANY(%s)",
+                (ids, list(FINISHED)),
+            )
             return rows[0][0] == len(ids) and not list(self.spool_dir.glob("*" + spool.SUFFIX))
 
         wait_for(done, timeout=timeout, interval=0.1, message=f"{len(ids)} tasks stored")
 
     def task(self, task_id: str) -> dict[str, Any]:
-        (row,) = pg_rows(self.database_url, "SELECT * FROM tasks WHERE task_id = %s",
-                         (task_id,), dicts=True)
+        (row,) = pg_rows(
+            self.database_url, "SELECT * FROM tasks WHERE task_id = %s", (task_id,), dicts=True
+        )
         return row  # type: ignore[no-any-return]
 
     def lines(self, task_id: str) -> list[tuple[int, str, str | None, str]]:
-        return pg_rows(self.database_url,
-                       "SELECT seq, stream, level, message FROM lines WHERE task_id = %s "
-                       "ORDER BY seq, ts", (task_id,))
+        return pg_rows(
+            self.database_url,
+            "SELECT seq, stream, level, message FROM lines WHERE task_id = %s ORDER BY seq, ts",
+            (task_id,),
+        )
 
     def cli(self, *args: str) -> list[dict[str, Any]]:
         """`tasklog ARGS --json`, parsed: one object per output line."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
         env["TASKLOG_DATABASE_URL"] = self.database_url
-        out = subprocess.run([sys.executable, "-m", "tasklog", *args, "--json"], env=env,
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "tasklog", *args, "--json"],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         return [json.loads(line) for line in out.splitlines()]
 
 
@@ -80,10 +91,16 @@ def start_pipeline(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
 ) -> Any:
     def start(pool: str, concurrency: int, **worker_env: str) -> Pipeline:
-        procs.collector(database_url=database_url, spool_dir=spool_dir, redis_url=redis_url,
-                        ready="following")
-        procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool=pool,
-                     concurrency=concurrency, env=worker_env)
+        procs.collector(
+            database_url=database_url, spool_dir=spool_dir, redis_url=redis_url, ready="following"
+        )
+        procs.worker(
+            redis_url=redis_url,
+            spool_dir=spool_dir,
+            pool=pool,
+            concurrency=concurrency,
+            env=worker_env,
+        )
         return Pipeline(procs, database_url, spool_dir, celery_client)
 
     return start
@@ -108,13 +125,17 @@ def test_demo_tasks_are_stored_once_in_order(
         "stderr": pipe.send("demo.print_text", "to stderr, no newline", stream="stderr"),
         "bound": pipe.send("demo.print_lines", 1000, text="bound"),
     }
-    concurrent = [pipe.send("demo.print_lines", 50, text=f"conc{k}", delay=0.002)
-                  for k in range(CONCURRENT)]
+    concurrent = [
+        pipe.send("demo.print_lines", 50, text=f"conc{k}", delay=0.002) for k in range(CONCURRENT)
+    ]
 
     # Progress is stored while the task runs, not only at its end.
     def running_progress() -> Any:
-        task = pipe.task(ids["long"]) if pg_rows(
-            pipe.database_url, "SELECT 1 FROM tasks WHERE task_id = %s", (ids["long"],)) else None
+        task = (
+            pipe.task(ids["long"])
+            if pg_rows(pipe.database_url, "SELECT 1 FROM tasks WHERE task_id = %s", (ids["long"],))
+            else None
+        )
         return task and task["state"] == "PROGRESS" and 0 < (task["progress"] or 0) < 100
 
     wait_for(running_progress, timeout=60, interval=0.05, message="progress of demo_long_task")
@@ -134,7 +155,8 @@ def test_demo_tasks_are_stored_once_in_order(
     assert 'raise Exception("Demo failure")' in failing["traceback"]
 
     assert _check_once_in_order(pipe, ids["long"]) == _stdout(
-        ["Processing for 2 seconds", *(f"step {i}/8" for i in range(1, 9)), "done"])
+        ["Processing for 2 seconds", *(f"step {i}/8" for i in range(1, 9)), "done"]
+    )
     assert pipe.task(ids["long"])["state"] == "SUCCESS"
 
     timed = _check_once_in_order(pipe, ids["timed"])
@@ -144,12 +166,15 @@ def test_demo_tasks_are_stored_once_in_order(
     assert any(s == "log" and m.startswith("Iteration 1:") for _, s, _, m in timed)
 
     assert _check_once_in_order(pipe, ids["progress"]) == _stdout(
-        [f"step {i}" for i in range(1, 6)])
+        [f"step {i}" for i in range(1, 6)]
+    )
     progress = pipe.task(ids["progress"])
     assert progress["progress"] == 100 and progress["progress_message"] == "step 5"
 
     assert _check_once_in_order(pipe, ids["log"]) == [
-        (1, "log", "WARNING", "a warning from logging"), (2, "stdout", None, "a print")]
+        (1, "log", "WARNING", "a warning from logging"),
+        (2, "stdout", None, "a print"),
+    ]
 
     # Both attempts of a retried task, seq continuing across them.
     assert _check_once_in_order(pipe, ids["retry"]) == _stdout(["attempt 0", "attempt 1"])
@@ -157,15 +182,19 @@ def test_demo_tasks_are_stored_once_in_order(
     assert retry["state"] == "SUCCESS" and retry["retries"] == 1
 
     assert _check_once_in_order(pipe, ids["mixed"]) == [
-        (i, "stderr" if i % 3 == 0 else "stdout", None, f"mixed {i}") for i in range(1, 31)]
+        (i, "stderr" if i % 3 == 0 else "stdout", None, f"mixed {i}") for i in range(1, 31)
+    ]
 
     assert _check_once_in_order(pipe, ids["unicode"]) == _stdout(
-        ["é ü ß 🎉🚀 日本語 中文", "second é"])
+        ["é ü ß 🎉🚀 日本語 中文", "second é"]
+    )
     # NUL and a lone surrogate are shown as escapes; the rest of the line is intact.
     assert _check_once_in_order(pipe, ids["nul"]) == _stdout(
-        ["nul \\x00 byte", "lone \\udcff surrogate"])
+        ["nul \\x00 byte", "lone \\udcff surrogate"]
+    )
     assert _check_once_in_order(pipe, ids["stderr"]) == [
-        (1, "stderr", None, "to stderr, no newline")]
+        (1, "stderr", None, "to stderr, no newline")
+    ]
 
     # TASKLOG_MAX_LINES=100: the first 50 and the last 50 lines, one marker in between.
     bound = pipe.lines(ids["bound"])
@@ -179,11 +208,16 @@ def test_demo_tasks_are_stored_once_in_order(
     # Concurrent tasks never see each other's lines.
     for k, task_id in enumerate(concurrent):
         assert _check_once_in_order(pipe, task_id) == _stdout(
-            [f"conc{k} {i}" for i in range(1, 51)])
+            [f"conc{k} {i}" for i in range(1, 51)]
+        )
 
     # No line stored twice, anywhere.
-    assert pg_rows(pipe.database_url,
-                   "SELECT task_id, seq FROM lines GROUP BY 1, 2 HAVING count(*) > 1") == []
+    assert (
+        pg_rows(
+            pipe.database_url, "SELECT task_id, seq FROM lines GROUP BY 1, 2 HAVING count(*) > 1"
+        )
+        == []
+    )
 
     # The read path users and tooling rely on.
     listed = {row["task_id"]: row for row in pipe.cli("tasks", "--limit", "100")}
@@ -210,18 +244,22 @@ def _measure_latency(pipe: Pipeline, pool: str) -> None:
 
     def poll() -> bool:
         now = time.time()
-        for seq, ts in pg_rows(pipe.database_url,
-                               "SELECT seq, extract(epoch FROM ts)::float8 FROM lines "
-                               "WHERE task_id = %s", (task_id,)):
+        for seq, ts in pg_rows(
+            pipe.database_url,
+            "SELECT seq, extract(epoch FROM ts)::float8 FROM lines WHERE task_id = %s",
+            (task_id,),
+        ):
             if seq not in seen:
                 seen[seq], stamps[seq] = now, ts
         return len(seen) == count
 
     wait_for(poll, timeout=60, interval=0.005, message="latency lines")
     delays = sorted(seen[s] - stamps[s] for s in seen)
-    print(f"\n[{pool}] print -> row in Postgres over {count} lines: "
-          f"median {statistics.median(delays) * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms "
-          f"(poll every 5 ms)")
+    print(
+        f"\n[{pool}] print -> row in Postgres over {count} lines: "
+        f"median {statistics.median(delays) * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms "
+        f"(poll every 5 ms)"
+    )
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

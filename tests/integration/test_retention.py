@@ -50,11 +50,19 @@ def fill(database_url: str) -> None:
 
 def test_prune_drops_what_is_older_than_the_retention(database_url: str) -> None:
     fill(database_url)
-    env = {"PATH": os.environ.get("PATH", ""), "TASKLOG_DATABASE_URL": database_url,
-           "TASKLOG_RETENTION_DAYS": "30"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "TASKLOG_DATABASE_URL": database_url,
+        "TASKLOG_RETENTION_DAYS": "30",
+    }
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "tasklog", "prune"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "tasklog", "prune"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     print(f"\nprune of {DAYS * LINES_PER_DAY} lines over {DAYS} days took {took:.2f}s")
@@ -72,13 +80,20 @@ def test_prune_drops_what_is_older_than_the_retention(database_url: str) -> None
     assert kept_lines <= 31 * LINES_PER_DAY
     today = datetime.now(UTC).date()
     young_days = sum(
-        1 for back in range(DAYS)
+        1
+        for back in range(DAYS)
         if datetime.combine(today - timedelta(days=back), datetime.min.time(), UTC)
-        + timedelta(hours=12) >= cutoff
+        + timedelta(hours=12)
+        >= cutoff
     )
     assert kept_tasks == young_days * TASKS_PER_DAY
     assert f"dropped {DAYS - kept_lines // LINES_PER_DAY} line partitions" in result.stdout
 
-    again = subprocess.run([sys.executable, "-m", "tasklog", "prune"], env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "tasklog", "prune"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "dropped 0 line partitions, deleted 0 tasks" in again.stdout

@@ -51,8 +51,12 @@ def notify_env(supervisor: Supervisor) -> dict[str, str]:
 def test_collector_notifies_ready_watchdog_and_stopping(
     procs: ProcessFactory, supervisor: Supervisor, database_url: str, spool_dir: Path
 ) -> None:
-    proc = procs.collector(database_url=database_url, spool_dir=spool_dir,
-                           env=notify_env(supervisor), ready="following")
+    proc = procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        env=notify_env(supervisor),
+        ready="following",
+    )
     wait_for(lambda: supervisor.saw("READY=1"), message="collector never sent READY=1")
     wait_for(lambda: supervisor.saw("WATCHDOG=1"), message="collector never pinged the watchdog")
     proc.send_signal(signal.SIGTERM)
@@ -64,10 +68,15 @@ def test_api_notifies_ready_watchdog_and_stopping(
     procs: ProcessFactory, supervisor: Supervisor, database_url: str, redis_url: str
 ) -> None:
     port = free_port()
-    env = {**notify_env(supervisor), "TASKLOG_DATABASE_URL": database_url,
-           "TASKLOG_REDIS_URL": redis_url, "TASKLOG_API_PORT": str(port)}
-    proc = procs.start("api", [sys.executable, "-m", "tasklog", "api"], env=env,
-                       ready="listening on")
+    env = {
+        **notify_env(supervisor),
+        "TASKLOG_DATABASE_URL": database_url,
+        "TASKLOG_REDIS_URL": redis_url,
+        "TASKLOG_API_PORT": str(port),
+    }
+    proc = procs.start(
+        "api", [sys.executable, "-m", "tasklog", "api"], env=env, ready="listening on"
+    )
     wait_for(lambda: supervisor.saw("READY=1"), message="api never sent READY=1")
     wait_for(lambda: supervisor.saw("WATCHDOG=1"), message="api never pinged the watchdog")
     proc.send_signal(signal.SIGTERM)

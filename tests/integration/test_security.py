@@ -111,8 +111,10 @@ async def test_every_route_but_health_refuses_a_missing_or_wrong_token(
                 assert status == 302, who
                 assert location.startswith(f"{PREFIX}/login?next="), who
     # The right token opens each of them (the login redirect is never the answer).
-    good = [{"Authorization": f"Bearer {TOKEN}"},
-            {"Cookie": f"{auth.COOKIE}={auth.session_value(TOKEN)}"}]  # fmt: skip
+    good = [
+        {"Authorization": f"Bearer {TOKEN}"},
+        {"Cookie": f"{auth.COOKIE}={auth.session_value(TOKEN)}"},
+    ]
     for method, template, path in guarded_routes:
         for headers in good:
             status, location, _ = await request(guarded, method, path, headers)
@@ -157,8 +159,12 @@ def _cookie_attributes(header: str) -> dict[str, str]:
 
 
 async def _login(client: TestClient, headers: dict[str, str] | None = None) -> dict[str, str]:
-    response = await client.post(f"{PREFIX}/login", data={"token": TOKEN, "next": f"{PREFIX}/"},
-                                 headers=headers, allow_redirects=False)  # fmt: skip
+    response = await client.post(
+        f"{PREFIX}/login",
+        data={"token": TOKEN, "next": f"{PREFIX}/"},
+        headers=headers,
+        allow_redirects=False,
+    )
     assert response.status == 302
     return _cookie_attributes(response.headers["Set-Cookie"])
 
@@ -181,10 +187,25 @@ async def test_login_cookie_is_secure_over_tls(
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, check=False,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=False,
+    )
     if made.returncode != 0:
         pytest.skip(f"openssl could not make a certificate: {made.stderr[-200:]!r}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -232,9 +253,12 @@ async def test_launch_form_refuses_cross_site_posts(guarded: TestClient) -> None
     assert await post({"Origin": own, "Referer": f"{own}{PREFIX}/launch/"}) == 202
     # The other forms: login and logout.
     for path in (f"{PREFIX}/login", f"{PREFIX}/logout"):
-        response = await guarded.post(path, data={"token": TOKEN},
-                                      headers={**cookie, "Origin": "https://evil.example"},
-                                      allow_redirects=False)  # fmt: skip
+        response = await guarded.post(
+            path,
+            data={"token": TOKEN},
+            headers={**cookie, "Origin": "https://evil.example"},
+            allow_redirects=False,
+        )
         assert response.status == 403, path
         assert "Set-Cookie" not in response.headers
 
@@ -243,9 +267,11 @@ async def test_cross_site_posts_refused_without_a_token_too(
     database_url: str, redis_url: str
 ) -> None:
     async with running_api(api_settings(database_url, redis_url)) as client:
-        response = await client.post(f"{PREFIX}/api/launch/",
-                                     json={"task": "demo.demo_quick_task"},
-                                     headers={"Origin": "http://evil.example"})  # fmt: skip
+        response = await client.post(
+            f"{PREFIX}/api/launch/",
+            json={"task": "demo.demo_quick_task"},
+            headers={"Origin": "http://evil.example"},
+        )
         assert response.status == 403
 
 
@@ -254,8 +280,9 @@ async def test_cross_site_posts_refused_without_a_token_too(
 
 def non_loopback_address() -> str | None:
     """An IPv4 address of this machine other than loopback, if it has one."""
-    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True,
-                         check=False).stdout  # fmt: skip
+    out = subprocess.run(
+        ["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=False
+    ).stdout
     for address in re.findall(r"\sinet (\d+\.\d+\.\d+\.\d+)/", out):
         if not address.startswith("127."):
             return address
@@ -263,8 +290,9 @@ def non_loopback_address() -> str | None:
 
 
 def listeners(port: int) -> list[str]:
-    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
-                         check=False).stdout  # fmt: skip
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=False
+    ).stdout
     return [line.split()[3] for line in out.splitlines() if line.strip()]
 
 
@@ -281,12 +309,16 @@ async def test_without_a_token_the_api_listens_on_loopback_only(
     procs: ProcessFactory, database_url: str, token: str | None
 ) -> None:
     port = free_port()
-    env = {"TASKLOG_DATABASE_URL": database_url, "TASKLOG_API_HOST": "0.0.0.0",
-           "TASKLOG_API_PORT": str(port)}  # fmt: skip
+    env = {
+        "TASKLOG_DATABASE_URL": database_url,
+        "TASKLOG_API_HOST": "0.0.0.0",
+        "TASKLOG_API_PORT": str(port),
+    }
     if token:
         env["TASKLOG_API_TOKEN"] = token
-    api = procs.start("api", [sys.executable, "-m", "tasklog", "api"], env=env,
-                      ready="listening on")  # fmt: skip
+    api = procs.start(
+        "api", [sys.executable, "-m", "tasklog", "api"], env=env, ready="listening on"
+    )
     elsewhere = non_loopback_address()
     if token is None:
         assert "listening on 127.0.0.1 instead of 0.0.0.0" in api.log_text()
@@ -316,22 +348,36 @@ async def test_unrecorded_task_args_are_never_served(
 ) -> None:
     """TASKLOG_RECORD_ARGS off (the default): an argument's value appears in no response."""
     marker = "0.0031415926"  # a kwarg the task never prints
-    procs.collector(database_url=database_url, redis_url=redis_url, spool_dir=spool_dir,
-                    ready="following")  # fmt: skip
+    procs.collector(
+        database_url=database_url, redis_url=redis_url, spool_dir=spool_dir, ready="following"
+    )
     procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=1)
-    task = celery_client.send_task("demo.print_lines",
-                                   kwargs={"count": 3, "delay": float(marker)})  # fmt: skip
+    task = celery_client.send_task("demo.print_lines", kwargs={"count": 3, "delay": float(marker)})
     query = "SELECT state FROM tasks WHERE task_id = %s"
-    await asyncio.to_thread(wait_for, lambda: pg_rows(database_url, query, (task.id,)),
-                            60, 0.1, "the task stored")  # fmt: skip
-    await asyncio.to_thread(wait_for, lambda: pg_rows(database_url, query, (task.id,))[0][0]
-                            == "SUCCESS", 60, 0.1, "the task finished")  # fmt: skip
-    assert pg_rows(database_url, "SELECT args FROM tasks WHERE task_id = %s",
-                   (task.id,)) == [(None,)]  # fmt: skip
+    await asyncio.to_thread(
+        wait_for, lambda: pg_rows(database_url, query, (task.id,)), 60, 0.1, "the task stored"
+    )
+    await asyncio.to_thread(
+        wait_for,
+        lambda: pg_rows(database_url, query, (task.id,))[0][0] == "SUCCESS",
+        60,
+        0.1,
+        "the task finished",
+    )
+    assert pg_rows(database_url, "SELECT args FROM tasks WHERE task_id = %s", (task.id,)) == [
+        (None,)
+    ]
     async with running_api(api_settings(database_url, redis_url)) as client:
         bodies = []
-        for path in ("/api/tasks/", f"/api/tasks/{task.id}/", f"/api/tasks/{task.id}/raw",
-                     "/", f"/task/{task.id}/", "/api/diagnostic/", "/diagnostic/"):  # fmt: skip
+        for path in (
+            "/api/tasks/",
+            f"/api/tasks/{task.id}/",
+            f"/api/tasks/{task.id}/raw",
+            "/",
+            f"/task/{task.id}/",
+            "/api/diagnostic/",
+            "/diagnostic/",
+        ):
             response = await client.get(PREFIX + path)
             assert response.status == 200, path
             bodies.append(await response.text())

@@ -38,8 +38,22 @@ def test_the_spool_is_written_by_the_shim_and_becomes_copy_rows(tmp_path: Path) 
 
 def test_the_shim_benchmark_runs_in_process(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "shim", "--direct", "--no-seed", "--lines", "2000",
-         "--runs", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "shim",
+            "--direct",
+            "--no-seed",
+            "--lines",
+            "2000",
+            "--runs",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert "shim cost over no capture" in out

@@ -17,8 +17,12 @@ _UNESCAPE = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
 def _fields(data: bytes) -> list[list[str | None]]:
     rows = []
     for line in data.decode("utf-8").split("\n")[:-1]:
-        rows.append([None if f == "\\N" else re.sub(r"\\[\\tnr]", lambda m: _UNESCAPE[m[0]], f)
-                     for f in line.split("\t")])
+        rows.append(
+            [
+                None if f == "\\N" else re.sub(r"\\[\\tnr]", lambda m: _UNESCAPE[m[0]], f)
+                for f in line.split("\t")
+            ]
+        )
     return rows
 
 

@@ -90,9 +90,13 @@ def test_systemd_analyze_verify(name: str, verifiable_units: Path) -> None:
 @pytest.mark.parametrize("name", SERVICES)
 def test_systemd_analyze_security_score(name: str, verifiable_units: Path) -> None:
     result = run(
-        str(SYSTEMD_ANALYZE), "security", "--offline=true", "--no-pager", name,
+        str(SYSTEMD_ANALYZE),
+        "security",
+        "--offline=true",
+        "--no-pager",
+        name,
         cwd=verifiable_units,
-    )  # fmt: skip
+    )
     if "--offline" in result.stderr and "unrecognized" in result.stderr:
         pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
@@ -183,9 +187,15 @@ def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else
     def as_user(who: str, code: str, groups: list[int]) -> subprocess.CompletedProcess[str]:
         # The worker's umask is hostile on purpose: the directory's default ACL must win.
         return run(
-            python, "-c", code, str(spool),
-            user=uid[who], group=uid[who], extra_groups=groups, umask=0o077,
-        )  # fmt: skip
+            python,
+            "-c",
+            code,
+            str(spool),
+            user=uid[who],
+            group=uid[who],
+            extra_groups=groups,
+            umask=0o077,
+        )
 
     # The Celery worker's user, a member of group tasklog, writes a spool file like the shim.
     write = (
@@ -252,9 +262,13 @@ def test_the_commands_the_image_runs_start(command: str) -> None:
 
 
 def test_the_demo_worker_command_loads_the_demo_app() -> None:
-    result = run(sys.executable, "-m", "celery", "-A", "demo.app", "inspect", "--help", cwd=ROOT)
+    result = run(
+        sys.executable, "-m", "celery", "-A", "tasklog.demo.app", "inspect", "--help", cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
-    result = run(sys.executable, "-m", "celery", "-A", "demo.app", "worker", "--help", cwd=ROOT)
+    result = run(
+        sys.executable, "-m", "celery", "-A", "tasklog.demo.app", "worker", "--help", cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -355,10 +369,10 @@ def test_compose_commands_are_real(compose: dict[str, Any]) -> None:
         if entrypoint is None:  # the image's ENTRYPOINT ["tasklog"]
             assert_tasklog_command(command)
         elif entrypoint == ["celery"]:
-            assert command[:3] == ["-A", "demo.app", "worker"], name
+            assert command[:3] == ["-A", "tasklog.demo.app", "worker"], name
         else:
             assert entrypoint == ["sh", "-c"], name
-            assert "celery -A demo.app call" in command[0], name
+            assert "celery -A tasklog.demo.app call" in command[0], name
 
 
 def test_compose_env_comes_from_the_example(compose: dict[str, Any]) -> None:

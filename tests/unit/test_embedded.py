@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasklog.embedded import (
+from tasklog.core.errors import TasklogError
+from tasklog.demo.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
@@ -18,7 +19,6 @@ from tasklog.embedded import (
     log_tail,
     pid_alive,
 )
-from tasklog.errors import TasklogError
 from tests.helpers import wait_for
 
 
@@ -37,8 +37,11 @@ def test_urls_need_a_port() -> None:
 
 def test_urls_with_a_given_port() -> None:
     assert EmbeddedPostgres(Path("/x"), 5433).url("tasklog") == (
-        "postgresql://postgres@127.0.0.1:5433/tasklog")
-    assert EmbeddedPostgres(Path("/x"), 5433).url() == "postgresql://postgres@127.0.0.1:5433/postgres"
+        "postgresql://postgres@127.0.0.1:5433/tasklog"
+    )
+    assert (
+        EmbeddedPostgres(Path("/x"), 5433).url() == "postgresql://postgres@127.0.0.1:5433/postgres"
+    )
     assert EmbeddedRedis(Path("/x"), 6380).url(db=3) == "redis://127.0.0.1:6380/3"
 
 
@@ -99,8 +102,14 @@ def test_log_tail(tmp_path: Path) -> None:
 def test_wheel_import_does_not_warn() -> None:
     # A fresh interpreter: the wheel's package __init__ warns once per process at most.
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    code = "from tasklog.embedded import _pg_wheel; print(_pg_wheel()[0])"
-    out = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env,
-                         capture_output=True, text=True, timeout=60, check=False)
+    code = "from tasklog.demo.embedded import _pg_wheel; print(_pg_wheel()[0])"
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip(), "initdb").exists()

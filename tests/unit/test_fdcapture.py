@@ -25,8 +25,13 @@ from tests.helpers import wait_for
 
 
 def _config(spool_dir: Path, **changes: Any) -> ShimConfig:
-    values: dict[str, Any] = {"enabled": True, "spool_dir": str(spool_dir), "max_lines": 1000,
-                              "max_line_bytes": 16384, "record_args": False}
+    values: dict[str, Any] = {
+        "enabled": True,
+        "spool_dir": str(spool_dir),
+        "max_lines": 1000,
+        "max_line_bytes": 16384,
+        "record_args": False,
+    }
     values.update(changes)
     return ShimConfig(**values)
 
@@ -114,7 +119,7 @@ def test_utf8_split_between_writes_and_invalid_bytes(
     sess = session()
     data = "héllo wörld ✓\n".encode()
     for i in range(len(data)):  # one byte per write: every character split
-        os.write(1, data[i:i + 1])
+        os.write(1, data[i : i + 1])
     os.write(2, b"bad \xff\xfe end\n")
     os.write(1, b"ends mid-char " + "✓".encode()[:2])
     sess.end()
@@ -128,8 +133,10 @@ def test_a_burst_from_a_child_is_drained_without_deadlock(
     session: Callable[..., FdSession], spool_dir: Path
 ) -> None:
     count = 50_000  # ~5 MB, far beyond a pipe's buffer
-    script = ("import sys; sys.stdout.write(''.join("
-              f"f'burst {{i:07d}} ' + 'x' * 86 + '\\n' for i in range(1, {count + 1})))")
+    script = (
+        "import sys; sys.stdout.write(''.join("
+        f"f'burst {{i:07d}} ' + 'x' * 86 + '\\n' for i in range(1, {count + 1})))"
+    )
     sess = session()
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
@@ -150,8 +157,11 @@ def test_a_child_left_running_is_detached(
     os.write(1, b"before\n")
     child = subprocess.Popen(["sh", "-c", "echo early; sleep 1.5; echo late; echo late-err >&2"])
     try:
-        wait_for(lambda: "early" in [m for _, _, m in _lines(spool_dir)], timeout=10,
-                 message="the child's first line")
+        wait_for(
+            lambda: "early" in [m for _, _, m in _lines(spool_dir)],
+            timeout=10,
+            message="the child's first line",
+        )
         detached = FdStats.detached
         started = time.monotonic()
         sess.end()
@@ -264,8 +274,13 @@ def test_an_oserror_at_start_falls_back_to_python_level(tmp_path: Path) -> None:
         cap.finish("SUCCESS")
         print(session is None, fdcapture.FdStats.fallbacks, flush=True)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "True 1"
     assert "fd line" in result.stdout
@@ -288,8 +303,11 @@ def test_a_process_forked_by_the_task_writes_through_the_pipes(
     sess.cap.route(spool.STDOUT, "parent after\n")
     sess.end()
     sess.cap.finish("SUCCESS")
-    assert _lines(spool_dir) == [(1, "stdout", "parent before"), (2, "stdout", "from the child"),
-                                 (3, "stdout", "parent after")]
+    assert _lines(spool_dir) == [
+        (1, "stdout", "parent before"),
+        (2, "stdout", "from the child"),
+        (3, "stdout", "parent after"),
+    ]
 
 
 def test_tee_without_fd_capture_echoes_to_the_replaced_streams(

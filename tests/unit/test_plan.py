@@ -6,8 +6,9 @@ from collector.store import Stored, _plan, _Run
 from collector.tail import FileChunk, FileState, Line
 
 
-def run_of(seqs: range, *, base: int = 0, head: int = 5, tail: int = 5, before: int = 0,
-           end: bool = False) -> _Run:
+def run_of(
+    seqs: range, *, base: int = 0, head: int = 5, tail: int = 5, before: int = 0, end: bool = False
+) -> _Run:
     state = FileState(name="t.1.1.jsonl", inode=1)
     chunk = FileChunk(state=state, end_offset=0)
     chunk.lines = [Line(n, 1_800_000_000.0, "stdout", None, f"line {n}") for n in seqs]

@@ -1,4 +1,4 @@
-"""tasklog.sdnotify against a real AF_UNIX datagram socket, as systemd listens."""
+"""tasklog.core.sdnotify against a real AF_UNIX datagram socket, as systemd listens."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasklog import sdnotify
+from tasklog.core import sdnotify
 
 
 class Receiver:

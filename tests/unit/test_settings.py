@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from collector.settings import CollectorSettings
-from tasklog.errors import ConfigError
-from tasklog.settings import load, mask_url
+from tasklog.core.errors import ConfigError
+from tasklog.core.settings import load, mask_url
 
 
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,13 +33,20 @@ def test_passwords_are_masked() -> None:
 
 
 def run_tasklog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tasklog", *args], capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tasklog", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=60,
+    )
 
 
 def test_cli_reports_a_bad_setting_without_a_traceback(tmp_path: object) -> None:
-    result = run_tasklog("collector", env={"TASKLOG_MAX_LINES": "x", "TASKLOG_BATCH_DELAY": "1",
-                                           "TASKLOG_DEBOUNCE_MS": "-5"})
+    result = run_tasklog(
+        "collector",
+        env={"TASKLOG_MAX_LINES": "x", "TASKLOG_BATCH_DELAY": "1", "TASKLOG_DEBOUNCE_MS": "-5"},
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("tasklog: TASKLOG_DEBOUNCE_MS:")
     assert "Traceback" not in result.stderr

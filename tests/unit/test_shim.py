@@ -19,8 +19,13 @@ from capture_shim.config import ShimConfig
 
 
 def _config(spool_dir: Path | str, **changes: Any) -> ShimConfig:
-    values: dict[str, Any] = {"enabled": True, "spool_dir": str(spool_dir), "max_lines": 1000,
-                              "max_line_bytes": 16384, "record_args": False}
+    values: dict[str, Any] = {
+        "enabled": True,
+        "spool_dir": str(spool_dir),
+        "max_lines": 1000,
+        "max_line_bytes": 16384,
+        "record_args": False,
+    }
     values.update(changes)
     return ShimConfig(**values)
 
@@ -65,8 +70,12 @@ def test_lines_are_split_on_newlines_across_writes(spool_dir: Path) -> None:
     assert records[0]["k"] == spool.START and records[0]["v"] == spool.VERSION
     assert records[0]["task_id"] == "t1"
     assert _lines(records) == [
-        (1, "stdout", "a"), (2, "stdout", "bc"), (3, "stdout", ""), (4, "stdout", "d"),
-        (5, "stdout", "e"), (6, "stderr", "err line"),
+        (1, "stdout", "a"),
+        (2, "stdout", "bc"),
+        (3, "stdout", ""),
+        (4, "stdout", "d"),
+        (5, "stdout", "e"),
+        (6, "stderr", "err line"),
     ]
     end = records[-1]
     assert end["k"] == spool.END and end["state"] == "SUCCESS"
@@ -81,7 +90,9 @@ def test_partial_lines_are_flushed_at_the_end(spool_dir: Path) -> None:
     cap.finish("SUCCESS")
     records = _records(spool_dir)
     assert _lines(records) == [
-        (1, "stdout", "done 1"), (2, "stdout", "no newline"), (3, "stderr", "err without newline"),
+        (1, "stdout", "done 1"),
+        (2, "stdout", "no newline"),
+        (3, "stderr", "err without newline"),
     ]
     assert records[-1]["k"] == spool.END  # flushed before the end record
 
@@ -184,9 +195,11 @@ def test_concurrent_tasks_in_threads_do_not_mix(
         lines = _lines(_records(spool_dir / str(n)))
         assert [seq for seq, _, _ in lines] == list(range(1, len(lines) + 1))
         assert [m for _, s, m in lines if s == "stdout"] == [
-            f"task {n} line {i}" for i in range(1, count + 1)]
+            f"task {n} line {i}" for i in range(1, count + 1)
+        ]
         assert [m for _, s, m in lines if s == "stderr"] == [
-            f"task {n} err {i}" for i in range(50, count + 1, 50)]
+            f"task {n} err {i}" for i in range(50, count + 1, 50)
+        ]
         logs = [m for _, s, m in lines if s == "log"]
         expected = [f"task {n} log {i}" for i in range(50, count + 1, 50)]
         assert len(logs) == len(expected)
@@ -205,8 +218,7 @@ def test_binary_writes_are_decoded_with_visible_escapes(
     finally:
         cap.finish("SUCCESS")
         cap.deactivate()
-    assert [m for _, _, m in _lines(_records(spool_dir))] == [
-        "bytes \\xff\\xfe ok", "nul \x00 end"]
+    assert [m for _, _, m in _lines(_records(spool_dir))] == ["bytes \\xff\\xfe ok", "nul \x00 end"]
 
 
 # -- through a Celery task, run in this process ------------------------------------------------

@@ -20,15 +20,39 @@ from collector.tail import SpoolDir, clean_text
 STREAMS = (spool.STDOUT, spool.STDERR)
 
 #: Text that stresses the format: newlines, \r, NUL, lone surrogates, JSON's own syntax.
-_SPECIAL = st.sampled_from(["\n", "\r", "\r\n", "\x00", "\udcff", "\ud83d", "\ude00", '"', "\\",
-                            "\x1b[31m", "<script>", "\u2028", "é", "🎉", "\t", "\x7f", "}\n{"])
+_SPECIAL = st.sampled_from(
+    [
+        "\n",
+        "\r",
+        "\r\n",
+        "\x00",
+        "\udcff",
+        "\ud83d",
+        "\ude00",
+        '"',
+        "\\",
+        "\x1b[31m",
+        "<script>",
+        "\u2028",
+        "é",
+        "🎉",
+        "\t",
+        "\x7f",
+        "}\n{",
+    ]
+)
 _TEXT = st.lists(st.one_of(st.text(max_size=20), _SPECIAL), max_size=8).map("".join)
 _WRITES = st.lists(st.tuples(st.sampled_from(STREAMS), _TEXT), max_size=30)
 
 
 def _config(directory: str, max_line_bytes: int) -> ShimConfig:
-    return ShimConfig(enabled=True, spool_dir=directory, max_lines=1000,
-                      max_line_bytes=max_line_bytes, record_args=False)
+    return ShimConfig(
+        enabled=True,
+        spool_dir=directory,
+        max_lines=1000,
+        max_line_bytes=max_line_bytes,
+        record_args=False,
+    )
 
 
 def _cut(text: str, limit: int) -> str:
@@ -95,7 +119,8 @@ def _check(writes: list[tuple[str, str]], limit: int) -> None:
         (chunk,) = batch.chunks
         assert chunk.start is not None and chunk.end is not None
         assert [(ln.seq, ln.stream, ln.message) for ln in chunk.lines] == [
-            (r["n"], r["s"], clean_text(r["m"])) for r in lines]
+            (r["n"], r["s"], clean_text(r["m"])) for r in lines
+        ]
         for ln in chunk.lines:
             ln.message.encode("utf-8")  # storable: no lone surrogate left
             assert "\x00" not in ln.message
@@ -115,8 +140,10 @@ def test_long_lines_are_cut_as_documented(writes: list[tuple[str, str]], limit: 
 
 
 @settings(max_examples=100, deadline=None)
-@given(text=st.text(min_size=1, max_size=200).filter(lambda t: "\n" not in t),
-       limit=st.integers(64, 128))
+@given(
+    text=st.text(min_size=1, max_size=200).filter(lambda t: "\n" not in t),
+    limit=st.integers(64, 128),
+)
 def test_a_cut_never_splits_a_character(text: str, limit: int) -> None:
     line = (text * 10)[:2000]
     with tempfile.TemporaryDirectory() as tmp:

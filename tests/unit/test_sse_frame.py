@@ -33,9 +33,12 @@ def test_frame_is_what_send_writes(data: str, id: int) -> None:
 
 
 def test_line_frames_are_built_once_and_shared() -> None:
-    message = {"task_id": "t", "lines": [
-        {"seq": 7, "ts": "2024-01-01T00:00:00+00:00", "stream": "stdout", "message": "a\r\nb"},
-    ]}  # fmt: skip
+    message = {
+        "task_id": "t",
+        "lines": [
+            {"seq": 7, "ts": "2024-01-01T00:00:00+00:00", "stream": "stdout", "message": "a\r\nb"},
+        ],
+    }
     first = line_frames(message, "t")
     assert line_frames(message, "t") is first
     seq, data = first[0]

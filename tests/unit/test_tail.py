@@ -78,7 +78,10 @@ def test_a_corrupt_line_in_the_middle_is_skipped_and_counted(spool_dir: Path) ->
     batch = reader.read_batch(1000, 1 << 20)
     reader.commit(batch)
     assert [line.message for c in batch.chunks for line in c.lines] == [
-        "line 1", "line 4", "line 5"]
+        "line 1",
+        "line 4",
+        "line 5",
+    ]
     assert batch.corrupt == len(bad)
     assert reader.files[NAME].offset == path.stat().st_size
 
@@ -87,8 +90,16 @@ def test_reading_resumes_from_a_stored_offset(spool_dir: Path) -> None:
     path = spool_dir / NAME
     head = _start() + _line(1) + _line(2)
     _append(path, head + _line(3) + _line(4))
-    known = {NAME: FileState(name=NAME, inode=path.stat().st_ino, offset=len(head),
-                             task_id="task-1", max_seq=2, size=len(head))}
+    known = {
+        NAME: FileState(
+            name=NAME,
+            inode=path.stat().st_ino,
+            offset=len(head),
+            task_id="task-1",
+            max_seq=2,
+            size=len(head),
+        )
+    }
     reader = _spool(spool_dir, known)
     batch = reader.read_batch(1000, 1 << 20)
     (chunk,) = batch.chunks
@@ -98,8 +109,10 @@ def test_reading_resumes_from_a_stored_offset(spool_dir: Path) -> None:
 
 def test_batches_stop_at_max_lines_and_continue_where_they_stopped(spool_dir: Path) -> None:
     for n in range(3):
-        _append(spool_dir / f"t{n}.1.{n}.jsonl",
-                _start(f"t{n}") + b"".join(_line(i, f"t{n} {i}") for i in range(1, 5)))
+        _append(
+            spool_dir / f"t{n}.1.{n}.jsonl",
+            _start(f"t{n}") + b"".join(_line(i, f"t{n} {i}") for i in range(1, 5)),
+        )
     reader = _spool(spool_dir)
     seen: list[str] = []
     while True:
@@ -135,9 +148,20 @@ def test_stored_text_is_cleaned_of_nul_and_lone_surrogates(spool_dir: Path) -> N
 _LINE_OR_GARBAGE = st.one_of(
     st.binary(max_size=200),
     st.builds(lambda n, t: _line(n, t), st.integers(-5, 10**20), st.text(max_size=50)),
-    st.sampled_from([b"\n", b"{", b'{"k":"line"}\n', b'{"k":"end"}\n', b'{"k":"start","v":1}\n',
-                     b'{"k":"line","n":1,"t":"x","s":"stdout","m":1}\n', b"\xff\xfe\n",
-                     b'{"k":"progress"}\n', b"[" * 5000 + b"\n", b"1e999\n"]),
+    st.sampled_from(
+        [
+            b"\n",
+            b"{",
+            b'{"k":"line"}\n',
+            b'{"k":"end"}\n',
+            b'{"k":"start","v":1}\n',
+            b'{"k":"line","n":1,"t":"x","s":"stdout","m":1}\n',
+            b"\xff\xfe\n",
+            b'{"k":"progress"}\n',
+            b"[" * 5000 + b"\n",
+            b"1e999\n",
+        ]
+    ),
 )
 
 

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from capture_shim import TerminalLoggingTask, progress
-from demo.app import app
+from tasklog.demo.app import app
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ def timed_print_task(self, duration: float | None = None) -> dict[str, object]:
 
 
 @app.task(bind=True, name="demo.print_lines")
-def print_lines(self, count: int, stderr_every: int = 0, text: str = "line",
-                delay: float = 0.0) -> int:
+def print_lines(
+    self, count: int, stderr_every: int = 0, text: str = "line", delay: float = 0.0
+) -> int:
     """Prints `count` numbered lines (every `stderr_every`th to stderr); for tests and benches."""
     for i in range(1, count + 1):
         stream = sys.stderr if stderr_every and i % stderr_every == 0 else sys.stdout

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import IO, Any, Self
 
-from tasklog.errors import TasklogError
-from tasklog.process import pid_alive
+from tasklog.core.errors import TasklogError
+from tasklog.core.process import pid_alive
 
 HOST = "127.0.0.1"
 #: The system account that runs Postgres when we are root (Postgres refuses to run as root);
@@ -197,16 +197,28 @@ class EmbeddedPostgres:
         options = f"-h {HOST} -p {self.port} -k {sock_dir}"
         if self.fast:
             options += " -c fsync=off"
-        args = ["-w", "-t", str(int(self.timeout)), "-D", str(self.pgdata),
-                "-l", str(self.log_path), "-o", options, "start"]
+        args = [
+            "-w",
+            "-t",
+            str(int(self.timeout)),
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "start",
+        ]
         code, output = self._run(bin_dir / "pg_ctl", args, run_as, self.timeout + 10)
         if code != 0:
             tail = log_tail(self.log_path)
             fatal = [line for line in tail.splitlines() if "FATAL:" in line]
             reason = fatal[-1].split("FATAL:", 1)[1].strip() if fatal else output
             if run_as.user is not None and "Permission denied" in reason:
-                reason += (f" (as root, Postgres runs as system user {run_as.user!r}, which "
-                           f"must be able to enter every parent of {self.pgdata})")
+                reason += (
+                    f" (as root, Postgres runs as system user {run_as.user!r}, which "
+                    f"must be able to enter every parent of {self.pgdata})"
+                )
             raise EmbeddedServerError(
                 f"embedded Postgres failed to start on {HOST}:{self.port}: {reason}\n"
                 f"server log {self.log_path}:\n{tail}"
@@ -305,8 +317,16 @@ class EmbeddedPostgres:
 
     def _initdb(self, bin_dir: Path, run_as: _RunAs) -> None:
         # --no-locale: a C collation works on every machine, whatever LANG says.
-        args = ["-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=utf8",
-                "--no-locale", "--no-instructions"]
+        args = [
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=utf8",
+            "--no-locale",
+            "--no-instructions",
+        ]
         code, output = self._run(bin_dir / "initdb", args, run_as, 120)
         if code != 0:
             raise EmbeddedServerError(
@@ -379,9 +399,14 @@ class EmbeddedPostgres:
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
             try:
                 proc = subprocess.run(
-                    [str(exe), *args], stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                    cwd=tempfile.gettempdir(), **run_as.kwargs(),
+                    [str(exe), *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                    cwd=tempfile.gettempdir(),
+                    **run_as.kwargs(),
                 )
                 code = proc.returncode
             except subprocess.TimeoutExpired:
@@ -440,12 +465,28 @@ class EmbeddedRedis:
             ) from exc
         if self.port is None:
             self.port = free_port()
-        argv = [str(server), "--port", str(self.port), "--bind", HOST, "--save", "",
-                "--appendonly", "no", "--dir", str(self.state_dir), "--daemonize", "no"]
+        argv = [
+            str(server),
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.state_dir),
+            "--daemonize",
+            "no",
+        ]
         with log:
             # Its own session: Ctrl-C in the demo's terminal must not kill it before we stop.
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         try:
@@ -517,12 +558,16 @@ class EmbeddedRedis:
         from redis.retry import Retry
 
         # No retries: redis-py's default ones would outlast our deadline many times over.
-        client = redis.Redis(host=HOST, port=self.port or 0, socket_timeout=0.5,
-                             socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        client = redis.Redis(
+            host=HOST,
+            port=self.port or 0,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:
             return False
         finally:
             client.close()
-

@@ -5,7 +5,7 @@ STOPPING when they begin to shut down, and ping the watchdog while their event l
 Every call is a no-op when `NOTIFY_SOCKET` is unset (a terminal, a container, the test suite),
 and none ever raises: a daemon must not die because its supervisor went away.
 
-    from tasklog import sdnotify
+    from tasklog.core import sdnotify
 
     sdnotify.ready("collecting from /var/spool/tasklog")
     watchdog = asyncio.create_task(sdnotify.watchdog_loop(stop), name="watchdog")
@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable
 
-logger = logging.getLogger("tasklog.sdnotify")
+logger = logging.getLogger("tasklog.core.sdnotify")
 
 __all__ = [
     "extend_timeout",

@@ -13,13 +13,13 @@ try:
     from pydantic import Field, SecretStr, ValidationError
     from pydantic_settings import BaseSettings, SettingsConfigDict
 except ImportError as exc:  # pragma: no cover - exercised by the packaging test
-    from tasklog.errors import MissingExtra
+    from tasklog.core.errors import MissingExtra
 
     raise MissingExtra(
         "pydantic-settings is missing: install celery-tasklog[collector] or celery-tasklog[api]"
     ) from exc
 
-from tasklog.errors import ConfigError
+from tasklog.core.errors import ConfigError
 
 ENV_PREFIX = "TASKLOG_"
 

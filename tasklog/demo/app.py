@@ -10,7 +10,7 @@ import capture_shim
 
 redis_url = os.environ.get("TASKLOG_REDIS_URL", "redis://127.0.0.1:6379/0")
 
-app = Celery("demo", broker=redis_url, backend=redis_url, include=["demo.tasks"])
+app = Celery("demo", broker=redis_url, backend=redis_url, include=["tasklog.demo.tasks"])
 app.conf.update(
     task_track_started=True,
     worker_prefetch_multiplier=1,

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from collector.migrate import migrate
-from tasklog.errors import TasklogError
+from tasklog.core.errors import TasklogError
 
 
 def say(message: str) -> None:
@@ -48,10 +48,29 @@ def run_demo(state_dir: str | Path, launch: bool = True) -> None:
         logs.mkdir(exist_ok=True)
         procs = stack.enter_context(_children())
         procs.append(_spawn("collector", [sys.executable, "-m", "tasklog", "collector"], env, logs))
-        procs.append(_spawn("worker", [
-            sys.executable, "-m", "celery", "-A", "demo.app", "worker", "-P", "prefork",
-            "-c", "2", "-l", "info", "--without-gossip", "--without-mingle",
-        ], env, logs))
+        procs.append(
+            _spawn(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "tasklog.demo.app",
+                    "worker",
+                    "-P",
+                    "prefork",
+                    "-c",
+                    "2",
+                    "-l",
+                    "info",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                env,
+                logs,
+            )
+        )
         url = _start_api(env, logs, procs)
         say(f"logs of the collector, worker and API are in {logs}")
         if url and _answers(url + "healthz"):
@@ -67,7 +86,7 @@ def _servers(state: Path, stack: contextlib.ExitStack) -> tuple[str, str]:
     database_url = os.environ.get("TASKLOG_DATABASE_URL")
     redis_url = os.environ.get("TASKLOG_REDIS_URL")
     if database_url is None or redis_url is None:
-        from tasklog.embedded import EmbeddedPostgres, EmbeddedRedis
+        from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
     if database_url is None:
         say(f"starting embedded Postgres in {state / 'postgres'}")
         pg = EmbeddedPostgres(state / "postgres")
@@ -113,8 +132,14 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> subpr
     say(f"starting the {name}")
     with (logs / f"{name}.log").open("ab") as log:
         # Own process group: Ctrl-C reaches us only, and we stop each child in order.
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _start_api(env: dict[str, str], logs: Path, procs: list[Any]) -> str | None:
@@ -145,15 +170,21 @@ def _answers(url: str, timeout: float = 30) -> bool:
 def _launch_and_show(env: dict[str, str], database_url: str) -> None:
     from celery import Celery
 
-    app = Celery("tasklog-demo-client", broker=env["TASKLOG_REDIS_URL"],
-                 backend=env["TASKLOG_REDIS_URL"], set_as_current=False)
+    app = Celery(
+        "tasklog-demo-client",
+        broker=env["TASKLOG_REDIS_URL"],
+        backend=env["TASKLOG_REDIS_URL"],
+        set_as_current=False,
+    )
     try:
         quick = app.send_task("demo.demo_quick_task")
         failing = app.send_task("demo.demo_failing_task")
         long = app.send_task("demo.demo_long_task", kwargs={"duration": 30})
         timed = app.send_task("celery_tasklog.tasks.timed_print_task", kwargs={"duration": 8})
-        say(f"launched demo_quick_task {quick.id}, demo_failing_task {failing.id}, "
-            f"demo_long_task {long.id}, timed_print_task {timed.id}")
+        say(
+            f"launched demo_quick_task {quick.id}, demo_failing_task {failing.id}, "
+            f"demo_long_task {long.id}, timed_print_task {timed.id}"
+        )
         for task_id in (quick.id, failing.id, timed.id):
             _show(database_url, task_id)
     finally:
@@ -162,7 +193,7 @@ def _launch_and_show(env: dict[str, str], database_url: str) -> None:
 
 def _show(database_url: str, task_id: str, timeout: float = 60) -> None:
     """Print a task's stored lines once it has finished."""
-    from tasklog.constants import FINISHED_STATES
+    from tasklog.core.constants import FINISHED_STATES
 
     deadline = time.monotonic() + timeout
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -1,0 +1,11 @@
+"""The bottom layer: what every component and the CLI share.
+
+Constants that cross process boundaries, the project's errors, the settings base, the database
+boundary, and small process helpers. Nothing here imports a component (`capture_shim`,
+`collector`, `api`) or the CLI; `capture_shim` may import any module here that needs only the
+standard library (`constants`, `errors`, `process`).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
