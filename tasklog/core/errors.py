@@ -17,6 +17,17 @@ class ConfigError(TasklogError):
 class StoreUnavailable(TasklogError):
     """Postgres cannot be reached."""
 
+    # A subclass narrows the cause; code that retries (the collector, an SSE stream) catches
+    # this one class.
+
 
 class MissingExtra(TasklogError):
     """A component's dependencies are not installed."""
+
+
+class SchemaMissing(StoreUnavailable):
+    """The database has no tasklog schema: run `tasklog migrate`."""
+
+
+class StorePermissionDenied(StoreUnavailable):
+    """Postgres refused the tasklog user."""

@@ -1,0 +1,106 @@
+"""The database boundary: named queries, connections, and driver errors in the project's words.
+
+Every component that talks to Postgres (the collector, the API, `migrate`, the CLI, the demo)
+loads its SQL with `queries` and wraps its driver calls in `translated`, so a user reads one
+line naming what to fix ("TASKLOG_DATABASE_URL: could not connect to 127.0.0.1:5432 (connection
+refused)"), never a psycopg traceback. Errors that say something about the data itself
+(`psycopg.DataError`, an integrity error) are not translated: the caller decides about them.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+from psycopg_pool import PoolTimeout
+
+from tasklog.core.errors import SchemaMissing, StorePermissionDenied, StoreUnavailable
+
+#: The variable a user fixes when the database cannot be used.
+SETTING = "TASKLOG_DATABASE_URL"
+
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
+    """The ``-- name: x`` sections of a package's SQL file, by name; read once per process.
+
+    A section runs from its header to the next one; its text is the query.
+    """
+    text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+    parts = _HEADER.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def where(conninfo: str) -> str:
+    """``host:port`` of a connection string, for messages (never its password)."""
+    try:
+        params = pg_conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "the configured server"
+    host = str(params.get("host") or "localhost")
+    port = str(params.get("port") or "5432")
+    return host if host.startswith("/") else f"{host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause in a driver message: "connection refused", "database "x" does not exist"."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # libpq: 'connection to server at "h" (ip), port p failed: <cause>', then hints.
+    failed = [line for line in lines if " failed: " in line]
+    cause = failed[-1].rsplit(" failed: ", 1)[-1] if failed else lines[0]
+    cause = cause.removeprefix("FATAL:").strip().rstrip(".")
+    return cause[:1].lower() + cause[1:]
+
+
+def translate(exc: BaseException, conninfo: str | None = None) -> Exception:
+    """The project's error for a driver error, or `exc` itself when it is about the data."""
+    place = f" to {where(conninfo)}" if conninfo else ""
+    if isinstance(exc, PoolTimeout):
+        return StoreUnavailable(f"{SETTING}: no connection{place} became free in time ({exc})")
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+        return SchemaMissing()
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return StorePermissionDenied(f"{SETTING}: permission denied ({_reason(exc)})")
+    if isinstance(exc, psycopg.errors.InvalidAuthorizationSpecification):
+        return StorePermissionDenied(f"{SETTING}: login refused ({_reason(exc)})")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(f"{SETTING}: could not connect{place} ({_reason(exc)})")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+@contextmanager
+def translated(conninfo: str | None = None) -> Iterator[None]:
+    """Run a block of driver calls (sync or async code alike), raising the project's errors."""
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as exc:
+        error = translate(exc, conninfo)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A synchronous autocommit connection, or one line saying why there is none."""
+    kwargs.setdefault("autocommit", True)
+    kwargs.setdefault("connect_timeout", 5)
+    with translated(conninfo):
+        return psycopg.connect(conninfo, **kwargs)
+
+
+async def aconnect(conninfo: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """An async autocommit connection, or one line saying why there is none."""
+    kwargs.setdefault("autocommit", True)
+    kwargs.setdefault("connect_timeout", 5)
+    with translated(conninfo):
+        return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
