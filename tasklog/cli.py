@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("logs", _logs, "Print the stored lines of a task.")
     p.add_argument("task_id")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print escape sequences as the task wrote them (default: colours only)",
+    )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
     p = command("demo", _demo, "Run everything locally and launch the demo tasks.")
     p.add_argument("--state-dir", default=".tasklog", help="where embedded servers keep data")
@@ -167,7 +172,11 @@ def _logs(args: argparse.Namespace) -> int:
 
     settings = _collector_settings()
     return read.print_logs(
-        settings.require_database_url(), args.task_id, as_json=args.json, follow=args.follow
+        settings.require_database_url(),
+        args.task_id,
+        as_json=args.json,
+        follow=args.follow,
+        raw=args.raw,
     )
 
 

@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from tasklog.core import queries
 from tasklog.core.constants import FINISHED_STATES
 from tasklog.core.errors import StoreUnavailable, TasklogError
+from tasklog.terminal import for_terminal, json_for_terminal
 
 Q = queries.load("tasklog", "read.sql")
 
@@ -53,7 +54,7 @@ def format_tasks(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def print_logs(url: str, task_id: str, *, as_json: bool, follow: bool) -> int:
+def print_logs(url: str, task_id: str, *, as_json: bool, follow: bool, raw: bool = False) -> int:
     """Print a task's lines in order; with `follow`, until the task ends. Returns an exit code."""
     after = 0
     with _connect(url) as conn:
@@ -63,23 +64,25 @@ def print_logs(url: str, task_id: str, *, as_json: bool, follow: bool) -> int:
                 raise UnknownTask(f"no task {task_id!r} is stored (yet)")
             for line in conn.execute(Q["task_lines"], {"task_id": task_id, "after": after}):
                 after = line["seq"]
-                _print_line(line, as_json)
+                _print_line(line, as_json, raw)
             if not follow or (task is not None and task["state"] in FINISHED_STATES):
                 # A finished state is committed with its last lines: nothing more will come.
                 if task is not None and task["state"] in FINISHED_STATES and follow:
                     for line in conn.execute(Q["task_lines"], {"task_id": task_id, "after": after}):
                         after = line["seq"]
-                        _print_line(line, as_json)
+                        _print_line(line, as_json, raw)
                 return 0
             sys.stdout.flush()
             time.sleep(0.25)
 
 
-def _print_line(line: dict[str, Any], as_json: bool) -> None:
+def _print_line(line: dict[str, Any], as_json: bool, raw: bool) -> None:
     if as_json:
         line = {**line, "ts": line["ts"].isoformat()}
-        print(json.dumps(line, ensure_ascii=False))
+        print(json_for_terminal(json.dumps(line, ensure_ascii=False)))
         return
     stamp: datetime = line["ts"]
     tag = line["stream"] if line["level"] is None else f"{line['stream']}:{line['level']}"
-    print(f"{stamp:%H:%M:%S.%f}"[:-3] + f" {tag:>12} | {line['message']}")
+    text = f"{stamp:%H:%M:%S.%f}"[:-3] + f" {tag:>12} | {line['message']}"
+    # The message and the level name are the task's: only their colours reach the terminal.
+    print(text if raw else for_terminal(text))
