@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from api import auth, keys, metrics, routes, sse, views
+from api import auth, keys, metrics, routes, search, sse, views
 from api.hub import Hub
 from api.launch import Launcher
 from api.pages import Pages
@@ -118,6 +118,7 @@ def create_app(settings: ApiSettings) -> web.Application:
     r.add_get(PREFIX + "/api/tasks/", routes.list_tasks)
     r.add_get(PREFIX + "/api/tasks/{task_id}/", routes.get_task)
     r.add_get(PREFIX + "/api/tasks/{task_id}/raw", routes.raw_log)
+    r.add_get(PREFIX + "/api/search/", search.search_lines)
     r.add_post(PREFIX + "/api/launch/", routes.launch)
     r.add_get(PREFIX + "/api/diagnostic/", routes.diagnostic)
     r.add_get(PREFIX + "/api/openapi.json", routes.openapi_doc)

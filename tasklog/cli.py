@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
         help="print escape sequences as the task wrote them (default: colours only)",
     )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
+    p = command("grep", _grep, "Search every stored line (newest first), as the API does.")
+    p.add_argument("pattern", help="text to find (case-insensitive), or a regex with -E")
+    p.add_argument("-E", "--regex", action="store_true", help="PATTERN is a POSIX regex")
+    p.add_argument("--since", help="lines from this time on (ISO 8601, or 15m, 2h, 3d ago)")
+    p.add_argument("--until", help="lines before this time (ISO 8601, or 15m, 2h, 3d ago)")
+    p.add_argument("--name", help="only tasks of this name")
+    p.add_argument("--state", action="append", default=[], help="only tasks in this state")
+    p.add_argument("--host", help="only tasks of this host")
+    p.add_argument("--stream", action="append", default=[], help="stdout, stderr, log, marker")
+    p.add_argument("--limit", type=_positive, default=100, help="at most this many (100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per match")
     p = command("demo", _demo, "Run everything locally and launch the demo tasks.")
     p.add_argument("--state-dir", default=".tasklog", help="where embedded servers keep data")
     p.add_argument("--no-tasks", action="store_true", help="start everything, launch nothing")
@@ -126,6 +137,9 @@ def _migrate(args: argparse.Namespace) -> None:
     settings = _collector_settings()
     applied = migrate(settings.require_database_url())
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    from tasklog import searchindex
+
+    print(searchindex.apply(settings.require_database_url(), settings.search))
 
 
 def _prune(args: argparse.Namespace) -> None:
@@ -178,6 +192,31 @@ def _logs(args: argparse.Namespace) -> int:
         follow=args.follow,
         raw=args.raw,
     )
+
+
+def _grep(args: argparse.Namespace) -> int:
+    from api.find import Search
+    from tasklog import grep
+    from tasklog.core.constants import ALL_STATES
+    from tasklog.core.errors import ConfigError
+
+    if not args.pattern.strip():
+        raise ConfigError("PATTERN: expected some text to search for")
+    states = [s.upper() for s in args.state]
+    if bad := [s for s in states if s not in ALL_STATES]:
+        raise ConfigError(f"--state: {bad[0]} is not one of {', '.join(sorted(ALL_STATES))}")
+    if bad := [s for s in args.stream if s not in ("stdout", "stderr", "log", "marker")]:
+        raise ConfigError(f"--stream: {bad[0]} is not one of stdout, stderr, log, marker")
+    try:
+        since = grep.parse_time(args.since) if args.since else None
+        until = grep.parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from None
+    search = Search(
+        args.pattern, args.regex, states, args.name, args.host, args.stream, since, until
+    )
+    url = _collector_settings().require_database_url()
+    return grep.run(url, search, limit=args.limit, as_json=args.json)
 
 
 def _demo(args: argparse.Namespace) -> None:

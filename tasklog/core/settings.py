@@ -40,6 +40,11 @@ class Common(BaseSettings):
         description="Name of this host as shown in the task list and diagnostics.",
     )
     log_level: str = Field("INFO", description="Log level of the daemon itself.")
+    search: bool = Field(
+        True,
+        description="Keep the trigram index that makes search fast (costs ingest time);"
+        " `tasklog migrate` creates or drops it. Without it search scans every line.",
+    )
 
     def require_database_url(self) -> str:
         if self.database_url is None:

@@ -1,0 +1,208 @@
+"""Finding lines and tasks: search over every stored line, a task's runs, a workflow's tasks.
+
+The queries live in ``sql/find.sql``; this module composes them (psycopg only, no web server),
+so the API's routes and the command line (`tasklog grep`, `tasklog logs --root`) run the same
+SQL. The JSON shape of a search match, shared by the API and ``tasklog grep --json``::
+
+    {"task_id", "task_name", "seq", "stream", "level", "timestamp", "message",
+     "match": [start, end]}
+
+``match`` is the first matched span of ``message`` in characters, end exclusive.
+
+A search walks back in time windows (the newest day, the week before it, then the rest) and
+stops as soon as a page is full: a common word fills its first page from the newest
+partition alone; a rare marker costs one trigram-index lookup per window.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg import sql
+
+from tasklog.core import db
+
+Row = dict[str, Any]
+
+Q = db.queries("api", "sql/find.sql")
+MAX_PATTERN = 1000
+#: How far back each successive search window reaches from the newest end.
+WINDOWS = (timedelta(days=1), timedelta(days=7))
+#: Every task of a workflow shown at most (a workflow of more is cut, and says so).
+WORKFLOW_TASKS_MAX = 5000
+
+
+class BadSearch(ValueError):
+    """A pattern Postgres refused (one line, from its error message)."""
+
+
+@dataclass
+class Search:
+    """What to look for, and where; already validated."""
+
+    text: str
+    regex: bool = False
+    states: Sequence[str] = ()
+    name: str | None = None
+    host: str | None = None
+    streams: Sequence[str] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    before: tuple[datetime, str, int] | None = None
+    params: dict[str, Any] = field(init=False, default_factory=dict)
+
+    def statement(self, low: datetime | None, high: datetime | None, limit: int) -> sql.Composed:
+        """The search in one time window ``[low, high)`` (either end open when None)."""
+        params: dict[str, Any] = {"limit": limit}
+        clauses: list[sql.Composable] = []
+        if self.regex:
+            match = sql.SQL("l.message ~* %(pattern)s")
+            span = sql.SQL(Q["span_regex"])
+            params["pattern"] = self.text
+        else:
+            match = sql.SQL("l.message ILIKE %(like)s")
+            span = sql.SQL(Q["span_substring"])
+            params["like"] = "%" + like_escape(self.text) + "%"
+            params["text"] = self.text
+        if self.states:
+            clauses.append(sql.SQL("t.state = ANY(%(states)s)"))
+            params["states"] = list(self.states)
+        if self.name is not None:
+            clauses.append(sql.SQL("t.task_name = %(name)s"))
+            params["name"] = self.name
+        if self.host is not None:
+            clauses.append(sql.SQL("t.host = %(host)s"))
+            params["host"] = self.host
+        if self.streams:
+            clauses.append(sql.SQL("l.stream = ANY(%(streams)s)"))
+            params["streams"] = list(self.streams)
+        if self.since is not None:
+            clauses.append(sql.SQL("l.ts >= %(since)s"))
+            params["since"] = self.since
+        if self.until is not None:
+            clauses.append(sql.SQL("l.ts < %(until)s"))
+            params["until"] = self.until
+        if self.before is not None:
+            clauses.append(sql.SQL("(l.ts, l.task_id, l.seq) < (%(b_ts)s, %(b_id)s, %(b_seq)s)"))
+            params["b_ts"], params["b_id"], params["b_seq"] = self.before
+        if low is not None:
+            clauses.append(sql.SQL("l.ts >= %(w_low)s"))
+            params["w_low"] = low
+        if high is not None:
+            clauses.append(sql.SQL("l.ts < %(w_high)s"))
+            params["w_high"] = high
+        where = sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
+        self.params = params
+        return sql.SQL(Q["search"]).format(match=match, span=span, where=where)
+
+    def windows(self, now: datetime) -> list[tuple[datetime | None, datetime | None]]:
+        """The time windows to search, newest first, within ``since``."""
+        top = now
+        if self.until is not None:
+            top = min(top, self.until)
+        if self.before is not None:
+            top = min(top, self.before[0])
+        out: list[tuple[datetime | None, datetime | None]] = []
+        high: datetime | None = None
+        for reach in WINDOWS:
+            low = top - reach
+            if self.since is not None and low <= self.since:
+                break
+            out.append((low, high))
+            high = low
+        out.append((None, high))
+        return out
+
+
+def like_escape(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern (backslash is LIKE's default escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def one_line(message: str) -> str:
+    """A Postgres error message made one line (regex errors say where, over two lines)."""
+    return " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+
+
+def match_json(row: Row) -> dict[str, Any]:
+    start, end = row["span_start"], row["span_end"]
+    return {
+        "task_id": row["task_id"],
+        "task_name": row["task_name"],
+        "seq": row["seq"],
+        "stream": row["stream"],
+        "level": row["level"],
+        "timestamp": row["ts"].isoformat(),
+        "message": row["message"],
+        "match": [start, end] if start is not None and start >= 0 else None,
+    }
+
+
+def encode_cursor(row: Row) -> str:
+    raw = json.dumps([row["ts"].isoformat(), row["task_id"], row["seq"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> tuple[datetime, str, int]:
+    """A search cursor back into ``(ts, task_id, seq)``; ValueError when it is not one."""
+    try:
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        ts, task_id, seq = json.loads(decoded)
+        value = datetime.fromisoformat(ts)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValueError(raw) from exc
+    if not isinstance(task_id, str) or not isinstance(seq, int) or value.tzinfo is None:
+        raise ValueError(raw)
+    return value, task_id, seq
+
+
+# -- workflows: a merged stream's cursor -----------------------------------------------------
+
+
+def task_key(task_id: str) -> str:
+    """A short stable name of a task inside a workflow cursor (10 hex digits)."""
+    return hashlib.blake2s(task_id.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+
+
+class WorkflowCursor:
+    """Where a merged stream of several tasks stands: the last seq sent of each task.
+
+    As an SSE ``id:`` it is ``key:seq`` pairs joined by ``.`` (``key`` = `task_key`), so a
+    browser that reconnects with Last-Event-ID resumes every task exactly where it was: no
+    line twice, none missing, whatever order the tasks' lines were stored in.
+    """
+
+    def __init__(self, seqs: dict[str, int] | None = None) -> None:
+        self.seqs: dict[str, int] = dict(seqs or {})
+
+    def after(self, task_id: str) -> int:
+        return self.seqs.get(task_key(task_id), 0)
+
+    def advance(self, task_id: str, seq: int) -> None:
+        self.seqs[task_key(task_id)] = seq
+
+    def encode(self) -> str:
+        return ".".join(f"{key}:{seq}" for key, seq in sorted(self.seqs.items()))
+
+    @classmethod
+    def decode(cls, raw: str) -> WorkflowCursor:
+        seqs: dict[str, int] = {}
+        for part in filter(None, raw.strip().split(".")):
+            key, sep, seq = part.partition(":")
+            if (
+                not sep
+                or len(key) != 10
+                or not all(c in "0123456789abcdef" for c in key)
+                or not seq.isdigit()
+                or len(seq) > 18
+            ):
+                raise ValueError(raw)
+            seqs[key] = int(seq)
+        return cls(seqs)

@@ -1,0 +1,61 @@
+-- Search, runs and workflows (issue 12), loaded by api/find.py; the API and the CLI share them.
+-- {match}, {span} and {where} are fixed fragments composed by psycopg.sql; values are bound.
+
+-- name: search
+-- Newest first, keyset-paged on (ts, task_id, seq). The trigram index on `message`
+-- (migration 0005) serves both the ILIKE and the ~* form of {match}.
+SELECT l.task_id, t.task_name, l.seq, l.stream, l.level, l.ts, l.message, {span}
+FROM lines AS l
+JOIN tasks AS t ON t.task_id = l.task_id
+WHERE {match} AND {where}
+ORDER BY l.ts DESC, l.task_id DESC, l.seq DESC
+LIMIT %(limit)s
+
+-- name: statement_timeout
+-- A search may not hold its connection longer than this (a pathological regex).
+SELECT set_config('statement_timeout', %(ms)s, true)
+
+-- name: now
+SELECT now() AS now
+
+-- name: span_substring
+strpos(lower(l.message), lower(%(text)s)) - 1 AS span_start,
+strpos(lower(l.message), lower(%(text)s)) - 1 + length(%(text)s) AS span_end
+
+-- name: span_regex
+regexp_instr(l.message, %(pattern)s, 1, 1, 0, 'i') - 1 AS span_start,
+regexp_instr(l.message, %(pattern)s, 1, 1, 1, 'i') - 1 AS span_end
+
+-- name: runs
+SELECT run, first_seq, host, worker, pid, state, started_at, completed_at, runtime,
+       exc_type, exc_message
+FROM task_runs
+WHERE task_id = %(task_id)s
+ORDER BY run, first_seq
+
+-- name: workflow_tasks
+-- The root itself and every task naming it as root, in the order they were created.
+SELECT {columns}
+FROM tasks
+WHERE root_id = %(root_id)s OR task_id = %(root_id)s
+ORDER BY created_at, task_id
+LIMIT %(limit)s
+
+-- name: workflow_lines
+-- Lines of several tasks, each after its own seq, merged in time order.
+SELECT l.task_id, l.seq, l.ts, l.stream, l.level, l.message
+FROM unnest(%(task_ids)s::text[], %(after)s::bigint[]) AS c(task_id, after_seq)
+JOIN LATERAL (
+    SELECT task_id, seq, ts, stream, level, message
+    FROM lines
+    WHERE lines.task_id = c.task_id AND lines.seq > c.after_seq
+    ORDER BY seq
+    LIMIT %(limit)s
+) AS l ON true
+ORDER BY l.ts, l.task_id, l.seq
+LIMIT %(limit)s
+
+-- name: roots_of
+SELECT task_id, coalesce(root_id, task_id) AS root_id
+FROM tasks
+WHERE task_id = ANY(%(task_ids)s)

@@ -1,0 +1,169 @@
+"""Search across every stored line: the API and `tasklog grep`, over tasks a real worker ran and
+the real collector stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO_ROOT, ProcessFactory, pg_rows, wait_for
+from tests.integration.api_support import PREFIX, api_settings, running_api
+from tests.integration.test_api_e2e import start_pipeline
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MARKER = "needle-7f3a9c"
+NOISE_TASKS = 30
+
+
+def tasklog(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
+    env["TASKLOG_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "tasklog", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+async def run_tasks(database_url: str, celery_client: Any) -> tuple[str, list[str]]:
+    """Dozens of tasks printing numbered lines, and one printing the marker among others."""
+    noise = [
+        celery_client.send_task(
+            "demo.print_lines", kwargs={"count": 12, "stderr_every": 4, "text": f"line of t{i}"}
+        ).id
+        for i in range(NOISE_TASKS)
+    ]
+    marked = celery_client.send_task(
+        "demo.print_text", args=(f"before\nthe {MARKER.upper()} is here\nafter\n",)
+    ).id
+    ids = [*noise, marked]
+    await asyncio.to_thread(
+        wait_for,
+        lambda: (
+            pg_rows(
+                database_url,
+                "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND state = 'SUCCESS'",
+                (ids,),
+            )[0][0]
+            == len(ids)
+        ),
+        90,
+        0.1,
+        "every task stored",
+    )
+    return marked, noise
+
+
+async def test_search_api_and_grep(
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+) -> None:
+    start_pipeline(procs, database_url, redis_url, redis_url, spool_dir)
+    marked, noise = await run_tasks(database_url, celery_client)
+    async with running_api(api_settings(database_url, redis_url)) as client:
+
+        async def get(query: str, status: int = 200) -> Any:
+            response = await client.get(f"{PREFIX}/api/search/?{query}")
+            assert response.status == status, await response.text()
+            return await response.json()
+
+        # A marker printed by one task among dozens: that line, and nothing else.
+        body = await get(f"q={MARKER}")
+        assert body["next"] is None
+        [hit] = body["results"]
+        assert hit["task_id"] == marked and hit["task_name"] == "demo.print_text"
+        assert hit["message"] == f"the {MARKER.upper()} is here"
+        assert hit["seq"] == 2 and hit["stream"] == "stdout"
+        start, end = hit["match"]
+        assert hit["message"][start:end] == MARKER.upper()
+
+        # A common phrase, page after page through `next`: every match once, newest first.
+        expected = pg_rows(
+            database_url,
+            "SELECT task_id, seq FROM lines WHERE message ILIKE '%line of%'"
+            " ORDER BY ts DESC, task_id DESC, seq DESC",
+        )
+        assert len(expected) == NOISE_TASKS * 12
+        seen: list[tuple[str, int]] = []
+        url: str | None = str(client.make_url(f"{PREFIX}/api/search/?q=LINE+OF&limit=50"))
+        pages = 0
+        while url:
+            page = await (await client.session.get(url)).json()
+            assert len(page["results"]) <= 50
+            seen += [(m["task_id"], m["seq"]) for m in page["results"]]
+            url = page["next"]
+            pages += 1
+        assert seen == [tuple(r) for r in expected]
+        assert pages == 8
+
+        # LIKE's wildcards are text: "%" finds nothing here, "_" neither.
+        assert (await get("q=%25"))["results"] == []
+        assert (await get("q=line_of"))["results"] == []
+
+        # Regex, and the filters.
+        body = await get("q=^line of t1[0-9]? 1[0-2]$&regex=1&limit=500")
+        found = {(m["task_id"], m["message"]) for m in body["results"]}
+        tasks_1x = {noise[1], *noise[10:20]}
+        assert {t for t, _ in found} == tasks_1x
+        assert len(found) == len(tasks_1x) * 3
+        stderr = await get("q=line of t3 &stream=stderr")
+        assert [m["message"] for m in stderr["results"]] == [
+            "line of t3 12",
+            "line of t3 8",
+            "line of t3 4",
+        ]
+        assert all(m["stream"] == "stderr" for m in stderr["results"])
+        assert (await get(f"q={MARKER}&name=demo.print_lines"))["results"] == []
+        assert len((await get(f"q={MARKER}&name=demo.print_text&state=SUCCESS"))["results"]) == 1
+        assert (await get(f"q={MARKER}&state=FAILURE"))["results"] == []
+        assert (await get(f"q={MARKER}&since=2999-01-01T00:00:00Z"))["results"] == []
+        assert (await get(f"q={MARKER}&until=2000-01-01T00:00:00Z"))["results"] == []
+
+        # Bad input: 400 with one line saying what is wrong.
+        for query, words in [
+            ("q=(unclosed&regex=1", "parentheses"),
+            ("q=a{3,1}&regex=1", "invalid"),
+            ("q=", "q:"),
+            ("q=x&stream=video", "stream:"),
+            ("q=x&cursor=nonsense", "cursor:"),
+            ("q=x&limit=0", "limit:"),
+            ("q=x&since=yesterday", "since:"),
+        ]:
+            error = (await get(query, 400))["error"]
+            assert words in error and "\n" not in error, (query, error)
+
+    # The terminal: the same single match, as text and as JSON; exit 1 when nothing matches.
+    out = await asyncio.to_thread(tasklog, database_url, "grep", MARKER)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and marked in lines[0] and f"the {MARKER.upper()} is here" in lines[0]
+    out = await asyncio.to_thread(tasklog, database_url, "grep", MARKER, "--json")
+    [obj] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert obj == {**hit}
+    out = await asyncio.to_thread(
+        tasklog, database_url, "grep", "-E", "^line of t3 [0-9]+$", "--stream", "stderr", "--json"
+    )
+    assert [json.loads(x)["message"] for x in out.stdout.splitlines()] == [
+        "line of t3 12",
+        "line of t3 8",
+        "line of t3 4",
+    ]
+    out = await asyncio.to_thread(tasklog, database_url, "grep", "no such text", check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    out = await asyncio.to_thread(tasklog, database_url, "grep", "-E", "(", check=False)
+    assert out.returncode == 2 and out.stderr.startswith("tasklog: bad pattern:")
+    assert len(out.stderr.splitlines()) == 1
