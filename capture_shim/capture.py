@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from capture_shim import spool
 from capture_shim.config import ShimConfig
@@ -28,6 +28,16 @@ _install_lock = threading.Lock()
 _pending_ends: list[tuple[str, bytes]] = []
 _pending_lock = threading.Lock()
 _MAX_PENDING_ENDS = 256
+
+
+#: What Python-level text of a task goes through: (stream, text), ending in `TaskCapture.write`.
+Route = Callable[[str, str], None]
+
+
+class TextOut(Protocol):
+    """Where text goes when the spool cannot take it: a text stream, or fd capture's stand-in."""
+
+    def write(self, text: str, /) -> int: ...
 
 
 class Stats:
@@ -46,7 +56,7 @@ def warn_once(key: str, message: str) -> None:
     # Inside a task whose fd 2 is captured, sys.__stderr__ leads back into the task's own
     # output; its fallback stream is the worker's real stderr.
     cap = _current.get()
-    stream = sys.__stderr__ if cap is None else cap._fallback[spool.STDERR]
+    stream = sys.__stderr__ if cap is None else cap.fallback(spool.STDERR)
     try:
         stream.write(f"celery-tasklog: {message}\n")  # type: ignore[union-attr]
     except Exception:
@@ -163,13 +173,14 @@ class TaskCapture:
         self._errors = 0
         self._started = time.monotonic()
         self._token: Token[TaskCapture | None] | None = None
-        #: Where the routers send Python-level text: `write`, or fd capture's ordered path.
-        self.route: Callable[[str, str], None] = self.write
+        #: Where the routers send Python-level text: `write`, or what `route_through` set.
+        #: Read it; change it with `route_through`.
+        self.route: Route = self.write
         #: The exception and traceback text, when the task failed (set by a signal).
         self.failure: tuple[BaseException | None, str | None] = (None, None)
         self._spool: spool.SpoolFile | None = None
         # Where text goes when the spool cannot take it: the streams in place before routing.
-        self._fallback = {
+        self._fallback: dict[str, TextOut] = {
             spool.STDOUT: _unrouted(sys.stdout),
             spool.STDERR: _unrouted(sys.stderr),
             spool.LOG: _unrouted(sys.stderr),
@@ -239,6 +250,24 @@ class TaskCapture:
             except OSError:
                 pass
             self._spool = None
+
+    # -- routing and fallback ----------------------------------------------------------------
+
+    def route_through(self, route: Route | None) -> None:
+        """Send Python-level text through `route` (which ends in `write`); None: straight in.
+
+        fd capture puts its ordered path here for the length of its session.
+        """
+        self.route = self.write if route is None else route
+
+    def fallback(self, stream: str) -> TextOut:
+        """Where `stream`'s text goes when the spool cannot take it."""
+        return self._fallback[stream]
+
+    def set_fallback(self, stream: str, target: TextOut) -> TextOut:
+        """Send `stream`'s fallback text to `target`; the target it replaces."""
+        previous, self._fallback[stream] = self._fallback[stream], target
+        return previous
 
     # -- output -----------------------------------------------------------------------------
 
@@ -353,7 +382,7 @@ def _retry_pending_ends() -> None:
         _pending_ends[:] = kept
 
 
-def _unrouted(stream: Any) -> Any:
+def _unrouted(stream: TextIO) -> TextOut:
     while isinstance(stream, StreamRouter):
         stream = stream._original
     return stream

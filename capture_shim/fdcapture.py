@@ -62,13 +62,21 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init
-
 from capture_shim import spool
-from capture_shim.capture import StreamRouter, TaskCapture, warn_once
+from capture_shim.capture import StreamRouter, TaskCapture, TextOut, warn_once
 from capture_shim.config import ShimConfig
 
-__all__ = ["DETACH_GRACE", "FdSession", "FdStats", "begin", "end", "fd_capture_safe"]
+__all__ = [
+    "DETACH_GRACE",
+    "FdSession",
+    "FdStats",
+    "after_fork_in_child",
+    "begin",
+    "end",
+    "fd_capture_safe",
+    "set_pool",
+    "set_pool_child",
+]
 
 #: Seconds to wait at a task's end for its pipes to close before detaching a lingering child.
 DETACH_GRACE = 0.5
@@ -99,17 +107,19 @@ class FdStats:
 _pool_safe: bool | None = None
 
 
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
+def set_pool(pool_cls: object) -> None:
+    """What a worker said at `worker_init`: the pool its tasks run in."""
     global _pool_safe
-    _pool_safe = _is_safe_pool(getattr(sender, "pool_cls", None))
+    _pool_safe = _is_safe_pool(pool_cls)
 
 
-def _on_worker_process_init(**_: Any) -> None:
+def set_pool_child() -> None:
+    """This process is a prefork child (`worker_process_init`): one task at a time."""
     global _pool_safe
-    _pool_safe = True  # only prefork children send it: one task at a time per process
+    _pool_safe = True
 
 
-def _is_safe_pool(pool_cls: Any) -> bool:
+def _is_safe_pool(pool_cls: object) -> bool:
     if isinstance(pool_cls, str):  # an alias or "module:Class", not imported yet
         from celery.concurrency import ALIASES
 
@@ -117,10 +127,6 @@ def _is_safe_pool(pool_cls: Any) -> bool:
     if isinstance(pool_cls, type):  # subclasses of the two pools are fine too
         return any(f"{c.__module__}:{c.__qualname__}" in _SAFE_POOLS for c in pool_cls.__mro__)
     return False
-
-
-worker_init.connect(_on_worker_init, weak=False)
-worker_process_init.connect(_on_worker_process_init, weak=False)
 
 
 def fd_capture_safe() -> bool:
@@ -153,7 +159,7 @@ def begin(cap: TaskCapture, config: ShimConfig) -> FdSession | None:
         stale.end()
     if not (config.capture_fd and fd_capture_safe()):
         if config.tee:
-            cap.route = _python_tee(cap)
+            cap.route_through(_python_tee(cap))
         return None
     session = FdSession(cap, tee=config.tee)
     try:
@@ -183,14 +189,14 @@ def end(cap: TaskCapture) -> None:
 _live: weakref.WeakSet[FdSession] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
-    # A task forked (multiprocessing "fork"): the reader thread is not here, its lock may be
-    # held forever; write Python-level text to fd 1/2 (the pipes) instead.
+def after_fork_in_child() -> None:
+    """The at-fork hook (`hooks.connect_process_hooks` registers it).
+
+    A task forked (multiprocessing "fork"): the reader thread is not here, its lock may be held
+    forever; Python-level text goes to fd 1/2 (the pipes) instead.
+    """
     for session in list(_live):
         session.forked = True
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- one task ---------------------------------------------------------------------------------
@@ -202,7 +208,7 @@ class FdSession:
     def __init__(self, cap: TaskCapture, tee: bool = False) -> None:
         self.cap = cap
         self.tee = tee
-        #: Set in a child forked by the task; see `_after_fork_in_child`.
+        #: Set in a child forked by the task; see `after_fork_in_child`.
         self.forked = False
         self._lock = threading.Lock()
         self._saved: dict[int, int] = {}  # 1/2 → our copy of what they were
@@ -219,7 +225,8 @@ class FdSession:
         self._closed = threading.Event()  # every read end reached end-of-file
         self._thread: threading.Thread | None = None
         self._swapped: list[tuple[logging.StreamHandler[Any], Any]] = []
-        self._fallback: dict[str, Any] = {}
+        #: The capture's fallback targets this session replaced, to put back at the end.
+        self._fallback: dict[str, TextOut] = {}
 
     # -- begin ------------------------------------------------------------------------------
 
@@ -254,7 +261,7 @@ class FdSession:
             self._poller.register(read_end, select.POLLIN)
             self._probe.register(read_end, select.POLLIN)
         self._redirect_worker_streams()
-        self.cap.route = self.write_python
+        self.cap.route_through(self.write_python)
         _live.add(self)
         self._thread = threading.Thread(target=self._run, name="tasklog-fd-reader", daemon=True)
         self._thread.start()
@@ -267,13 +274,13 @@ class FdSession:
             if fd in self._saved:
                 old = handler.setStream(_FdWriter(self._saved[fd], handler.stream))
                 self._swapped.append((handler, old))
-        fallback = getattr(self.cap, "_fallback", None)
-        if isinstance(fallback, dict):
-            for stream, target in list(fallback.items()):
-                fd = _fileno(target)
-                if fd in self._saved:
-                    self._fallback[stream] = target
-                    fallback[stream] = _FdWriter(self._saved[fd], target)
+        for stream in (spool.STDOUT, spool.STDERR, spool.LOG):
+            target = self.cap.fallback(stream)
+            fd = _fileno(target)
+            if fd in self._saved:
+                self._fallback[stream] = self.cap.set_fallback(
+                    stream, _FdWriter(self._saved[fd], target)
+                )
 
     # -- during -----------------------------------------------------------------------------
 
@@ -365,11 +372,10 @@ class FdSession:
         _flush_stdio()  # what the task left in Python's and C's buffers is the task's
         for handler, old in reversed(self._swapped):
             _quiet(handler.setStream, old)
-        fallback = getattr(self.cap, "_fallback", None)
-        if isinstance(fallback, dict):
-            fallback.update(self._fallback)
-        if getattr(self.cap, "route", None) == self.write_python:
-            self.cap.route = self.cap.write
+        for stream, target in self._fallback.items():
+            self.cap.set_fallback(stream, target)
+        if self.cap.route == self.write_python:
+            self.cap.route_through(None)
         for fd in (1, 2):
             self._restore(fd)
         if self.forked:
@@ -452,16 +458,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _python_tee(cap: TaskCapture) -> Callable[[str, str], None]:
-    fallback = getattr(cap, "_fallback", {})
-
     def route(stream: str, text: str) -> None:
         cap.write(stream, text)
-        target = fallback.get(stream)
-        if target is not None:
-            try:
-                target.write(text)
-            except Exception:
-                FdStats.errors += 1
+        try:
+            cap.fallback(stream).write(text)
+        except Exception:
+            FdStats.errors += 1
 
     return route
 

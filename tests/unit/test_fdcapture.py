@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from celery.signals import worker_process_init
 
-from capture_shim import fdcapture, spool
+from capture_shim import fdcapture, hooks, spool
 from capture_shim.capture import TaskCapture
 from capture_shim.config import ShimConfig
 from capture_shim.fdcapture import FdSession, FdStats
@@ -231,6 +231,7 @@ def test_where_fd_capture_is_safe() -> None:
     assert not fdcapture._is_safe_pool("gevent") and not fdcapture._is_safe_pool("eventlet")
     assert not fdcapture._is_safe_pool(None)
 
+    hooks.connect_process_hooks()  # what install() and TerminalLoggingTask do
     saved = fdcapture._pool_safe
     try:
         fdcapture._pool_safe = None
@@ -253,10 +254,11 @@ def test_an_oserror_at_start_falls_back_to_python_level(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, resource, sys
         from celery.signals import worker_process_init
-        from capture_shim import fdcapture, spool
+        from capture_shim import fdcapture, hooks, spool
         from capture_shim.capture import TaskCapture
         from capture_shim.config import ShimConfig
 
+        hooks.connect_process_hooks()
         worker_process_init.send(sender="test")
         config = ShimConfig(True, {str(spool_dir)!r}, 1000, 16384, False)
         cap = TaskCapture(config, "t1", {{"task_id": "t1"}})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from celery import Celery
 from capture_shim import TerminalLoggingTask, capture, spool
 from capture_shim.capture import Stats, TaskCapture
 from capture_shim.config import ShimConfig
+from tests.helpers import REPO_ROOT
 
 
 def _config(spool_dir: Path | str, **changes: Any) -> ShimConfig:
@@ -283,3 +286,85 @@ def test_task_with_unwritable_spool_dir_returns_its_result(
     assert job.apply().get() == 42
     assert "still printed" in routed.readouterr().out
     assert Stats.spool_errors > before
+
+
+# -- connecting: nothing at import, once per process ------------------------------------------
+
+_CONNECTIONS = textwrap.dedent("""
+    import json, os
+    forks = []
+    register = os.register_at_fork
+    os.register_at_fork = lambda **hooks: (forks.append(sorted(hooks)), register(**hooks))[1]
+    from celery import Celery, signals
+    NAMES = ["task_prerun", "task_postrun", "task_failure", "task_revoked",
+             "worker_init", "worker_process_init"]
+    def seen(): return {n: len(getattr(signals, n).receivers) for n in NAMES} | {"fork": len(forks)}
+    seen_at = {"before": seen()}
+    import capture_shim, capture_shim.hooks, capture_shim.fdcapture, capture_shim.capture
+    seen_at["imported"] = seen()
+    app = Celery("a", set_as_current=False)
+    capture_shim.install(app)
+    wrapped = app.Task.update_state
+    seen_at["installed"] = seen()
+    capture_shim.install(app)
+    seen_at["twice"] = seen()
+    other = Celery("b", set_as_current=False)
+    @other.task(base=capture_shim.TerminalLoggingTask, name="t")
+    def job(): pass
+    job.name  # makes the task class
+    seen_at["task class"] = seen()
+    print(json.dumps({"seen": seen_at, "wrapped once": app.Task.update_state is wrapped}))
+""")
+
+
+def test_importing_connects_nothing_and_connecting_twice_adds_nothing() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _CONNECTIONS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "TASKLOG_ENABLED": "true"},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    seen = report["seen"]
+    assert seen["imported"] == seen["before"]
+    added = {name: seen["installed"][name] - seen["before"][name] for name in seen["before"]}
+    assert added == {
+        "task_prerun": 1,
+        "task_postrun": 1,
+        "task_failure": 1,
+        "task_revoked": 1,
+        "worker_init": 1,
+        "worker_process_init": 1,
+        "fork": 1,
+    }
+    assert seen["twice"] == seen["installed"]
+    assert seen["task class"] == seen["installed"]  # the process hooks were there already
+    assert report["wrapped once"]
+
+
+def test_a_task_class_connects_the_process_hooks_alone() -> None:
+    script = _CONNECTIONS.replace("capture_shim.install(app)", "pass")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])["seen"]
+    assert seen["installed"] == seen["before"]
+    added = {name: seen["task class"][name] - seen["before"][name] for name in seen["before"]}
+    assert added == {
+        "task_prerun": 0,
+        "task_postrun": 0,
+        "task_failure": 0,
+        "task_revoked": 0,
+        "worker_init": 1,
+        "worker_process_init": 1,
+        "fork": 1,
+    }

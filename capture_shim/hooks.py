@@ -1,0 +1,282 @@
+"""Where the shim meets Celery: the signal handlers, the task base class, the state hooks.
+
+Nothing here runs at import. `install(app)` connects the task signals for one app;
+`TerminalLoggingTask` connects what it needs when a task class is made from it. Both connect
+the process-wide hooks once per process (`connect_process_hooks`): `worker_init` and
+`worker_process_init` (which pool runs the tasks: fd capture only where one task owns the
+process) and the at-fork hook of fd capture. Connecting twice connects nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject, Retry
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_revoked,
+    worker_init,
+    worker_process_init,
+)
+
+from capture_shim import fdcapture
+from capture_shim.capture import Stats, TaskCapture, current, ensure_routing, host_name, warn_once
+from capture_shim.config import ShimConfig
+
+__all__ = ["TerminalLoggingTask", "connect_process_hooks", "install", "progress"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_lock = threading.Lock()
+_process_hooks = False
+_task_signals = False
+#: The apps `install` was called for, with the config read then (by id: apps need not hash).
+_installed: dict[int, tuple[Celery, ShimConfig]] = {}
+
+
+# -- connecting -------------------------------------------------------------------------------
+
+
+def connect_process_hooks() -> None:
+    """Learn the worker's pool and follow forks; once per process, whoever asks first."""
+    global _process_hooks
+    with _lock:
+        if _process_hooks:
+            return
+        _process_hooks = True
+        # Signals are process-wide and these handlers live for the process: strong references.
+        worker_init.connect(_on_worker_init, weak=False)
+        worker_process_init.connect(_on_worker_process_init, weak=False)
+        os.register_at_fork(after_in_child=fdcapture.after_fork_in_child)
+
+
+def install(app: Celery) -> None:
+    """Capture the output of every task of `app` (no-op when TASKLOG_ENABLED is false)."""
+    config = ShimConfig.from_env()
+    if not config.enabled:
+        return
+    connect_process_hooks()
+    global _task_signals
+    with _lock:
+        if id(app) in _installed:
+            return
+        _installed[id(app)] = (app, config)
+        if not _task_signals:
+            _task_signals = True
+            task_prerun.connect(_on_prerun, weak=False)
+            task_failure.connect(_on_failure, weak=False)
+            task_postrun.connect(_on_postrun, weak=False)
+            task_revoked.connect(_on_revoked, weak=False)
+    original = app.Task.update_state
+
+    def update_state(
+        self: Task,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        _guard(_record_state, task_id, state, meta)
+        original(self, task_id, state, meta, **kwargs)
+
+    app.Task.update_state = update_state
+
+
+def progress(percent: float | None, message: str | None = None) -> None:
+    """Record the current task's progress (0-100); does nothing outside a captured task."""
+    cap = current()
+    if cap is not None:
+        _guard(cap.progress, _clamp(percent), message, None)
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    fdcapture.set_pool(getattr(sender, "pool_cls", None))
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    fdcapture.set_pool_child()
+
+
+# -- install(app): the task signals -----------------------------------------------------------
+
+
+def _config_for(task: Any) -> ShimConfig | None:
+    entry = _installed.get(id(getattr(task, "app", None)))
+    return None if entry is None or entry[0] is not task.app else entry[1]
+
+
+def _on_prerun(
+    sender: Any = None,
+    task_id: str | None = None,
+    task: Any = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    if task is None or task_id is None:
+        return
+    config = _config_for(task)
+    if config is not None:
+        _guard(_begin, config, task, task_id, args, kwargs)
+
+
+def _on_failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    cap = current()
+    if cap is not None and cap.task_id == task_id and exception is not None:
+        cap.failure = (exception, getattr(einfo, "traceback", None))
+
+
+def _on_postrun(
+    sender: Any = None,
+    task_id: str | None = None,
+    task: Any = None,
+    state: str | None = None,
+    **_: Any,
+) -> None:
+    cap = current()
+    if cap is None or cap.task_id != task_id:
+        return
+    exc, tb = cap.failure
+    _guard(_end, cap, state or "SUCCESS", exc, tb)
+
+
+def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
+    cap = current()
+    if cap is not None and request is not None and cap.task_id == getattr(request, "id", None):
+        _guard(_end, cap, "REVOKED", None, None)
+
+
+# -- TerminalLoggingTask: one task at a time --------------------------------------------------
+
+
+class TerminalLoggingTask(Task):  # type: ignore[misc]
+    """A task base class that captures its own output, for per-task opt-in."""
+
+    abstract = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A task class is made from this one when the app is finalized, which a worker does
+        # before it sends `worker_init`: early enough to learn the pool.
+        super().__init_subclass__(**kwargs)
+        connect_process_hooks()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task_id = getattr(self.request, "id", None)
+        cap = current()
+        if task_id is None or (cap is not None and cap.task_id == task_id):
+            return super().__call__(*args, **kwargs)  # called directly, or install() has it
+        config = ShimConfig.from_env()
+        if not config.enabled:
+            return super().__call__(*args, **kwargs)
+        cap = _guard(_begin, config, self, task_id, args, kwargs)
+        if cap is None:
+            return super().__call__(*args, **kwargs)
+        try:
+            result = super().__call__(*args, **kwargs)
+        except Retry:
+            _guard(_end, cap, "RETRY", None, None)
+            raise
+        except (Ignore, Reject):
+            _guard(_end, cap, "IGNORED", None, None)
+            raise
+        except BaseException as exc:
+            _guard(_end, cap, "FAILURE", exc, traceback.format_exc())
+            raise
+        _guard(_end, cap, "SUCCESS", None, None)
+        return result
+
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
+        _guard(_record_state, task_id, state, meta)
+        super().update_state(task_id, state, meta, **kwargs)
+
+
+# -- shared by both ways in -------------------------------------------------------------------
+
+
+def _begin(config: ShimConfig, task: Any, task_id: str, args: Any, kwargs: Any) -> TaskCapture:
+    ensure_routing()
+    request = task.request
+    start: dict[str, Any] = {
+        "task_id": task_id,
+        "name": task.name,
+        "host": host_name(),
+        "pid": os.getpid(),
+        "worker": getattr(request, "hostname", None),
+        "parent_id": getattr(request, "parent_id", None),
+        "root_id": getattr(request, "root_id", None),
+        "retries": getattr(request, "retries", 0) or 0,
+        "max_lines": config.max_lines,
+    }
+    if config.record_args:
+        start["args"] = list(args or ())
+        start["kwargs"] = dict(kwargs or {})
+    cap = TaskCapture(config, task_id, start)
+    cap.activate()
+    fdcapture.begin(cap, config)
+    return cap
+
+
+def _end(cap: TaskCapture, state: str, exc: BaseException | None, tb: str | None) -> None:
+    try:
+        fdcapture.end(cap)  # first: what the pipes still hold comes before the end record
+        cap.finish(state, exc, tb)
+    finally:
+        cap.deactivate()
+
+
+def _record_state(task_id: str | None, state: str | None, meta: Any) -> None:
+    cap = current()
+    if cap is None or (task_id is not None and task_id != cap.task_id):
+        return
+    percent = None
+    message = None
+    if isinstance(meta, dict):
+        if "progress" in meta:
+            percent = _clamp(meta["progress"])
+        elif "current" in meta and "total" in meta:
+            try:
+                percent = _clamp(100.0 * float(meta["current"]) / float(meta["total"]))
+            except (TypeError, ValueError, ZeroDivisionError):
+                percent = None
+        raw = meta.get("message", meta.get("status"))
+        message = None if raw is None else str(raw)
+    cap.progress(percent, message, state)
+
+
+def _clamp(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number:  # NaN
+        return None
+    return max(0.0, min(100.0, number))
+
+
+def _guard(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+    """Run a shim hook; whatever goes wrong in it, the task goes on."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        Stats.internal_errors += 1
+        warn_once(f"internal:{type(exc).__name__}", f"internal error ignored: {exc!r}")
+        return None
