@@ -66,6 +66,9 @@ class Collector:
         self._started_at = datetime.now(UTC)
         self._backlog = (0, 0)
         self._spool_full = False
+        self._spool_space: tuple[int | None, int | None] = (None, None)
+        self._snapshot = metrics.Snapshot(counters=self.counters.as_dict(), status=self.status)
+        self._metrics = metrics.registry(lambda: self._snapshot)
 
     def stop(self) -> None:
         self._stop.set()
@@ -77,7 +80,10 @@ class Collector:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        with spool_lock(settings.spool_dir):
+        with (
+            spool_lock(settings.spool_dir),
+            metrics.served(self._metrics, settings.metrics_host, settings.metrics_port),
+        ):
             async with (
                 Store(url, settings.host) as store,
                 Publisher(settings.redis()) as publisher,
@@ -129,6 +135,7 @@ class Collector:
                     due["summary"] = now + self.settings.summary_interval
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, min(due.values()) - now))
+            await self._final_drain(store, publisher, spool)
         finally:
             self.status = "stopping"
             sdnotify.stopping()
@@ -162,15 +169,48 @@ class Collector:
                 self.settings.rescan_interval,
             )
 
-    async def _drain(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
-        """Store everything readable now, batch by batch.
+    async def _final_drain(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
+        """On stop, store what the spool still holds, for TASKLOG_STOP_DRAIN_TIMEOUT at most.
+
+        A sidecar's spool (a Kubernetes emptyDir) goes with its pod: what is not stored now is
+        lost. A task whose writer is gone is finalized now rather than after the idle timeout.
+        Cut short, nothing is stored twice: offsets advance only with a commit.
+        """
+        timeout = self.settings.stop_drain_timeout
+        if timeout <= 0:
+            return
+        log.info("stopping: storing what the spool holds (at most %.0fs)", timeout)
+
+        async def drain() -> None:
+            await self._vanished(store, publisher, spool, spool.scan())
+            await self._drain(store, publisher, spool, final=True)
+            await self._orphans(store, publisher, spool, final=True)
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except TimeoutError:
+            files, nbytes = spool.backlog()
+            log.warning(
+                "stopped after %.0fs with %d files (%d bytes) not stored; the next collector on "
+                "this spool directory stores them",
+                timeout,
+                files,
+                nbytes,
+            )
+        except StoreUnavailable as exc:
+            log.warning("stopping without the final drain: %s", exc)
+
+    async def _drain(
+        self, store: Store, publisher: Publisher, spool: SpoolDir, *, final: bool = False
+    ) -> None:
+        """Store everything readable now, batch by batch (`final`: also while stopping).
 
         While a batch commits, the next one is read and parsed in a thread, from other files
         only: it needs nothing from the commit under way, and is thrown away if that fails.
         """
         limits = (self.settings.batch_lines, self.settings.batch_bytes)
         batch = spool.read_batch(*limits)
-        while not self._stop.is_set():
+        while final or not self._stop.is_set():
             if not batch and not self._forget:
                 return
             in_flight = frozenset(chunk.state.name for chunk in batch.chunks)
@@ -253,7 +293,11 @@ class Collector:
             if state.registered:
                 self._forget.append(name)
 
-    async def _orphans(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
+    async def _orphans(
+        self, store: Store, publisher: Publisher, spool: SpoolDir, *, final: bool = False
+    ) -> None:
+        """Finalize files whose writer died: idle past TASKLOG_ORPHAN_TIMEOUT (at once if
+        `final`: while stopping, a dead writer will not come back before the spool goes)."""
         now = time.monotonic()
         for state in list(spool.files.values()):
             if state.ended and state.size <= state.offset:
@@ -262,7 +306,7 @@ class Collector:
                 continue
             if state.ended or state.size > state.offset:
                 continue
-            if now - state.changed_at < self.settings.orphan_timeout:
+            if not final and now - state.changed_at < self.settings.orphan_timeout:
                 continue
             pid = writer_pid(state.name)
             if pid is not None and pid_alive(pid):
@@ -313,6 +357,7 @@ class Collector:
         except OSError:
             return None
         free = st.f_bavail * st.f_frsize
+        self._spool_space = (free, st.f_blocks * st.f_frsize)
         full = free < SPOOL_LOW_BYTES
         if full and not self._spool_full:
             log.warning(
@@ -327,19 +372,22 @@ class Collector:
         return free
 
     def _report(self) -> None:
-        """Tell systemd and the metrics file how things stand."""
+        """Tell systemd and the metrics (file and port) how things stand."""
         files, nbytes = self._backlog
         sdnotify.status(f"{self.status}; {self.counters.lines} lines stored; backlog {files} files")
+        self._snapshot = metrics.Snapshot(
+            counters=self.counters.as_dict(),
+            status=self.status,
+            backlog_files=files,
+            backlog_bytes=nbytes,
+            spool_free_bytes=self._spool_space[0],
+            spool_size_bytes=self._spool_space[1],
+            heartbeat=time.time(),
+        )
         if self.settings.metrics_file is None:
             return
-        snapshot = {
-            "counters": self.counters.as_dict(),
-            "status": self.status,
-            "backlog_files": files,
-            "backlog_bytes": nbytes,
-        }
         try:
-            metrics.write(self.settings.metrics_file, lambda: snapshot)
+            metrics.write(self.settings.metrics_file, self._metrics)
         except OSError as exc:
             log.warning("cannot write TASKLOG_METRICS_FILE %s: %s", self.settings.metrics_file, exc)
 

@@ -1,17 +1,25 @@
-"""The collector's counters as Prometheus text, written to TASKLOG_METRICS_FILE.
+"""The collector's counters as Prometheus text: a file (TASKLOG_METRICS_FILE), a port, or both.
 
-A file rather than a port: node_exporter's textfile collector picks it up, and the collector
-opens no listening socket. It is rewritten atomically at each heartbeat.
+The file suits a host with node_exporter's textfile collector (the collector then opens no
+listening socket); the port (TASKLOG_METRICS_PORT) suits Kubernetes, where Prometheus scrapes
+pods. Both show the same snapshot, taken at each heartbeat; the file is rewritten atomically.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from tasklog.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _COUNTERS = {
     "lines": "Lines stored in Postgres.",
@@ -21,38 +29,86 @@ _COUNTERS = {
     "vanished": "Spool files that disappeared before they were fully stored.",
     "store_failures": "Batches that failed to commit and were retried.",
     "files_done": "Spool files fully stored and deleted.",
+    "quarantined": "Spool files moved aside because Postgres refused one of their records.",
 }
 
 
-class _Snapshot(Collector):
-    def __init__(self, read: Callable[[], dict[str, object]]) -> None:
+@dataclass(frozen=True)
+class Snapshot:
+    """How the collector stands at one heartbeat."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    status: str = "starting"
+    backlog_files: int = 0
+    backlog_bytes: int = 0
+    spool_free_bytes: int | None = None
+    spool_size_bytes: int | None = None
+    #: Unix time of the heartbeat; alerts compare it with the present ("collector down").
+    heartbeat: float | None = None
+
+
+class _Families(Collector):
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
         data = self._read()
-        counters = data["counters"]
-        assert isinstance(counters, dict)
         for name, doc in _COUNTERS.items():
             family = CounterMetricFamily(f"tasklog_collector_{name}", doc)
-            family.add_metric([], counters.get(name, 0))
+            family.add_metric([], data.counters.get(name, 0))
             yield family
-        for name, doc in (
-            ("backlog_files", "Spool files with unstored bytes."),
-            ("backlog_bytes", "Spool bytes not yet stored."),
-        ):
-            gauge = GaugeMetricFamily(f"tasklog_collector_{name}", doc)
-            gauge.add_metric([], data[name])  # type: ignore[arg-type]
-            yield gauge
+        gauges: list[tuple[str, str, float | None]] = [
+            ("backlog_files", "Spool files with unstored bytes.", data.backlog_files),
+            ("backlog_bytes", "Spool bytes not yet stored.", data.backlog_bytes),
+            ("spool_free_bytes", "Free bytes on the spool's file system.", data.spool_free_bytes),
+            ("spool_size_bytes", "Size of the spool's file system.", data.spool_size_bytes),
+            (
+                "heartbeat_timestamp_seconds",
+                "Unix time of the collector's last heartbeat.",
+                data.heartbeat,
+            ),
+        ]
+        for name, doc, value in gauges:
+            if value is not None:
+                gauge = GaugeMetricFamily(f"tasklog_collector_{name}", doc)
+                gauge.add_metric([], value)
+                yield gauge
         up = GaugeMetricFamily(
             "tasklog_collector_up",
             "1 when storing normally, 0 while waiting for Postgres.",
             labels=["status"],
         )
-        up.add_metric([str(data["status"])], 1 if data["status"] == "ok" else 0)
+        up.add_metric([data.status], 1 if data.status == "ok" else 0)
         yield up
 
 
-def write(path: Path, read: Callable[[], dict[str, object]]) -> None:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(read))
-    write_to_textfile(str(path), registry)
+def registry(read: Callable[[], Snapshot]) -> CollectorRegistry:
+    """A registry whose every scrape reads the snapshot `read` returns."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Families(read))
+    return reg
+
+
+def write(path: Path, reg: CollectorRegistry) -> None:
+    write_to_textfile(str(path), reg)
+
+
+@contextmanager
+def served(reg: CollectorRegistry, host: str, port: int | None) -> Iterator[None]:
+    """Serve `reg` over HTTP on `port` (any path) while the block runs; nothing if None."""
+    if port is None:
+        yield
+        return
+    try:
+        server, thread = start_http_server(port, host, registry=reg)
+    except OSError as exc:
+        raise ConfigError(
+            f"TASKLOG_METRICS_PORT: cannot listen on {host}:{port} ({exc.strerror})"
+        ) from None
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -41,3 +41,14 @@ class CollectorSettings(Common):
     metrics_file: Path | None = Field(
         None, description="If set, Prometheus text metrics are written to this file."
     )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="If set, Prometheus metrics are served on this port."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of the metrics port (0.0.0.0 for a scraped pod)."
+    )
+    stop_drain_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds spent at stop storing what the spool holds (0: stop at once).",
+    )
