@@ -130,10 +130,17 @@ def test_collector_killed_at_random_moments_while_workers_write(
     writer.start()
     at_kill: list[tuple[float, int]] = []
     peak_kb = 0
+    # How long a start takes on this machine now (imports, migrate, offsets): a loaded machine
+    # takes seconds, and kills drawn from a fixed range would all land before any commit.
+    started = time.monotonic()
+    procs.collector(
+        database_url=database_url, spool_dir=spool_dir, ready="following", env=SMALL_BATCHES
+    ).kill()
+    startup = time.monotonic() - started
     for _ in range(kills):
         proc = procs.collector(database_url=database_url, spool_dir=spool_dir, env=SMALL_BATCHES)
         # From spawn, not from "ready": some kills land in start-up (migrate, load offsets).
-        delay = rng.uniform(0.3, 2.0)
+        delay = rng.uniform(0.3, startup + 1.5)
         time.sleep(delay)  # the fault injection itself, not a wait for a condition
         peak_kb = max(peak_kb, peak_rss_kb(proc.pid))
         proc.kill()
