@@ -282,7 +282,7 @@ def _build(url: str) -> None:
         while day <= last:
             days.append(day)
             day += timedelta(days=1)
-        for day in days:  # named and bounded as the collector makes them (collector/store.py)
+        for day in days:  # named and bounded as the collector makes them (collector/retention.py)
             nxt = day + timedelta(days=1)
             conn.execute(
                 sql.SQL(

@@ -110,7 +110,7 @@ def _collector(args: argparse.Namespace, tmp: Path) -> None:
                     committed = time.perf_counter()
                     steps["commit (wall)"] += committed - read
                     steps["commit (CPU)"] += time.thread_time() - cpu
-                    files.commit(batch)
+                    files.commit(batch, stored)
                     await publisher.publish(stored.lines, stored.tasks)
                     steps["publish"] += time.perf_counter() - committed
                     rows += stored.rows

@@ -23,9 +23,10 @@ from watchfiles import awatch
 
 from collector import metrics
 from collector.migrate import migrate
+from collector.plan import Stored
 from collector.publish import Publisher
 from collector.settings import CollectorSettings
-from collector.store import Store, Stored
+from collector.store import Store
 from collector.tail import Batch, FileState, SpoolDir
 from tasklog.core import __version__, sdnotify
 from tasklog.core.errors import ConfigError, StoreUnavailable
@@ -226,7 +227,7 @@ class Collector:
                 spool.touched(set(spool.files))
                 batch = spool.read_batch(*limits)
                 continue
-            spool.commit(batch)
+            ended = spool.commit(batch, stored)
             self.counters.batches += 1
             self.counters.lines += stored.rows
             self.counters.corrupt += batch.corrupt
@@ -236,7 +237,7 @@ class Collector:
                 len(batch.chunks),
             )
             await publisher.publish(stored.lines, stored.tasks)
-            for state in stored.ended:
+            for state in ended:
                 self._remove(spool, state)
             if not batch:
                 return
@@ -288,6 +289,7 @@ class Collector:
                         task = await store.lose(state, "its spool file was deleted before the end")
                     except StoreUnavailable:
                         return  # the next scan tries again
+                    spool.lost(state)
                     await publisher.publish({}, [task] if task else [])
             del spool.files[name]
             if state.registered:
@@ -319,6 +321,7 @@ class Collector:
                 task = await store.lose(state, reason)
             except StoreUnavailable:
                 return
+            spool.lost(state)
             self.counters.lost += 1
             log.warning("task %s is LOST: %s", state.task_id, reason)
             await publisher.publish({}, [task] if task else [])

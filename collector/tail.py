@@ -17,11 +17,15 @@ import time
 from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from capture_shim import spool
+from collector.fields import clean_text
+
+if TYPE_CHECKING:
+    from collector.plan import Stored
 
 log = logging.getLogger("tasklog.collector")
 
@@ -215,13 +219,28 @@ class SpoolDir:
         chunk.end_offset = state.offset + pos
         return chunk
 
-    def commit(self, batch: Batch) -> None:
-        """The store committed `batch`: advance the offsets past it."""
+    def commit(self, batch: Batch, stored: Stored | None = None) -> list[FileState]:
+        """The store committed `batch` (with the placements of `stored`): move the files'
+        states past it. The one place a commit's result reaches the bookkeeping; returns the
+        states of the files whose end is now stored."""
+        for run in stored.runs if stored is not None else ():
+            state = run.chunk.state
+            state.task_id, state.seq_base = run.task_id, run.seq_base
+            state.head, state.tail, state.max_seq = run.head, run.tail, run.max_seq
+        ended = []
         for chunk in batch.chunks:
             state = chunk.state
             state.offset = chunk.end_offset
+            if chunk.end is not None and state.registered:
+                state.ended = True
+                ended.append(state)
             if state.size > state.offset:
                 self._dirty.add(state.name)
+        return ended
+
+    def lost(self, state: FileState) -> None:
+        """The store finalized `state`'s run without its end record (`Store.lose`)."""
+        state.ended = True
 
 
 def _start_ns(name: str) -> int:
@@ -283,15 +302,3 @@ def _loads(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
-
-
-def clean_text(text: str) -> str:
-    """Make text storable in Postgres: NUL and lone surrogates become visible escapes."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    if not text.isascii():  # ASCII holds no surrogate: skip the trial encoding
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from capture_shim import spool
 from capture_shim.capture import TaskCapture
 from capture_shim.config import ShimConfig
-from collector.tail import SpoolDir, clean_text
+from collector.fields import clean_text
+from collector.tail import SpoolDir
 
 STREAMS = (spool.STDOUT, spool.STDERR)
 

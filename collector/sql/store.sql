@@ -1,4 +1,7 @@
--- Queries of the collector. Parameters are always bound (%(name)s), never formatted in.
+-- The collector's batch transaction and bookkeeping. Parameters are always bound (%(name)s).
+
+-- name: copy_lines
+COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN
 
 -- name: load_files
 SELECT file, inode, "offset", task_id, seq_base, max_seq, head_lines, tail_lines, ended
@@ -117,18 +120,3 @@ ON CONFLICT (host) DO UPDATE SET
     backlog_files = EXCLUDED.backlog_files,
     backlog_bytes = EXCLUDED.backlog_bytes,
     stats = EXCLUDED.stats
-
--- name: line_partitions
-SELECT c.relname
-FROM pg_inherits i
-JOIN pg_class c ON c.oid = i.inhrelid
-JOIN pg_class p ON p.oid = i.inhparent
-WHERE p.relname = 'lines'
-
--- name: prune_tasks
-DELETE FROM tasks
-WHERE task_id IN (
-    SELECT task_id FROM tasks
-    WHERE created_at < %(cutoff)s AND coalesce(completed_at, updated_at) < %(cutoff)s
-    LIMIT 10000
-)
