@@ -26,7 +26,7 @@ from celery.signals import (
     worker_process_init,
 )
 
-from capture_shim import fdcapture
+from capture_shim import fdcapture, spool
 from capture_shim.capture import Stats, TaskCapture, current, ensure_routing, host_name, warn_once
 from capture_shim.config import ShimConfig
 
@@ -221,8 +221,8 @@ def _begin(config: ShimConfig, task: Any, task_id: str, args: Any, kwargs: Any) 
         "host": host_name(),
         "pid": os.getpid(),
         "worker": getattr(request, "hostname", None),
-        "parent_id": getattr(request, "parent_id", None),
-        "root_id": getattr(request, "root_id", None),
+        "parent_id": _task_id_or_none(getattr(request, "parent_id", None)),
+        "root_id": _task_id_or_none(getattr(request, "root_id", None)),
         "retries": getattr(request, "retries", 0) or 0,
         "max_lines": config.max_lines,
     }
@@ -233,6 +233,11 @@ def _begin(config: ShimConfig, task: Any, task_id: str, args: Any, kwargs: Any) 
     cap.activate()
     fdcapture.begin(cap, config)
     return cap
+
+
+def _task_id_or_none(value: object) -> str | None:
+    # Message headers a client chose: they carry a task id within the format's bounds, or none.
+    return value if isinstance(value, str) and spool.task_id_problem(value) is None else None
 
 
 def _end(cap: TaskCapture, state: str, exc: BaseException | None, tb: str | None) -> None:

@@ -13,12 +13,14 @@ the record kind, ``t`` a Unix time in seconds:
 ``start`` (first record of a file)
     ``v`` format version (1), ``task_id`` (see `task_id_problem`: a task whose id is empty, holds
     NUL, is not valid Unicode or is longer than 1024 bytes is not spooled), ``name``,
-    ``host``, ``pid``, ``worker``, ``parent_id``, ``root_id``, ``retries``, ``max_lines``
+    ``host``, ``pid``, ``worker``, ``parent_id``, ``root_id`` (null when not a task id the
+    spool could carry), ``retries``, ``max_lines``
     (head+tail bound the collector applies), ``args``/``kwargs`` (only when
     ``TASKLOG_RECORD_ARGS`` is on).
 ``line``
     ``n`` per-run sequence number 1, 2, 3…, ``s`` stream (``stdout``, ``stderr``, ``log``),
-    ``m`` the text without its newline, ``l`` the level name for ``log`` lines.
+    ``m`` the text without its newline, ``l`` the level name for ``log`` lines (any text: a
+    custom logging level may be named anything).
 ``progress``
     ``p`` percent 0-100 or null, ``msg`` optional text, ``state`` optional Celery state.
 ``end`` (last record of a file)
@@ -97,7 +99,8 @@ def encode(record: dict[str, object]) -> bytes:
 def encode_line(seq: int, stream: str, text: str, level: str | None = None) -> bytes:
     # The hot path: one formatted string instead of building and dumping a dict; the time in
     # microseconds cut as text, which costs half of formatting a float.
-    lvl = "" if level is None else f',"l":"{level}"'
+    # The level name is text like any other: a custom level may be named anything.
+    lvl = "" if level is None else ',"l":' + _str(level)
     us = str(_time_ns() // 1000)
     return (
         f'{{"k":"line","n":{seq},"t":{us[:-6]}.{us[-6:]},"s":"{stream}"{lvl},"m":{_str(text)}}}\n'

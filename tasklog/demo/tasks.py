@@ -114,6 +114,16 @@ def retry_task(self) -> str:
     return "retried"
 
 
+@app.task(bind=True, name="demo.log_levels")
+def log_levels(self, names: list[str]) -> int:
+    """One `logging` line at each of the custom levels `names`, numbered from 51 up."""
+    log = logging.getLogger("demo.levels")
+    for number, name in enumerate(names, start=51):
+        logging.addLevelName(number, name)
+        log.log(number, "at level %d", number)
+    return len(names)
+
+
 # -- fd-level capture (tests/integration/test_fd_capture.py) -----------------------------------
 
 

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from capture_shim import spool
 
@@ -74,6 +76,21 @@ def test_spool_file_stays_in_its_directory(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["spool"]
 
 
+#: Custom logging level names that would rewrite the record if written unescaped.
+HOSTILE_LEVELS = [
+    'INFO", "kind": "end',
+    'INFO","k":"end","state":"SUCCESS',
+    'X"}\n{"k":"end","state":"SUCCESS","t":1}\n{"k":"line","n":9,"t":1,"s":"stdout","m":"',
+    "new\nline",
+    "cr\rlf",
+    "nul\x00",
+    "back\\slash\\",
+    "lone \udcff",
+    "ÉTAPE ✓",
+    "",
+]
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -90,7 +107,7 @@ def test_spool_file_stays_in_its_directory(tmp_path: Path) -> None:
         "line\u2028separator\u2029",
     ],
 )
-@pytest.mark.parametrize("level", [None, "WARNING"])
+@pytest.mark.parametrize("level", [None, "WARNING", *HOSTILE_LEVELS])
 def test_encode_line_round_trips_through_json(text: str, level: str | None) -> None:
     data = spool.encode_line(7, spool.STDERR, text, level)
     assert data.endswith(b"\n") and data.count(b"\n") == 1  # one record, one line
@@ -102,6 +119,23 @@ def test_encode_line_round_trips_through_json(text: str, level: str | None) -> N
     assert record["m"] == text
     assert isinstance(record["t"], float)
     assert record.get("l") == level
+
+
+@given(st.text(), st.text(), st.integers(1, 2**62))
+def test_no_level_name_or_text_makes_more_or_other_than_one_line_record(
+    level: str, text: str, seq: int
+) -> None:
+    data = spool.encode_line(seq, spool.LOG, text, level)
+    assert data.count(b"\n") == 1 and data.endswith(b"\n")
+    record = json.loads(data)
+    assert record == {
+        "k": spool.LINE,
+        "n": seq,
+        "t": record["t"],
+        "s": spool.LOG,
+        "l": level,
+        "m": text,
+    }
 
 
 def test_encode_keeps_unknown_objects_and_bad_unicode_visible() -> None:
