@@ -114,11 +114,29 @@ def test_daemons_are_notify_services_with_a_watchdog(name: str) -> None:
     assert unit["Restart"] == ["on-failure"]
 
 
+#: The user each service runs as; only the collector needs the static one (it owns the spool).
+SERVICE_USERS = {
+    "tasklog-collector.service": "tasklog",
+    "tasklog-api.service": "tasklog-api",
+    "tasklog-prune.service": "tasklog-prune",
+}
+#: The one settings file each service reads, and the example it is installed from.
+SERVICE_ENV = {
+    "tasklog-collector.service": ("/etc/tasklog/collector.env", "collector.env.example"),
+    "tasklog-api.service": ("/etc/tasklog/api.env", "api.env.example"),
+    "tasklog-prune.service": ("/etc/tasklog/prune.env", "prune.env.example"),
+}
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_services_are_hardened(name: str) -> None:
     unit = unit_settings(name)
-    assert unit["User"] == ["tasklog"] and unit["Group"] == ["tasklog"]
-    assert unit["EnvironmentFile"] == ["/etc/tasklog/tasklog.env"]
+    assert unit["User"] == [SERVICE_USERS[name]]
+    if name == "tasklog-collector.service":
+        assert unit["Group"] == ["tasklog"] and "DynamicUser" not in unit
+    else:
+        # A uid of its own: its environment (token, login) is not readable as tasklog.
+        assert unit["DynamicUser"] == ["yes"] and "Group" not in unit
     assert unit["CapabilityBoundingSet"] == [""]
     assert unit["ProtectSystem"] == ["strict"]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
@@ -127,6 +145,34 @@ def test_services_are_hardened(name: str) -> None:
     # Only the collector writes anywhere, and only to the spool.
     expected = [SPOOL] if name == "tasklog-collector.service" else []
     assert unit.get("ReadWritePaths", []) == expected
+
+
+def test_each_unit_reads_only_its_own_settings_file() -> None:
+    files = {name: unit_settings(name).get("EnvironmentFile", []) for name in SERVICES}
+    for name, (path, _example) in SERVICE_ENV.items():
+        assert files[name] == [path], name
+    assert len({f for paths in files.values() for f in paths}) == len(SERVICES), "none shared"
+    for name in SERVICES:
+        # Nothing secret passed on the command line or in Environment= (`systemctl show`
+        # prints both to any user).
+        unit = unit_settings(name)
+        assert not any("DATABASE_URL" in v or "API_TOKEN" in v for v in unit["Environment"])
+        assert "TASKLOG_" not in unit["ExecStart"][0]
+
+
+def test_daemons_have_memory_and_file_bounds() -> None:
+    for name in SERVICES:
+        unit = unit_settings(name)
+        assert re.fullmatch(r"\d+[MG]", unit["MemoryMax"][0]), name
+        assert int(unit["LimitNOFILE"][0]) >= 1024, name
+    # The API holds one socket per SSE client: above the 5,000 clients of the fan-out bench.
+    assert int(unit_settings("tasklog-api.service")["LimitNOFILE"][0]) > 5000
+
+
+def test_collector_lock_lives_in_a_private_runtime_directory() -> None:
+    unit = unit_settings("tasklog-collector.service")
+    assert unit["RuntimeDirectory"] == ["tasklog-collector"]
+    assert unit["RuntimeDirectoryMode"] == ["0700"]
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -143,7 +189,7 @@ def test_timer_triggers_prune_daily() -> None:
     assert timer["Persistent"] == ["true"]
 
 
-SCRATCH_UID = {"tasklog": 61000, "worker": 61001, "other": 61002}
+SCRATCH_UID = {"tasklog": 61000, "worker": 61001, "other": 61002, "worker2": 61003}
 
 
 @pytest.fixture
@@ -172,7 +218,7 @@ def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else
     spool = scratch_root / SPOOL.lstrip("/")
     st = spool.stat()
     assert (st.st_uid, st.st_gid) == (uid["tasklog"], uid["tasklog"])
-    assert stat.S_IMODE(st.st_mode) == 0o2770
+    assert stat.S_IMODE(st.st_mode) == 0o3770, oct(st.st_mode)
     for parent in spool.parents:
         if parent == scratch_root:
             break
@@ -208,7 +254,25 @@ def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else
     assert spooled.st_gid == uid["tasklog"], "setgid directory: the file joins group tasklog"
     assert stat.S_IMODE(spooled.st_mode) == 0o640, "the worker's umask 077 must not apply"
 
-    # The collector's user reads and deletes it.
+    # Another worker user of the same group cannot delete, rename or replace that file (the
+    # sticky bit), nor write into it; it still writes its own.
+    result = as_user("worker2", write.replace("t.jsonl", "u.jsonl"), [uid["tasklog"]])
+    assert result.returncode == 0, result.stderr
+    for attack in (
+        "os.unlink(os.path.join(sys.argv[1], 't.jsonl'))",
+        "os.rename(os.path.join(sys.argv[1], 't.jsonl'), os.path.join(sys.argv[1], 'x'))",
+        "os.rename(os.path.join(sys.argv[1], 'u.jsonl'), os.path.join(sys.argv[1], 't.jsonl'))",
+        "open(os.path.join(sys.argv[1], 't.jsonl'), 'a').write('forged')",
+    ):
+        result = as_user("worker2", f"import os, sys; {attack}", [uid["tasklog"]])
+        assert result.returncode != 0 and "PermissionError" in result.stderr, attack
+    assert (spool / "t.jsonl").read_text() == "{}\n"
+
+    # The collector's user reads and deletes it, and the other worker's.
+    result = as_user(
+        "tasklog", "import os, sys; os.unlink(os.path.join(sys.argv[1], 'u.jsonl'))", []
+    )
+    assert result.returncode == 0, result.stderr
     read_delete = (
         "import os, sys; p = os.path.join(sys.argv[1], 't.jsonl');"
         " assert open(p).read() == '{}\\n'; os.unlink(p)"
@@ -230,7 +294,9 @@ def test_sysusers_creates_the_tasklog_user_and_group(scratch_root: Path) -> None
     assert result.returncode == 0, result.stderr
     passwd = (scratch_root / "etc/passwd").read_text()
     group = (scratch_root / "etc/group").read_text()
-    assert re.search(r"^tasklog:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M), passwd
+    # Home /: no directory a worker can write (the spool is group-writable) is the service's
+    # home, where libpq and Python look for files of their own.
+    assert re.search(r"^tasklog:x:\d+:\d+:[^:]*:/:/usr/sbin/nologin$", passwd, re.M), passwd
     assert re.search(r"^tasklog:x:\d+:", group, re.M), group
 
 
@@ -272,58 +338,100 @@ def test_the_demo_worker_command_loads_the_demo_app() -> None:
     assert result.returncode == 0, result.stderr
 
 
-# --- settings: the env example names exactly the settings that exist ---------------------------
+# --- settings: one example per program, each naming exactly what its program reads -----------
+
+SECRETS = ("TASKLOG_DATABASE_URL", "TASKLOG_API_TOKEN")
 
 
-def known_settings() -> dict[str, str]:
-    """TASKLOG_* name -> which program reads it."""
+def program_settings() -> dict[str, set[str]]:
+    """Program -> the TASKLOG_* names it reads."""
     from capture_shim.config import ShimConfig
 
-    names = {f"TASKLOG_{f.name.upper()}": "shim" for f in dataclasses.fields(ShimConfig)}
+    shim = {f"TASKLOG_{f.name.upper()}" for f in dataclasses.fields(ShimConfig)}
+    # capture.py names the host by TASKLOG_HOST; the demo Celery app takes its broker from
+    # TASKLOG_REDIS_URL (tasklog/demo/app.py).
+    out = {"worker": shim | {"TASKLOG_HOST", "TASKLOG_REDIS_URL"}}
     for module, cls in (
         ("collector.settings", "CollectorSettings"),
         ("api.settings", "ApiSettings"),
     ):
         mod = pytest.importorskip(module, reason=f"{module} is not written yet")
-        for field in getattr(mod, cls).model_fields:
-            names.setdefault(f"TASKLOG_{field.upper()}", module.split(".")[0])
-    return names
+        out[module.split(".")[0]] = {
+            f"TASKLOG_{field.upper()}" for field in getattr(mod, cls).model_fields
+        }
+    return out
 
+
+#: Example file -> the program whose settings it holds (prune runs with the collector's).
+ENV_EXAMPLES = {
+    "worker.env.example": "worker",
+    "collector.env.example": "collector",
+    "api.env.example": "api",
+    "prune.env.example": "collector",
+}
 
 ENV_LINE = re.compile(r"^#?(TASKLOG_[A-Z0-9_]+)=(.*)$")
 
 
-def env_example() -> dict[str, str | None]:
+def env_example(name: str) -> dict[str, str | None]:
     """Name -> value for set lines, None for commented ones showing the default."""
     out: dict[str, str | None] = {}
-    for line in (DEPLOY / "tasklog.env.example").read_text().splitlines():
+    for line in (DEPLOY / name).read_text().splitlines():
         match = ENV_LINE.match(line)
         if match:
-            name, value = match.groups()
-            assert name not in out, f"{name} appears twice"
-            out[name] = None if line.startswith("#") else value
+            setting, value = match.groups()
+            assert setting not in out, f"{name}: {setting} appears twice"
+            out[setting] = None if line.startswith("#") else value
     return out
 
 
-def test_env_example_names_only_real_settings() -> None:
-    unknown = set(env_example()) - set(known_settings())
-    assert not unknown, f"tasklog.env.example names settings nothing reads: {sorted(unknown)}"
+def test_old_shared_env_file_is_gone() -> None:
+    assert not (DEPLOY / "tasklog.env.example").exists()
 
 
-def test_env_example_documents_every_setting() -> None:
-    missing = set(known_settings()) - set(env_example())
-    assert not missing, f"document these in deploy/tasklog.env.example: {sorted(missing)}"
+@pytest.mark.parametrize("example", sorted(ENV_EXAMPLES))
+def test_env_example_names_only_what_its_program_reads(example: str) -> None:
+    known = program_settings()[ENV_EXAMPLES[example]]
+    unknown = set(env_example(example)) - known
+    assert not unknown, f"{example} names settings its program does not read: {sorted(unknown)}"
 
 
-def test_env_example_values_validate(tmp_path: Path) -> None:
-    """`tasklog config` accepts the example's values for both programs."""
+@pytest.mark.parametrize(
+    "example", ["worker.env.example", "collector.env.example", "api.env.example"]
+)
+def test_env_example_documents_every_setting_of_its_program(example: str) -> None:
+    wanted = program_settings()[ENV_EXAMPLES[example]]
+    missing = wanted - set(env_example(example))
+    assert not missing, f"document these in deploy/{example}: {sorted(missing)}"
+
+
+def test_secrets_are_only_in_their_services_files() -> None:
+    worker = env_example("worker.env.example")
+    assert not set(SECRETS) & set(worker), "a task can read its worker's environment"
+    holders = {name for name in ENV_EXAMPLES if "TASKLOG_API_TOKEN" in env_example(name)}
+    assert holders == {"api.env.example"}
+    for name, (path, example) in SERVICE_ENV.items():
+        assert f"/etc/tasklog/{example.removesuffix('.example')}" == path, name
+        text = (DEPLOY / example).read_text()
+        assert "mode 0600" in text and "root:root" in text, f"{example} says who may read it"
+
+
+@pytest.mark.parametrize(
+    ("example", "component"),
+    [
+        ("collector.env.example", "collector"),
+        ("prune.env.example", "collector"),
+        ("api.env.example", "api"),
+    ],
+)
+def test_env_example_values_validate(example: str, component: str, tmp_path: Path) -> None:
+    """`tasklog config` accepts the example's values for its program."""
     tasklog_commands()  # skips while the CLI is missing
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
-    env.update({k: v for k, v in env_example().items() if v is not None})
-    for component in ("collector", "api"):
-        result = run(sys.executable, "-m", "tasklog", "config", component, cwd=tmp_path, env=env)
-        assert result.returncode == 0, result.stderr
-        assert "tasklog:tasklog@" not in result.stdout, "the database password must be masked"
+    env.update({k: v for k, v in env_example(example).items() if v is not None})
+    result = run(sys.executable, "-m", "tasklog", "config", component, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "tasklog:tasklog@" not in result.stdout, "the database password must be masked"
 
 
 # --- docker compose ----------------------------------------------------------------------------
@@ -370,19 +478,110 @@ def test_compose_commands_are_real(compose: dict[str, Any]) -> None:
             assert_tasklog_command(command)
         elif entrypoint == ["celery"]:
             assert command[:3] == ["-A", "tasklog.demo.app", "worker"], name
+        elif entrypoint[0] == "install":
+            assert entrypoint[:2] == ["install", "-d"] and command == [SPOOL], name
         else:
             assert entrypoint == ["sh", "-c"], name
             assert "celery -A tasklog.demo.app call" in command[0], name
 
 
-def test_compose_env_comes_from_the_example(compose: dict[str, Any]) -> None:
-    known = set(known_settings())
+def compose_role(service: dict[str, Any]) -> str | None:
+    """Which program a service of the tasklog image runs: worker, collector, api or None."""
+    entrypoint = service.get("entrypoint")
+    if entrypoint == ["celery"] or (
+        entrypoint == ["sh", "-c"] and "celery" in service["command"][0]
+    ):
+        return "worker"  # the demo worker, and `launch`, which sends tasks as a client would
+    if entrypoint is None:
+        return {"collector": "collector", "migrate": "collector", "api": "api"}[
+            service["command"][0]
+        ]
+    return None  # the one-shot spool set-up: no settings at all
+
+
+def test_compose_env_comes_from_each_services_own_example(compose: dict[str, Any]) -> None:
+    programs = program_settings()
     for name, service in compose["services"].items():
         if not uses_tasklog_image(service):
             continue
-        assert service["env_file"] == "tasklog.env.example", name
-        unknown = set(service.get("environment", {})) - known
+        role = compose_role(service)
+        if role is None:
+            assert "env_file" not in service and "environment" not in service, name
+            continue
+        assert service["env_file"] == f"{role}.env.example", name
+        unknown = set(service.get("environment", {})) - programs[role]
         assert not unknown, f"{name}: {sorted(unknown)}"
+
+
+def compose_environment(compose: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Service -> the environment it gets: `docker-compose config` when it runs here (it merges
+    env_file and environment as compose does), else the same merge done here."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
+    cli = compose_cli()
+    if cli is not None:
+        result = run(*cli, "-f", str(DEPLOY / "docker-compose.yml"), "config")
+        assert result.returncode == 0, result.stderr
+        resolved = yaml.safe_load(result.stdout)["services"]
+        return {name: dict(svc.get("environment") or {}) for name, svc in resolved.items()}
+    out = {}
+    for name, service in compose["services"].items():
+        env = {}
+        if "env_file" in service:
+            env = {k: v for k, v in env_example(service["env_file"]).items() if v is not None}
+        out[name] = {**env, **(service.get("environment") or {})}
+    return out
+
+
+def test_no_worker_in_compose_sees_the_database_login_or_the_token(
+    compose: dict[str, Any],
+) -> None:
+    environments = compose_environment(compose)
+    workers = [
+        n
+        for n, s in compose["services"].items()
+        if uses_tasklog_image(s) and compose_role(s) == "worker"
+    ]
+    assert {"worker-a", "worker-b", "launch"} <= set(workers)
+    for name in workers:
+        seen = set(SECRETS) & set(environments[name])
+        assert not seen, f"{name} (and every task it runs) sees {sorted(seen)}"
+    for name, env in environments.items():
+        if "TASKLOG_API_TOKEN" in env:
+            assert name == "api", name
+        if "TASKLOG_DATABASE_URL" in env:
+            assert compose_role(compose["services"][name]) in ("collector", "api"), name
+
+
+def test_compose_workers_run_as_another_uid_than_their_collector(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        if service.get("command") != ["collector"]:
+            continue
+        worker = services[service["pid"].removeprefix("service:")]
+        # The image's USER is tasklog (10001); the worker shares the collector's pid namespace.
+        assert worker["user"].split(":")[0] not in ("10001", "tasklog", "0", "root"), name
+        assert worker["user"].split(":")[1] == "10001", "the worker writes as group tasklog"
+        assert "user" not in service, name
+
+
+def test_compose_spool_volumes_get_the_sticky_bit(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        if service.get("entrypoint") != ["celery"]:
+            continue
+        (spool,) = [v for v in service["volumes"] if v.endswith(f":{SPOOL}")]
+        (init,) = [
+            n
+            for n, s in services.items()
+            if uses_tasklog_image(s) and compose_role(s) is None and spool in s.get("volumes", [])
+        ]
+        setup = services[init]
+        argv = setup["entrypoint"] + setup["command"]
+        assert argv[:2] == ["install", "-d"] and argv[-1] == SPOOL, (name, argv)
+        assert argv[argv.index("-m") + 1] == "3770", argv
+        assert argv[argv.index("-o") + 1] == "tasklog" and argv[argv.index("-g") + 1] == "tasklog"
+        assert setup["cap_drop"] == ["ALL"]
+        assert service["depends_on"][init]["condition"] == "service_completed_successfully"
 
 
 def test_compose_has_two_worker_hosts_each_with_its_collector(compose: dict[str, Any]) -> None:
@@ -412,7 +611,7 @@ def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> No
     for name, service in services.items():
         for dep in service.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown {dep}"
-        if uses_tasklog_image(service) and name != "migrate":
+        if uses_tasklog_image(service) and name != "migrate" and compose_role(service):
             deps = service["depends_on"]
             condition = deps.get("migrate", {}).get("condition")
             assert condition == "service_completed_successfully" or name == "launch", name
