@@ -11,9 +11,10 @@ from importlib import resources
 
 from aiohttp import web
 
-from api import auth, keys, metrics, routes, search, sse, views
+from api import auth, keys, metrics, openapi, routes, search, sse, views
 from api.hub import Hub
 from api.launch import Launcher
+from api.models import Error
 from api.pages import Pages
 from api.queries import Store
 from api.settings import ApiSettings
@@ -63,7 +64,7 @@ async def json_errors(request: web.Request, handler: auth.Handler) -> web.Stream
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message, "status": status}, status=status)
+    return routes.respond(Error(error=message, status=status), status)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -121,7 +122,7 @@ def create_app(settings: ApiSettings) -> web.Application:
     r.add_get(PREFIX + "/api/search/", search.search_lines)
     r.add_post(PREFIX + "/api/launch/", routes.launch)
     r.add_get(PREFIX + "/api/diagnostic/", routes.diagnostic)
-    r.add_get(PREFIX + "/api/openapi.json", routes.openapi_doc)
+    r.add_get(PREFIX + "/api/openapi.json", openapi.serve)
     r.add_get(PREFIX + "/sse/task/{task_id}/", sse.task_stream)
     r.add_get(PREFIX + "/sse/tasks/", sse.tasks_stream)
     r.add_get(PREFIX + "/sse/test/", sse.test_stream)

@@ -1,167 +1,339 @@
-"""The OpenAPI 3.1 document of the JSON routes (``/tasklog/api/openapi.json``)."""
+"""The OpenAPI 3.1 document (``/tasklog/api/openapi.json``), generated from `api.models`.
+
+`OPERATIONS` names each route of the API with its parameters and the model of each answer;
+the schemas come from pydantic (``model_json_schema`` with ``#/components/schemas/`` refs), so
+the document says what the routes send. HTML pages are not part of it. A new route adds its
+row here (see `api.models` for the whole recipe); tests/integration/test_contract.py fails
+while a route of the router under ``/api/``, ``/sse/``, ``/healthz`` or ``/metrics`` has none.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from api.launch import DEMO_TASKS
+from aiohttp import web
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
+
+from api import auth, keys, models, params, routes
 from tasklog.core import __version__
-from tasklog.core.constants import ALL_STATES
 
-_TASK = {
-    "type": "object",
-    "properties": {
-        "task_id": {"type": "string"},
-        "task_name": {"type": ["string", "null"]},
-        "status": {"type": "string", "enum": sorted(ALL_STATES)},
-        "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-        "progress_message": {"type": ["string", "null"]},
-        "host": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "started_at": {"type": ["string", "null"], "format": "date-time"},
-        "completed_at": {"type": ["string", "null"], "format": "date-time"},
-        "runtime": {"type": ["number", "null"]},
-        "exc_type": {"type": ["string", "null"]},
-        "exc_message": {"type": ["string", "null"]},
-        "line_count": {"type": "integer"},
-        "last_seq": {"type": "integer"},
-        "finished": {"type": "boolean"},
-    },
-    "required": ["task_id", "task_name", "status", "progress", "started_at", "completed_at"],
-}
-_LINE = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "integer", "description": "the line's seq within its task"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "stream": {"type": "string", "enum": ["stdout", "stderr", "log", "marker"]},
-        "level": {"type": ["string", "null"]},
-        "message": {"type": "string"},
-    },
-}
-_LAUNCH = {
-    "type": "object",
-    "properties": {
-        "task": {"type": "string", "enum": sorted(DEMO_TASKS)},
-        "kwargs": {"type": "object", "description": "the task's keyword arguments"},
-    },
-    "required": ["task"],
-}
-_ERROR = {
-    "description": "bad input",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-}
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
 
 
-def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "schema": schema, "description": description}
+@dataclass(frozen=True)
+class Param:
+    """A query, path or header parameter: its type (a pydantic-validatable annotation)."""
+
+    name: str
+    kind: Any
+    description: str
+    where: Literal["query", "path", "header"] = "query"
+
+    def schema(self) -> JsonSchemaValue:
+        return TypeAdapter(self.kind).json_schema()
 
 
-def _json(ref: str) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+@dataclass(frozen=True)
+class Text:
+    """A non-JSON answer."""
+
+    media_type: str
+    description: str
 
 
+@dataclass(frozen=True)
+class Events:
+    """An SSE stream: each event's ``data:`` is one JSON object of `adapter`'s union."""
+
+    adapter: TypeAdapter[Any]
+    description: str
+
+
+Answer = type[BaseModel] | Text | Events
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: Literal["get", "post"]
+    path: str  # below the prefix
+    summary: str
+    responses: dict[int, Answer]
+    parameters: tuple[Param, ...] = ()
+    body: type[BaseModel] | None = None
+    public: bool = False
+
+
+TASK_ID = Param(
+    "task_id",
+    Annotated[str, Field(min_length=1, max_length=params.MAX_TASK_ID)],
+    "Celery task id",
+    where="path",
+)
+AFTER_SEQ = Param(
+    "after_seq",
+    Annotated[int, Field(ge=0, le=params.MAX_SEQ)],
+    "Only lines after this seq (the last one seen)",
+)
+LAST_EVENT_ID = Param(
+    "Last-Event-ID",
+    Annotated[int, Field(ge=0, le=params.MAX_SEQ)],
+    "Sent by a browser resuming the stream: the seq of the last line it got; wins over `after_seq`",
+    where="header",
+)
+TEXT = Annotated[str, Field(max_length=params.MAX_TEXT)]
+
+#: Statuses most routes share; route-specific ones are added per operation.
+BAD = {400: models.Error}
+GUARDED = {401: models.Error}
+STORE = {503: models.Error}
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/api/tasks/",
+        "Recent tasks, newest first, a page at a time (follow `next`)",
+        {200: models.TaskList, **BAD, **GUARDED, **STORE},
+        (
+            Param(
+                "state",
+                list[models.KnownState],
+                "Only tasks in these states (comma-separated; any case)",
+            ),
+            Param("name", TEXT, "Only tasks of this name"),
+            Param("host", TEXT, "Only tasks run on this host"),
+            Param("since", models.Timestamp, "Only tasks created at or after this time"),
+            Param(
+                "limit",
+                Annotated[int, Field(ge=1, le=routes.TASKS_MAX)],
+                f"Page size (default {routes.TASKS_DEFAULT})",
+            ),
+            Param("cursor", str, "Where the page starts: from a `next` link, as it is"),
+        ),
+    ),
+    Operation(
+        "get",
+        "/api/tasks/{task_id}/",
+        "One task, with its lines after `after_seq` (follow `next` for more)",
+        {200: models.TaskDetail, 404: models.Error, **BAD, **GUARDED, **STORE},
+        (
+            TASK_ID,
+            AFTER_SEQ,
+            Param(
+                "limit",
+                Annotated[int, Field(ge=1, le=routes.LINES_MAX)],
+                f"Lines per page (default {routes.LINES_DEFAULT})",
+            ),
+        ),
+    ),
+    Operation(
+        "get",
+        "/api/tasks/{task_id}/raw",
+        "The task's whole log as text, one line per line: `<timestamp> [<level or stream>]"
+        " <message>`",
+        {
+            200: Text("text/plain", "The whole log, as a download"),
+            404: models.Error,
+            **BAD,
+            **GUARDED,
+            **STORE,
+        },
+        (TASK_ID,),
+    ),
+    Operation(
+        "post",
+        "/api/launch/",
+        "Send a demo task to the broker (when TASKLOG_API_DEMO_LAUNCH and a broker are set)",
+        {
+            202: models.Launched,
+            403: models.Error,
+            404: models.Error,
+            **BAD,
+            **GUARDED,
+            503: models.Error,
+        },
+        body=models.LaunchRequest,
+    ),
+    Operation(
+        "get",
+        "/api/diagnostic/",
+        "What the diagnostic page shows: health, collectors, this process, versions, settings",
+        {200: models.Diagnostic, **GUARDED},
+    ),
+    Operation(
+        "get",
+        "/api/openapi.json",
+        "This document",
+        {200: Text(JSON, "The OpenAPI 3.1 document of the API")},
+    ),
+    Operation(
+        "get",
+        "/sse/task/{task_id}/",
+        "Follow a task: its stored lines after `after_seq`, then live ones, then `end`",
+        {
+            200: Events(
+                models.task_stream_events,
+                "Server-sent events: `connected`, `new_log` (its `id:` is the seq), `status`,"
+                " and `end` once the task finished and every line was sent",
+            ),
+            **BAD,
+            **GUARDED,
+            **STORE,
+        },
+        (TASK_ID, AFTER_SEQ, LAST_EVENT_ID),
+    ),
+    Operation(
+        "get",
+        "/sse/tasks/",
+        "Follow every task's changes (for the task list); never ends",
+        {
+            200: Events(models.tasks_stream_events, "Server-sent events: `connected`, `status`"),
+            **BAD,
+            **GUARDED,
+            **STORE,
+        },
+        (Param("since", models.Timestamp, "Send the changes since this time first"),),
+    ),
+    Operation(
+        "get",
+        "/sse/test/",
+        "A test stream: a counter, then `end`",
+        {
+            200: Events(models.test_stream_events, "Server-sent events: `connected`, `test`"),
+            **BAD,
+            **GUARDED,
+        },
+        (
+            Param("count", Annotated[int, Field(ge=1, le=1000)], "Events to send (default 10)"),
+            Param(
+                "interval_ms",
+                Annotated[int, Field(ge=10, le=60_000)],
+                "Milliseconds between events (default 1000)",
+            ),
+        ),
+    ),
+    Operation(
+        "get",
+        "/healthz",
+        "Liveness, and whether Postgres and Redis answer (no token needed)",
+        {200: models.Health},
+        public=True,
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "Prometheus metrics of this process",
+        {200: Text("text/plain", "Prometheus text exposition format"), **GUARDED},
+    ),
+)
+
+
+def _components(operations: tuple[Operation, ...]) -> tuple[dict[str, Any], dict[Events, Any]]:
+    """Every model's schema under its name, and each event union's inline schema."""
+    answers = {a for op in operations for a in op.responses.values() if isinstance(a, type)}
+    bodies = {op.body for op in operations if op.body is not None}
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "serialization") for m in answers | set(models.EVENTS)),
+        *((m, "validation") for m in bodies),  # what a client sends
+    ]
+    _, top = models_json_schema(sorted(pairs, key=lambda p: p[0].__name__), ref_template=REF)
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    streams: dict[Events, Any] = {}
+    for op in operations:
+        for answer in op.responses.values():
+            if isinstance(answer, Events) and answer not in streams:
+                union = answer.adapter.json_schema(ref_template=REF, mode="serialization")
+                for name, schema in union.pop("$defs", {}).items():
+                    assert schemas.get(name, schema) == schema, f"two schemas named {name}"
+                    schemas[name] = schema
+                streams[answer] = union
+    return schemas, streams
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _response(answer: Answer, streams: dict[Events, Any]) -> dict[str, Any]:
+    if isinstance(answer, Text):
+        return {
+            "description": answer.description,
+            "content": {answer.media_type: {"schema": {"type": "string"}}},
+        }
+    if isinstance(answer, Events):
+        return {
+            "description": answer.description,
+            "content": {"text/event-stream": {"schema": streams[answer]}},
+        }
+    description = (answer.__doc__ or answer.__name__).strip().splitlines()[0]
+    return {"description": description, "content": {JSON: {"schema": _ref(answer)}}}
+
+
+def _parameter(param: Param) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": param.name,
+        "in": param.where,
+        "description": param.description,
+        "required": param.where == "path",
+        "schema": param.schema(),
+    }
+    if out["schema"].get("type") == "array":
+        out["style"], out["explode"] = "form", False  # state=STARTED,FAILURE
+    return out
+
+
+@cache
 def document(prefix: str) -> dict[str, Any]:
-    task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    sse = {"200": {"description": "text/event-stream"}, "400": _ERROR}
+    """The document of the routes under `prefix` (``/tasklog``)."""
+    schemas, streams = _components(OPERATIONS)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        item: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_')}".replace(
+                "{", ""
+            ).replace("}", ""),
+            "responses": {
+                str(status): _response(answer, streams)
+                for status, answer in sorted(op.responses.items())
+            },
+        }
+        if op.parameters:
+            item["parameters"] = [_parameter(p) for p in op.parameters]
+        if op.body is not None:
+            item["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.body)}}}
+        if op.public:
+            item["security"] = []
+        paths.setdefault(prefix + op.path, {})[op.method] = item
     return {
         "openapi": "3.1.0",
-        "info": {"title": "celery-tasklog", "version": __version__},
+        "info": {
+            "title": "celery-tasklog",
+            "version": __version__,
+            "description": "Per-task stdout/stderr of Celery tasks, stored in Postgres and"
+            " streamed live. Every error is `{error, status}` JSON.",
+        },
         "components": {
-            "schemas": {
-                "Task": _TASK,
-                "Line": _LINE,
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-                "TaskList": {
-                    "type": "object",
-                    "properties": {
-                        "results": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/Task"},
-                        },
-                        "next": {"type": ["string", "null"], "format": "uri"},
-                    },
-                },
-                "TaskDetail": {
-                    "allOf": [{"$ref": "#/components/schemas/Task"}],
-                    "properties": {
-                        "logs": {"type": "array", "items": {"$ref": "#/components/schemas/Line"}},
-                        "log_count": {"type": "integer"},
-                        "traceback": {"type": ["string", "null"]},
-                        "next": {"type": ["string", "null"], "format": "uri"},
-                    },
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "TASKLOG_API_TOKEN"},
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": auth.COOKIE,
+                    "description": "Set by the login page",
                 },
             },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        "security": [{"bearer": []}],
-        "paths": {
-            f"{prefix}/api/tasks/": {
-                "get": {
-                    "summary": "Recent tasks, newest first",
-                    "parameters": [
-                        _q("state", {"type": "string"}, "Celery state(s), comma-separated"),
-                        _q("name", {"type": "string"}, "task name"),
-                        _q("host", {"type": "string"}, "worker host"),
-                        _q("since", {"type": "string", "format": "date-time"}, "created since"),
-                        _q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
-                        _q("cursor", {"type": "string"}, "from a `next` link"),
-                    ],
-                    "responses": {"200": _json("TaskList"), "400": _ERROR},
-                }
-            },
-            f"{prefix}/api/tasks/{{task_id}}/": {
-                "get": {
-                    "summary": "One task with its lines after `after_seq`",
-                    "parameters": [
-                        task_id,
-                        _q("after_seq", {"type": "integer", "minimum": 0}, "last seq seen"),
-                        _q("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "lines"),
-                    ],
-                    "responses": {"200": _json("TaskDetail"), "400": _ERROR, "404": _ERROR},
-                }
-            },
-            f"{prefix}/api/tasks/{{task_id}}/raw": {
-                "get": {
-                    "summary": "The task's whole log as plain text",
-                    "parameters": [task_id],
-                    "responses": {"200": {"description": "text/plain"}, "404": _ERROR},
-                }
-            },
-            f"{prefix}/sse/task/{{task_id}}/": {
-                "get": {
-                    "summary": "Live lines (SSE, `id:` = seq): connected, new_log, status, end",
-                    "parameters": [
-                        task_id,
-                        _q("after_seq", {"type": "integer", "minimum": 0}, "or Last-Event-ID"),
-                    ],
-                    "responses": sse,
-                }
-            },
-            f"{prefix}/sse/tasks/": {
-                "get": {"summary": "Live task changes (SSE status events)", "responses": sse}
-            },
-            f"{prefix}/sse/test/": {"get": {"summary": "A test stream", "responses": sse}},
-            f"{prefix}/api/launch/": {
-                "post": {
-                    "summary": "Launch a demo task: {task, kwargs}",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _LAUNCH}},
-                    },
-                    "responses": {
-                        "202": {"description": "task_id and page url"},
-                        "400": _ERROR,
-                        "403": _ERROR,
-                        "404": _ERROR,
-                        "503": _ERROR,
-                    },
-                }
-            },
-            f"{prefix}/api/diagnostic/": {"get": {"summary": "Diagnostics", "responses": {}}},
-            f"{prefix}/healthz": {
-                "get": {"summary": "Liveness and reachability", "security": [], "responses": {}}
-            },
-            f"{prefix}/metrics": {"get": {"summary": "Prometheus text", "responses": {}}},
-        },
+        # Either one; neither is needed when the API runs without TASKLOG_API_TOKEN.
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": paths,
     }
+
+
+async def serve(request: web.Request) -> web.Response:
+    """``GET /tasklog/api/openapi.json``."""
+    return web.json_response(document(request.app[keys.PAGES].prefix))

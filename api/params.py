@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
+from api.models import Error
 from tasklog.core.constants import ALL_STATES
 
 MAX_TASK_ID = 255
@@ -19,9 +20,9 @@ MAX_SEQ = 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def error(status: type[web.HTTPError], message: str, **extra: object) -> NoReturn:
-    """Raise an HTTP error whose body is ``{"error": message, ...}``."""
-    body = json.dumps({"error": message, "status": status.status_code, **extra})
+def error(status: type[web.HTTPError], message: str) -> NoReturn:
+    """Raise an HTTP error whose body is `api.models.Error`: ``{"error": message, "status"}``."""
+    body = Error(error=message, status=status.status_code).model_dump_json()
     raise status(text=body, content_type="application/json")
 
 

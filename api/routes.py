@@ -1,4 +1,8 @@
-"""The JSON routes: task list and detail, raw log, demo launch, health, metrics, OpenAPI."""
+"""The JSON routes: task list and detail, raw log, demo launch, health, metrics.
+
+Every JSON answer is a model of `api.models` sent by `respond`: the OpenAPI document
+(`api.openapi`) is generated from the same models.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,23 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys, metrics, openapi, params, wire
+from api import keys, metrics, params
 from api.launch import DEMO_TASKS, check_kwargs
+from api.models import (
+    ApiProcess,
+    CollectorReport,
+    Contract,
+    Diagnostic,
+    Health,
+    Launched,
+    Line,
+    PostgresDown,
+    PostgresUp,
+    RedisHealth,
+    Task,
+    TaskDetail,
+    TaskList,
+)
 from api.queries import TaskFilter
 from tasklog.core import __version__
 from tasklog.core.errors import StoreUnavailable
@@ -33,6 +52,16 @@ def task_filter(request: web.Request) -> TaskFilter:
     )
 
 
+def respond(model: Contract, status: int = 200) -> web.Response:
+    """A JSON answer, serialized by its model of the contract (`api.models`)."""
+    return web.Response(
+        body=model.model_dump_json().encode(),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
 async def list_tasks(request: web.Request) -> web.Response:
     """``GET /tasklog/api/tasks/``: newest first, keyset-paged with a ``next`` link."""
     limit = params.integer(request, "limit", TASKS_DEFAULT, 1, TASKS_MAX)
@@ -44,9 +73,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         last = rows[-1]
         cursor = params.encode_cursor(last["created_at"], last["task_id"])
         next_url = str(request.url.update_query(cursor=cursor))
-    return web.json_response(
-        {"results": [wire.task_json(row) for row in rows], "next": next_url}, dumps=wire.dumps
-    )
+    return respond(TaskList(results=[Task.from_row(row) for row in rows], next=next_url))
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -63,14 +90,16 @@ async def get_task(request: web.Request) -> web.Response:
     if len(lines) > limit:
         lines = lines[:limit]
         next_url = str(request.url.update_query(after_seq=lines[-1]["seq"]))
-    out = wire.task_json(row)
-    out["logs"] = [
-        {k: v for k, v in wire.line_json(line, task_id).items() if k not in ("type", "task_id")}
-        for line in lines
-    ]
-    out["log_count"] = row["line_count"]
-    out["next"] = next_url
-    return web.json_response(out, dumps=wire.dumps)
+    return respond(
+        TaskDetail.from_row(
+            {
+                **row,
+                "logs": [Line.from_row(line) for line in lines],
+                "log_count": row["line_count"],
+                "next": next_url,
+            }
+        )
+    )
 
 
 async def raw_log(request: web.Request) -> web.StreamResponse:
@@ -132,56 +161,61 @@ async def launch(request: web.Request) -> web.Response:
         log.warning("could not launch %s: %s", name, exc)
         params.error(web.HTTPServiceUnavailable, f"the broker refused the task: {exc}")
     prefix = request.app[keys.PAGES].prefix
-    return web.json_response(
-        {"task_id": task_id, "task_name": name, "url": f"{prefix}/task/{task_id}/"}, status=202
+    return respond(
+        Launched(task_id=task_id, task_name=name, url=f"{prefix}/task/{task_id}/"), status=202
     )
 
 
 async def health(request: web.Request) -> web.Response:
     """``GET /tasklog/healthz``: the process is up; Postgres and Redis reachability."""
-    report = await check(request.app)
-    return web.json_response(report)
+    return respond(await check(request.app))
 
 
-async def check(app: web.Application) -> dict[str, Any]:
+async def check(app: web.Application) -> Health:
     store, hub = app[keys.STORE], app[keys.HUB]
-    pg: dict[str, Any]
+    pg: PostgresUp | PostgresDown
     try:
         async with asyncio.timeout(3):
             info = await store.server_info()
         assert info is not None
-        pg = {"ok": True, "version": info["version"], "schema_version": info["schema_version"]}
+        pg = PostgresUp(ok=True, version=info["version"], schema_version=info["schema_version"])
     except (StoreUnavailable, TimeoutError) as exc:
-        pg = {"ok": False, "error": str(exc) or "timed out"}
-    redis: dict[str, Any] = {"configured": hub.configured, "subscribed": hub.live}
-    if hub.configured:
-        redis.update(await hub.ping())
-    ok = pg["ok"] and (not hub.configured or redis["ok"])
-    return {"status": "ok" if ok else "degraded", "postgres": pg, "redis": redis}
+        pg = PostgresDown(ok=False, error=str(exc) or "timed out")
+    ping: dict[str, Any] = await hub.ping() if hub.configured else {}
+    redis = RedisHealth(
+        configured=hub.configured,
+        subscribed=hub.live,
+        ok=ping.get("ok"),
+        version=ping.get("version"),
+        error=ping.get("error"),
+    )
+    ok = pg.ok and (not hub.configured or redis.ok is True)
+    return Health(status="ok" if ok else "degraded", postgres=pg, redis=redis)
 
 
 async def diagnostic(request: web.Request) -> web.Response:
     """``GET /tasklog/api/diagnostic/``: what the diagnostic page shows."""
-    return web.json_response(await diagnose(request.app), dumps=wire.dumps)
+    return respond(await diagnose(request.app))
 
 
-async def diagnose(app: web.Application) -> dict[str, Any]:
-    report = await check(app)
+async def diagnose(app: web.Application) -> Diagnostic:
+    collectors: list[CollectorReport] | None
     try:
-        report["collectors"] = [
-            {k: wire._iso(v) for k, v in row.items()} for row in await app[keys.STORE].collectors()
-        ]
+        collectors = [CollectorReport(**row) for row in await app[keys.STORE].collectors()]
     except StoreUnavailable:
-        report["collectors"] = None
+        collectors = None
     hub = app[keys.HUB]
-    report["api"] = {
-        "sse_clients": hub.clients(),
-        "redis_reconnects": hub.reconnects,
-        "redis_last_error": hub.last_error,
-    }
-    report["versions"] = versions()
-    report["settings"] = app[keys.SETTINGS].masked()
-    return report
+    return Diagnostic(
+        **dict(await check(app)),
+        collectors=collectors,
+        api=ApiProcess(
+            sse_clients=hub.clients(),
+            redis_reconnects=hub.reconnects,
+            redis_last_error=hub.last_error,
+        ),
+        versions=versions(),
+        settings=app[keys.SETTINGS].masked(),
+    )
 
 
 def versions() -> dict[str, str]:
@@ -199,7 +233,3 @@ async def metrics_text(request: web.Request) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
-
-
-async def openapi_doc(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document(request.app[keys.PAGES].prefix))

@@ -32,7 +32,7 @@ async def task_view(request: web.Request) -> web.Response:
 
 
 async def diagnostic_page(request: web.Request) -> web.Response:
-    report = await routes.diagnose(request.app)
+    report = (await routes.diagnose(request.app)).model_dump(mode="json")
     return request.app[keys.PAGES].render(
         request, "diagnostic.html", report=report, title="Diagnostic"
     )

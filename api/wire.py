@@ -1,9 +1,9 @@
-"""The JSON the API speaks, compatible with the guide's original implementation.
+"""The SSE events as plain dicts, for the hot path, and the pages' view of a task.
 
-A task carries ``task_id``, ``task_name``, ``status`` (a Celery state name), ``started_at``,
-``completed_at`` (ISO 8601) and ``progress`` (0-100 or null), as the collector's messages on
-the tasks channel do; a line is ``{"id": seq, "timestamp", "stream", "message"}``; each SSE
-``data:`` is one object with a ``type``: ``connected``, ``new_log``, ``status``, ``end``.
+The contract is `api.models` (``NewLog``, ``StatusEvent``...); these functions build the same
+objects without validating them, because a live line is framed once for every follower and
+a relayed collector message passes through as it is. tests/unit/test_contract.py proves each
+equals its model; tests/integration/test_contract.py checks real streams against the document.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from api.models import task_fields
 from tasklog.core.constants import FINISHED_STATES
 
 Json = dict[str, Any]
@@ -30,11 +31,8 @@ def _iso(value: Any) -> Any:
 
 
 def task_json(row: dict[str, Any]) -> Json:
-    """A `tasks` row as the API shows it (``state`` is called ``status`` on the wire)."""
-    out = {key: _iso(value) for key, value in row.items() if key != "state"}
-    out["status"] = row["state"]
-    out["finished"] = row["state"] in FINISHED_STATES
-    return out
+    """A `tasks` row as `api.models.Task` shows it, as a dict (pages, status events)."""
+    return {key: _iso(value) for key, value in task_fields(row).items()}
 
 
 def line_json(row: dict[str, Any], task_id: str) -> Json:
