@@ -171,6 +171,32 @@ class TaskDetail(Task):
     )
 
 
+class SearchMatch(Contract):
+    """A stored line that matches a search (`tasklog grep --json` prints the same objects)."""
+
+    task_id: str = Field(description="The task that printed the line")
+    task_name: str | None = Field(description="Its registered name")
+    seq: int = Field(ge=1, description="The line's seq within its task")
+    stream: StreamName = Field(description="stdout, stderr, log or marker")
+    level: str | None = Field(description="Log level of a `log` line, else null")
+    timestamp: Timestamp = Field(description="When the task printed the line")
+    message: str = Field(description="The line's text; may hold ANSI codes")
+    match: tuple[int, int] | None = Field(
+        description="First matched span of `message` in characters, [start, end); null when"
+        " it cannot be placed"
+    )
+
+
+class SearchResults(Contract):
+    """A page of matching lines, newest first."""
+
+    results: list[SearchMatch] = Field(description="Matches of this page, newest first")
+    next: str | None = Field(
+        json_schema_extra={"format": "uri"},
+        description="Absolute URL of the next page (same search), or null on the last page",
+    )
+
+
 # -- errors, launch ------------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
 
-from api import auth, keys, models, params, routes
+from api import auth, keys, models, params, routes, search
+from api.find import MAX_PATTERN
 from tasklog.core import __version__
 
 REF = "#/components/schemas/{model}"
@@ -32,6 +33,7 @@ class Param:
     kind: Any
     description: str
     where: Literal["query", "path", "header"] = "query"
+    required: bool = False
 
     def schema(self) -> JsonSchemaValue:
         return TypeAdapter(self.kind).json_schema()
@@ -142,6 +144,37 @@ OPERATIONS: tuple[Operation, ...] = (
             **STORE,
         },
         (TASK_ID,),
+    ),
+    Operation(
+        "get",
+        "/api/search/",
+        "Stored lines matching a text (or a regex), newest first, a page at a time",
+        {200: models.SearchResults, **BAD, **GUARDED, **STORE},
+        (
+            Param(
+                "q",
+                Annotated[str, Field(min_length=1, max_length=MAX_PATTERN)],
+                "The text to find (any case), or with `regex` a POSIX regular expression",
+                required=True,
+            ),
+            Param("regex", bool, "Whether `q` is a regular expression (1, true, yes, on)"),
+            Param(
+                "state",
+                list[models.KnownState],
+                "Only lines of tasks in these states (comma-separated; any case)",
+            ),
+            Param("name", TEXT, "Only lines of tasks of this name"),
+            Param("host", TEXT, "Only lines of tasks run on this host"),
+            Param("stream", list[models.StreamName], "Only lines of these streams"),
+            Param("since", models.Timestamp, "Only lines printed at or after this time"),
+            Param("until", models.Timestamp, "Only lines printed before this time"),
+            Param(
+                "limit",
+                Annotated[int, Field(ge=1, le=search.SEARCH_MAX)],
+                f"Page size (default {search.SEARCH_DEFAULT})",
+            ),
+            Param("cursor", str, "Where the page starts: from a `next` link, as it is"),
+        ),
     ),
     Operation(
         "post",
@@ -277,7 +310,7 @@ def _parameter(param: Param) -> dict[str, Any]:
         "name": param.name,
         "in": param.where,
         "description": param.description,
-        "required": param.where == "path",
+        "required": param.required or param.where == "path",
         "schema": param.schema(),
     }
     if out["schema"].get("type") == "array":

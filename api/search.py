@@ -10,15 +10,15 @@ timeout is a 400 asking for a narrower one.
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
 
-from api import keys, params, wire
+from api import keys, params
 from api.find import MAX_PATTERN, Q, Row, Search, decode_cursor, encode_cursor, match_json, one_line
+from api.models import SearchResults
 from api.queries import Store
+from api.routes import respond
 from tasklog.core import db
 
 SEARCH_DEFAULT, SEARCH_MAX = 50, 500
@@ -93,5 +93,5 @@ async def search_lines(request: web.Request) -> web.Response:
     if len(rows) > limit:
         rows = rows[:limit]
         next_url = str(request.url.update_query(cursor=encode_cursor(rows[-1])))
-    body: dict[str, Any] = {"results": [match_json(row) for row in rows], "next": next_url}
-    return web.json_response(body, dumps=wire.dumps)
+    body = {"results": [match_json(row) for row in rows], "next": next_url}
+    return respond(SearchResults.model_validate(body))
