@@ -71,7 +71,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     store = Store(settings.require_database_url(), max_size=settings.api_db_pool_size)
     await store.open()
-    hub = Hub(settings.redis())
+    hub = Hub(settings.redis(), cluster=settings.redis_cluster)
     launcher = Launcher(settings.redis())
     app[keys.STORE], app[keys.HUB], app[keys.LAUNCHER] = store, hub, launcher
     hub_task = asyncio.create_task(hub.run(), name="redis-hub")

@@ -1,11 +1,27 @@
-"""The one Redis pub/sub connection of an API process, fanned out to every SSE client.
+"""The Redis pub/sub of an API process, fanned out to every SSE client, in proportion to viewers.
 
-The hub subscribes to the tasks channel and to the pattern of all lines channels, and hands
-each message to the subscriptions that want it (a lines message is parsed only when someone
-follows that task). redis-py's asyncio pub/sub does not come back by itself after an outage,
-so `Hub.run` is a reconnect-and-resubscribe loop. Whenever the connection is lost or comes
-back, every subscription receives `RESYNC`: whatever was published meanwhile is in Postgres,
-and the stream catches up from there.
+The hub holds the tasks channel (task-list changes) at all times, and a task's lines channel
+only while at least one client of this process follows that task: the first follower
+subscribes it, the last one to leave unsubscribes it. No pattern subscription: a process with
+no viewer receives no line at all. Followed tasks are also written to the watched set
+(`tasklog.live`), refreshed every third of `WATCH_TTL`, so the collector publishes their lines
+and nobody else's.
+
+On one Redis that is one connection (SUBSCRIBE/UNSUBSCRIBE). On a Redis Cluster, channels are
+sharded (SSUBSCRIBE/SUNSUBSCRIBE) and the hub holds one connection per node that owns a
+channel it follows.
+
+The hand-over from the Postgres replay to live messages is gap-free because a follower's
+channel is confirmed subscribed before its replay starts: `Hub.subscribe` waits for Redis to
+confirm (bounded); when the confirmation comes later than that, the subscription receives
+`RESYNC` and its stream reads Postgres again.
+
+redis-py's asyncio pub/sub does not come back by itself after an outage, a failover or a slot
+that moved, so `Hub.run` is a reconnect-and-resubscribe loop: each spell of connection is a
+`_Session` that subscribes everything followed and ends at the first error on any of its
+connections. Whenever the connection is lost or comes back, every subscription receives
+`RESYNC`: whatever was published meanwhile is in Postgres, and the stream catches up from
+there.
 
 Each subscription has its own bounded buffer: a client that cannot keep up overflows its own
 buffer and is cut off (it resumes with Last-Event-ID) instead of slowing the others.
@@ -14,25 +30,42 @@ buffer and is cut off (it resumes with Last-Event-ID) instead of slowing the oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from api import metrics
-from tasklog.core.constants import LINES_CHANNEL_PREFIX, TASKS_CHANNEL
+from tasklog import live
+from tasklog.core.constants import (
+    LINES_CHANNEL_PREFIX,
+    TASKS_CHANNEL,
+    WATCH_TTL,
+    WATCHED_KEY,
+    lines_channel,
+)
 
 log = logging.getLogger("tasklog.api.hub")
 
 #: Pushed to every subscription when the Redis connection is lost or restored.
 RESYNC: Final = "resync"
+#: Longest wait for Redis to confirm a new follower's channel before its replay starts.
+CONFIRM_WAIT = 2.0
+#: How the API's connections are named in CLIENT LIST.
+CLIENT_NAME = "tasklog-api"
+#: Channels per SUBSCRIBE command when a session resubscribes everything.
+_SUBSCRIBE_CHUNK = 500
+_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class Subscription:
@@ -45,6 +78,10 @@ class Subscription:
         self._wake = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        #: Whether Redis confirmed this follower's channel in the current session: until then
+        #: its stream polls Postgres.
+        self.covered = task_id is None
+        self._waiting = False
 
     def push(self, item: Any) -> None:
         if self.overflowed or self.closed:
@@ -76,41 +113,63 @@ class Subscription:
 
 
 class Hub:
-    """One pub/sub connection per process; `run` is its supervised background task."""
+    """The pub/sub of one process; `run` is its supervised background task."""
 
     def __init__(
-        self, redis_url: str | None, *, retry_max: float = 5.0, ping_every: float = 5.0
+        self,
+        redis_url: str | None,
+        *,
+        cluster: live.ClusterMode = "auto",
+        retry_max: float = 5.0,
+        ping_every: float = 5.0,
     ) -> None:
         self._url = redis_url
+        self._mode: live.ClusterMode = cluster
         self._ping_every = ping_every
         self._retry_max = retry_max
         self._by_task: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
+        self._session: _Session | None = None
+        self._background: set[asyncio.Task[None]] = set()
         #: True while subscribed: streams may rely on pushes; otherwise they poll Postgres.
         self.live = False
         self.connected_event = asyncio.Event()
         self.reconnects = 0
         self.last_error: str | None = None
-        # Commands (PING, INFO for health) go through their own small client.
-        self._commands = (
-            aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-            if redis_url
-            else None
-        )
+        # Commands (health, the watched set, the cluster's topology) go through their own
+        # client, made once the server was asked whether it is a cluster.
+        self._commands: live.Client | None = None
 
     async def aclose(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._commands is not None:
-            await self._commands.aclose(close_connection_pool=True)
+            await self._commands.aclose()
+
+    async def _client(self) -> live.Client:
+        assert self._url is not None
+        if self._commands is None:
+            self._commands = await live.connect(self._url, self._mode, name=CLIENT_NAME)
+        return self._commands
 
     async def ping(self) -> dict[str, Any]:
         """Redis reachability for health checks: ``{"ok": bool, ...}``."""
-        if self._commands is None:
+        if self._url is None:
             return {"ok": None}
         try:
-            info = await self._commands.info("server")
-        except (RedisError, OSError) as exc:
+            client = await self._client()
+            if isinstance(client, RedisCluster):
+                info = await client.info("server", target_nodes=RedisCluster.RANDOM)
+            else:
+                info = await client.info("server")
+        except _ERRORS as exc:
             return {"ok": False, "error": str(exc) or type(exc).__name__}
-        return {"ok": True, "version": info.get("redis_version")}
+        return {
+            "ok": True,
+            "version": info.get("redis_version"),
+            "cluster": live.is_cluster(client),
+        }
 
     @property
     def configured(self) -> bool:
@@ -119,14 +178,32 @@ class Hub:
     def clients(self) -> int:
         return len(self._all) + sum(len(subs) for subs in self._by_task.values())
 
+    def followed(self) -> list[str]:
+        """The tasks this process follows (their channels are held while connected)."""
+        return list(self._by_task)
+
     @asynccontextmanager
     async def subscribe(self, task_id: str | None, maxlen: int) -> AsyncIterator[Subscription]:
-        """Receive one task's lines and changes (or, with None, every task's changes)."""
+        """Receive one task's lines and changes (or, with None, every task's changes).
+
+        For a task, returns once Redis confirmed its channel (or after `CONFIRM_WAIT`; the
+        subscription then receives `RESYNC` when the confirmation comes).
+        """
         sub = Subscription(task_id, maxlen)
         if task_id is None:
             self._all.add(sub)
         else:
-            self._by_task.setdefault(task_id, set()).add(sub)
+            subs = self._by_task.setdefault(task_id, set())
+            subs.add(sub)
+            if len(subs) == 1:
+                self._in_background(self._mark_watched([task_id]), "redis-watch-mark")
+            session = self._session
+            if session is not None:
+                sub._waiting = True
+                try:
+                    sub.covered = await session.hold(lines_channel(task_id), CONFIRM_WAIT)
+                finally:
+                    sub._waiting = False
         try:
             yield sub
         finally:
@@ -137,6 +214,8 @@ class Hub:
                 subs.discard(sub)
                 if not subs:
                     self._by_task.pop(task_id, None)
+                    if self._session is not None:
+                        self._session.release(lines_channel(task_id))
 
     def close_all(self) -> None:
         """Shutdown: every stream ends now; clients resume elsewhere with Last-Event-ID."""
@@ -150,30 +229,62 @@ class Hub:
         for sub in self._every():
             sub.push(RESYNC)
 
+    def _in_background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the watched set ---------------------------------------------------------------------
+
+    async def _mark_watched(self, task_ids: list[str]) -> None:
+        """Tell the collectors these tasks are followed, for the next `WATCH_TTL` seconds."""
+        if self._url is None or not task_ids:
+            return
+        try:
+            client = await self._client()
+            until = time.time() + WATCH_TTL
+            for start in range(0, len(task_ids), _SUBSCRIBE_CHUNK):
+                chunk = task_ids[start : start + _SUBSCRIBE_CHUNK]
+                await client.zadd(WATCHED_KEY, dict.fromkeys(chunk, until))
+        except _ERRORS as exc:
+            # Lines then reach the followers through Postgres; the next refresh tries again.
+            log.debug("cannot mark followed tasks in Redis: %s", exc)
+
+    async def _keep_watched(self) -> None:
+        """Refresh the marks of the followed tasks; drop everybody's expired marks."""
+        while True:
+            await asyncio.sleep(WATCH_TTL / 3)
+            await self._mark_watched(self.followed())
+            with contextlib.suppress(*_ERRORS):
+                if self._commands is not None:
+                    await self._commands.zremrangebyscore(WATCHED_KEY, "-inf", time.time())
+
+    # -- the connection ----------------------------------------------------------------------
+
     async def run(self) -> None:
         """Connect, subscribe, dispatch; on any Redis error start over after a backoff."""
         if self._url is None:
             return
+        self._in_background(self._keep_watched(), "redis-watch-refresh")
         delay = 0.1
         while True:
-            client = aioredis.from_url(
-                self._url,
-                socket_connect_timeout=5,
-                retry=Retry(NoBackoff(), 0),
-            )
             try:
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(TASKS_CHANNEL)
-                    await pubsub.psubscribe(LINES_CHANNEL_PREFIX + "*")
-                    await self._listen(pubsub)
-            except (RedisError, OSError) as exc:
+                session = _Session(self, await self._client(), self._url)
+                self._session = session
+                try:
+                    await session.run()
+                finally:
+                    self._session = None
+                    await session.aclose()
+            except _ERRORS as exc:
                 if self.live or self.last_error is None:
                     log.warning("Redis pub/sub lost (%s); streams poll Postgres meanwhile", exc)
                 self.last_error = str(exc) or type(exc).__name__
             finally:
                 was_live, self.live = self.live, False
                 self.connected_event.clear()
-                await client.aclose(close_connection_pool=True)
+                for sub in self._every():
+                    sub.covered = sub.task_id is None
             if was_live:
                 delay = 0.1
                 self._resync_all()
@@ -182,46 +293,37 @@ class Hub:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max)
 
-    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
-        confirmed = 0
-        loop = asyncio.get_running_loop()
-        last_seen = loop.time()
-        ping_sent: float | None = None
-        while True:
-            message = await pubsub.get_message(timeout=self._ping_every)
-            now = loop.time()
-            if message is None:
-                # A silent half-open connection would block forever: ping it, and give up on
-                # it when the answer does not come.
-                if ping_sent is not None and now - ping_sent > 2 * self._ping_every:
-                    raise ConnectionError("Redis did not answer a PING")
-                if ping_sent is None and now - last_seen >= self._ping_every:
-                    await pubsub.ping()
-                    ping_sent = now
-                continue
-            last_seen, ping_sent = now, None
-            kind = message["type"]
-            if kind in ("subscribe", "psubscribe"):
-                confirmed += 1
-                if confirmed == 2:
-                    # Both subscriptions hold: from now on nothing published is missed, and
-                    # whatever was published while away is in Postgres.
-                    log.info("Redis pub/sub subscribed")
-                    self.live = True
-                    self.last_error = None
-                    self.connected_event.set()
-                    self._resync_all()
-            elif kind == "pmessage":
-                self._on_lines(message["channel"], message["data"])
-            elif kind == "message":
-                self._on_task(message["data"])
+    def _went_live(self) -> None:
+        # Every channel holds: from now on nothing published is missed, and whatever was
+        # published while away is in Postgres.
+        log.info("Redis pub/sub subscribed (%d task channels)", len(self._by_task))
+        self.live = True
+        self.last_error = None
+        self.connected_event.set()
+        for sub in self._every():
+            sub.covered = True
+        self._resync_all()
 
-    def _on_lines(self, channel: bytes, data: bytes) -> None:
+    def _confirmed(self, task_id: str) -> None:
+        """A task channel subscribed after the session went live now holds."""
+        for sub in self._by_task.get(task_id, ()):
+            if not sub.covered:
+                sub.covered = True
+                if not sub._waiting:
+                    sub.push(RESYNC)  # its replay ran before the channel held: read again
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        name = channel.decode("utf-8", "replace")
+        if name == TASKS_CHANNEL:
+            self._on_task(data)
+        elif name.startswith(LINES_CHANNEL_PREFIX):
+            self._on_lines(name[len(LINES_CHANNEL_PREFIX) :], data)
+
+    def _on_lines(self, task_id: str, data: bytes) -> None:
         metrics.HUB_MESSAGES.labels("lines").inc()
-        task_id = channel[len(LINES_CHANNEL_PREFIX) :].decode("utf-8", "replace")
         subs = self._by_task.get(task_id)
         if not subs:
-            return  # nobody follows this task here: not even parsed
+            return  # unsubscribed a moment ago: not even parsed
         payload = self._parse(data)
         if payload is not None:
             for sub in subs:
@@ -245,3 +347,197 @@ class Hub:
             log.warning("ignoring a message that is not JSON: %.80r", data)
             return None
         return payload if isinstance(payload, dict) else None
+
+
+class _Session:
+    """One spell of connection: the pub/sub links, the channels held, until the first error.
+
+    Per channel it counts the (un)subscribe commands sent and not yet confirmed: Redis answers
+    them in order, so a channel holds when the confirmation of its last command is a subscribe.
+    """
+
+    def __init__(self, hub: Hub, client: live.Client, url: str) -> None:
+        self._hub = hub
+        self._client = client
+        self._url = url
+        self._sharded = isinstance(client, RedisCluster)
+        self._links: dict[str, _Link] = {}
+        self._inflight: dict[str, int] = {}
+        self._sends: set[asyncio.Task[None]] = set()
+        self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # What the session starts with; a follower that comes meanwhile waits for it.
+        channels = [TASKS_CHANNEL, *map(lines_channel, hub.followed())]
+        self._held = {channel: asyncio.Event() for channel in channels}
+        self._starting = set(channels)
+
+    async def run(self) -> None:
+        """Subscribe everything followed, then dispatch until a link fails (raises)."""
+        if isinstance(self._client, RedisCluster):
+            # Whoever owns each slot now (after a failover or a resharding).
+            await self._client.nodes_manager.initialize()
+        await self._send(True, [c for c in self._starting if c in self._held])
+        await self._failed
+
+    async def aclose(self) -> None:
+        for task in self._sends:
+            task.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)
+        for link in self._links.values():
+            await link.aclose()
+
+    async def hold(self, channel: str, timeout: float) -> bool:
+        """Subscribe `channel` unless held or asked; whether it holds within `timeout` s."""
+        event = self._held.get(channel)
+        if event is None:
+            event = self._held[channel] = asyncio.Event()
+            try:
+                await self._send(True, [channel])
+            except _ERRORS as exc:
+                self._fail(exc)
+                return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        return event.is_set()
+
+    def release(self, channel: str) -> None:
+        """Unsubscribe `channel` (its last follower left), without waiting for Redis."""
+        if self._held.pop(channel, None) is None:
+            return
+        self._starting.discard(channel)
+        self._check_started()
+        task = asyncio.create_task(self._send(False, [channel]), name="redis-unsubscribe")
+        self._sends.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception())
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if not self._failed.done():
+            self._failed.set_exception(exc or ConnectionError("Redis pub/sub failed"))
+
+    async def _send(self, subscribe: bool, channels: list[str]) -> None:
+        for channel in channels:
+            self._inflight[channel] = self._inflight.get(channel, 0) + 1
+        for link, group in self._by_link(channels):
+            for start in range(0, len(group), _SUBSCRIBE_CHUNK):
+                chunk = group[start : start + _SUBSCRIBE_CHUNK]
+                if self._sharded:
+                    # One slot per SSUBSCRIBE (several would be refused as CROSSSLOT).
+                    for channel in chunk:
+                        await link.send(subscribe, [channel])
+                else:
+                    await link.send(subscribe, chunk)
+
+    def _by_link(self, channels: Iterable[str]) -> list[tuple[_Link, list[str]]]:
+        groups: dict[str, list[str]] = {}
+        for channel in channels:
+            if isinstance(self._client, RedisCluster):
+                node = self._client.get_node_from_key(channel)
+                if node is None:
+                    raise RedisClusterException(f"no Redis Cluster node owns {channel}")
+                name, url = node.name, live.node_url(self._url, node.host, node.port)
+            else:
+                name, url = "redis", self._url
+            if name not in self._links:
+                self._links[name] = _Link(self, name, url, self._sharded, self._hub._ping_every)
+            groups.setdefault(name, []).append(channel)
+        return [(self._links[name], group) for name, group in groups.items()]
+
+    def on_message(self, kind: str, channel: bytes, data: Any) -> None:
+        if kind in ("message", "smessage"):
+            self._hub._dispatch(channel, data)
+            return
+        name = channel.decode("utf-8", "replace")
+        inflight = self._inflight.get(name, 0)
+        if inflight == 0:
+            # Redis dropped a subscription by itself: its slot moved or its node is a replica
+            # now. Start over, asking the cluster who owns what.
+            raise ConnectionError(f"Redis ended the subscription to {name} ({kind})")
+        if inflight > 1:
+            self._inflight[name] = inflight - 1
+            return  # a later command on this channel decides
+        del self._inflight[name]
+        event = self._held.get(name)
+        if kind not in ("subscribe", "ssubscribe") or event is None:
+            return
+        event.set()
+        if name in self._starting:
+            self._starting.discard(name)
+            self._check_started()
+        elif name.startswith(LINES_CHANNEL_PREFIX) and self._hub.live:
+            self._hub._confirmed(name[len(LINES_CHANNEL_PREFIX) :])
+
+    def _check_started(self) -> None:
+        if not self._starting and TASKS_CHANNEL in self._held and not self._hub.live:
+            self._hub._went_live()
+
+    def link_failed(self, exc: BaseException) -> None:
+        self._fail(exc)
+
+
+class _Link:
+    """One pub/sub connection to one Redis node, read by a task of its own."""
+
+    def __init__(
+        self, session: _Session, name: str, url: str, sharded: bool, ping_every: float
+    ) -> None:
+        self._session = session
+        self._sharded = sharded
+        self._ping_every = ping_every
+        self._client = aioredis.from_url(
+            url, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0), client_name=CLIENT_NAME
+        )
+        self._pubsub = self._client.pubsub()
+        self._reader: asyncio.Task[None] | None = None
+        self._name = name
+
+    async def send(self, subscribe: bool, channels: list[str]) -> None:
+        if self._sharded:
+            if subscribe:
+                await self._pubsub.ssubscribe(*channels)
+            else:
+                await self._pubsub.sunsubscribe(*channels)
+        elif subscribe:
+            await self._pubsub.subscribe(*channels)
+        else:
+            await self._pubsub.unsubscribe(*channels)
+        if self._reader is None:  # only now has the pub/sub a connection to read
+            self._reader = asyncio.create_task(self._read(), name=f"redis-hub-{self._name}")
+            self._reader.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            self._session.link_failed(task.exception() or ConnectionError("pub/sub ended"))
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        with contextlib.suppress(*_ERRORS):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._client.aclose(close_connection_pool=True)
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_seen = loop.time()
+        ping_sent: float | None = None
+        while True:
+            message = await self._pubsub.get_message(timeout=self._ping_every)
+            now = loop.time()
+            if message is None:
+                # A silent half-open connection would block forever: ping it, and give up on
+                # it when the answer does not come.
+                if ping_sent is not None and now - ping_sent > 2 * self._ping_every:
+                    raise ConnectionError("Redis did not answer a PING")
+                if ping_sent is None and now - last_seen >= self._ping_every:
+                    await self._pubsub.ping()
+                    ping_sent = now
+                continue
+            last_seen, ping_sent = now, None
+            kind = message["type"]
+            if kind != "pong":
+                self._session.on_message(kind, message["channel"], message["data"])

@@ -1,11 +1,12 @@
 """Server-Sent Events: a task's lines with no gap and no duplicate, and the task list's changes.
 
-A task stream subscribes to the hub *before* it reads Postgres, so a line committed during the
-replay arrives through Redis as well; lines are sent in seq order and anything at or below the
-last sent seq is dropped. A live batch that does not follow the last sent seq, a task message
-announcing a higher ``last_seq``, a Redis outage (`RESYNC`) or a quiet spell all lead back to
-Postgres, the source of truth. A finished status means every line is stored: the stream replays
-what is left, sends ``end`` and closes.
+A task stream subscribes to the hub *before* it reads Postgres (the hub returns once Redis
+confirmed the task's channel, or sends `RESYNC` when it confirms later), so a line committed
+during the replay arrives through Redis as well; lines are sent in seq order and anything at
+or below the last sent seq is dropped. A live batch that does not follow the last sent seq, a
+task message announcing a higher ``last_seq``, a Redis outage (`RESYNC`) or a quiet spell all
+lead back to Postgres, the source of truth. A finished status means every line is stored: the
+stream replays what is left, sends ``end`` and closes.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
             if row is None:
                 await follower.send_status(_pending(task_id))
             try:
-                await follower.follow(sub, lambda: hub.live, settings, hub.clients)
+                await follower.follow(sub, lambda: hub.live and sub.covered, settings, hub.clients)
                 if follower.finished:
                     await stream.event(
                         {"type": wire.END, "task_id": task_id, "last_seq": follower.last_seq}

@@ -8,7 +8,7 @@ import platform
 import subprocess
 from types import ModuleType
 
-from bench import api_latency, collector, fanout, latency, prune, shim
+from bench import api_latency, collector, fanout, latency, livepath, prune, shim
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 SUITES: dict[str, ModuleType] = {
@@ -18,6 +18,7 @@ SUITES: dict[str, ModuleType] = {
     "fanout": fanout,
     "prune": prune,
     "api": api_latency,
+    "livepath": livepath,
 }
 
 

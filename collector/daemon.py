@@ -87,7 +87,7 @@ class Collector:
         ):
             async with (
                 Store(url, settings.host) as store,
-                Publisher(settings.redis()) as publisher,
+                Publisher(settings.redis(), settings.redis_cluster) as publisher,
             ):
                 await self._main(store, publisher)
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 LINES_CHANNEL_PREFIX = "tasklog:lines:"
 #: Redis channel carrying task changes (start, progress, end) for every task.
 TASKS_CHANNEL = "tasklog:tasks"
+#: Redis sorted set of the tasks someone follows: task id scored by the Unix time its follow
+#: mark expires. API processes keep it; the collector publishes lines only for these tasks.
+WATCHED_KEY = "tasklog:watched"
+#: Seconds a follow mark lasts unless refreshed (API processes refresh every third of it).
+WATCH_TTL = 30.0
 
 #: Celery's own state names, plus LOST for a task whose worker died without an `end` record.
 PENDING = "PENDING"

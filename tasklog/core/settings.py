@@ -7,7 +7,7 @@ value stops the program with one line naming the variable, never a traceback.
 from __future__ import annotations
 
 import socket
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 try:
     from pydantic import Field, SecretStr, ValidationError
@@ -34,6 +34,11 @@ class Common(BaseSettings):
     )
     redis_url: SecretStr | None = Field(
         None, description="Redis URL for live updates (redis://host:6379/0); optional."
+    )
+    redis_cluster: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="Whether TASKLOG_REDIS_URL is a node of a Redis Cluster (then sharded pub/sub,"
+        " Redis >= 7): auto asks the server (INFO cluster).",
     )
     host: str = Field(
         default_factory=socket.gethostname,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import psycopg
 import redis.asyncio as aioredis
 from aiohttp import ClientResponse, ClientTimeout
@@ -20,6 +22,7 @@ from api import keys
 from api.app import create_app
 from api.settings import ApiSettings
 from tasklog.core.constants import FINISHED_STATES, TASKS_CHANNEL, lines_channel
+from tests.helpers import Proc, ProcessFactory, free_port
 
 PREFIX = "/tasklog"
 
@@ -287,3 +290,44 @@ class FakeCollector:
                 }
             ),
         )
+
+
+# -- the API as a real process ------------------------------------------------------------------
+
+
+def start_api(
+    procs: ProcessFactory, database_url: str, redis_url: str, **env: str
+) -> tuple[Proc, str]:
+    """`python -m tasklog api` on a free loopback port; returns it and its base URL."""
+    port = free_port()
+    full_env = {
+        "TASKLOG_DATABASE_URL": database_url,
+        "TASKLOG_REDIS_URL": redis_url,
+        "TASKLOG_API_PORT": str(port),
+        "TASKLOG_API_POLL_INTERVAL": "0.2",
+        "TASKLOG_LOG_LEVEL": "INFO",
+        **env,
+    }
+    proc = procs.start(
+        "api", [sys.executable, "-m", "tasklog", "api"], env=full_env, ready="listening on"
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield session
+
+
+@asynccontextmanager
+async def follow(
+    session: aiohttp.ClientSession, base: str, task_id: str
+) -> AsyncIterator[SSEReader]:
+    response = await session.get(f"{base}{PREFIX}/sse/task/{task_id}/")
+    assert response.status == 200, await response.text()
+    try:
+        yield SSEReader(response)
+    finally:
+        response.close()

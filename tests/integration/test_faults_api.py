@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,50 +18,12 @@ import pytest
 
 from tasklog.demo.embedded import EmbeddedRedis
 from tests.helpers import Proc, ProcessFactory, free_port, pg_rows, wait_for
-from tests.integration.api_support import PREFIX, SSEReader, seqs
+from tests.integration.api_support import PREFIX, SSEReader, follow, http, seqs, start_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def start_api(
-    procs: ProcessFactory, database_url: str, redis_url: str, **env: str
-) -> tuple[Proc, str]:
-    """`python -m tasklog api` on a free loopback port; returns it and its base URL."""
-    port = free_port()
-    full_env = {
-        "TASKLOG_DATABASE_URL": database_url,
-        "TASKLOG_REDIS_URL": redis_url,
-        "TASKLOG_API_PORT": str(port),
-        "TASKLOG_API_POLL_INTERVAL": "0.2",
-        "TASKLOG_LOG_LEVEL": "INFO",
-        **env,
-    }
-    proc = procs.start(
-        "api", [sys.executable, "-m", "tasklog", "api"], env=full_env, ready="listening on"
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-@asynccontextmanager
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        yield session
-
-
-@asynccontextmanager
-async def follow(
-    session: aiohttp.ClientSession, base: str, task_id: str
-) -> AsyncIterator[SSEReader]:
-    response = await session.get(f"{base}{PREFIX}/sse/task/{task_id}/")
-    assert response.status == 200, await response.text()
-    try:
-        yield SSEReader(response)
-    finally:
-        response.close()
 
 
 async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
