@@ -621,6 +621,28 @@ def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> No
     assert "127.0.0.1:8000:8000" in services["api"]["ports"]
 
 
+def test_kubernetes_worker_runs_as_another_uid_than_its_collector() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
+    docs = yaml.safe_load_all((DEPLOY / "kubernetes" / "worker.yaml").read_text())
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs if d and d.get("kind") == "Deployment"]
+    assert pod["shareProcessNamespace"] is True
+
+    def uid(container: dict[str, Any]) -> int:
+        return int(
+            container.get("securityContext", {}).get(
+                "runAsUser", pod["securityContext"]["runAsUser"]
+            )
+        )
+
+    (collector,) = [c for c in pod["initContainers"] if c["args"] == ["collector"]]
+    (worker,) = [c for c in pod["containers"] if c["command"] == ["celery"]]
+    assert uid(worker) != uid(collector), "a task would read the collector's environment"
+    assert pod["securityContext"]["fsGroup"] == 10001, "the worker writes the spool as its group"
+    assert not any(
+        "secretKeyRef" in str(env) for env in worker.get("env", []) if "TASKLOG" in str(env)
+    )
+
+
 # --- Dockerfile --------------------------------------------------------------------------------
 
 
