@@ -11,6 +11,8 @@ from typing import Any
 
 from celery import Celery
 
+from tasklog.core.constants import STDERR, STDOUT
+
 #: The demo tasks a browser may launch, with the keyword arguments it may set.
 DEMO_TASKS: dict[str, dict[str, type]] = {
     "demo.demo_long_task": {"duration": float, "steps": int},
@@ -43,8 +45,8 @@ def check_kwargs(name: str, kwargs: object) -> str | None:
             return f"kwargs.{key}: expected {LIMITS[key][0]:g} to {LIMITS[key][1]:g}"
         if key == "text" and isinstance(value, str) and len(value) > 10_000:
             return "kwargs.text: at most 10000 characters"
-        if key == "stream" and value not in ("stdout", "stderr"):
-            return "kwargs.stream: expected stdout or stderr"
+        if key == "stream" and value not in (STDOUT, STDERR):
+            return f"kwargs.stream: expected {STDOUT} or {STDERR}"
     return None
 
 

@@ -2,6 +2,9 @@
 
 Templates never mark log text safe: lines reach the page through JSON and are put into the
 DOM with ``textContent`` by ``static/ansi.js``.
+
+The scripts know the state and stream names only from the page: `page_constants` is served in
+each page as a JSON blob (``#tasklog-constants``), which ``static/constants.js`` reads.
 """
 
 from __future__ import annotations
@@ -10,6 +13,29 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+
+from tasklog.core.constants import (
+    FINISHED_STATES,
+    MARKER,
+    PENDING,
+    STATES,
+    SUCCESS,
+    TASK_STREAMS,
+    UNSUCCESSFUL_STATES,
+)
+
+
+def page_constants() -> dict[str, str | list[str]]:
+    """The shared names the pages' scripts use, from their owner `tasklog.core.constants`."""
+    return {
+        "states": list(STATES),
+        "finished": sorted(FINISHED_STATES),
+        "unsuccessful": sorted(UNSUCCESSFUL_STATES),
+        "success": SUCCESS,
+        "pending": PENDING,
+        "streams": list(TASK_STREAMS),
+        "marker": MARKER,
+    }
 
 
 class Pages:
@@ -21,6 +47,7 @@ class Pages:
             undefined=jinja2.StrictUndefined,
         )
         self.env.filters["when"] = when
+        self.env.globals["constants"] = page_constants()
 
     def render(
         self, request: web.Request, name: str, status: int = 200, **ctx: Any

@@ -12,9 +12,8 @@ from typing import NoReturn
 from aiohttp import web
 
 from api.models import Error
-from tasklog.core.constants import ALL_STATES
+from tasklog.core.constants import ALL_STATES, MAX_TASK_ID_BYTES, STATES, task_id_problem
 
-MAX_TASK_ID = 255
 MAX_TEXT = 255
 MAX_SEQ = 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -31,9 +30,14 @@ def bad(message: str) -> NoReturn:
 
 
 def task_id(request: web.Request) -> str:
+    """The task id of the path: any id the spool stores (`task_id_problem`), if printable."""
     value = request.match_info["task_id"]
-    if not value or len(value) > MAX_TASK_ID or _CONTROL.search(value):
-        bad(f"task_id: expected 1 to {MAX_TASK_ID} printable characters")
+    problem = task_id_problem(value)
+    if problem is not None or _CONTROL.search(value):
+        bad(
+            f"task_id: the id {problem or 'holds a control character'}; expected 1 to "
+            f"{MAX_TASK_ID_BYTES} bytes of UTF-8 without control characters"
+        )
     return value
 
 
@@ -78,7 +82,7 @@ def states(request: web.Request) -> list[str]:
             if not state:
                 continue
             if state not in ALL_STATES:
-                bad(f"state: expected one of {', '.join(sorted(ALL_STATES))} (got {item[:40]!r})")
+                bad(f"state: expected one of {', '.join(STATES)} (got {item[:40]!r})")
             found.append(state)
     return found
 
@@ -107,7 +111,7 @@ def cursor(request: web.Request) -> tuple[datetime, str] | None:
         decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
         created, tid = json.loads(decoded)
         value = datetime.fromisoformat(created)
-        if not isinstance(tid, str) or value.tzinfo is None:
+        if task_id_problem(tid) is not None or value.tzinfo is None:
             raise ValueError(raw)
     except (ValueError, TypeError, binascii.Error):
         bad("cursor: not a cursor this API handed out (use the `next` link as it is)")

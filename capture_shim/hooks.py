@@ -29,6 +29,7 @@ from celery.signals import (
 from capture_shim import fdcapture, spool
 from capture_shim.capture import Stats, TaskCapture, current, ensure_routing, host_name, warn_once
 from capture_shim.config import ShimConfig
+from tasklog.core import constants as states
 
 __all__ = ["TerminalLoggingTask", "connect_process_hooks", "install", "progress"]
 
@@ -154,13 +155,13 @@ def _on_postrun(
     if cap is None or cap.task_id != task_id:
         return
     exc, tb = cap.failure
-    _guard(_end, cap, state or "SUCCESS", exc, tb)
+    _guard(_end, cap, state or states.SUCCESS, exc, tb)
 
 
 def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     cap = current()
     if cap is not None and request is not None and cap.task_id == getattr(request, "id", None):
-        _guard(_end, cap, "REVOKED", None, None)
+        _guard(_end, cap, states.REVOKED, None, None)
 
 
 # -- TerminalLoggingTask: one task at a time --------------------------------------------------
@@ -191,15 +192,18 @@ class TerminalLoggingTask(Task):  # type: ignore[misc]
         try:
             result = super().__call__(*args, **kwargs)
         except Retry:
-            _guard(_end, cap, "RETRY", None, None)
+            _guard(_end, cap, states.RETRY, None, None)
             raise
-        except (Ignore, Reject):
-            _guard(_end, cap, "IGNORED", None, None)
+        except Ignore:
+            _guard(_end, cap, states.IGNORED, None, None)
+            raise
+        except Reject:
+            _guard(_end, cap, states.REJECTED, None, None)
             raise
         except BaseException as exc:
-            _guard(_end, cap, "FAILURE", exc, traceback.format_exc())
+            _guard(_end, cap, states.FAILURE, exc, traceback.format_exc())
             raise
-        _guard(_end, cap, "SUCCESS", None, None)
+        _guard(_end, cap, states.SUCCESS, None, None)
         return result
 
     def update_state(

@@ -24,7 +24,8 @@ the record kind, ``t`` a Unix time in seconds:
 ``progress``
     ``p`` percent 0-100 or null, ``msg`` optional text, ``state`` optional Celery state.
 ``end`` (last record of a file)
-    ``state`` (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``…), ``runtime`` seconds,
+    ``state`` (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``, ``IGNORED``, ``REJECTED``:
+    names of `tasklog.core.constants`), ``runtime`` seconds,
     ``exc_type``, ``exc_message``, ``traceback``, ``lines`` (lines written), ``errors``
     (records that could not be written to the spool and went to the original stream). When
     a full disk refuses it, the same process appends it before its next task starts.
@@ -40,6 +41,39 @@ import json
 import os
 import re
 import time
+from typing import NamedTuple
+
+from tasklog.core.constants import (
+    LOG,
+    MARKER,
+    MAX_TASK_ID_BYTES,
+    STDERR,
+    STDOUT,
+    task_id_problem,
+)
+
+__all__ = [
+    "END",
+    "FILE_NAME",
+    "LINE",
+    "LOG",
+    "MARKER",
+    "MAX_TASK_ID_BYTES",
+    "PROGRESS",
+    "START",
+    "STDERR",
+    "STDOUT",
+    "SUFFIX",
+    "VERSION",
+    "FileName",
+    "SpoolFile",
+    "encode",
+    "encode_line",
+    "file_name",
+    "parse_file_name",
+    "safe_name",
+    "task_id_problem",
+]
 
 VERSION = 1
 SUFFIX = ".jsonl"
@@ -49,17 +83,15 @@ LINE = "line"
 PROGRESS = "progress"
 END = "end"
 
-STDOUT = "stdout"
-STDERR = "stderr"
-LOG = "log"
-#: Lines the system itself adds (the "N lines omitted" marker).
-MARKER = "marker"
-
-#: Longest task id the spool carries, in UTF-8 bytes: Postgres indexes it (a btree entry holds
-#: at most ~2700 bytes), and no sane id comes near.
-MAX_TASK_ID_BYTES = 1024
+# The streams (STDOUT, STDERR, LOG, MARKER) and the task-id limit (MAX_TASK_ID_BYTES,
+# `task_id_problem`) are shared with every component: `tasklog.core.constants` holds them.
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+#: The grammar of a spool file's name: ``<safe id>.<pid>.<ns>.jsonl``.
+FILE_NAME = re.compile(
+    r"(?P<stem>[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|h-[0-9a-f]{32})"
+    r"\.(?P<pid>[0-9]{1,10})\.(?P<ns>[0-9]{1,20})" + re.escape(SUFFIX)
+)
 _dumps = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":")).encode
 _str = json.encoder.encode_basestring
 _time_ns = time.time_ns
@@ -72,23 +104,24 @@ def safe_name(task_id: str) -> str:
     return "h-" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def task_id_problem(task_id: object) -> str | None:
-    """Why a task id cannot be spooled (it must be storable and indexable text), or None."""
-    if not isinstance(task_id, str) or not task_id:
-        return "is empty"
-    if "\x00" in task_id:
-        return "contains a NUL character"
-    try:
-        size = len(task_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid Unicode"
-    if size > MAX_TASK_ID_BYTES:
-        return f"is {size} bytes long (at most {MAX_TASK_ID_BYTES})"
-    return None
-
-
 def file_name(task_id: str, pid: int, ns: int) -> str:
     return f"{safe_name(task_id)}.{pid}.{ns}{SUFFIX}"
+
+
+class FileName(NamedTuple):
+    """A spool file's name, read back: the safe id, the writer's pid, its start in ns."""
+
+    stem: str
+    pid: int
+    ns: int
+
+
+def parse_file_name(name: str) -> FileName | None:
+    """The parts of a spool file's name, or None when it is not one (`file_name` writes it)."""
+    match = FILE_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return FileName(match["stem"], int(match["pid"]), int(match["ns"]))
 
 
 def encode(record: dict[str, object]) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 
 from watchfiles import awatch
 
+from capture_shim.spool import parse_file_name
 from collector import metrics
 from collector.migrate import migrate
 from collector.plan import Stored
@@ -460,10 +461,8 @@ def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:
 
 
 def writer_pid(name: str) -> int | None:
-    try:
-        return int(name.rsplit(".", 3)[-3])
-    except (IndexError, ValueError):
-        return None
+    parsed = parse_file_name(name)
+    return None if parsed is None else parsed.pid
 
 
 @contextlib.contextmanager

@@ -244,10 +244,8 @@ class SpoolDir:
 
 
 def _start_ns(name: str) -> int:
-    try:
-        return int(name.rsplit(".", 2)[-2])
-    except (IndexError, ValueError):
-        return 0
+    parsed = spool.parse_file_name(name)
+    return 0 if parsed is None else parsed.ns
 
 
 def _parse_into(chunk: FileChunk, raw: bytes) -> bool:

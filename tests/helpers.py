@@ -27,6 +27,7 @@ __all__ = [
     "free_port",
     "pg_rows",
     "pids_alive",
+    "tasklog_cli",
     "wait_for",
     "with_database",
 ]
@@ -335,6 +336,33 @@ class ProcessFactory:
                     f"{proc.name} not ready after {timeout}s; log tail:\n{proc.log_tail()}"
                 )
             time.sleep(0.05)
+
+
+#: The `tasklog` command as installed (the console script beside this Python), else the module.
+TASKLOG = (
+    [str(Path(sys.executable).with_name("tasklog"))]
+    if Path(sys.executable).with_name("tasklog").exists()
+    else [sys.executable, "-m", "tasklog"]
+)
+
+
+def tasklog_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `tasklog` command with only the given TASKLOG_* settings; never raises on
+    a non-zero exit (the caller asserts on it)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*TASKLOG, *args],
+        env=full_env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=timeout,
+        check=False,
+    )
 
 
 def pids_alive(pids: Sequence[int]) -> list[int]:

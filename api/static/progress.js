@@ -3,9 +3,10 @@
 window.tasklogProgress = function (el, value, status) {
   const fill = el.querySelector(".fill");
   const pct = el.querySelector(".pct");
-  if (status === "SUCCESS") value = 100;
+  const names = window.tasklogConstants;
+  if (status === names.success) value = 100;
   // A task that ended without reporting progress has no bar, not an indeterminate one.
-  el.classList.toggle("ended", ["FAILURE", "REVOKED", "LOST"].includes(status));
+  el.classList.toggle("ended", names.unsuccessful.includes(status));
   el.dataset.progress = value ?? "";
   if (value === null || value === undefined || value === "") {
     el.classList.add("unknown"); fill.style.width = "0%"; pct.textContent = "";

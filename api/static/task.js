@@ -51,7 +51,9 @@
     const row = document.createElement("div");
     row.className = "line " + line.stream + (line.level ? " lvl-" + String(line.level).toLowerCase() : "");
     row.dataset.seq = line.id;
-    row.dataset.stream = line.stream === "marker" ? "stdout" : line.stream;
+    // The "N lines omitted" marker shows and hides with the first stream (stdout).
+    const names = window.tasklogConstants;
+    row.dataset.stream = line.stream === names.marker ? names.streams[0] : line.stream;
     const seq = document.createElement("span");
     seq.className = "seq"; seq.textContent = line.id;
     const time = document.createElement("span");

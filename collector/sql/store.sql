@@ -1,4 +1,6 @@
 -- The collector's batch transaction and bookkeeping. Parameters are always bound (%(name)s).
+-- State names are those of tasklog.core.constants (tests/unit/test_constants.py checks each
+-- one); whether a state is finished is asked of tasklog_finished() (migration 0003).
 
 -- name: copy_lines
 COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN
@@ -42,7 +44,7 @@ UPDATE tasks SET
     last_seq = greatest(last_seq, %(last_seq)s),
     progress = coalesce(%(progress)s::real, progress),
     progress_message = coalesce(%(progress_message)s::text, progress_message),
-    state = CASE WHEN state IN ('SUCCESS', 'FAILURE', 'REVOKED', 'LOST') THEN state
+    state = CASE WHEN tasklog_finished(state) THEN state
                  ELSE coalesce(%(state)s::text, state) END,
     updated_at = now()
 WHERE task_id = %(task_id)s
@@ -61,7 +63,7 @@ UPDATE tasks AS t SET
     lines_omitted = t.lines_omitted + %(omitted)s,
     progress = CASE WHEN %(state)s = 'SUCCESS' THEN 100 ELSE t.progress END,
     updated_at = now()
-FROM (SELECT %(state)s = 'RETRY' AND state IN ('SUCCESS', 'FAILURE', 'REVOKED', 'LOST') AS late
+FROM (SELECT %(state)s = 'RETRY' AND tasklog_finished(state) AS late
       FROM tasks WHERE task_id = %(task_id)s) AS x
 WHERE t.task_id = %(task_id)s
 
@@ -73,7 +75,7 @@ UPDATE tasks SET
     exc_message = %(reason)s,
     lines_omitted = lines_omitted + %(omitted)s,
     updated_at = now()
-WHERE task_id = %(task_id)s AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'LOST')
+WHERE task_id = %(task_id)s AND NOT tasklog_finished(state)
 
 -- name: trim_tail
 -- The head+tail bound: lines that left the kept tail window of a run.

@@ -1,6 +1,15 @@
-"""Names shared by the collector (writer) and the API (reader).
+"""Names shared across processes, defined once and imported everywhere.
 
-The spool record kinds and streams belong to `capture_shim.spool`, which owns the format.
+- Task states: Python imports them from here; SQL asks `tasklog_finished(state)` (a function
+  created by `collector/migrations/0003_task_states.sql`, checked against these names by
+  `tests/integration/test_states.py`); the browser pages get them in the JSON blob
+  `api.pages` serves (`page_constants`).
+- The task-id limit, in UTF-8 bytes: the shim refuses to spool a longer id, the collector
+  refuses a start record with one, the API and the CLI answer a clear error.
+- The streams of a line (the spool format, `capture_shim.spool`, writes them).
+- The Redis channel names (their messages are in `tasklog.core.messages`).
+
+Standard library only: the shim, which runs inside every worker, imports this module.
 """
 
 from __future__ import annotations
@@ -15,19 +24,71 @@ WATCHED_KEY = "tasklog:watched"
 #: Seconds a follow mark lasts unless refreshed (API processes refresh every third of it).
 WATCH_TTL = 30.0
 
-#: Celery's own state names, plus LOST for a task whose worker died without an `end` record.
+# Celery's own state names (`celery.states`), plus PROGRESS (the usual custom state of
+# `update_state`) and LOST (a task whose worker died without an `end` record).
 PENDING = "PENDING"
+RECEIVED = "RECEIVED"
 STARTED = "STARTED"
 PROGRESS = "PROGRESS"
+RETRY = "RETRY"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-RETRY = "RETRY"
 REVOKED = "REVOKED"
+#: `raise Ignore()`: the task took itself out of Celery's bookkeeping; its run is over.
+IGNORED = "IGNORED"
+#: `raise Reject()`: the task refused its message; this run is over (a requeued message
+#: starts a new run, which sets the state again).
+REJECTED = "REJECTED"
 LOST = "LOST"
 
-FINISHED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, LOST})
-ALL_STATES = frozenset({PENDING, STARTED, PROGRESS, RETRY, *FINISHED_STATES})
+#: States after which a run writes nothing more: its lines are all stored.
+FINISHED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, IGNORED, REJECTED, LOST})
+#: Finished states that are not a success: a progress bar shows no value for them.
+UNSUCCESSFUL_STATES = FINISHED_STATES - {SUCCESS}
+#: Every state a task is stored in, in the order a run goes through them.
+STATES = (
+    PENDING,
+    RECEIVED,
+    STARTED,
+    PROGRESS,
+    RETRY,
+    SUCCESS,
+    FAILURE,
+    REVOKED,
+    IGNORED,
+    REJECTED,
+    LOST,
+)
+ALL_STATES = frozenset(STATES)
+
+#: Longest task id, in UTF-8 bytes (bytes, since that is what Postgres indexes: a btree entry
+#: holds at most ~2700 bytes). The spool, the collector, the API and the CLI all apply it.
+MAX_TASK_ID_BYTES = 1024
+
+#: The streams of a line: what a task printed, what it logged, and the lines the system itself
+#: adds (the "N lines omitted" marker).
+STDOUT = "stdout"
+STDERR = "stderr"
+LOG = "log"
+MARKER = "marker"
+#: The streams a task writes, in the order the log view offers them.
+TASK_STREAMS = (STDOUT, STDERR, LOG)
 
 
 def lines_channel(task_id: str) -> str:
     return LINES_CHANNEL_PREFIX + task_id
+
+
+def task_id_problem(task_id: object) -> str | None:
+    """Why a task id cannot be stored (it must be indexable text), or None when it can."""
+    if not isinstance(task_id, str) or not task_id:
+        return "is empty"
+    if "\x00" in task_id:
+        return "contains a NUL character"
+    try:
+        size = len(task_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    if size > MAX_TASK_ID_BYTES:
+        return f"is {size} bytes long (at most {MAX_TASK_ID_BYTES})"
+    return None

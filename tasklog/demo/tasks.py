@@ -8,6 +8,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from celery.exceptions import Ignore, Reject
+
 from capture_shim import TerminalLoggingTask, progress
 from tasklog.demo.app import app
 
@@ -104,6 +106,21 @@ def log_task(self) -> str:
     logger.warning("a warning from logging")
     print("a print")
     return "logged"
+
+
+@app.task(bind=True, name="demo.ignored_task")
+def ignored_task(self, lines: int = 2) -> None:
+    """Prints `lines` lines, then takes itself out of Celery's bookkeeping (`raise Ignore()`)."""
+    for i in range(1, lines + 1):
+        print(f"before ignore {i}")
+    raise Ignore()
+
+
+@app.task(bind=True, name="demo.rejected_task")
+def rejected_task(self) -> None:
+    """Prints a line, then refuses its message for good (`raise Reject(requeue=False)`)."""
+    print("before reject")
+    raise Reject("refused by the demo", requeue=False)
 
 
 @app.task(bind=True, name="demo.retry_task", max_retries=1, default_retry_delay=0)

@@ -21,7 +21,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from api import keys
 from api.app import create_app
 from api.settings import ApiSettings
-from tasklog.core.constants import FINISHED_STATES, TASKS_CHANNEL, lines_channel
+from tasklog.core.constants import (
+    FINISHED_STATES,
+    STARTED,
+    STDOUT,
+    SUCCESS,
+    TASKS_CHANNEL,
+    lines_channel,
+)
 from tests.helpers import Proc, ProcessFactory, free_port
 
 PREFIX = "/tasklog"
@@ -136,7 +143,7 @@ def seqs(events: Iterable[Event]) -> list[int]:
 class FakeTask:
     task_id: str
     name: str = "demo.fake"
-    state: str = "STARTED"
+    state: str = STARTED
     progress: float | None = None
     last_seq: int = 0
     line_count: int = 0
@@ -179,8 +186,8 @@ class FakeCollector:
         self.tasks[task_id] = task
         await self.conn.execute(
             "INSERT INTO tasks (task_id, task_name, state, host, started_at, created_at)"
-            " VALUES (%s, %s, 'STARTED', %s, %s, coalesce(%s, now()))",
-            (task_id, name, host, task.started_at, created_at),
+            " VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()))",
+            (task_id, name, task.state, host, task.started_at, created_at),
         )
         if publish:
             await self.publish_task(task)
@@ -190,7 +197,7 @@ class FakeCollector:
         self,
         task_id: str,
         messages: list[str],
-        stream: str = "stdout",
+        stream: str = STDOUT,
         *,
         publish: bool = True,
         progress: float | None = None,
@@ -255,7 +262,7 @@ class FakeCollector:
     async def finish(
         self,
         task_id: str,
-        state: str = "SUCCESS",
+        state: str = SUCCESS,
         messages: list[str] | None = None,
         publish: bool = True,
     ) -> None:
@@ -263,7 +270,7 @@ class FakeCollector:
             task_id,
             messages or [],
             state=state,
-            progress=100 if state == "SUCCESS" else None,
+            progress=100 if state == SUCCESS else None,
             publish=publish,
         )
 

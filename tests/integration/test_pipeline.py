@@ -18,7 +18,6 @@ import pytest
 from capture_shim import spool
 from tests.helpers import REPO_ROOT, ProcessFactory, pg_rows, wait_for
 
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED", "LOST")
 CONCURRENT = 20
 
 
@@ -39,8 +38,8 @@ class Pipeline:
         def done() -> bool:
             rows = pg_rows(
                 self.database_url,
-                "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND state = ANY(%s)",
-                (ids, list(FINISHED)),
+                "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND tasklog_finished(state)",
+                (ids,),
             )
             return rows[0][0] == len(ids) and not list(self.spool_dir.glob("*" + spool.SUFFIX))
 

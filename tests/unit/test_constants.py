@@ -1,0 +1,66 @@
+"""Shared names have one owner: `tasklog.core.constants`. Nothing else spells them out."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from celery import states as celery_states
+
+from tasklog.core import constants
+from tasklog.core.constants import ALL_STATES, FINISHED_STATES, STATES
+
+_QUOTED_WORD = re.compile(r"""['"]([A-Z][A-Z_]{3,})['"]""")
+_STATE_LIST = re.compile(r"IN \(([^)]*)\)")
+
+
+def _files(package: str, suffix: str) -> dict[str, str]:
+    root = resources.files(package)
+    return {
+        f"{package}/{entry.name}": entry.read_text(encoding="utf-8")
+        for entry in root.iterdir()
+        if entry.name.endswith(suffix)
+    }
+
+
+def test_every_state_a_celery_task_ends_in_is_known_and_finished() -> None:
+    assert set(celery_states.ALL_STATES) | {celery_states.IGNORED} <= ALL_STATES
+    ends = {"SUCCESS", "FAILURE", "REVOKED", "IGNORED", "REJECTED"}  # what the shim's end has
+    assert ends | {constants.LOST} == FINISHED_STATES
+    assert len(STATES) == len(ALL_STATES)
+
+
+def test_sql_names_only_known_states_and_asks_tasklog_finished_for_the_set() -> None:
+    sql = {
+        **_files("collector.sql", ".sql"),
+        **_files("collector.migrations", ".sql"),
+        **_files("api.sql", ".sql"),
+    }
+    for name, text in sql.items():
+        for word in _QUOTED_WORD.findall(text):
+            assert word in ALL_STATES, f"{name}: {word!r} is not a state of tasklog.core.constants"
+        lists = [m for m in _STATE_LIST.findall(text) if _QUOTED_WORD.search(m)]
+        if name.endswith("0003_task_states.sql"):
+            (spelled,) = lists
+            assert set(_QUOTED_WORD.findall(spelled)) == FINISHED_STATES
+        else:
+            assert not lists, f"{name} spells out a set of states: use tasklog_finished(state)"
+
+
+def test_scripts_and_templates_take_state_names_from_the_page() -> None:
+    sources = {**_files("api.static", ".js"), **_files("api.templates", ".html")}
+    for name, text in sources.items():
+        spelled = set(_QUOTED_WORD.findall(text)) & ALL_STATES
+        assert not spelled, f"{name} spells out {spelled}: read window.tasklogConstants"
+
+
+def test_task_id_limit_is_in_utf8_bytes() -> None:
+    limit = constants.MAX_TASK_ID_BYTES
+    assert constants.task_id_problem("x" * limit) is None
+    assert constants.task_id_problem("é" * (limit // 2)) is None
+    assert constants.task_id_problem("é" * (limit // 2) + "x") == (
+        f"is {limit + 1} bytes long (at most {limit})"
+    )
+    assert constants.task_id_problem("") == "is empty"
+    assert constants.task_id_problem("a\x00b") == "contains a NUL character"
+    assert constants.task_id_problem("\udcff") == "is not valid Unicode"
