@@ -20,9 +20,9 @@ from api.models import SearchResults
 from api.queries import Store
 from api.routes import respond
 from tasklog.core import db
+from tasklog.core.constants import STREAMS
 
 SEARCH_DEFAULT, SEARCH_MAX = 50, 500
-STREAMS = ("stdout", "stderr", "log", "marker")
 #: A search may not hold a connection longer than this (a pathological regex on 10M lines).
 STATEMENT_TIMEOUT_MS = 30_000
 

@@ -197,16 +197,16 @@ def _logs(args: argparse.Namespace) -> int:
 def _grep(args: argparse.Namespace) -> int:
     from api.find import Search
     from tasklog import grep
-    from tasklog.core.constants import ALL_STATES
+    from tasklog.core.constants import ALL_STATES, STATES, STREAMS
     from tasklog.core.errors import ConfigError
 
     if not args.pattern.strip():
         raise ConfigError("PATTERN: expected some text to search for")
     states = [s.upper() for s in args.state]
     if bad := [s for s in states if s not in ALL_STATES]:
-        raise ConfigError(f"--state: {bad[0]} is not one of {', '.join(sorted(ALL_STATES))}")
-    if bad := [s for s in args.stream if s not in ("stdout", "stderr", "log", "marker")]:
-        raise ConfigError(f"--stream: {bad[0]} is not one of stdout, stderr, log, marker")
+        raise ConfigError(f"--state: {bad[0]} is not one of {', '.join(STATES)}")
+    if bad := [s for s in args.stream if s not in STREAMS]:
+        raise ConfigError(f"--stream: {bad[0]} is not one of {', '.join(STREAMS)}")
     try:
         since = grep.parse_time(args.since) if args.since else None
         until = grep.parse_time(args.until) if args.until else None

@@ -73,6 +73,8 @@ LOG = "log"
 MARKER = "marker"
 #: The streams a task writes, in the order the log view offers them.
 TASK_STREAMS = (STDOUT, STDERR, LOG)
+#: Every stream a stored line may have.
+STREAMS = (*TASK_STREAMS, MARKER)
 
 
 def lines_channel(task_id: str) -> str:
