@@ -20,6 +20,7 @@ from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_sc
 from api import auth, keys, models, params, routes, search
 from api.find import MAX_PATTERN
 from tasklog.core import __version__
+from tasklog.core.constants import MAX_TASK_ID_BYTES
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -71,8 +72,9 @@ class Operation:
 
 TASK_ID = Param(
     "task_id",
-    Annotated[str, Field(min_length=1, max_length=params.MAX_TASK_ID)],
-    "Celery task id",
+    # A character is one to four bytes: the bytes limit bounds the characters too.
+    Annotated[str, Field(min_length=1, max_length=MAX_TASK_ID_BYTES)],
+    f"Celery task id: at most {MAX_TASK_ID_BYTES} bytes of UTF-8, no control characters",
     where="path",
 )
 AFTER_SEQ = Param(
