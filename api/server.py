@@ -6,6 +6,8 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -60,12 +62,20 @@ def run(settings: ApiSettings) -> None:
     asyncio.run(serve(settings))
 
 
-async def serve(settings: ApiSettings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: ApiSettings,
+    stop: asyncio.Event | None = None,
+    *,
+    sock: socket.socket | None = None,
+    ready: Callable[[], object] | None = None,
+) -> None:
+    """Serve until `stop` (or SIGTERM/SIGINT); on `sock` when given (`api.workers` shares
+    one listening socket between processes), calling `ready` once it accepts."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host = bind_host(settings)
+    host = bind_host(settings) if sock is None else sock.getsockname()[0]
     runner = web.AppRunner(
         create_app(settings),
         handle_signals=False,
@@ -74,10 +84,16 @@ async def serve(settings: ApiSettings, stop: asyncio.Event | None = None) -> Non
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, settings.api_port)
+        site: web.BaseSite = (
+            web.TCPSite(runner, host, settings.api_port)
+            if sock is None
+            else web.SockSite(runner, sock)
+        )
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.api_port
         log.info("tasklog api listening on http://%s:%s%s/", host, port, PREFIX)
+        if ready is not None:
+            ready()
         sdnotify.ready(f"listening on {host}:{port}")
         watchdog = asyncio.create_task(sdnotify.watchdog_loop(stop), name="watchdog")
         await stop.wait()

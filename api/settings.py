@@ -40,6 +40,13 @@ class ApiSettings(Common):
     api_send_timeout: float = Field(
         30.0, gt=0, description="Seconds a write to an SSE client may take before it is dropped."
     )
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes serving the API's one port (`tasklog api --workers N` overrides);"
+        " each has its own Postgres pool and Redis subscriptions.",
+    )
     api_db_pool_size: int = Field(10, ge=1, description="Postgres connections per API process.")
     api_shutdown_timeout: float = Field(
         10.0, gt=0, description="Seconds given to open requests and streams at shutdown."

@@ -52,7 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("collector", _collector, "Follow the spool directory and store it in Postgres.")
-    command("api", _api, "Serve the JSON API, the live streams and the web pages.")
+    p = command("api", _api, "Serve the JSON API, the live streams and the web pages.")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="processes serving the one port (default TASKLOG_API_WORKERS, 1)",
+    )
     command("migrate", _migrate, "Create or upgrade the database schema.")
     command("prune", _prune, "Delete tasks and lines older than TASKLOG_RETENTION_DAYS.")
     p = command("config", _config, "Print the effective settings, secrets masked.")
@@ -97,6 +103,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -128,7 +144,13 @@ def _api(args: argparse.Namespace) -> None:
 
     settings = load(ApiSettings)
     _logging(settings.log_level)
-    run(settings)
+    workers = args.workers or settings.api_workers
+    if workers > 1:
+        from api.workers import run as run_workers
+
+        run_workers(settings, workers)
+    else:
+        run(settings)
 
 
 def _migrate(args: argparse.Namespace) -> None:
