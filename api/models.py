@@ -4,7 +4,7 @@ These models are the one source of the wire format. The JSON routes (`api.routes
 answers from them, and `api.openapi` generates the OpenAPI document from them, so a field
 exists on the wire exactly when it is documented here. The SSE ``new_log`` frames are the one
 exception: they are built once per collector message for every follower (`api.wire`, the hot
-path), and tests/unit/test_contract.py proves each of them equals its model.
+path), and tests/unit/test_openapi_document.py proves each of them equals its model.
 
 Every model forbids extra fields (``additionalProperties: false`` in the document): a route
 that sends a field nobody documented fails tests/integration/test_contract.py.

@@ -2,8 +2,9 @@
 
 The contract is `api.models` (``NewLog``, ``StatusEvent``...); these functions build the same
 objects without validating them, because a live line is framed once for every follower and
-a relayed collector message passes through as it is. tests/unit/test_contract.py proves each
-equals its model; tests/integration/test_contract.py checks real streams against the document.
+a relayed collector message passes through as it is. tests/unit/test_openapi_document.py
+proves each equals its model; tests/integration/test_contract.py checks real streams against
+the document.
 """
 
 from __future__ import annotations
