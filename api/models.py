@@ -35,13 +35,10 @@ from pydantic import (
 )
 
 from api.launch import DEMO_TASKS
-from capture_shim import spool
-from tasklog.core.constants import ALL_STATES, FINISHED_STATES
+from tasklog.core.constants import FINISHED_STATES, STATES, STREAMS
 
-#: The task states this version knows, in the document's order; from their one owner.
-KNOWN_STATES: tuple[str, ...] = tuple(sorted(ALL_STATES))
-#: The streams a line can come from (`capture_shim.spool` owns the names).
-STREAMS: tuple[str, ...] = (spool.STDOUT, spool.STDERR, spool.LOG, spool.MARKER)
+#: The task states this version knows, in the order a run goes through them.
+KNOWN_STATES: tuple[str, ...] = STATES
 
 if TYPE_CHECKING:  # built at run time from the owners' tuples, which mypy cannot follow
     KnownState = str
