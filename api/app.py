@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from api import auth, keys, metrics, openapi, routes, search, sse, views
+from api import auth, keys, metrics, openapi, routes, search, sse, views, workflows
 from api.hub import Hub
 from api.launch import Launcher
 from api.models import Error
@@ -120,6 +120,8 @@ def create_app(settings: ApiSettings) -> web.Application:
     r.add_get(PREFIX + "/api/tasks/{task_id}/", routes.get_task)
     r.add_get(PREFIX + "/api/tasks/{task_id}/raw", routes.raw_log)
     r.add_get(PREFIX + "/api/search/", search.search_lines)
+    r.add_get(PREFIX + "/api/workflows/{root_id}/", workflows.get_workflow)
+    r.add_get(PREFIX + "/sse/workflow/{root_id}/", workflows.workflow_stream)
     r.add_post(PREFIX + "/api/launch/", routes.launch)
     r.add_get(PREFIX + "/api/diagnostic/", routes.diagnostic)
     r.add_get(PREFIX + "/api/openapi.json", openapi.serve)
@@ -130,6 +132,8 @@ def create_app(settings: ApiSettings) -> web.Application:
     r.add_get(PREFIX + "/metrics", routes.metrics_text)
     r.add_get(PREFIX + "/", views.task_list)
     r.add_get(PREFIX + "/task/{task_id}/", views.task_view)
+    r.add_get(PREFIX + "/search/", search.search_page)
+    r.add_get(PREFIX + "/workflow/{root_id}/", workflows.workflow_page)
     r.add_get(PREFIX + "/diagnostic/", views.diagnostic_page)
     r.add_get(PREFIX + "/launch/", views.launch_page)
     r.add_get(PREFIX + "/login", views.login_page)

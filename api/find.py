@@ -26,8 +26,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from tasklog.core import db
+from tasklog.core.constants import FINISHED_STATES, RETRY
 
 Row = dict[str, Any]
 
@@ -206,3 +209,45 @@ class WorkflowCursor:
                 raise ValueError(raw)
             seqs[key] = int(seq)
         return cls(seqs)
+
+
+async def fetch(
+    pool: AsyncConnectionPool[Any], query: str | sql.Composed, params: dict[str, Any]
+) -> list[Row]:
+    """Rows of one read through the API's pool, driver errors in the project's words."""
+    with db.translated():
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(query, params)
+            rows: list[Row] = await cur.fetchall()
+            return rows
+
+
+async def workflow_of(pool: AsyncConnectionPool[Any], task: Row | None) -> str | None:
+    """The root id of the workflow `task` belongs to, or None for a task alone."""
+    if task is None or not task.get("root_id"):
+        return None
+    root: str = task["root_id"]
+    if root != task["task_id"]:
+        return root
+    rows = await fetch(pool, Q["workflow_size"], {"root_id": root})
+    return root if rows[0]["n"] > 1 else None
+
+
+# -- runs of a task ----------------------------------------------------------------------------
+
+
+async def runs(pool: AsyncConnectionPool[Any], task_id: str) -> list[dict[str, Any]]:
+    return runs_json(await fetch(pool, Q["runs"], {"task_id": task_id}))
+
+
+def runs_json(rows: list[Row]) -> list[dict[str, Any]]:
+    """A task's runs as the API shows them: a run that a later one replaced was retried,
+    even when its own end record arrived too late to say so."""
+    out = []
+    for i, row in enumerate(rows):
+        run = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+        if i + 1 < len(rows) and run["state"] not in FINISHED_STATES:
+            run["state"] = RETRY
+        out.append(run)
+    return out

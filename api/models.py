@@ -156,10 +156,30 @@ class TaskList(Contract):
     )
 
 
+class Run(Contract):
+    """One run of a task: a retried task runs again under the same id, its seqs continuing."""
+
+    run: int = Field(ge=0, description="Celery's `retries` of this run: 0 is the first run")
+    first_seq: int = Field(ge=1, description="Seq of the run's first line")
+    host: str | None = Field(description="Host name of the worker that ran it")
+    worker: str | None = Field(description="Celery worker node name")
+    pid: int | None = Field(description="Process id of the worker process")
+    state: State
+    started_at: Timestamp | None = Field(description="When the run started")
+    completed_at: Timestamp | None = Field(description="When the run ended, if it did")
+    runtime: float | None = Field(description="Seconds the run took, once ended")
+    exc_type: str | None = Field(description="Exception class name, if the run raised")
+    exc_message: str | None = Field(description="Exception message, if the run raised")
+
+
 class TaskDetail(Task):
     """A task with a page of its lines."""
 
     traceback: str | None = Field(description="Python traceback of a failed task")
+    runs: list[Run] = Field(
+        description="The task's runs, oldest first (one, unless it was retried); a run that a"
+        " later one replaced shows RETRY"
+    )
     logs: list[Line] = Field(description="Lines after `after_seq`, in seq order")
     log_count: int = Field(ge=0, description="Lines stored for the task (as `line_count`)")
     next: str | None = Field(
@@ -182,6 +202,16 @@ class SearchMatch(Contract):
         description="First matched span of `message` in characters, [start, end); null when"
         " it cannot be placed"
     )
+
+
+class Workflow(Contract):
+    """The tasks sharing a root: a chain, group or chord, and whatever its tasks sent."""
+
+    root_id: str = Field(description="Id of the workflow's first task")
+    tasks: list[Task] = Field(
+        description="Every task of the workflow, oldest first; `parent_id` makes the tree"
+    )
+    truncated: bool = Field(description="Whether the workflow has more tasks than shown (5,000)")
 
 
 class SearchResults(Contract):
@@ -306,6 +336,10 @@ class Connected(Contract):
     type: Literal["connected"] = Field(description="The event's kind")
     task_id: str | None = Field(None, description="The task followed (task streams)")
     after_seq: int | None = Field(None, ge=0, description="Lines up to this seq are not sent")
+    root_id: str | None = Field(None, description="The workflow followed (workflow streams)")
+    after: str | None = Field(
+        None, description="The workflow stream's cursor it resumes after (empty: from the start)"
+    )
 
 
 class NewLog(Contract):
@@ -368,6 +402,7 @@ class Tick(Contract):
 TaskStreamEvent = Annotated[Connected | NewLog | StatusEvent | End, Field(discriminator="type")]
 TasksStreamEvent = Annotated[Connected | StatusEvent, Field(discriminator="type")]
 TestStreamEvent = Annotated[Connected | Tick | End, Field(discriminator="type")]
+WorkflowStreamEvent = Annotated[Connected | NewLog | StatusEvent, Field(discriminator="type")]
 
 #: The SSE event models, for the document's components (in this order).
 EVENTS: tuple[type[Contract], ...] = (Connected, NewLog, StatusEvent, End, Tick)
@@ -377,3 +412,6 @@ task_stream_events: TypeAdapter[Connected | NewLog | StatusEvent | End] = TypeAd
 )
 tasks_stream_events: TypeAdapter[Connected | StatusEvent] = TypeAdapter(TasksStreamEvent)
 test_stream_events: TypeAdapter[Connected | Tick | End] = TypeAdapter(TestStreamEvent)
+workflow_stream_events: TypeAdapter[Connected | NewLog | StatusEvent] = TypeAdapter(
+    WorkflowStreamEvent
+)

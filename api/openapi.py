@@ -77,6 +77,12 @@ TASK_ID = Param(
     f"Celery task id: at most {MAX_TASK_ID_BYTES} bytes of UTF-8, no control characters",
     where="path",
 )
+ROOT_ID = Param(
+    "root_id",
+    Annotated[str, Field(min_length=1, max_length=params.MAX_TASK_ID)],
+    "Id of the workflow's first task (every task's `root_id`)",
+    where="path",
+)
 AFTER_SEQ = Param(
     "after_seq",
     Annotated[int, Field(ge=0, le=params.MAX_SEQ)],
@@ -179,6 +185,13 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
     ),
     Operation(
+        "get",
+        "/api/workflows/{root_id}/",
+        "Every task of a workflow (chain, group, chord members), oldest first",
+        {200: models.Workflow, 404: models.Error, **BAD, **GUARDED, **STORE},
+        (ROOT_ID,),
+    ),
+    Operation(
         "post",
         "/api/launch/",
         "Send a demo task to the broker (when TASKLOG_API_DEMO_LAUNCH and a broker are set)",
@@ -219,6 +232,32 @@ OPERATIONS: tuple[Operation, ...] = (
             **STORE,
         },
         (TASK_ID, AFTER_SEQ, LAST_EVENT_ID),
+    ),
+    Operation(
+        "get",
+        "/sse/workflow/{root_id}/",
+        "Follow a workflow: every line of all its tasks, merged, each tagged with its task;"
+        " never ends",
+        {
+            200: Events(
+                models.workflow_stream_events,
+                "Server-sent events: `connected`, `new_log` (tagged with `task_id`; the event's"
+                " `id:` is a cursor of every task's last seq), `status` for each task",
+            ),
+            **BAD,
+            **GUARDED,
+            **STORE,
+        },
+        (
+            ROOT_ID,
+            Param("after", str, "A cursor (an event's `id:`): resume after it"),
+            Param(
+                "Last-Event-ID",
+                str,
+                "Sent by a browser resuming the stream: the last event's `id:`; wins over `after`",
+                where="header",
+            ),
+        ),
     ),
     Operation(
         "get",

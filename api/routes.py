@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys, metrics, params
+from api import find, keys, metrics, params
 from api.launch import DEMO_TASKS, check_kwargs
 from api.models import (
     ApiProcess,
@@ -96,6 +96,7 @@ async def get_task(request: web.Request) -> web.Response:
                 **row,
                 "logs": [Line.from_row(line) for line in lines],
                 "log_count": row["line_count"],
+                "runs": await find.runs(store.pool, task_id),
                 "next": next_url,
             }
         )

@@ -10,6 +10,9 @@ timeout is a 400 asking for a narrower one.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
@@ -20,7 +23,7 @@ from api.models import SearchResults
 from api.queries import Store
 from api.routes import respond
 from tasklog.core import db
-from tasklog.core.constants import STREAMS
+from tasklog.core.constants import ALL_STATES, STREAMS
 
 SEARCH_DEFAULT, SEARCH_MAX = 50, 500
 #: A search may not hold a connection longer than this (a pathological regex on 10M lines).
@@ -95,3 +98,32 @@ async def search_lines(request: web.Request) -> web.Response:
         next_url = str(request.url.update_query(cursor=encode_cursor(rows[-1])))
     body = {"results": [match_json(row) for row in rows], "next": next_url}
     return respond(SearchResults.model_validate(body))
+
+
+async def search_page(request: web.Request) -> web.Response:
+    """``GET /tasklog/search/``: the form, and the first page of matches (newest first)."""
+    pages = request.app[keys.PAGES]
+    query = {k: v for k, v in request.query.items() if k != "cursor"}
+    ctx: dict[str, Any] = {
+        "query": query,
+        "states": sorted(ALL_STATES),
+        "streams": STREAMS,
+        "matches": [],
+        "next": None,
+        "error": None,
+        "searched": bool(request.query.get("q", "").strip()),
+        "title": "Search",
+    }
+    if ctx["searched"]:
+        try:
+            search = search_params(request)
+            rows = await run_search(request.app[keys.STORE], search, SEARCH_DEFAULT + 1)
+        except web.HTTPBadRequest as exc:
+            ctx["error"] = json.loads(exc.text or "{}").get("error", "bad search")
+        else:
+            if len(rows) > SEARCH_DEFAULT:
+                rows = rows[:SEARCH_DEFAULT]
+                cursor = encode_cursor(rows[-1])
+                ctx["next"] = str(request.rel_url.update_query(cursor=cursor))
+            ctx["matches"] = [match_json(row) for row in rows]
+    return pages.render(request, "search.html", **ctx)

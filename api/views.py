@@ -6,7 +6,7 @@ import hmac
 
 from aiohttp import web
 
-from api import auth, keys, params, routes, wire
+from api import auth, find, keys, params, routes, wire
 from api.launch import DEMO_TASKS
 
 
@@ -26,8 +26,9 @@ async def task_view(request: web.Request) -> web.Response:
     task_id = params.task_id(request)
     row = await request.app[keys.STORE].get_task(task_id)
     task = wire.task_json(row) if row else None
+    workflow = await find.workflow_of(request.app[keys.STORE].pool, row)
     return request.app[keys.PAGES].render(
-        request, "task.html", task_id=task_id, task=task, title=f"Task {task_id}"
+        request, "task.html", task_id=task_id, task=task, workflow=workflow, title=f"Task {task_id}"
     )
 
 

@@ -67,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
     p.add_argument("--state", help="only tasks in this state (SUCCESS, FAILURE, …)")
     p.add_argument("--json", action="store_true", help="one JSON object per task")
-    p = command("logs", _logs, "Print the stored lines of a task.")
-    p.add_argument("task_id")
+    p = command("logs", _logs, "Print the stored lines of a task, or of a whole workflow.")
+    p.add_argument("task_id", nargs="?")
+    p.add_argument("--root", metavar="ROOT_ID", help="the merged lines of a workflow's tasks")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
         "--raw",
@@ -207,6 +208,20 @@ def _logs(args: argparse.Namespace) -> int:
     from tasklog import read
 
     settings = _collector_settings()
+    if (args.task_id is None) == (args.root is None):
+        from tasklog.core.errors import ConfigError
+
+        raise ConfigError("logs: give a TASK_ID or --root ROOT_ID (one of them)")
+    if args.root is not None:
+        from tasklog.workflow import print_workflow
+
+        return print_workflow(
+            settings.require_database_url(),
+            args.root,
+            as_json=args.json,
+            follow=args.follow,
+            raw=args.raw,
+        )
     return read.print_logs(
         settings.require_database_url(),
         args.task_id,

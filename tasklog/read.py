@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from tasklog import runs
 from tasklog.core import queries
 from tasklog.core.constants import FINISHED_STATES
 from tasklog.core.errors import StoreUnavailable, TasklogError
@@ -55,22 +56,30 @@ def format_tasks(rows: list[dict[str, Any]]) -> str:
 
 
 def print_logs(url: str, task_id: str, *, as_json: bool, follow: bool, raw: bool = False) -> int:
-    """Print a task's lines in order; with `follow`, until the task ends. Returns an exit code."""
+    """Print a task's lines in order; with `follow`, until the task ends. Returns an exit code.
+
+    A retried task's runs each start with a header (a ``run`` key on each JSON line); a failed
+    task ends with its exception and traceback (one last ``{"type": "exception"}`` object).
+    """
     after = 0
+    sections = runs.Sections(as_json, raw)
     with _connect(url) as conn:
         while True:
             task = conn.execute(Q["task_state"], {"task_id": task_id}).fetchone()
             if task is None and not follow:
                 raise UnknownTask(f"no task {task_id!r} is stored (yet)")
+            sections.update(conn.execute(runs.Q["runs"], {"task_id": task_id}).fetchall())
             for line in conn.execute(Q["task_lines"], {"task_id": task_id, "after": after}):
                 after = line["seq"]
-                _print_line(line, as_json, raw)
+                _print_line(sections.before(line), as_json, raw)
             if not follow or (task is not None and task["state"] in FINISHED_STATES):
                 # A finished state is committed with its last lines: nothing more will come.
                 if task is not None and task["state"] in FINISHED_STATES and follow:
                     for line in conn.execute(Q["task_lines"], {"task_id": task_id, "after": after}):
                         after = line["seq"]
-                        _print_line(line, as_json, raw)
+                        _print_line(sections.before(line), as_json, raw)
+                if task is not None:
+                    runs.print_exception(task, as_json, raw)
                 return 0
             sys.stdout.flush()
             time.sleep(0.25)

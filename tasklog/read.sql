@@ -9,7 +9,7 @@ ORDER BY created_at DESC, task_id DESC
 LIMIT %(limit)s
 
 -- name: task_state
-SELECT state FROM tasks WHERE task_id = %(task_id)s
+SELECT state, exc_type, exc_message, traceback FROM tasks WHERE task_id = %(task_id)s
 
 -- name: task_lines
 SELECT seq, ts, stream, level, message

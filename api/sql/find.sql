@@ -59,3 +59,8 @@ LIMIT %(limit)s
 SELECT task_id, coalesce(root_id, task_id) AS root_id
 FROM tasks
 WHERE task_id = ANY(%(task_ids)s)
+
+-- name: workflow_size
+-- 1 for a task alone, 2 for a task with company: whether a page links to a workflow view.
+SELECT count(*) AS n
+FROM (SELECT 1 FROM tasks WHERE root_id = %(root_id)s OR task_id = %(root_id)s LIMIT 2) AS s

@@ -15,6 +15,11 @@
   let lines = 0;
   let finished = false;
   let source = null;
+  // A link to /task/<id>/#seq-N (from search) shows that line, highlighted, among its neighbours.
+  const target = /^#seq-(\d+)$/.exec(window.location.hash);
+  const targetSeq = target ? Number(target[1]) : null;
+  if (targetSeq !== null) follow.checked = false;
+  let lastStatus = document.getElementById("status").textContent.trim();
 
   function setText(id, value) {
     const el = document.getElementById(id);
@@ -34,9 +39,11 @@
     document.getElementById("progress-message").textContent = task.progress_message || "";
     const exc = document.getElementById("exception");
     if (task.exc_type) { exc.hidden = false; exc.textContent = task.exc_type + ": " + (task.exc_message || ""); }
+    if (task.status !== lastStatus) { lastStatus = task.status; window.tasklogRuns.refresh(); }
   }
 
   function matches(row) {
+    if (!row.classList.contains("line")) return true;  // a run's header
     const q = filter.value.trim().toLowerCase();
     return !hidden.has(row.dataset.stream) && (!q || row.dataset.text.includes(q));
   }
@@ -51,6 +58,7 @@
     const row = document.createElement("div");
     row.className = "line " + line.stream + (line.level ? " lvl-" + String(line.level).toLowerCase() : "");
     row.dataset.seq = line.id;
+    row.id = "seq-" + line.id;
     // The "N lines omitted" marker shows and hides with the first stream (stdout).
     const names = window.tasklogConstants;
     row.dataset.stream = line.stream === names.marker ? names.streams[0] : line.stream;
@@ -66,8 +74,14 @@
     row.dataset.text = window.tasklogAnsi.render(text, line.message).toLowerCase();
     row.append(seq, time, tag, text);
     row.hidden = !matches(row);
+    window.tasklogRuns.beforeLine(row);
     log.appendChild(row);
     lines += 1;
+    if (line.id === targetSeq) {
+      row.classList.add("target");
+      row.hidden = false;
+      row.scrollIntoView({ block: "center" });
+    }
   }
 
   function connect() {
@@ -87,6 +101,7 @@
       else if (data.type === "end") {
         finished = true;
         source.close();
+        window.tasklogRuns.refresh();
         live.textContent = "finished"; live.className = "live done";
       }
       count.textContent = lines + (lines === 1 ? " line" : " lines");

@@ -204,3 +204,42 @@ def fd_close(self) -> str:
     os.close(null)
     print("python still captured")
     return "closed"
+
+
+# -- workflows: chains, groups and chords (tests/integration/test_workflows.py, the demo) -------
+
+
+@app.task(bind=True, name="demo.wf_step")
+def wf_step(self, value: int = 0, label: str = "step", lines: int = 3, delay: float = 0.05) -> int:
+    """One step of a workflow: prints `lines` lines and passes `value + 1` on."""
+    for i in range(1, lines + 1):
+        print(f"{label}: line {i} of {lines} (value {value})")
+        if delay:
+            time.sleep(delay)
+    return value + 1
+
+
+@app.task(bind=True, name="demo.wf_sum")
+def wf_sum(self, values: list[int], label: str = "sum", fail: bool = False) -> int:
+    """A chord's body: prints what the group returned and adds it up (or fails, if asked)."""
+    print(f"{label}: got {sorted(values)}")
+    if fail:
+        raise ValueError(f"{label}: refusing {values}")
+    total = sum(values)
+    print(f"{label}: total {total}")
+    return total
+
+
+@app.task(bind=True, name="demo.demo_workflow")
+def demo_workflow(self, width: int = 3, lines: int = 5, delay: float = 0.3) -> str:
+    """Starts a chain whose middle is a group, ending in a chord's body: a workflow to watch."""
+    from celery import chain, group
+
+    flow = chain(
+        wf_step.s(1, label="extract", lines=lines, delay=delay),
+        group(wf_step.s(label=f"transform-{i}", lines=lines, delay=delay) for i in range(width)),
+        wf_sum.s(label="load"),
+    )
+    result = flow.apply_async()
+    print(f"workflow started: {result.id}")
+    return str(result.id)
