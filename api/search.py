@@ -100,8 +100,8 @@ async def search_lines(request: web.Request) -> web.Response:
     return respond(SearchResults.model_validate(body))
 
 
-async def search_page(request: web.Request) -> web.Response:
-    """``GET /tasklog/search/``: the form, and the first page of matches (newest first)."""
+async def render_page(request: web.Request) -> web.Response:
+    """``GET /tasklog/search/`` (via `api.views`): the form and the first page of matches."""
     pages = request.app[keys.PAGES]
     query = {k: v for k, v in request.query.items() if k != "cursor"}
     ctx: dict[str, Any] = {

@@ -6,7 +6,7 @@ import hmac
 
 from aiohttp import web
 
-from api import auth, find, keys, params, routes, wire
+from api import auth, find, keys, params, routes, search, wire, workflows
 from api.launch import DEMO_TASKS
 
 
@@ -30,6 +30,14 @@ async def task_view(request: web.Request) -> web.Response:
     return request.app[keys.PAGES].render(
         request, "task.html", task_id=task_id, task=task, workflow=workflow, title=f"Task {task_id}"
     )
+
+
+async def search_page(request: web.Request) -> web.Response:
+    return await search.render_page(request)
+
+
+async def workflow_page(request: web.Request) -> web.Response:
+    return await workflows.render_page(request)
 
 
 async def diagnostic_page(request: web.Request) -> web.Response:

@@ -208,8 +208,8 @@ async def workflow_stream(request: web.Request) -> web.StreamResponse:
     return stream
 
 
-async def workflow_page(request: web.Request) -> web.Response:
-    """``GET /tasklog/workflow/{root_id}/``: the tree with live states, and the merged log."""
+async def render_page(request: web.Request) -> web.Response:
+    """``GET /tasklog/workflow/{root_id}/`` (via `api.views`): the tree and the merged log."""
     root_id = root_param(request)
     rows = await workflow_tasks(request, root_id)
     tasks = [wire.task_json(row) for row in rows[:WORKFLOW_TASKS_MAX]]
