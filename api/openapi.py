@@ -79,8 +79,9 @@ TASK_ID = Param(
 )
 ROOT_ID = Param(
     "root_id",
-    Annotated[str, Field(min_length=1, max_length=params.MAX_TASK_ID)],
-    "Id of the workflow's first task (every task's `root_id`)",
+    Annotated[str, Field(min_length=1, max_length=MAX_TASK_ID_BYTES)],
+    f"Id of the workflow's first task (every task's `root_id`): at most {MAX_TASK_ID_BYTES}"
+    " bytes of UTF-8, no control characters",
     where="path",
 )
 AFTER_SEQ = Param(

@@ -31,7 +31,7 @@ from api.models import Task, Workflow
 from api.queries import TASK_COLUMNS, Row
 from api.routes import respond
 from api.sse import RETRY_MS, Stream, _open
-from tasklog.core.constants import FINISHED_STATES
+from tasklog.core.constants import FINISHED_STATES, MAX_TASK_ID_BYTES, task_id_problem
 from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api.workflows")
@@ -53,9 +53,14 @@ async def workflow_tasks(request: web.Request, root_id: str) -> list[Row]:
 
 
 def root_param(request: web.Request) -> str:
+    """The root id of the path: a task id, validated as `params.task_id` does."""
     value = request.match_info["root_id"]
-    if not value or len(value) > params.MAX_TASK_ID or any(ord(c) < 32 for c in value):
-        params.bad(f"root_id: expected 1 to {params.MAX_TASK_ID} printable characters")
+    problem = task_id_problem(value)
+    if problem is not None or any(ord(c) < 32 or ord(c) == 0x7F for c in value):
+        params.bad(
+            f"root_id: the id {problem or 'holds a control character'}; expected 1 to "
+            f"{MAX_TASK_ID_BYTES} bytes of UTF-8 without control characters"
+        )
     return value
 
 
