@@ -165,11 +165,7 @@ class Hub:
                 info = await client.info("server")
         except _ERRORS as exc:
             return {"ok": False, "error": str(exc) or type(exc).__name__}
-        return {
-            "ok": True,
-            "version": info.get("redis_version"),
-            "cluster": live.is_cluster(client),
-        }
+        return {"ok": True, "version": info.get("redis_version")}
 
     @property
     def configured(self) -> bool:
