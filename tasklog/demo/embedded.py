@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import IO, Any, Self
@@ -167,6 +168,12 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         return self._live_postmaster() is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs; it leads a process group of its own."""
+        running = self._live_postmaster()
+        return running[0] if running else None
 
     def start(self) -> None:
         """Create the cluster if needed and start the server; a no-op if it already runs."""
@@ -430,12 +437,15 @@ class EmbeddedRedis:
         *,
         timeout: float = 15.0,
         server_path: Path | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.log_path = self.state_dir / "redis.log"
         self.port = port
         self.timeout = timeout
         self._server_path = server_path
+        # Run in the server's process before exec (`tasklog demo` ties its life to its own).
+        self._preexec = preexec
         self._proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -488,6 +498,7 @@ class EmbeddedRedis:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._preexec,
             )
         try:
             answered = _wait_until(self._answers, self.timeout, interval=0.02)
