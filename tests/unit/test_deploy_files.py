@@ -405,6 +405,46 @@ def test_env_example_documents_every_setting_of_its_program(example: str) -> Non
     assert not missing, f"document these in deploy/{example}: {sorted(missing)}"
 
 
+@pytest.mark.parametrize("example", sorted(ENV_EXAMPLES))
+def test_env_example_commented_lines_show_the_real_defaults(example: str) -> None:
+    """`#TASKLOG_X=value` says "the default is value": it must be, whoever changes a default."""
+    from pydantic import TypeAdapter
+    from pydantic_core import PydanticUndefined
+
+    from capture_shim.config import DOCUMENTED
+
+    shim_defaults = {name: default for name, default, _ in DOCUMENTED}
+    program = ENV_EXAMPLES[example]
+    models = {"collector": "collector.settings", "api": "api.settings"}
+    fields = {}
+    if program in models:
+        mod = pytest.importorskip(models[program])
+        cls = mod.CollectorSettings if program == "collector" else mod.ApiSettings
+        fields = cls.model_fields
+    shown_defaults = {
+        match.group(1): match.group(2)
+        for line in (DEPLOY / example).read_text().splitlines()
+        if line.startswith("#") and (match := ENV_LINE.match(line))
+    }
+    wrong = []
+    for name, shown in shown_defaults.items():
+        field = fields.get(name.removeprefix("TASKLOG_").lower())
+        if field is None:
+            if name in shim_defaults and shim_defaults[name] != shown:
+                wrong.append(f"{name}={shown} (default {shim_defaults[name]})")
+            continue
+        if field.default_factory is not None or field.default is PydanticUndefined:
+            assert shown == "", f"{example}: {name} has a computed default; show it empty"
+            continue
+        if shown == "":
+            ok = field.default in (None, "")
+        else:
+            ok = TypeAdapter(field.annotation).validate_python(shown) == field.default
+        if not ok:
+            wrong.append(f"{name}={shown} (default {field.default!r})")
+    assert not wrong, f"deploy/{example} shows wrong defaults: {wrong}"
+
+
 def test_secrets_are_only_in_their_services_files() -> None:
     worker = env_example("worker.env.example")
     assert not set(SECRETS) & set(worker), "a task can read its worker's environment"
