@@ -316,7 +316,7 @@ def start_api(
         **env,
     }
     proc = procs.start(
-        "api", [sys.executable, "-m", "tasklog", "api"], env=full_env, ready="listening on"
+        "api", [sys.executable, "-m", "tasklog", "api"], env=full_env, ready="listening on http"
     )
     return proc, f"http://127.0.0.1:{port}"
 

@@ -71,7 +71,7 @@ async def test_openapi_fuzz_no_server_error_no_traceback(
             "TASKLOG_REDIS_URL": redis_url,
             "TASKLOG_API_PORT": str(port),
         },
-        ready="listening on",
+        ready="listening on http",
     )
     hooks = tmp_path / "fuzz_hooks.py"
     hooks.write_text(HOOKS)

@@ -75,7 +75,7 @@ def test_api_notifies_ready_watchdog_and_stopping(
         "TASKLOG_API_PORT": str(port),
     }
     proc = procs.start(
-        "api", [sys.executable, "-m", "tasklog", "api"], env=env, ready="listening on"
+        "api", [sys.executable, "-m", "tasklog", "api"], env=env, ready="listening on http"
     )
     wait_for(lambda: supervisor.saw("READY=1"), message="api never sent READY=1")
     wait_for(lambda: supervisor.saw("WATCHDOG=1"), message="api never pinged the watchdog")

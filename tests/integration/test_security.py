@@ -317,7 +317,7 @@ async def test_without_a_token_the_api_listens_on_loopback_only(
     if token:
         env["TASKLOG_API_TOKEN"] = token
     api = procs.start(
-        "api", [sys.executable, "-m", "tasklog", "api"], env=env, ready="listening on"
+        "api", [sys.executable, "-m", "tasklog", "api"], env=env, ready="listening on http"
     )
     elsewhere = non_loopback_address()
     if token is None:
