@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, TypeAdapter
-from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
+from pydantic.json_schema import (
+    GenerateJsonSchema,
+    JsonSchemaMode,
+    JsonSchemaValue,
+    models_json_schema,
+)
 
 from api import auth, keys, models, params, routes, search
 from api.find import MAX_PATTERN
@@ -24,6 +29,13 @@ from tasklog.core.constants import MAX_TASK_ID_BYTES
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
+
+
+class Schemas(GenerateJsonSchema):
+    """pydantic's JSON Schema, without a title on every field: the descriptions say more."""
+
+    def field_title_should_be_set(self, schema: object) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -37,15 +49,16 @@ class Param:
     required: bool = False
 
     def schema(self) -> JsonSchemaValue:
-        return TypeAdapter(self.kind).json_schema()
+        return TypeAdapter(self.kind).json_schema(schema_generator=Schemas)
 
 
 @dataclass(frozen=True)
 class Text:
-    """A non-JSON answer."""
+    """An answer that is not one of the models: plain text, or this document."""
 
     media_type: str
     description: str
+    kind: Literal["string", "object"] = "string"
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,14 @@ class Events:
     description: str
 
 
-Answer = type[BaseModel] | Text | Events
+@dataclass(frozen=True)
+class Failure:
+    """An `api.models.Error` answer: what it means for this route."""
+
+    description: str
+
+
+Answer = type[BaseModel] | Text | Events | Failure
 
 
 @dataclass(frozen=True)
@@ -98,9 +118,10 @@ LAST_EVENT_ID = Param(
 TEXT = Annotated[str, Field(max_length=params.MAX_TEXT)]
 
 #: Statuses most routes share; route-specific ones are added per operation.
-BAD = {400: models.Error}
-GUARDED = {401: models.Error}
-STORE = {503: models.Error}
+BAD = {400: Failure("Bad input: `error` names the parameter and what it expects")}
+GUARDED = {401: Failure("TASKLOG_API_TOKEN is set and the request carries no valid token")}
+STORE = {503: Failure("Postgres is unreachable, or the schema is missing (`tasklog migrate`)")}
+NO_TASK = {404: Failure("No task with this id is stored")}
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
@@ -129,7 +150,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/tasks/{task_id}/",
         "One task, with its lines after `after_seq` (follow `next` for more)",
-        {200: models.TaskDetail, 404: models.Error, **BAD, **GUARDED, **STORE},
+        {200: models.TaskDetail, **NO_TASK, **BAD, **GUARDED, **STORE},
         (
             TASK_ID,
             AFTER_SEQ,
@@ -147,7 +168,7 @@ OPERATIONS: tuple[Operation, ...] = (
         " <message>`",
         {
             200: Text("text/plain", "The whole log, as a download"),
-            404: models.Error,
+            **NO_TASK,
             **BAD,
             **GUARDED,
             **STORE,
@@ -198,11 +219,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "Send a demo task to the broker (when TASKLOG_API_DEMO_LAUNCH and a broker are set)",
         {
             202: models.Launched,
-            403: models.Error,
-            404: models.Error,
+            403: Failure("Sent from another site's page (Origin/Referer is not this site)"),
+            404: Failure("Launching is off (TASKLOG_API_DEMO_LAUNCH, or no TASKLOG_REDIS_URL)"),
             **BAD,
             **GUARDED,
-            503: models.Error,
+            503: Failure("The broker refused the task or did not answer"),
         },
         body=models.LaunchRequest,
     ),
@@ -216,7 +237,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/openapi.json",
         "This document",
-        {200: Text(JSON, "The OpenAPI 3.1 document of the API")},
+        {200: Text(JSON, "The OpenAPI 3.1 document of the API", "object"), **GUARDED},
     ),
     Operation(
         "get",
@@ -309,18 +330,23 @@ OPERATIONS: tuple[Operation, ...] = (
 def _components(operations: tuple[Operation, ...]) -> tuple[dict[str, Any], dict[Events, Any]]:
     """Every model's schema under its name, and each event union's inline schema."""
     answers = {a for op in operations for a in op.responses.values() if isinstance(a, type)}
+    answers.add(models.Error)
     bodies = {op.body for op in operations if op.body is not None}
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         *((m, "serialization") for m in answers | set(models.EVENTS)),
         *((m, "validation") for m in bodies),  # what a client sends
     ]
-    _, top = models_json_schema(sorted(pairs, key=lambda p: p[0].__name__), ref_template=REF)
+    _, top = models_json_schema(
+        sorted(pairs, key=lambda p: p[0].__name__), ref_template=REF, schema_generator=Schemas
+    )
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     streams: dict[Events, Any] = {}
     for op in operations:
         for answer in op.responses.values():
             if isinstance(answer, Events) and answer not in streams:
-                union = answer.adapter.json_schema(ref_template=REF, mode="serialization")
+                union = answer.adapter.json_schema(
+                    ref_template=REF, mode="serialization", schema_generator=Schemas
+                )
                 for name, schema in union.pop("$defs", {}).items():
                     assert schemas.get(name, schema) == schema, f"two schemas named {name}"
                     schemas[name] = schema
@@ -336,8 +362,11 @@ def _response(answer: Answer, streams: dict[Events, Any]) -> dict[str, Any]:
     if isinstance(answer, Text):
         return {
             "description": answer.description,
-            "content": {answer.media_type: {"schema": {"type": "string"}}},
+            "content": {answer.media_type: {"schema": {"type": answer.kind}}},
         }
+    if isinstance(answer, Failure):
+        error = {JSON: {"schema": _ref(models.Error)}}
+        return {"description": answer.description, "content": error}
     if isinstance(answer, Events):
         return {
             "description": answer.description,
