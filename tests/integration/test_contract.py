@@ -105,6 +105,7 @@ async def test_every_documented_route_answers_real_data_as_documented(
         "retried": send("demo.retry_task"),
         "long": send("demo.print_lines", kwargs={"count": 30, "stderr_every": 10}),
     }
+    workflow = send("demo.demo_workflow", kwargs={"width": 2, "lines": 2, "delay": 0})
     ids = [r.id for r in done.values()]
     await wait_rows(
         database_url,
@@ -115,6 +116,13 @@ async def test_every_documented_route_answers_real_data_as_documented(
     )
     await wait_rows(
         database_url,
+        "SELECT 1 FROM tasks WHERE root_id = %s HAVING count(*) FILTER (WHERE state = 'SUCCESS')"
+        " = 5",  # the starter, extract, two transforms, the chord's body
+        (workflow.id,),
+        "the workflow done",
+    )
+    await wait_rows(
+        database_url,
         "SELECT 1 FROM tasks WHERE task_id = %s AND state = 'PROGRESS' AND last_seq >= 2",
         (running.id,),
         "the long task running",
@@ -122,7 +130,7 @@ async def test_every_documented_route_answers_real_data_as_documented(
     async with running_api(api_settings(database_url, redis_url)) as client:
         served = await (await client.get(f"{PREFIX}/api/openapi.json")).json()
         doc = Document(served)
-        await _routes(client, doc, running.id, {k: r.id for k, r in done.items()})
+        await _routes(client, doc, running.id, {k: r.id for k, r in done.items()}, workflow.id)
         # Every documented operation was called, and answered with its success status.
         called = {(m, PREFIX + p) for m, p, status in doc.seen if status < 300}
         assert called == doc.operations(), doc.operations() - called
@@ -142,6 +150,7 @@ async def _routes(
     doc: Document,
     running: str,
     done: dict[str, str],
+    workflow: str,
 ) -> None:
     get = client.get
 
@@ -154,9 +163,12 @@ async def _routes(
         page = await doc.json("get", "/api/tasks/", await client.session.get(page["next"]), 200)
         tasks += page["results"]
     by_id = {t["task_id"]: t for t in tasks}
-    assert set(by_id) == {running, *done.values()}
+    assert {running, *done.values(), workflow} <= set(by_id)
     assert by_id[running]["finished"] is False and by_id[running]["status"] == "PROGRESS"
     assert by_id[done["retried"]]["retries"] == 1
+    runs = f"{PREFIX}/api/tasks/{done['retried']}/"
+    retried = await doc.json("get", "/api/tasks/{task_id}/", await get(runs), 200)
+    assert [r["state"] for r in retried["runs"]] == ["RETRY", "SUCCESS"]
     assert by_id[done["quick"]]["worker"] and by_id[done["quick"]]["pid"]
     query = "/api/tasks/?state=failure,SUCCESS&name=demo.demo_failing_task"
     failed = await doc.json("get", "/api/tasks/", await get(PREFIX + query), 200)
@@ -187,6 +199,22 @@ async def _routes(
         "get", raw, await get(f"{PREFIX}/api/tasks/{done['failing']}/raw")
     )
     await doc.json("get", raw, await get(f"{PREFIX}/api/tasks/nope/raw"), 404)
+
+    # -- a workflow (chain, group, chord): its tasks, and its merged stream
+    tree = "/api/workflows/{root_id}/"
+    flow = await doc.json("get", tree, await get(f"{PREFIX}/api/workflows/{workflow}/"), 200)
+    assert len(flow["tasks"]) == 5 and flow["truncated"] is False
+    await doc.json("get", tree, await get(f"{PREFIX}/api/workflows/no-such-root/"), 404)
+    kinds: set[str] = set()
+
+    def both(event: Event) -> bool:
+        kinds.add(event.type)
+        return {"new_log", "status"} <= kinds
+
+    async with sse(client, f"{PREFIX}/sse/workflow/{workflow}/") as stream:
+        events = await stream.until(both)
+    assert events[0].type == "connected"
+    doc.events("/sse/workflow/{root_id}/", events)
 
     # -- search
     found = await doc.json(
