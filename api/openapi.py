@@ -210,7 +210,13 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/workflows/{root_id}/",
         "Every task of a workflow (chain, group, chord members), oldest first",
-        {200: models.Workflow, 404: models.Error, **BAD, **GUARDED, **STORE},
+        {
+            200: models.Workflow,
+            404: Failure("No task of this workflow is stored"),
+            **BAD,
+            **GUARDED,
+            **STORE,
+        },
         (ROOT_ID,),
     ),
     Operation(
