@@ -1,10 +1,12 @@
 """The API's contract: one pydantic model per JSON answer and per SSE event.
 
-These models are the one source of the wire format. The JSON routes (`api.routes`) build their
-answers from them, and `api.openapi` generates the OpenAPI document from them, so a field
-exists on the wire exactly when it is documented here. The SSE ``new_log`` frames are the one
-exception: they are built once per collector message for every follower (`api.wire`, the hot
-path), and tests/unit/test_openapi_document.py proves each of them equals its model.
+These models are the one source of the wire format. The JSON routes build their answers from
+them (``routes.respond(Model(...))``), and `api.openapi` generates the OpenAPI document from
+them, so a JSON answer carries a field exactly when it is documented here. The SSE events are
+the exception: `api.wire` builds them as dicts, because a live line is framed once for every
+follower (the hot path) and a collector's message is relayed as it came; the models document
+them, tests/unit/test_openapi_document.py proves each `api.wire` builder equals its model, and
+tests/integration/test_contract.py checks real streams against the document.
 
 Every model forbids extra fields (``additionalProperties: false`` in the document): a route
 that sends a field nobody documented fails tests/integration/test_contract.py.
@@ -13,9 +15,12 @@ A new route (search, workflows, ...):
 1. its answer gets a model here (fields typed, each with a ``description``), built on
    `Contract`; reuse `Task`, `Line`, `Timestamp`, `State` rather than re-typing them;
 2. the handler returns ``routes.respond(TheModel(...))`` (errors go through `params.error`);
-3. `api.openapi.OPERATIONS` gets a row: method, path, summary, parameters, and the model of
-   each status; the document, the fuzz test and the contract test pick it up from there
-   (tests/integration/test_contract.py fails while the router has a route the document lacks).
+   a stream documents its events as a discriminated union (see `task_stream_events`);
+3. `api.openapi.OPERATIONS` gets a row: method, path, summary, parameters, and the model (or
+   `Failure` description) of each status; the document and the fuzz test pick it up from there;
+4. tests/integration/test_contract.py calls it with real data: it fails while a documented
+   route is not called there, and tests/unit/test_openapi_document.py fails while the router
+   has an API route the document lacks.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `OPERATIONS` names each route of the API with its parameters and the model of each answer;
 the schemas come from pydantic (``model_json_schema`` with ``#/components/schemas/`` refs), so
 the document says what the routes send. HTML pages are not part of it. A new route adds its
-row here (see `api.models` for the whole recipe); tests/integration/test_contract.py fails
+row here (see `api.models` for the whole recipe); tests/unit/test_openapi_document.py fails
 while a route of the router under ``/api/``, ``/sse/``, ``/healthz`` or ``/metrics`` has none.
 """
 
