@@ -1,16 +1,16 @@
-"""The API's reads from Postgres: named queries from ``sql/queries.sql``, loaded once.
+"""Reads of the collector's schema: the named queries of ``sql/queries.sql``, for the API and
+for the command line (`tasklog tasks`, `tasklog logs`, which run `statement` on a connection
+of their own) alike.
 
-`Store` owns the connection pool and is the one place where driver errors become
-`StoreUnavailable`, so that routes speak the domain's language.
+`Store` owns the API's connection pool; driver errors leave it in the project's words
+(`tasklog.core.db`), so that routes speak the domain's language.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from importlib import resources
 from typing import Any, cast
 
 import psycopg
@@ -18,9 +18,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from tasklog.core import db
 from tasklog.core.errors import StoreUnavailable
 
+#: A row as psycopg's dict_row gives it: column name → value of that column's type.
 Row = dict[str, Any]
+#: Bound parameters of a query, by name.
+Params = dict[str, object]
 
 #: The task columns every JSON view of a task carries.
 TASK_COLUMNS = (
@@ -47,26 +51,19 @@ TASK_COLUMNS = (
     "spool_errors",
 )
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
-def load_queries() -> dict[str, str]:
-    """The ``-- name: x`` blocks of ``queries.sql``, by name."""
-    text = resources.files("api").joinpath("sql/queries.sql").read_text(encoding="utf-8")
-    parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-
-QUERIES = load_queries()
+Q = db.queries("api", "sql/queries.sql")
 _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS))
 
 
-def _query(name: str, **fragments: sql.Composable) -> sql.Composed:
-    return sql.SQL(QUERIES[name]).format(columns=_COLUMNS, **fragments)
+def statement(name: str, **fragments: sql.Composable) -> sql.Composed:
+    """Named query `name`, its ``{columns}`` (and any other fragment) filled in; the command
+    line runs these too, on a connection of its own."""
+    return sql.SQL(Q[name]).format(columns=_COLUMNS, **fragments)
 
 
 class TaskFilter:
-    """The task list's filters, already validated; each adds one fixed SQL fragment."""
+    """The task list's filters, already validated; each adds one fixed fragment of
+    ``sql/queries.sql`` (``filter_*``)."""
 
     def __init__(
         self,
@@ -84,33 +81,33 @@ class TaskFilter:
             before,
         )
 
-    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
-        clauses: list[sql.Composable] = []
-        params: dict[str, Any] = {}
+    def where(self) -> tuple[sql.Composable, Params]:
+        given: dict[str, Params] = {}
         if self.states:
-            clauses.append(sql.SQL("state = ANY(%(states)s)"))
-            params["states"] = self.states
+            given["filter_states"] = {"states": self.states}
         if self.name is not None:
-            clauses.append(sql.SQL("task_name = %(name)s"))
-            params["name"] = self.name
+            given["filter_name"] = {"name": self.name}
         if self.host is not None:
-            clauses.append(sql.SQL("host = %(host)s"))
-            params["host"] = self.host
+            given["filter_host"] = {"host": self.host}
         if self.since is not None:
-            clauses.append(sql.SQL("created_at >= %(since)s"))
-            params["since"] = self.since
+            given["filter_since"] = {"since": self.since}
         if self.before is not None:
-            clauses.append(sql.SQL("(created_at, task_id) < (%(b_at)s, %(b_id)s)"))
-            params["b_at"], params["b_id"] = self.before
-        if not clauses:
-            return sql.SQL("true"), params
-        return sql.SQL(" AND ").join(clauses), params
+            given["filter_before"] = {"b_at": self.before[0], "b_id": self.before[1]}
+        if not given:
+            return sql.SQL(Q["filter_none"]), {}
+        clauses = sql.SQL(" AND ").join(sql.SQL(Q[name]) for name in given)
+        return clauses, {key: value for params in given.values() for key, value in params.items()}
 
 
 class Store:
-    """Read access to the collector's schema through one async connection pool."""
+    """Read access to the collector's schema through one async connection pool.
+
+    Driver errors leave it as the project's errors (`tasklog.core.db.translated`): a missing
+    schema is `SchemaMissing` ("run `tasklog migrate`"), a lost server `StoreUnavailable`.
+    """
 
     def __init__(self, conninfo: str, *, max_size: int = 10, timeout: float = 10.0) -> None:
+        self.conninfo = conninfo
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -124,55 +121,55 @@ class Store:
     async def open(self, timeout: float = 10.0) -> None:
         try:
             await self.pool.open(wait=True, timeout=timeout)
-        except PoolTimeout as exc:
+        except PoolTimeout:
             await self.pool.close(timeout=1.0)
+            # The pool only knows it timed out: one direct attempt says why (refused, login…).
+            probe = await db.aconnect(self.conninfo)
+            await probe.close()
             raise StoreUnavailable(
-                f"TASKLOG_DATABASE_URL: could not connect to Postgres within {timeout:g}s"
-            ) from exc
+                f"{db.SETTING}: could not connect to {db.where(self.conninfo)} within {timeout:g}s"
+            ) from None
 
     async def close(self) -> None:
         await self.pool.close(timeout=5.0)
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
-        try:
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A connection for a few statements; driver errors raised in the block translated."""
+        with db.translated(self.conninfo):
             async with self.pool.connection() as conn:
                 # The pool's connections have the dict_row factory (see `__init__`).
                 yield cast("psycopg.AsyncConnection[Row]", conn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
-        except psycopg.errors.UndefinedTable as exc:
-            raise StoreUnavailable("the tasklog schema is missing: run `tasklog migrate`") from exc
 
-    async def _all(self, query: sql.Composed, params: dict[str, Any]) -> list[Row]:
-        async with self._conn() as conn:
+    async def _all(self, query: sql.Composed, params: Params) -> list[Row]:
+        async with self.connection() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
-    async def _one(self, query: sql.Composed, params: dict[str, Any]) -> Row | None:
-        async with self._conn() as conn:
+    async def _one(self, query: sql.Composed, params: Params) -> Row | None:
+        async with self.connection() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchone()
 
     async def list_tasks(self, filters: TaskFilter, limit: int) -> list[Row]:
         where, params = filters.where()
-        return await self._all(_query("list_tasks", where=where), {**params, "limit": limit})
+        return await self._all(statement("list_tasks", where=where), {**params, "limit": limit})
 
     async def get_task(self, task_id: str) -> Row | None:
-        return await self._one(_query("get_task"), {"task_id": task_id})
+        return await self._one(statement("get_task"), {"task_id": task_id})
 
     async def task_progress(self, task_id: str) -> Row | None:
-        return await self._one(_query("task_progress"), {"task_id": task_id})
+        return await self._one(statement("task_progress"), {"task_id": task_id})
 
     async def tasks_updated_since(self, since: datetime, limit: int = 500) -> list[Row]:
-        return await self._all(_query("tasks_updated_since"), {"since": since, "limit": limit})
+        return await self._all(statement("tasks_updated_since"), {"since": since, "limit": limit})
 
     async def lines_after(self, task_id: str, after_seq: int, limit: int) -> list[Row]:
         params = {"task_id": task_id, "after_seq": after_seq, "limit": limit}
-        return await self._all(_query("lines_after"), params)
+        return await self._all(statement("lines_after"), params)
 
     async def collectors(self) -> list[Row]:
-        return await self._all(_query("collectors"), {})
+        return await self._all(statement("collectors"), {})
 
     async def server_info(self) -> Row | None:
-        return await self._one(_query("server_info"), {})
+        return await self._one(statement("server_info"), {})

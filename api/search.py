@@ -68,7 +68,7 @@ async def run_search(store: Store, search: Search, limit: int) -> list[Row]:
     found: list[Row] = []
     with db.translated():
         try:
-            async with store.pool.connection() as conn, conn.transaction():
+            async with store.connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(Q["statement_timeout"], {"ms": str(STATEMENT_TIMEOUT_MS)})
                 now = (await (await cur.execute(Q["now"])).fetchone() or {})["now"]

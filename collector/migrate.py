@@ -10,12 +10,11 @@ import logging
 import re
 from importlib import resources
 
-import psycopg
-
-from tasklog.core.errors import StoreUnavailable
+from tasklog.core import db
 
 log = logging.getLogger("tasklog.migrate")
 
+Q = db.queries("collector.sql", "migrate.sql")
 _LOCK_ID = 0x7461736B6C6F67  # "tasklog"
 _NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
@@ -31,35 +30,18 @@ def available() -> list[tuple[int, str, str]]:
 
 
 def migrate(conninfo: str) -> list[str]:
-    """Apply the migrations not yet applied; returns their file names."""
+    """Apply the migrations not yet applied; returns their file names. Driver errors arrive
+    as the project's one-line errors (`tasklog.core.db`)."""
     applied: list[str] = []
-    try:
-        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        reason = _last_line(exc)
-        raise StoreUnavailable(f"TASKLOG_DATABASE_URL: cannot connect ({reason})") from None
-    with conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS tasklog_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM tasklog_migrations")}
-            for version, name, sql in available():
-                if version in done:
-                    continue
-                log.info("applying migration %s", name)
-                conn.execute(sql.encode())
-                conn.execute(
-                    "INSERT INTO tasklog_migrations (version, name) VALUES (%s, %s)",
-                    (version, name),
-                )
-                applied.append(name)
+    with db.connect(conninfo) as conn, db.translated(conninfo), conn.transaction():
+        conn.execute(Q["lock"], {"lock": _LOCK_ID})
+        conn.execute(Q["create_version_table"])
+        done = {row[0] for row in conn.execute(Q["applied_versions"])}
+        for version, name, sql in available():
+            if version in done:
+                continue
+            log.info("applying migration %s", name)
+            conn.execute(sql.encode())
+            conn.execute(Q["record_version"], {"version": version, "name": name})
+            applied.append(name)
     return applied
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklog import __version__
-from tasklog.core.errors import MissingExtra, TasklogError
+from tasklog.core.errors import ConfigError, MissingExtra, TasklogError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("component", nargs="?", choices=["collector", "api"], default="collector")
     p = command("tasks", _tasks, "List recent tasks.")
     p.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
-    p.add_argument("--state", help="only tasks in this state (SUCCESS, FAILURE, …)")
+    p.add_argument(
+        "--state", action="append", default=[], help="only tasks in this state (SUCCESS, …)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per task")
     p = command("logs", _logs, "Print the stored lines of a task, or of a whole workflow.")
     p.add_argument("task_id", nargs="?")
@@ -192,16 +194,27 @@ def _config(args: argparse.Namespace) -> None:
         print(f"{name}={'' if value is None else value}")
 
 
+def _states(given: list[str]) -> list[str]:
+    """``--state`` values (repeated or comma-separated), checked as the API checks them."""
+    from tasklog.core.constants import ALL_STATES, STATES
+
+    states = [s.strip().upper() for value in given for s in value.split(",") if s.strip()]
+    if bad := [s for s in states if s not in ALL_STATES]:
+        raise ConfigError(f"--state: {bad[0]} is not one of {', '.join(STATES)}")
+    return states
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from tasklog import read
+    from tasklog.terminal import json_for_terminal
 
-    settings = _collector_settings()
-    rows = read.recent_tasks(settings.require_database_url(), args.limit, args.state)
+    url = _collector_settings().require_database_url()
+    tasks = read.recent_tasks(url, args.limit, _states(args.state))
     if args.json:
-        for row in rows:
-            print(json.dumps(row, default=str, ensure_ascii=False))
+        for task in tasks:
+            print(json_for_terminal(json.dumps(task, ensure_ascii=False)))
         return
-    print(read.format_tasks(rows))
+    print(read.format_tasks(tasks))
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -209,8 +222,6 @@ def _logs(args: argparse.Namespace) -> int:
 
     settings = _collector_settings()
     if (args.task_id is None) == (args.root is None):
-        from tasklog.core.errors import ConfigError
-
         raise ConfigError("logs: give a TASK_ID or --root ROOT_ID (one of them)")
     if args.root is not None:
         from tasklog.workflow import print_workflow
@@ -224,7 +235,7 @@ def _logs(args: argparse.Namespace) -> int:
         )
     return read.print_logs(
         settings.require_database_url(),
-        args.task_id,
+        read.check_task_id(args.task_id),
         as_json=args.json,
         follow=args.follow,
         raw=args.raw,
@@ -234,14 +245,11 @@ def _logs(args: argparse.Namespace) -> int:
 def _grep(args: argparse.Namespace) -> int:
     from api.find import Search
     from tasklog import grep
-    from tasklog.core.constants import ALL_STATES, STATES, STREAMS
-    from tasklog.core.errors import ConfigError
+    from tasklog.core.constants import STREAMS
 
     if not args.pattern.strip():
         raise ConfigError("PATTERN: expected some text to search for")
-    states = [s.upper() for s in args.state]
-    if bad := [s for s in states if s not in ALL_STATES]:
-        raise ConfigError(f"--state: {bad[0]} is not one of {', '.join(STATES)}")
+    states = _states(args.state)
     if bad := [s for s in args.stream if s not in STREAMS]:
         raise ConfigError(f"--stream: {bad[0]} is not one of {', '.join(STREAMS)}")
     try:

@@ -1,5 +1,25 @@
--- Named queries of the API, loaded once by api/queries.py. The API only reads.
--- {columns} and {where} are filled with fixed fragments by psycopg.sql; values are always bound.
+-- Named queries of the API and of the command line (`tasklog tasks`, `tasklog logs`), loaded
+-- once by api/queries.py. They only read.
+-- {columns} and {where} are filled with fixed fragments by psycopg.sql (the `filter_*` ones
+-- below for {where}, joined by AND); values are always bound.
+
+-- name: filter_none
+true
+
+-- name: filter_states
+state = ANY(%(states)s)
+
+-- name: filter_name
+task_name = %(name)s
+
+-- name: filter_host
+host = %(host)s
+
+-- name: filter_since
+created_at >= %(since)s
+
+-- name: filter_before
+(created_at, task_id) < (%(b_at)s, %(b_id)s)
 
 -- name: list_tasks
 SELECT {columns}

@@ -39,15 +39,31 @@ def queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+def _params(conninfo: str) -> dict[str, object]:
+    try:
+        return dict(pg_conninfo.conninfo_to_dict(conninfo))
+    except psycopg.ProgrammingError:
+        return {}
+
+
 def where(conninfo: str) -> str:
     """``host:port`` of a connection string, for messages (never its password)."""
-    try:
-        params = pg_conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
+    params = _params(conninfo)
+    if not params:
         return "the configured server"
     host = str(params.get("host") or "localhost")
     port = str(params.get("port") or "5432")
     return host if host.startswith("/") else f"{host}:{port}"
+
+
+def _database(conninfo: str | None) -> str:
+    """'database "x" on host:port', or 'the database' when the conninfo says nothing."""
+    if not conninfo:
+        return "the database"
+    name = _params(conninfo).get("dbname")
+    return (
+        f'database "{name}" on {where(conninfo)}' if name else f"the database on {where(conninfo)}"
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -68,9 +84,21 @@ def translate(exc: BaseException, conninfo: str | None = None) -> Exception:
     if isinstance(exc, PoolTimeout):
         return StoreUnavailable(f"{SETTING}: no connection{place} became free in time ({exc})")
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
-        return SchemaMissing()
+        return SchemaMissing(
+            f"{SETTING}: {_database(conninfo)} has no tasklog schema: run `tasklog migrate`"
+        )
+    if isinstance(exc, psycopg.errors.UndefinedFunction | psycopg.errors.UndefinedColumn):
+        return SchemaMissing(
+            f"{SETTING}: {_database(conninfo)} has an older tasklog schema ({_reason(exc)}): "
+            "run `tasklog migrate`"
+        )
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return exc  # a statement timeout or a cancel: the caller knows which statement
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return StorePermissionDenied(f"{SETTING}: permission denied ({_reason(exc)})")
+        reason = _reason(exc)  # "permission denied for table tasks", usually
+        if not reason.startswith("permission denied"):
+            reason = f"permission denied ({reason})"
+        return StorePermissionDenied(f"{SETTING}: {reason}")
     if isinstance(exc, psycopg.errors.InvalidAuthorizationSpecification):
         return StorePermissionDenied(f"{SETTING}: login refused ({_reason(exc)})")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):

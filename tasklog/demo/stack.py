@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-import psycopg
+from psycopg.rows import dict_row
 
 from collector.migrate import migrate
 from tasklog.core import db
@@ -45,6 +45,8 @@ from tasklog.demo.embedded import free_port, group_alive, log_tail
 from tasklog.terminal import for_terminal
 
 Q = db.queries("tasklog.demo", "demo.sql")
+#: Lines of a launched task the demo prints at most.
+SHOWN_LINES = 1000
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds a child has between SIGTERM and SIGKILL. A Celery worker's warm shutdown would wait
@@ -463,7 +465,7 @@ def _servers(sup: Supervisor) -> tuple[str, str]:
             sup.register("postgres", pg.pid, signal.SIGINT, leader_only=True)
             sup.stack.callback(sup.unregister, "postgres", pg.pid)
         sup.check()
-        with psycopg.connect(pg.url(), autocommit=True) as conn:
+        with db.connect(pg.url()) as conn, db.translated(pg.url()):
             if not conn.execute(Q["database_exists"], {"name": "tasklog"}).fetchone():
                 conn.execute(Q["create_database"])
         database_url = pg.url("tasklog")
@@ -567,26 +569,29 @@ def _launch_and_show(sup: Supervisor, env: dict[str, str], database_url: str) ->
 
 
 def _show(sup: Supervisor, database_url: str, task_id: str, timeout: float = 60) -> None:
-    """Print a task's stored lines once it has finished."""
+    """Print a task's stored lines once it has finished (read as the API reads them)."""
+    from api.queries import statement
     from tasklog.core.constants import FINISHED_STATES
 
     deadline = time.monotonic() + timeout
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with db.connect(database_url, row_factory=dict_row) as conn, db.translated(database_url):
         while True:
-            row = conn.execute(Q["task"], {"task_id": task_id}).fetchone()
-            if row and row[1] in FINISHED_STATES:
+            task = conn.execute(statement("get_task"), {"task_id": task_id}).fetchone()
+            if task and task["state"] in FINISHED_STATES:
                 break
             if time.monotonic() > deadline:
                 say(f"task {task_id} has not finished after {timeout:.0f}s; see the worker log")
                 return
             sup.sleep(0.2)
-        name, state, exc_type, exc_message = row
-        lines = conn.execute(Q["task_lines"], {"task_id": task_id}).fetchall()
+        params = {"task_id": task_id, "after_seq": 0, "limit": SHOWN_LINES}
+        lines = conn.execute(statement("lines_after"), params).fetchall()
+    exc_type, exc_message = task["exc_type"], task["exc_message"]
     failure = f" ({exc_type}: {exc_message})" if exc_type else ""
-    say(f"{name} {task_id}: {state}{failure}, {len(lines)} lines captured:")
-    for seq, stream, message in lines:
+    say(f"{task['task_name']} {task_id}: {task['state']}{failure}, {len(lines)} lines captured:")
+    for line in lines:
         with contextlib.suppress(OSError):
-            print(f"    {seq:>4} {stream:>6} | {for_terminal(message)}", flush=True)
+            text = f"    {line['seq']:>4} {line['stream']:>6} | {for_terminal(line['message'])}"
+            print(text, flush=True)
 
 
 # --- small helpers ----------------------------------------------------------------------------
