@@ -228,6 +228,9 @@ def test_demo_tasks_are_stored_once_in_order(
     for key in ("failing", "unicode", "nul", "mixed", "retry"):
         stored = pipe.lines(ids[key])
         shown = pipe.cli("logs", ids[key])
+        if key == "failing":  # a failed task's log ends with its exception
+            *shown, exc = shown
+            assert exc["type"] == "exception" and exc["exc_message"] == "Demo failure"
         assert [(r["seq"], r["stream"], r["level"], r["message"]) for r in shown] == stored
         assert all(isinstance(r["ts"], str) and r["ts"] for r in shown)
 
