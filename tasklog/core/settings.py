@@ -6,8 +6,10 @@ value stops the program with one line naming the variable, never a traceback.
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote
 
 try:
     from pydantic import Field, SecretStr, ValidationError
@@ -70,16 +72,72 @@ class Common(BaseSettings):
         return out
 
 
+#: Query or keyword parameters whose value is a secret (libpq and redis-py both read these).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+#: libpq's connection keywords: a ``key=value`` string made only of these is a conninfo.
+_LIBPQ_KEYWORDS = _SECRET_PARAMS | frozenset(
+    "host hostaddr port dbname user passfile channel_binding connect_timeout client_encoding"
+    " options application_name fallback_application_name keepalives keepalives_idle"
+    " keepalives_interval keepalives_count tcp_user_timeout replication gssencmode sslmode"
+    " requiressl sslcompression sslcert sslkey sslcertmode sslrootcert sslcrl sslcrldir sslsni"
+    " sslnegotiation requirepeer ssl_min_protocol_version ssl_max_protocol_version krbsrvname"
+    " gsslib gssdelegation service target_session_attrs load_balance_hosts require_auth".split()
+)
+_CONNINFO_PAIR = re.compile(r"\s*(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']\S*)\s*")
+MASK = "********"
+
+
 def mask_url(value: str) -> str:
-    """Hide the password of a URL (and anything that is not a URL)."""
-    if "://" not in value:
-        return "********" if value else ""
+    """Hide the secrets of a connection string; anything that is not one is hidden whole.
+
+    A URL keeps its user, host and path: the password after ``user:`` and the value of a
+    ``password=`` (or ``sslpassword=``) query parameter are masked, whatever their encoding.
+    A libpq ``key=value`` string keeps its keywords, with the password's value masked.
+    """
+    if not value:
+        return ""
+    if "://" in value:
+        return _mask_uri(value)
+    pairs = list(_CONNINFO_PAIR.finditer(value))
+    if (
+        pairs
+        and "".join(m.group(0) for m in pairs) == value
+        and all(m.group(1).lower() in _LIBPQ_KEYWORDS for m in pairs)
+    ):
+        return " ".join(
+            f"{m.group(1)}={MASK if m.group(1).lower() in _SECRET_PARAMS else m.group(2)}"
+            for m in pairs
+        )
+    return MASK
+
+
+def _mask_uri(value: str) -> str:
     scheme, rest = value.split("://", 1)
-    if "@" not in rest:
-        return value
-    creds, hostpart = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:********@{hostpart}"
+    # libpq ends the user info at an "@" before the first "/", URL parsers at the last "@"
+    # before the path or query, and a password may hold a raw "/", "?" or "@": everything up
+    # to the last "@" ahead of either is taken for user info (over-masking is safe).
+    at = max(_last_at(rest, "?"), _last_at(rest, "/"))
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        if any(c in user for c in "/?#&="):  # not a plain user name: show none of it
+            user, colon = MASK, ""
+        rest = (f"{user}:{MASK}@" if colon else f"{user}@") + rest[at + 1 :]
+    before, question, query = rest.partition("?")
+    if question:
+        query = "&".join(_mask_param(param) for param in query.split("&"))
+    return f"{scheme}://{before}{question}{query}"
+
+
+def _last_at(text: str, stop: str) -> int:
+    end = text.find(stop)
+    return text.rfind("@", 0, len(text) if end < 0 else end)
+
+
+def _mask_param(param: str) -> str:
+    key, equals, _ = param.partition("=")
+    if equals and unquote(key).strip().lower() in _SECRET_PARAMS:
+        return f"{key}={MASK}"  # a "#" in the value would be the password's, not a fragment
+    return param
 
 
 S = TypeVar("S", bound=BaseSettings)

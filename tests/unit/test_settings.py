@@ -30,6 +30,43 @@ def test_out_of_range_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_passwords_are_masked() -> None:
     assert mask_url("postgresql://app:s3cret@db:5432/x") == "postgresql://app:********@db:5432/x"
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    assert mask_url("postgresql://db/x") == "postgresql://db/x"
+    assert mask_url("redis://:s3cret@cache:6379/0") == "redis://:********@cache:6379/0"
+    assert mask_url("postgresql://app@db/x") == "postgresql://app@db/x"  # no password: none shown
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        # query-string form, which libpq and redis-py both read
+        ("postgresql://u@h/db?password=s3cret", "postgresql://u@h/db?password=********"),
+        ("redis://h:6379/0?password=s3cret", "redis://h:6379/0?password=********"),
+        (
+            "postgresql://u@h/db?sslmode=require&PassWord=s3cret&application_name=x",
+            "postgresql://u@h/db?sslmode=require&PassWord=********&application_name=x",
+        ),
+        ("postgresql://u@h/db?pass%77ord=s3cret", "postgresql://u@h/db?pass%77ord=********"),
+        ("postgresql://u@h/db?sslpassword=s3cret", "postgresql://u@h/db?sslpassword=********"),
+        (
+            "postgresql:///db?host=/run/pg&password=s3cret#x",
+            "postgresql:///db?host=/run/pg&password=********",
+        ),
+        # libpq keyword form
+        ("host=h dbname=x password=s3cret", "host=h dbname=x password=********"),
+        ("host=h password = 's3 cret' user=u", "host=h password=******** user=u"),
+        # passwords holding what ends a URL's parts
+        ("postgresql://u:s3@cret@h/db", "postgresql://u:********@h/db"),
+        ("postgresql://u:s3/cret@h/db", "postgresql://u:********@h/db"),
+        ("postgresql://u:s3?cret@h/db", "postgresql://u:********@h/db"),
+        # not a connection string: hidden whole (a token, or garbage)
+        ("s3cret-token-s3cret", "********"),
+        ("s3cret==", "********"),
+        ("user=u s3cret", "********"),
+    ],
+)
+def test_url_passwords_are_masked_in_every_form(given: str, shown: str) -> None:
+    assert mask_url(given) == shown
+    assert "s3" not in mask_url(given)
 
 
 def run_tasklog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -50,6 +87,21 @@ def test_cli_reports_a_bad_setting_without_a_traceback(tmp_path: object) -> None
     assert result.returncode == 2
     assert result.stderr.startswith("tasklog: TASKLOG_DEBOUNCE_MS:")
     assert "Traceback" not in result.stderr
+
+
+def test_cli_config_masks_query_string_passwords() -> None:
+    result = run_tasklog(
+        "config",
+        "api",
+        env={
+            "TASKLOG_DATABASE_URL": "postgresql://u@h/db?password=hunter2",
+            "TASKLOG_REDIS_URL": "redis://h:6379/0?password=hunter3",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TASKLOG_DATABASE_URL=postgresql://u@h/db?password=********" in result.stdout
+    assert "TASKLOG_REDIS_URL=redis://h:6379/0?password=********" in result.stdout
+    assert "hunter" not in result.stdout
 
 
 def test_cli_config_masks_secrets() -> None:
