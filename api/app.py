@@ -18,6 +18,8 @@ from api.models import Error
 from api.pages import Pages
 from api.queries import Store
 from api.settings import ApiSettings
+from api.slots import StreamSlots
+from api.throttle import LoginThrottle
 from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api")
@@ -105,12 +107,23 @@ async def _stop_streams(app: web.Application) -> None:
 
 
 def create_app(settings: ApiSettings) -> web.Application:
+    """The application; a weak `TASKLOG_API_TOKEN` stops it here (`ConfigError`)."""
+    settings.token()
     public = frozenset({PREFIX + "/healthz", PREFIX + "/login"})
     app = web.Application(
-        middlewares=[json_errors, auth.same_origin, auth.make_middleware(PREFIX, public)]
+        middlewares=[
+            json_errors,
+            auth.loopback_host,
+            auth.same_origin,
+            auth.make_middleware(PREFIX, public),
+        ]
     )
     app[keys.SETTINGS] = settings
-    app[keys.PAGES] = Pages(PREFIX)
+    app[keys.PAGES] = Pages(
+        PREFIX, demo_launch=settings.api_demo_launch, login=settings.api_token is not None
+    )
+    app[keys.LOGINS] = LoginThrottle()
+    app[keys.SLOTS] = StreamSlots(settings.api_max_streams)
     app[keys.STREAMS] = weakref.WeakSet()
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_stop_streams)

@@ -12,6 +12,8 @@ from api.launch import Launcher
 from api.pages import Pages
 from api.queries import Store
 from api.settings import ApiSettings
+from api.slots import StreamSlots
+from api.throttle import LoginThrottle
 
 SETTINGS = web.AppKey("settings", ApiSettings)
 STORE = web.AppKey("store", Store)
@@ -19,3 +21,5 @@ HUB = web.AppKey("hub", Hub)
 PAGES = web.AppKey("pages", Pages)
 LAUNCHER = web.AppKey("launcher", Launcher)
 STREAMS: web.AppKey[weakref.WeakSet[EventSourceResponse]] = web.AppKey("streams")
+LOGINS = web.AppKey("logins", LoginThrottle)
+SLOTS = web.AppKey("slots", StreamSlots)

@@ -18,6 +18,11 @@ SSE_CUT_OFF = Counter(
     "SSE clients cut off because their buffer overflowed.",
     registry=REGISTRY,
 )
+SSE_REFUSED = Counter(
+    "tasklog_api_sse_refused",
+    "SSE streams refused with 503 because TASKLOG_API_MAX_STREAMS were open.",
+    registry=REGISTRY,
+)
 REQUEST_SECONDS = Histogram(
     "tasklog_api_request_seconds",
     "Latency of HTTP requests (SSE: until the stream's headers are sent).",

@@ -287,13 +287,20 @@ class RedisHealth(Contract):
 
 
 class Health(Contract):
-    """Liveness of this process and reachability of what it needs."""
+    """Liveness of this process and reachability of what it needs (503 when ``down``).
 
-    status: Literal["ok", "degraded"] = Field(
-        description="ok: Postgres answers, and Redis too when configured"
+    A client without the token (when one is set) gets ``status`` alone."""
+
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok: Postgres answers, and Redis too when configured; degraded: Redis does"
+        " not (pages poll Postgres); down: Postgres does not"
     )
-    postgres: PostgresUp | PostgresDown = Field(description="Postgres, the source of truth")
-    redis: RedisHealth = Field(description="Redis, for live updates")
+    postgres: PostgresUp | PostgresDown | None = Field(
+        None, description="Postgres, the source of truth (with the token only)"
+    )
+    redis: RedisHealth | None = Field(
+        None, description="Redis, for live updates (with the token only)"
+    )
 
 
 class CollectorReport(Contract):

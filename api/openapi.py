@@ -320,8 +320,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get",
         "/healthz",
-        "Liveness, and whether Postgres and Redis answer (no token needed)",
-        {200: models.Health},
+        "Liveness, and whether Postgres and Redis answer (no token needed; details with it)",
+        {200: models.Health, 503: models.Health},
         public=True,
     ),
     Operation(

@@ -39,8 +39,10 @@ def page_constants() -> dict[str, str | list[str]]:
 
 
 class Pages:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, demo_launch: bool = False, login: bool = False) -> None:
         self.prefix = prefix
+        self.demo_launch = demo_launch
+        self.login = login
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("api", "templates"),
             autoescape=True,
@@ -52,7 +54,13 @@ class Pages:
     def render(
         self, request: web.Request, name: str, status: int = 200, **ctx: Any
     ) -> web.Response:
-        html = self.env.get_template(name).render(prefix=self.prefix, request=request, **ctx)
+        html = self.env.get_template(name).render(
+            prefix=self.prefix,
+            demo_launch=self.demo_launch,
+            login=self.login,
+            request=request,
+            **ctx,
+        )
         response = web.Response(text=html, content_type="text/html", status=status)
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"

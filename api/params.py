@@ -19,14 +19,28 @@ MAX_SEQ = 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def error(status: type[web.HTTPError], message: str) -> NoReturn:
+def error(
+    status: type[web.HTTPError], message: str, headers: dict[str, str] | None = None
+) -> NoReturn:
     """Raise an HTTP error whose body is `api.models.Error`: ``{"error": message, "status"}``."""
     body = Error(error=message, status=status.status_code).model_dump_json()
-    raise status(text=body, content_type="application/json")
+    raise status(text=body, content_type="application/json", headers=headers)
 
 
 def bad(message: str) -> NoReturn:
     error(web.HTTPBadRequest, message)
+
+
+def printable(value: str) -> bool:
+    """No control character (NUL cannot even be stored) and valid Unicode (no lone
+    surrogate, which a percent-encoded or JSON-escaped value may hold)."""
+    if _CONTROL.search(value):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def task_id(request: web.Request) -> str:
@@ -69,7 +83,7 @@ def text(request: web.Request, name: str) -> str | None:
     value = request.query.get(name)
     if value is None or value == "":
         return None
-    if len(value) > MAX_TEXT or _CONTROL.search(value):
+    if len(value) > MAX_TEXT or not printable(value):
         bad(f"{name}: expected at most {MAX_TEXT} printable characters")
     return value
 
@@ -110,6 +124,8 @@ def cursor(request: web.Request) -> tuple[datetime, str] | None:
     try:
         decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
         created, tid = json.loads(decoded)
+        if not printable(created):
+            raise ValueError(raw)
         value = datetime.fromisoformat(created)
         if task_id_problem(tid) is not None or value.tzinfo is None:
             raise ValueError(raw)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import find, keys, metrics, params
+from api import auth, find, keys, metrics, params
 from api.launch import DEMO_TASKS, check_kwargs
 from api.models import (
     ApiProcess,
@@ -52,10 +52,10 @@ def task_filter(request: web.Request) -> TaskFilter:
     )
 
 
-def respond(model: Contract, status: int = 200) -> web.Response:
+def respond(model: Contract, status: int = 200, exclude_unset: bool = False) -> web.Response:
     """A JSON answer, serialized by its model of the contract (`api.models`)."""
     return web.Response(
-        body=model.model_dump_json().encode(),
+        body=model.model_dump_json(exclude_unset=exclude_unset).encode(),
         status=status,
         content_type="application/json",
         charset="utf-8",
@@ -136,8 +136,13 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
 async def launch(request: web.Request) -> web.Response:
     """``POST /tasklog/api/launch/``: ``{"task": name, "kwargs": {...}}`` of a demo task."""
     launcher = request.app[keys.LAUNCHER]
-    if not request.app[keys.SETTINGS].api_demo_launch or not launcher.available:
-        params.error(web.HTTPNotFound, "launching demo tasks is disabled (no TASKLOG_REDIS_URL?)")
+    if not request.app[keys.SETTINGS].api_demo_launch:
+        params.error(
+            web.HTTPNotFound,
+            "launching demo tasks is off (on under `tasklog demo` or TASKLOG_API_DEMO_LAUNCH=true)",
+        )
+    if not launcher.available:
+        params.error(web.HTTPNotFound, "launching demo tasks needs TASKLOG_REDIS_URL (the broker)")
     # Another site's page can post a form (text/plain, urlencoded, multipart) without asking;
     # sending JSON would need a CORS preflight, which this API never grants.
     if request.content_type != "application/json":
@@ -168,8 +173,15 @@ async def launch(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /tasklog/healthz``: the process is up; Postgres and Redis reachability."""
-    return respond(await check(request.app))
+    """``GET /tasklog/healthz``: 200 ``ok`` or ``degraded`` (Redis away), 503 ``down`` (Postgres
+    away). Only a client holding the token (or any, without one) learns more: the servers'
+    versions and errors are of use to an attacker."""
+    report = await check(request.app)
+    status = 503 if report.status == "down" else 200
+    if not auth.is_authorized(request, request.app[keys.SETTINGS]):
+        report = Health(status=report.status)
+    # Unset parts (postgres, redis) are left out, not sent as null.
+    return respond(report, status=status, exclude_unset=True)
 
 
 async def check(app: web.Application) -> Health:
@@ -190,8 +202,8 @@ async def check(app: web.Application) -> Health:
         version=ping.get("version"),
         error=ping.get("error"),
     )
-    ok = pg.ok and (not hub.configured or redis.ok is True)
-    return Health(status="ok" if ok else "degraded", postgres=pg, redis=redis)
+    status = "ok" if not hub.configured or redis.ok is True else "degraded"
+    return Health(status=status if pg.ok else "down", postgres=pg, redis=redis)
 
 
 async def diagnostic(request: web.Request) -> web.Response:

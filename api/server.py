@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
@@ -12,30 +11,24 @@ from collections.abc import Callable
 from aiohttp import web
 
 from api.app import PREFIX, create_app
+from api.auth import is_loopback
 from api.settings import ApiSettings
 from tasklog.core import sdnotify
 
 log = logging.getLogger("tasklog.api")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def bind_host(settings: ApiSettings) -> str:
-    """The address to listen on: loopback only unless a token protects the API."""
+    """The address to listen on: loopback only unless a token protects the API (a weak
+    token stops the start here: `ConfigError`)."""
+    settings.token()
     host = settings.api_host
     if settings.api_token is not None:
         return host
     if is_loopback(host):
         log.warning(
             "TASKLOG_API_TOKEN is not set: the API is open to anyone on this machine"
-            " and listens on %s only",
+            " and listens on %s only (answering loopback Host names only)",
             host,
         )
         return host
@@ -71,13 +64,14 @@ async def serve(
 ) -> None:
     """Serve until `stop` (or SIGTERM/SIGINT); on `sock` when given (`api.workers` shares
     one listening socket between processes), calling `ready` once it accepts."""
+    app = create_app(settings)  # a weak token stops here, before anything listens
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     host = bind_host(settings) if sock is None else sock.getsockname()[0]
     runner = web.AppRunner(
-        create_app(settings),
+        app,
         handle_signals=False,
         shutdown_timeout=settings.api_shutdown_timeout,
         access_log=None,

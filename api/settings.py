@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
+from tasklog.core.errors import ConfigError
 from tasklog.core.settings import Common
+
+#: The shortest `TASKLOG_API_TOKEN` accepted: 16 random characters are beyond guessing even
+#: without the login throttle (hex: 64 bits), and `openssl rand -hex 32` gives 64.
+MIN_TOKEN_LENGTH = 16
 
 
 class ApiSettings(Common):
@@ -12,12 +17,13 @@ class ApiSettings(Common):
     api_port: int = Field(8000, ge=0, le=65535, description="Port the API listens on.")
     api_token: SecretStr | None = Field(
         None,
-        description="Token required by every route but health (bearer header or login cookie);"
-        " without it the API binds to loopback only.",
+        description="Token required by every route but health (bearer header or login cookie),"
+        f" at least {MIN_TOKEN_LENGTH} characters; without it the API binds to loopback only"
+        " and answers only to loopback Host names.",
     )
     api_insecure_bind: bool = Field(
         False,
-        description="Allow a non-loopback TASKLOG_API_HOST without a token"
+        description="Allow a non-loopback TASKLOG_API_HOST and any Host name without a token"
         " (only behind a proxy that authenticates).",
     )
     api_sse_heartbeat: float = Field(
@@ -52,5 +58,36 @@ class ApiSettings(Common):
         10.0, gt=0, description="Seconds given to open requests and streams at shutdown."
     )
     api_demo_launch: bool = Field(
-        True, description="Serve the page and route that launch the demo tasks."
+        False,
+        description="Serve the page and route that launch the demo tasks (`tasklog demo` turns"
+        " it on).",
     )
+    api_max_streams: int = Field(
+        10_000,
+        ge=1,
+        description="SSE streams one API process serves at once; beyond it a new stream gets"
+        " 503 with Retry-After.",
+    )
+    api_session_epoch: int = Field(
+        0,
+        ge=0,
+        description="Change it (and restart) to log every browser out: login cookies carry it;"
+        " rotating TASKLOG_API_TOKEN does the same.",
+    )
+
+    def token(self) -> str | None:
+        """The API token, or None when the API runs without one; a weak one stops the start."""
+        if self.api_token is None:
+            return None
+        value = self.api_token.get_secret_value()
+        if not value.strip():
+            raise ConfigError(
+                "TASKLOG_API_TOKEN is set but empty: unset it to serve loopback only, or set"
+                f" at least {MIN_TOKEN_LENGTH} characters (openssl rand -hex 32)"
+            )
+        if len(value) < MIN_TOKEN_LENGTH or value != value.strip() or not value.isprintable():
+            raise ConfigError(
+                f"TASKLOG_API_TOKEN is too weak: at least {MIN_TOKEN_LENGTH} printable"
+                " characters, without spaces around them (openssl rand -hex 32)"
+            )
+        return value

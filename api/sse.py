@@ -200,6 +200,11 @@ class TaskFollower:
 
 async def task_stream(request: web.Request) -> web.StreamResponse:
     """``GET /tasklog/sse/task/{task_id}/``: replay after Last-Event-ID, then follow live."""
+    with request.app[keys.SLOTS].take():
+        return await _task_stream(request)
+
+
+async def _task_stream(request: web.Request) -> web.StreamResponse:
     task_id = params.task_id(request)
     after = params.after_seq(request)
     app = request.app
@@ -230,6 +235,11 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
 
 async def tasks_stream(request: web.Request) -> web.StreamResponse:
     """``GET /tasklog/sse/tasks/``: every task change, for the list page."""
+    with request.app[keys.SLOTS].take():
+        return await _tasks_stream(request)
+
+
+async def _tasks_stream(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, hub, store = app[keys.SETTINGS], app[keys.HUB], app[keys.STORE]
     # A page passes the time it was rendered: changes since then are sent first, so none
@@ -268,6 +278,11 @@ async def tasks_stream(request: web.Request) -> web.StreamResponse:
 
 async def test_stream(request: web.Request) -> web.StreamResponse:
     """``GET /tasklog/sse/test/``: the seed's test stream, a counter every second."""
+    with request.app[keys.SLOTS].take():
+        return await _test_stream(request)
+
+
+async def _test_stream(request: web.Request) -> web.StreamResponse:
     count = params.integer(request, "count", 10, 1, 1000)
     interval = params.integer(request, "interval_ms", 1000, 10, 60_000) / 1000
     settings = request.app[keys.SETTINGS]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
 from aiohttp import web
 
 from api import auth, find, keys, params, routes, search, wire, workflows
 from api.launch import DEMO_TASKS
+
+log = logging.getLogger("tasklog.api")
 
 
 async def task_list(request: web.Request) -> web.Response:
@@ -51,7 +54,12 @@ async def launch_page(request: web.Request) -> web.Response:
     app = request.app
     enabled = app[keys.SETTINGS].api_demo_launch and app[keys.LAUNCHER].available
     return app[keys.PAGES].render(
-        request, "launch.html", tasks=DEMO_TASKS, enabled=enabled, title="Launch demo tasks"
+        request,
+        "launch.html",
+        status=200 if enabled else 404,
+        tasks=DEMO_TASKS,
+        enabled=enabled,
+        title="Launch demo tasks",
     )
 
 
@@ -62,32 +70,46 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
+    """The login form: a right token sets the cookie; wrong ones are throttled per address."""
     app = request.app
-    pages, secret = app[keys.PAGES], app[keys.SETTINGS].api_token
+    pages, settings, throttle = app[keys.PAGES], app[keys.SETTINGS], app[keys.LOGINS]
     form = await request.post()
     target = auth.safe_next(pages.prefix, str(form.get("next", "")))
+    token = settings.token()
+    if token is None:
+        raise web.HTTPFound(target)  # nothing to log in to
+    address = request.remote or "unknown"
+    wait = throttle.retry_after(address)
+    if wait:
+        response = pages.render(
+            request, "login.html", status=429, next=target, failed=False, wait=wait, title="Log in"
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     given = str(form.get("token", ""))
-    if secret is None:
-        raise web.HTTPFound(target)
-    if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+    # An empty field never matches, whatever the comparison would say of two empty strings.
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        left = throttle.failed(address)
+        log.warning("failed login from %s (%d more tries allowed now)", address, left)
         return pages.render(
             request, "login.html", status=401, next=target, failed=True, title="Log in"
         )
     response = web.HTTPFound(target)
     response.set_cookie(
         auth.COOKIE,
-        auth.session_value(secret.get_secret_value()),
+        auth.session_value(token, settings.api_session_epoch),
         path=pages.prefix + "/",
         httponly=True,
         samesite="Strict",
         # Behind a TLS-terminating proxy (docs/deploy.md) the browser's scheme is forwarded.
         secure=request.secure or request.headers.get("X-Forwarded-Proto") == "https",
-        max_age=30 * 24 * 3600,
+        max_age=auth.SESSION_SECONDS,
     )
     raise response
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Forget this browser's cookie (`TASKLOG_API_SESSION_EPOCH` logs out every browser)."""
     prefix = request.app[keys.PAGES].prefix
     response = web.HTTPFound(prefix + "/login")
     response.del_cookie(auth.COOKIE, path=prefix + "/")

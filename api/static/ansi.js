@@ -3,7 +3,10 @@
 "use strict";
 (function () {
   const SGR = /\x1b\[([0-9;]*)m/g;
-  const OTHER = /\x1b(?:\[[0-9;?]*[A-Za-z]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])/g;
+  // Every other escape is dropped, whole: CSI (any parameters, colons too), OSC (titles,
+  // clipboard writes), two-character escapes, and one cut short at the end of the line.
+  const OTHER = /\x1b(?:\[[0-?]*[ -\/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\|$)|\[[0-?]*[ -\/]*$|[@-Z\\-_]|$)/g;
+  const byte = (n) => Number.isInteger(n) && n >= 0 && n <= 255;
 
   function applyCodes(state, codes) {
     for (let i = 0; i < codes.length; i++) {
@@ -21,15 +24,19 @@
       else if (c >= 40 && c <= 47) state.bg = "c" + (c - 40);
       else if (c >= 100 && c <= 107) state.bg = "c" + (c - 100 + 8);
       else if (c === 49) state.bg = null;
-      else if ((c === 38 || c === 48) && codes[i + 1] === 5) {
-        const n = codes[i + 2];
-        const value = n < 16 ? "c" + n : "#" + xterm256(n);
+      else if (c === 38 || c === 48) {
+        // 38;5;n or 38;2;r;g;b. A colour cut short or out of range (38;5 or 38;2;1, as
+        // terminals receive from careless programs) is ignored with the rest of the sequence.
+        let value = null;
+        if (codes[i + 1] === 5 && byte(codes[i + 2])) {
+          const n = codes[i + 2];
+          value = n < 16 ? "c" + n : "#" + xterm256(n);
+        } else if (codes[i + 1] === 2 && [2, 3, 4].every((k) => byte(codes[i + k]))) {
+          value = "rgb(" + [codes[i + 2], codes[i + 3], codes[i + 4]].join(",") + ")";
+        }
+        if (value === null) return;
         if (c === 38) state.fg = value; else state.bg = value;
-        i += 2;
-      } else if ((c === 38 || c === 48) && codes[i + 1] === 2) {
-        const rgb = "rgb(" + [codes[i + 2] | 0, codes[i + 3] | 0, codes[i + 4] | 0].join(",") + ")";
-        if (c === 38) state.fg = rgb; else state.bg = rgb;
-        i += 4;
+        i += codes[i + 1] === 5 ? 2 : 4;
       }
     }
   }

@@ -147,16 +147,21 @@ async def test_log_view_live_escaped_and_coloured(
 async def test_pages_need_a_login_when_a_token_is_set(
     page: Any, database_url: str, redis_url: str
 ) -> None:
-    settings = api_settings(database_url, redis_url, api_token="browser-secret")
+    settings = api_settings(database_url, redis_url, api_token="browser-secret-0123456789")
     async with running_api(settings) as client:
         await page.goto(str(client.make_url(f"{PREFIX}/diagnostic/")))
         assert "/login" in page.url
         await page.fill("input[name=token]", "wrong")
         await page.click("button[type=submit]")
         await page.wait_for_selector("#login-error")
-        await page.fill("input[name=token]", "browser-secret")
+        await page.fill("input[name=token]", "browser-secret-0123456789")
         await page.click("button[type=submit]")
         await page.wait_for_url(f"**{PREFIX}/diagnostic/")
         assert await page.locator("h1").first.text_content() == "Diagnostic"
         await page.goto(str(client.make_url(f"{PREFIX}/")))
         await page.wait_for_selector("#live.on")  # EventSource is let in by the cookie
+        # Logging out drops the cookie: the next page asks for the token again.
+        await page.click("form.logout button")
+        await page.wait_for_url(f"**{PREFIX}/login")
+        await page.goto(str(client.make_url(f"{PREFIX}/diagnostic/")))
+        assert "/login" in page.url

@@ -41,6 +41,9 @@ def test_demo_runs_everything_shows_the_logs_and_stops_cleanly(
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/tasklog/api/tasks/", timeout=5) as r:
         assert r.status == 200
+    # The demo launcher is on under `tasklog demo` only (off by default elsewhere).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/tasklog/launch/", timeout=5) as r:
+        assert r.status == 200
 
     children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == demo.pid]
     assert children, "the demo should have started its components as children"

@@ -30,7 +30,7 @@ from tests.integration.api_support import PREFIX, api_settings, running_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 #: What may be reached without the token: health, the login page (and its form), and the
 #: static CSS/JS the login page needs. A route added to this set must be added here on purpose.
 PUBLIC = {
@@ -63,7 +63,8 @@ def routes_of(app: web.Application) -> list[tuple[str, str, str]]:
 
 @pytest.fixture
 async def guarded(database_url: str, redis_url: str) -> AsyncIterator[TestClient]:
-    async with running_api(api_settings(database_url, redis_url, api_token=TOKEN)) as client:
+    settings = api_settings(database_url, redis_url, api_token=TOKEN, api_demo_launch=True)
+    async with running_api(settings) as client:
         yield client
 
 
@@ -266,7 +267,7 @@ async def test_launch_form_refuses_cross_site_posts(guarded: TestClient) -> None
 async def test_cross_site_posts_refused_without_a_token_too(
     database_url: str, redis_url: str
 ) -> None:
-    async with running_api(api_settings(database_url, redis_url)) as client:
+    async with running_api(api_settings(database_url, redis_url, api_demo_launch=True)) as client:
         response = await client.post(
             f"{PREFIX}/api/launch/",
             json={"task": "demo.demo_quick_task"},
