@@ -296,10 +296,10 @@ class Health(Contract):
         " not (pages poll Postgres); down: Postgres does not"
     )
     postgres: PostgresUp | PostgresDown | None = Field(
-        None, description="Postgres, the source of truth (with the token only)"
+        default=None, description="Postgres, the source of truth (with the token only)"
     )
     redis: RedisHealth | None = Field(
-        None, description="Redis, for live updates (with the token only)"
+        default=None, description="Redis, for live updates (with the token only)"
     )
 
 

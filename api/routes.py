@@ -10,7 +10,7 @@ import asyncio
 import logging
 import platform
 from importlib import metadata
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -202,8 +202,10 @@ async def check(app: web.Application) -> Health:
         version=ping.get("version"),
         error=ping.get("error"),
     )
-    status = "ok" if not hub.configured or redis.ok is True else "degraded"
-    return Health(status=status if pg.ok else "down", postgres=pg, redis=redis)
+    status: Literal["ok", "degraded", "down"] = "down"
+    if pg.ok:
+        status = "ok" if not hub.configured or redis.ok is True else "degraded"
+    return Health(status=status, postgres=pg, redis=redis)
 
 
 async def diagnostic(request: web.Request) -> web.Response:

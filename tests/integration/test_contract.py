@@ -127,18 +127,22 @@ async def test_every_documented_route_answers_real_data_as_documented(
         (running.id,),
         "the long task running",
     )
-    async with running_api(api_settings(database_url, redis_url)) as client:
+    settings = api_settings(database_url, redis_url, api_demo_launch=True)
+    async with running_api(settings) as client:
         served = await (await client.get(f"{PREFIX}/api/openapi.json")).json()
         doc = Document(served)
         await _routes(client, doc, running.id, {k: r.id for k, r in done.items()}, workflow.id)
         # Every documented operation was called, and answered with its success status.
         called = {(m, PREFIX + p) for m, p, status in doc.seen if status < 300}
         assert called == doc.operations(), doc.operations() - called
-    async with running_api(api_settings(database_url, redis_url, api_token="t0ken")) as client:
+    async with running_api(
+        api_settings(database_url, redis_url, api_token="t0ken-of-16-characters")
+    ) as client:
         # 401 with the token required; health stays public
         response = await client.get(f"{PREFIX}/api/tasks/")
         await doc.json("get", "/api/tasks/", response, 401)
-        await doc.json("get", "/healthz", await client.get(f"{PREFIX}/healthz"), 200)
+        terse = await doc.json("get", "/healthz", await client.get(f"{PREFIX}/healthz"), 200)
+        assert terse == {"status": "ok"}  # details only with the token
     no_launch = api_settings(database_url, redis_url, api_demo_launch=False)
     async with running_api(no_launch) as client:
         response = await client.post(f"{PREFIX}/api/launch/", json={"task": "demo.print_text"})
