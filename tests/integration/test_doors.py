@@ -47,7 +47,7 @@ def start_api(procs: ProcessFactory, database_url: str, **env: str) -> str:
         "api",
         [sys.executable, "-m", "tasklog", "api"],
         env={"TASKLOG_DATABASE_URL": database_url, "TASKLOG_API_PORT": str(port), **env},
-        ready="listening on",
+        ready="listening on http",
     )
     return f"http://127.0.0.1:{port}"
 
