@@ -424,7 +424,8 @@ def document(prefix: str) -> dict[str, Any]:
             "title": "celery-tasklog",
             "version": __version__,
             "description": "Per-task stdout/stderr of Celery tasks, stored in Postgres and"
-            " streamed live. Every error is `{error, status}` JSON.",
+            " streamed live. Every error is `{error, status}` JSON, but for a request line"
+            " longer than 8190 bytes, which the HTTP server itself refuses with a plain-text 400.",
         },
         "components": {
             "schemas": dict(sorted(schemas.items())),
