@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web import BaseRequest
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from api import keys, metrics, params, wire
@@ -40,6 +42,40 @@ MAX_LINGER = 0.25
 
 
 class Stream(EventSourceResponse):
+    """An SSE response that can also send many events in one write (`lines`).
+
+    It keeps what it needs of aiohttp-sse (the send timeout, the request whose transport a
+    stalled client's write aborts) itself, through the public constructor and `prepare`:
+    aiohttp-sse's private attributes may change in any release.
+    """
+
+    def __init__(
+        self,
+        *,
+        status: int = 200,
+        reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        sep: str | None = None,
+        allow_all_methods: bool = False,
+        send_timeout: float | None = EventSourceResponse.DEFAULT_SEND_TIMEOUT,
+        ping_interval: float = EventSourceResponse.DEFAULT_PING_INTERVAL,
+    ) -> None:
+        super().__init__(
+            status=status,
+            reason=reason,
+            headers=headers,
+            sep=sep,
+            allow_all_methods=allow_all_methods,
+            send_timeout=send_timeout,
+            ping_interval=ping_interval,
+        )
+        self.send_timeout = send_timeout
+        self._request: BaseRequest | None = None
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        self._request = request
+        return await super().prepare(request)
+
     async def event(self, data: wire.Json, id: int | None = None, retry: int | None = None) -> None:
         await self.send(wire.dumps(data), id=None if id is None else str(id), retry=retry)
         metrics.SSE_EVENTS.labels(data["type"]).inc()
@@ -54,14 +90,17 @@ class Stream(EventSourceResponse):
         if not frames:
             return
         try:
-            async with asyncio.timeout(self._send_timeout):
+            async with asyncio.timeout(self.send_timeout):
                 await self.write(b"".join(frames))
         except ConnectionResetError:
             self.stop_streaming()
             raise
         except TimeoutError:
             self.stop_streaming()
-            self._abort_transport()
+            # A stalled peer never drains the buffer: a graceful close would wait forever.
+            transport = self._request.transport if self._request is not None else None
+            if transport is not None:
+                transport.abort()
             raise
         metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames))
 

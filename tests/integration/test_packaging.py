@@ -136,6 +136,8 @@ def test_wheel_holds_every_package_file_and_no_tests(wheel: Path) -> None:
         missing = source_files(package) - names
         assert not missing, f"not in the wheel: {sorted(missing)}"
     assert not any(n.startswith("tests/") for n in names)
+    # PEP 561: each package says it is typed, so a user's mypy checks calls into it.
+    assert {f"{package}/py.typed" for package in PACKAGES} <= names
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     licenses = [n for n in names if "/licenses/" in n or n.endswith("/LICENSE")]
     assert licenses, "LICENSE must ship in the wheel"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
-from aiohttp_sse import EventSourceResponse
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiohttp_sse import EventSourceResponse, sse_response
 from hypothesis import given
 from hypothesis import strategies as st
 
 from api import wire
-from api.sse import frame, line_frames
+from api.sse import Stream, frame, line_frames
 
 
 class _Captured(EventSourceResponse):
@@ -44,3 +47,44 @@ def test_line_frames_are_built_once_and_shared() -> None:
     seq, data = first[0]
     assert seq == 7
     assert data == _sent(wire.dumps(wire.published_line(message["lines"][0], "t")), 7)  # type: ignore[index]
+
+
+def test_stream_takes_every_parameter_of_aiohttp_sse() -> None:
+    """`Stream` spells out aiohttp-sse's constructor (and uses no private attribute of it):
+    when a release changes the constructor, this says so."""
+    ours = inspect.signature(Stream.__init__).parameters
+    theirs = inspect.signature(EventSourceResponse.__init__).parameters
+    assert list(ours) == list(theirs)
+    assert {name: p.default for name, p in ours.items()} == {
+        name: p.default for name, p in theirs.items()
+    }
+
+
+async def test_a_stalled_client_is_cut_off_after_the_send_timeout() -> None:
+    """`Stream.lines` keeps aiohttp-sse's promise: a write that cannot finish within the send
+    timeout stops the stream and aborts the connection (a real server, a client that never
+    reads)."""
+    outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with sse_response(request, response_cls=Stream, send_timeout=0.3) as stream:
+            try:
+                for _ in range(1000):  # until the socket buffers are full
+                    await stream.lines([b"data: " + b"x" * 1_000_000 + b"\r\n\r\n"])
+                outcome.set_result(None)
+            except TimeoutError as exc:
+                outcome.set_result(exc)
+        return stream
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestServer(app) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(30):
+            assert isinstance(await outcome, TimeoutError)
+            # The server aborted the connection: the client reads what was buffered, then EOF.
+            while await reader.read(1 << 20):
+                pass
+        writer.close()
