@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,19 +26,17 @@ from watchfiles import awatch
 from capture_shim.spool import parse_file_name
 from collector import metrics
 from collector.migrate import migrate
-from collector.plan import Stored
 from collector.publish import Publisher
+from collector.quarantine import quarantine
 from collector.settings import CollectorSettings
-from collector.store import Store
-from collector.tail import Batch, FileState, SpoolDir
+from collector.store import RecordRefused, Store
+from collector.tail import Batch, FileChunk, FileState, SpoolDir, shown
 from tasklog.core import __version__, sdnotify
 from tasklog.core.errors import ConfigError, StoreUnavailable
 from tasklog.core.process import pid_alive
 
 log = logging.getLogger("tasklog.collector")
 
-LOCK_NAME = ".tasklog-collector.lock"
-_PRUNE_INTERVAL = 3600.0
 #: Below this much free space the spool counts as full (a record or two would not fit).
 SPOOL_LOW_BYTES = 64 << 10
 
@@ -52,6 +52,7 @@ class Counters:
         self.vanished = 0
         self.store_failures = 0
         self.files_done = 0
+        self.quarantined = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -83,7 +84,7 @@ class Collector:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         with (
-            spool_lock(settings.spool_dir),
+            spool_lock(settings.spool_dir, settings.lock_path()),
             metrics.served(self._metrics, settings.metrics_host, settings.metrics_port),
         ):
             async with (
@@ -99,7 +100,7 @@ class Collector:
         files = await self._until_available(store.load_files)
         if files is None:
             return
-        spool = SpoolDir(self.settings.spool_dir, files)
+        spool = SpoolDir(self.settings.spool_dir, files, self.settings.max_line_bytes)
         spool.scan()
         log.info(
             "collector %s following %s as host %r (%d files known)",
@@ -120,6 +121,7 @@ class Collector:
                 now = time.monotonic()
                 if now >= due["scan"]:
                     await self._vanished(store, publisher, spool, spool.scan())
+                    await self._unstorable(spool)
                     due["scan"] = now + self.settings.rescan_interval
                 await self._drain(store, publisher, spool)
                 now = time.monotonic()
@@ -131,7 +133,7 @@ class Collector:
                     due["heartbeat"] = now + self.settings.heartbeat_interval
                 if now >= due["prune"]:
                     await self._prune(store)
-                    due["prune"] = now + _PRUNE_INTERVAL
+                    due["prune"] = now + self.settings.prune_interval
                 if now >= due["summary"]:
                     summary = self._summary(spool, summary)
                     due["summary"] = now + self.settings.summary_interval
@@ -220,34 +222,29 @@ class Collector:
                 asyncio.to_thread(spool.read_batch, *limits, in_flight), name="read-ahead"
             )
             try:
-                stored = await self._commit(store, spool, batch)
+                stored = await self._store(store, publisher, spool, batch)
             finally:
                 following = await ahead
-            if stored is None:
+            if not stored:
                 # Offsets were reloaded: read again from them (the read-ahead is stale).
                 spool.touched(set(spool.files))
                 batch = spool.read_batch(*limits)
                 continue
-            ended = spool.commit(batch, stored)
-            self.counters.batches += 1
-            self.counters.lines += stored.rows
-            self.counters.corrupt += batch.corrupt
-            log.debug(
-                "batch: %d lines from %d files stored in one transaction",
-                stored.rows,
-                len(batch.chunks),
-            )
-            await publisher.publish(stored.lines, stored.tasks)
-            for state in ended:
-                self._remove(spool, state)
             if not batch:
                 return
             batch = following or spool.read_batch(*limits)
 
-    async def _commit(self, store: Store, spool: SpoolDir, batch: Batch) -> Stored | None:
+    async def _store(
+        self, store: Store, publisher: Publisher, spool: SpoolDir, batch: Batch
+    ) -> bool:
+        """Commit a batch and apply its result; False when Postgres failed (the offsets were
+        reloaded from it). A record Postgres refuses costs its file alone (`_isolate`)."""
         forget, self._forget = self._forget, []
         try:
             stored = await store.commit(batch, forget)
+        except RecordRefused as exc:
+            self._forget = forget + self._forget
+            return await self._isolate(store, publisher, spool, batch.chunks, exc)
         except Exception as exc:
             self._forget = forget + self._forget
             self.counters.store_failures += 1
@@ -256,8 +253,79 @@ class Collector:
             files = await self._until_available(store.load_files, first_error=exc)
             if files is not None:
                 _reload(spool, files)
-            return None
-        return stored
+            return False
+        ended = spool.commit(batch, stored)
+        self.counters.batches += 1
+        self.counters.lines += stored.rows
+        self.counters.corrupt += batch.corrupt
+        log.debug(
+            "batch: %d lines from %d files stored in one transaction",
+            stored.rows,
+            len(batch.chunks),
+        )
+        await publisher.publish(stored.lines, stored.tasks)
+        for state in ended:
+            self._remove(spool, state)
+        return True
+
+    async def _isolate(
+        self,
+        store: Store,
+        publisher: Publisher,
+        spool: SpoolDir,
+        chunks: list[FileChunk],
+        refusal: RecordRefused,
+    ) -> bool:
+        """Postgres refused something in these files' records: commit halves until the file
+        holding it is found (each half is a whole transaction, exactly once as any batch),
+        then move that file aside. The other files go on as if nothing happened."""
+        if len(chunks) == 1:
+            await self._quarantine(store, publisher, spool, chunks[0].state, refusal.why)
+            return True
+        half = len(chunks) // 2
+        for part in (chunks[:half], chunks[half:]):
+            if not await self._store(store, publisher, spool, Batch.of(part)):
+                return False
+        return True
+
+    async def _quarantine(
+        self, store: Store, publisher: Publisher, spool: SpoolDir, state: FileState, why: str
+    ) -> None:
+        """Move a spool file Postgres cannot take into the quarantine directory, with one
+        warning naming it; its task, if stored, becomes LOST with the lines stored so far."""
+        where = quarantine(spool.path, state.name, self.settings.quarantine_path())
+        spool.drop(state)
+        self.counters.quarantined += 1
+        task = None
+        if state.registered:
+            reason = f"its spool file was quarantined ({why})"
+            try:
+                task = await store.lose(state, reason)
+            except (StoreUnavailable, RecordRefused):
+                pass  # the task stays as stored; the file is out of the way all the same
+            self._forget.append(state.name)
+        log.warning(
+            "spool file %s quarantined, %s: %s%s; the other files go on",
+            shown(state.name),
+            where,
+            why,
+            f"; task {shown(state.task_id or '')} is LOST" if task else "",
+        )
+        if task:
+            await publisher.publish({}, [task])
+
+    async def _unstorable(self, spool: SpoolDir) -> None:
+        """Files whose name Postgres cannot store (not UTF-8): moved aside unread."""
+        while spool.unstorable:
+            name = spool.unstorable.pop()
+            where = quarantine(spool.path, name, self.settings.quarantine_path())
+            spool.ignore(name)
+            self.counters.quarantined += 1
+            log.warning(
+                "spool file %s quarantined, %s: its name is not UTF-8",
+                shown(name),
+                where,
+            )
 
     def _remove(self, spool: SpoolDir, state: FileState) -> None:
         """A file whose end is stored is deleted; its offsets row goes with the next batch."""
@@ -349,6 +417,7 @@ class Collector:
                         "skipped_bytes": spool.skipped_bytes,
                         "spool_free_bytes": free,
                         "spool_full": self._spool_full,
+                        "quarantine_dir": str(self.settings.quarantine_path()),
                     },
                 }
             )
@@ -466,16 +535,31 @@ def writer_pid(name: str) -> int | None:
 
 
 @contextlib.contextmanager
-def spool_lock(spool_dir: Path) -> Iterator[None]:
-    """One collector per spool directory: a second one would store every line twice."""
+def spool_lock(spool_dir: Path, lock_dir: Path) -> Iterator[None]:
+    """One collector per spool directory: a second one would store every line twice.
+
+    The lock lives outside the spool (whose writers must not be able to take or replace it),
+    named from the spool directory's real path: two collectors given one directory under two
+    names still exclude each other.
+    """
     if not spool_dir.is_dir():
         raise ConfigError(f"TASKLOG_SPOOL_DIR: {spool_dir} is not a directory")
-    path = spool_dir / LOCK_NAME
+    if not lock_dir.is_dir():
+        raise ConfigError(f"TASKLOG_LOCK_DIR: {lock_dir} is not a directory")
+    path = lock_dir / lock_name(spool_dir)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags, 0o600)
     except OSError as exc:
-        raise ConfigError(f"TASKLOG_SPOOL_DIR: cannot open {path}: {exc.strerror}") from None
+        raise ConfigError(f"TASKLOG_LOCK_DIR: cannot open {path}: {exc.strerror}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            # In a shared temp dir, another user could have made it first to hold it.
+            raise ConfigError(
+                f"TASKLOG_LOCK_DIR: {path} is not a regular file of this user; "
+                "remove it or set TASKLOG_LOCK_DIR to a directory of the collector's own"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -489,6 +573,12 @@ def spool_lock(spool_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def lock_name(spool_dir: Path) -> str:
+    """The lock file's name for a spool directory, from its real path."""
+    real = os.path.realpath(spool_dir).encode("utf-8", "surrogateescape")
+    return f"tasklog-collector-{hashlib.sha256(real).hexdigest()[:24]}.lock"
 
 
 async def serve(settings: CollectorSettings) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import time
 
+from capture_shim import spool
+
 #: Record times outside 2000..2100 are clock errors (or garbage); they are clamped.
 EARLIEST = 946684800.0
 LATEST = 4102444800.0
@@ -55,3 +57,68 @@ def when(t: float) -> float:
 def moment(value: object) -> float:
     """A record's time field: clamped, or now when it has none."""
     return when(number(value) or time.time())
+
+
+#: Level names are short ("WARNING", a custom "AUDIT"); a longer one is cut.
+LEVEL_BYTES = 64
+#: Names and ids that Postgres indexes (task name, host, root id...): a btree entry holds at
+#: most ~2700 bytes, and the spool's own task-id bound is this.
+KEY_BYTES = spool.MAX_TASK_ID_BYTES
+#: Task states: Celery's are short; the column is compared and indexed, a longer one is cut.
+STATE_CHARS = 32
+#: Free text of a record (exception message, traceback, progress message).
+TEXT_BYTES = 1 << 20
+#: Counts from a record (e.g. `errors`) are clamped to this.
+MAX_COUNT = (1 << 31) - 1
+#: Nesting kept in task args; deeper values are replaced by a note.
+_ARGS_DEPTH = 32
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, on a character boundary (text is clean)."""
+    if len(text) <= limit // 4:
+        return text
+    raw = text.encode("utf-8")
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
+
+
+def cut_line(message: str, limit: int) -> str:
+    """A line over TASKLOG_MAX_LINE_BYTES, cut as the shim cuts it (the shim's own cut line,
+    `limit` bytes and its note, is left as it is)."""
+    raw = message.encode("utf-8")
+    if len(raw) <= limit + _CUT_NOTE_BYTES:
+        return message
+    kept = raw[:limit].decode("utf-8", "ignore")
+    return f"{kept} … [line cut: {len(raw) - limit} more bytes]"
+
+
+#: Room for the note the shim appends to a line it cut (" … [line cut: N more bytes]").
+_CUT_NOTE_BYTES = 48
+
+
+def short_text(value: object, limit: int) -> str | None:
+    """An optional text field, storable and at most `limit` UTF-8 bytes."""
+    return cut(clean_text(value), limit) if isinstance(value, str) else None
+
+
+def count(value: object) -> int:
+    """A count from a record: an int in 0..MAX_COUNT, anything else 0."""
+    return min(max(value, 0), MAX_COUNT) if type(value) is int else 0
+
+
+def json_value(value: object, depth: int = 0) -> object:
+    """A decoded JSON value jsonb accepts: NaN and infinities as text (jsonb has neither),
+    text storable, nesting bounded."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth >= _ARGS_DEPTH:
+        return "… (nested too deep)"
+    if isinstance(value, list):
+        return [json_value(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(str(k)): json_value(v, depth + 1) for k, v in value.items()}
+    return clean_text(repr(value))

@@ -20,15 +20,20 @@ from collector.tail import FileChunk, FileState
 
 #: A kept run's head+tail bound when its start record gives none (the shim's default).
 DEFAULT_MAX_LINES = 1000
+#: The largest head+tail bound a start record may ask for.
+MAX_LINES = (1 << 31) - 1
 #: Published line: what the live path sends for a stored line.
 Published = dict[str, Any]
 
 
 @dataclass
 class Run:
-    """A chunk's placement in its task: where its seqs start and its head+tail window.
+    """A chunk's placement in its task: where its seqs are and its head+tail window.
 
-    Pending until the batch commits; then `SpoolDir.commit` copies it to the file's state.
+    The run's line n is the task's seq `seq_base + n`, unless the run goes on in a later
+    segment: (first n, base) in `segments`, given when another run of the task took seqs
+    meanwhile (`Store._place`). Pending until the batch commits; then `SpoolDir.commit` copies
+    it to the file's state.
     """
 
     chunk: FileChunk
@@ -37,6 +42,47 @@ class Run:
     head: int
     tail: int
     max_seq: int
+    segments: tuple[tuple[int, int], ...] = ()
+
+    def seq(self, n: int) -> int:
+        """The task's seq of the run's line n."""
+        base = self.seq_base
+        for first, later in self.segments:
+            if n < first:
+                break
+            base = later
+        return base + n
+
+    def seq_ranges(self, low: int, high: int) -> Iterator[tuple[int, int]]:
+        """The task's seqs of the run's lines low < n <= high, as (low, high] ranges."""
+        bounds = [(1, self.seq_base), *self.segments]
+        for i, (first, base) in enumerate(bounds):
+            end = bounds[i + 1][0] - 1 if i + 1 < len(bounds) else high
+            a, b = max(low, first - 1), min(high, end)
+            if b > a:
+                yield base + a, base + b
+
+    def allocate(self, last_seq: int, after: int) -> int:
+        """Take the seqs of lines max_seq < n <= after, the task's seqs being allocated up to
+        `last_seq`; returns the new last allocated seq (the caller holds the task's row lock).
+
+        While nothing was allocated after this run's own last seq, the run goes on where it
+        is; otherwise it continues after `last_seq` in a new segment: no seq is ever given
+        twice, whatever other runs of the task (another host's) do meanwhile.
+        """
+        if after <= self.max_seq:
+            return last_seq
+        if self.seq(self.max_seq) >= last_seq:
+            return max(last_seq, self.seq(after))
+        base = last_seq - self.max_seq
+        first = self.max_seq + 1
+        if first == 1:
+            self.seq_base, self.segments = base, ()
+        elif self.segments and self.segments[-1][0] == first:
+            self.segments = (*self.segments[:-1], (first, base))
+        else:
+            self.segments = (*self.segments, (first, base))
+        return base + after
 
 
 @dataclass
@@ -63,6 +109,7 @@ def window(max_lines: object) -> tuple[int, int]:
     """(head, tail) of a run from its start record's `max_lines`."""
     if type(max_lines) is not int or max_lines < 2:
         max_lines = DEFAULT_MAX_LINES
+    max_lines = min(max_lines, MAX_LINES)  # head and tail are int4 columns
     head = max_lines // 2
     return head, max_lines - head
 
@@ -94,7 +141,8 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
     ends: list[dict[str, Any]] = []
     markers: list[dict[str, Any]] = []
     for run in runs:
-        chunk, base, head, tail = run.chunk, run.seq_base, run.head, run.tail
+        chunk, head, tail = run.chunk, run.head, run.tail
+        seq_of = run.seq if run.segments else run.seq_base.__add__
         before = run.max_seq
         after = max([before, *(line.seq for line in chunk.lines)])
         cutoff = after - tail  # local seqs above head and at or below this are omitted
@@ -102,7 +150,7 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
         added = 0
         for line in chunk.lines:
             if line.seq <= head or line.seq > cutoff:
-                seq = base + line.seq
+                seq = seq_of(line.seq)
                 ts = iso(line.t)
                 rows.append((run.task_id, seq, ts, line.stream, line.level, line.message))
                 published.append(
@@ -117,21 +165,22 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
                 added += 1
         low, high = max(head, before - tail), min(before, cutoff)
         if high > low:
-            trims.append({"task_id": run.task_id, "low": base + low, "high": base + high})
+            for a, b in run.seq_ranges(low, high):
+                trims.append({"task_id": run.task_id, "low": a, "high": b})
             added -= high - low
         progress = chunk.progress or {}
         omitted = max(0, after - head - tail)
         if chunk.end is not None and omitted:
-            markers.append(marker(run.task_id, base, head, omitted, chunk.end.get("t")))
+            markers.append(marker(run.task_id, run.seq(head + 1), omitted, chunk.end.get("t")))
             added += 1
         advances.append(
             {
                 "task_id": run.task_id,
                 "added": added,
-                "last_seq": base + after,
+                "last_seq": seq_of(after),
                 "progress": fields.percent(progress.get("p")),
-                "progress_message": fields.text(progress.get("msg")),
-                "state": (fields.text(progress.get("state")) or "")[:32] or None,
+                "progress_message": fields.short_text(progress.get("msg"), fields.TEXT_BYTES),
+                "state": _state(progress.get("state")),
             }
         )
         if chunk.end is not None:
@@ -139,13 +188,13 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
             ends.append(
                 {
                     "task_id": run.task_id,
-                    "state": str(end["state"])[:32],
+                    "state": _state(end["state"]) or "",
                     "t": fields.moment(end.get("t")),
                     "runtime": fields.number(end.get("runtime")),
-                    "exc_type": fields.text(end.get("exc_type")),
-                    "exc_message": fields.text(end.get("exc_message")),
-                    "traceback": fields.text(end.get("traceback")),
-                    "errors": end["errors"] if type(end.get("errors")) is int else 0,
+                    "exc_type": fields.short_text(end.get("exc_type"), fields.KEY_BYTES),
+                    "exc_message": fields.short_text(end.get("exc_message"), fields.TEXT_BYTES),
+                    "traceback": fields.short_text(end.get("traceback"), fields.TEXT_BYTES),
+                    "errors": fields.count(end.get("errors")),
                     "omitted": omitted,
                 }
             )
@@ -155,11 +204,11 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
     return Plan(rows, trims, advances, ends, markers)
 
 
-def marker(task_id: str, base: int, head: int, omitted: int, t: object) -> dict[str, Any]:
-    """The "N lines omitted" line, at the first seq after the head."""
+def marker(task_id: str, seq: int, omitted: int, t: object) -> dict[str, Any]:
+    """The "N lines omitted" line, at the seq of the run's first line after the head."""
     return {
         "task_id": task_id,
-        "seq": base + head + 1,
+        "seq": seq,
         "t": fields.moment(t),
         "message": f"… {omitted} lines omitted "
         "(TASKLOG_MAX_LINES keeps the first and last lines) …",
@@ -169,25 +218,40 @@ def marker(task_id: str, base: int, head: int, omitted: int, t: object) -> dict[
 def state_marker(state: FileState, omitted: int) -> dict[str, Any]:
     """The marker of a run finalized without its end record (its writer died)."""
     assert state.task_id is not None
-    return marker(state.task_id, state.seq_base, state.head, omitted, None)
+    run = Run(
+        FileChunk(state, state.offset),
+        state.task_id,
+        state.seq_base,
+        state.head,
+        state.tail,
+        state.max_seq,
+        state.segments,
+    )
+    return marker(state.task_id, run.seq(state.head + 1), omitted, None)
 
 
 def start_params(start: dict[str, Any]) -> dict[str, Any]:
     """The `start_task` parameters of a start record."""
     args = None
     if "args" in start or "kwargs" in start:
-        args = Jsonb({"args": start.get("args"), "kwargs": start.get("kwargs")})
+        args = Jsonb(fields.json_value({"args": start.get("args"), "kwargs": start.get("kwargs")}))
     pid = start.get("pid")
-    retries = start.get("retries")
+    key = fields.KEY_BYTES
     return {
         "task_id": start["task_id"],
-        "name": fields.text(start.get("name")),
-        "host": fields.text(start.get("host")),
-        "worker": fields.text(start.get("worker")),
+        "name": fields.short_text(start.get("name"), key),
+        "host": fields.short_text(start.get("host"), key),
+        "worker": fields.short_text(start.get("worker"), key),
         "pid": pid if type(pid) is int and 0 < pid < 2**31 else None,
-        "parent_id": fields.text(start.get("parent_id")),
-        "root_id": fields.text(start.get("root_id")),
-        "retries": retries if type(retries) is int and 0 <= retries < 2**31 else 0,
+        "parent_id": fields.short_text(start.get("parent_id"), key),
+        "root_id": fields.short_text(start.get("root_id"), key),
+        "retries": fields.count(start.get("retries")),
         "args": args,
         "t": fields.moment(start.get("t")),
     }
+
+
+def _state(value: object) -> str | None:
+    """A state name from a record: storable, at most `fields.STATE_CHARS` characters."""
+    text = fields.text(value)
+    return text[: fields.STATE_CHARS] or None if text is not None else None

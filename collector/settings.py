@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
@@ -52,3 +54,36 @@ class CollectorSettings(Common):
         ge=0,
         description="Seconds spent at stop storing what the spool holds (0: stop at once).",
     )
+    max_line_bytes: int = Field(
+        16384,
+        ge=64,
+        description="Longest line the collector keeps (the shim's cap: a file written by "
+        "anything else is held to it too).",
+    )
+    quarantine_dir: Path | None = Field(
+        None,
+        description="Where spool files Postgres refuses are moved, on the spool's file system "
+        "(default: `quarantine` in the spool dir).",
+    )
+    lock_dir: Path | None = Field(
+        None,
+        description="Directory of the lock file that keeps one collector per spool dir "
+        "(default: $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR, else the temp dir).",
+    )
+    prune_interval: float = Field(
+        3600.0, gt=0, description="Seconds between the collector's own retention prunes."
+    )
+
+    def quarantine_path(self) -> Path:
+        return self.quarantine_dir or self.spool_dir / "quarantine"
+
+    def lock_path(self) -> Path:
+        """Where the lock directory is: the service's runtime directory when systemd gives one."""
+        if self.lock_dir is not None:
+            return self.lock_dir
+        for variable in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+            # systemd may list several runtime directories, separated by colons.
+            value = os.environ.get(variable, "").split(":")[0]
+            if value:
+                return Path(value)
+        return Path(tempfile.gettempdir())

@@ -20,9 +20,9 @@ from psycopg.types.json import Jsonb
 from collector import retention
 from collector.copytext import copy_text
 from collector.plan import Run, Stored, plan, slices, start_params, state_marker, window
-from collector.tail import Batch, FileChunk, FileState
+from collector.tail import Batch, FileChunk, FileState, shown
 from tasklog.core import db
-from tasklog.core.errors import StoreUnavailable
+from tasklog.core.errors import StoreUnavailable, TasklogError
 
 log = logging.getLogger("tasklog.collector")
 
@@ -32,6 +32,24 @@ _SLICE_LINES = 2000
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
+
+#: Driver errors that a value of the batch causes, not the server: another batch would pass.
+_REFUSALS = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,  # an index entry too large, nesting too deep
+)
+
+
+class RecordRefused(TasklogError):
+    """Postgres refused a value of the batch."""
+
+    def __init__(self, exc: BaseException) -> None:
+        # The class and SQLSTATE only: Postgres's message may quote the value, which is a
+        # task's output or arguments.
+        state = getattr(exc, "sqlstate", None)
+        self.why = f"Postgres refused a record ({type(exc).__name__}{f' {state}' if state else ''})"
+        super().__init__(self.why)
 
 
 class Store:
@@ -66,7 +84,10 @@ class Store:
         conn = await self.connect()
         try:
             with db.translated(self._conninfo):
-                return await step(conn)
+                try:
+                    return await step(conn)
+                except (*_REFUSALS, UnicodeError) as exc:
+                    raise RecordRefused(exc) from exc
         except StoreUnavailable:
             await self.close()
             raise
@@ -78,13 +99,14 @@ class Store:
             cur = await conn.execute(Q["load_files"], {"host": self.host})
             files = {}
             for row in await cur.fetchall():
-                name, inode, offset, task_id, base, max_seq, head, tail, ended = row
+                name, inode, offset, task_id, base, max_seq, head, tail, ended, flat = row
                 files[name] = FileState(
                     name=name,
                     inode=inode,
                     offset=offset,
                     task_id=task_id,
                     seq_base=base,
+                    segments=tuple(zip(flat[::2], flat[1::2], strict=True)),
                     max_seq=max_seq,
                     head=head,
                     tail=tail,
@@ -153,42 +175,53 @@ class Store:
         return stored
 
     async def _place(self, conn: Conn, chunks: list[FileChunk]) -> list[Run]:
-        """Give each chunk its task and seq base; new runs are upserted as STARTED."""
-        runs: list[Run] = []
-        batch_last: dict[str, int] = {}
-        stored_last = iter(
-            await _start_runs(
-                conn,
-                [
-                    chunk.start
-                    for chunk in chunks
-                    if not chunk.state.registered and chunk.start is not None
-                ],
-            )
-        )
+        """Give each chunk its task and its seqs; new runs are upserted as STARTED.
+
+        Seqs come from the task's `last_seq`, read under the row's lock (held to the commit),
+        so two runs of one task (a retry on another host, stored by another collector) never
+        get the same seq. Rows are locked in task-id order: two collectors never wait on each
+        other in a circle.
+        """
+        placed: list[tuple[FileChunk, str]] = []
+        starts: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunks:
             state = chunk.state
-            if state.registered:
-                assert state.task_id is not None
-                run = Run(
-                    chunk, state.task_id, state.seq_base, state.head, state.tail, state.max_seq
-                )
+            if state.task_id is not None:
+                task_id: str = state.task_id
+                starts.setdefault(task_id, [])
             elif chunk.start is not None:
                 task_id = chunk.start["task_id"]
-                base = max(next(stored_last), batch_last.get(task_id, 0))
-                head, tail = window(chunk.start.get("max_lines"))
-                run = Run(chunk, task_id, base, head, tail, 0)
+                starts.setdefault(task_id, []).append(chunk.start)
             else:
                 log.error(
                     "spool file %s has no start record; its %d lines are skipped",
-                    state.name,
+                    shown(state.name),
                     len(chunk.lines),
                 )
                 chunk.corrupt += len(chunk.lines)
                 chunk.lines.clear()
                 continue
-            last = run.seq_base + max([run.max_seq, *(line.seq for line in chunk.lines)])
-            batch_last[run.task_id] = max(batch_last.get(run.task_id, 0), last)
+            placed.append((chunk, task_id))
+        last_seq = await _lock_tasks(conn, starts)
+        runs: list[Run] = []
+        for chunk, task_id in placed:
+            state = chunk.state
+            if state.registered:
+                run = Run(
+                    chunk,
+                    task_id,
+                    state.seq_base,
+                    state.head,
+                    state.tail,
+                    state.max_seq,
+                    state.segments,
+                )
+            else:
+                assert chunk.start is not None
+                head, tail = window(chunk.start.get("max_lines"))
+                run = Run(chunk, task_id, last_seq[task_id], head, tail, 0)
+            after = max([run.max_seq, *(line.seq for line in chunk.lines)])
+            last_seq[task_id] = run.allocate(last_seq[task_id], after)
             runs.append(run)
         return runs
 
@@ -201,6 +234,7 @@ class Store:
             "offset": chunk.end_offset,
             "task_id": run.task_id,
             "seq_base": run.seq_base,
+            "segments": _flat(run.segments),
             "max_seq": run.max_seq,
             "head": run.head,
             "tail": run.tail,
@@ -230,6 +264,7 @@ class Store:
                         "offset": state.offset,
                         "task_id": state.task_id,
                         "seq_base": state.seq_base,
+                        "segments": _flat(state.segments),
                         "max_seq": state.max_seq,
                         "head": state.head,
                         "tail": state.tail,
@@ -260,17 +295,27 @@ class Store:
         )
 
 
-async def _start_runs(conn: Conn, starts: list[dict[str, Any]]) -> list[int]:
-    """Upsert the tasks of new runs as STARTED, pipelined in one round trip: each one's stored
-    last_seq, in order (the upsert leaves last_seq alone, so none depends on another)."""
-    if not starts:
-        return []
-    found = []
-    async with conn.cursor() as cur:
-        await cur.executemany(Q["start_task"], [start_params(s) for s in starts], returning=True)
-        while True:
-            row = await cur.fetchone()
-            found.append(row[0] if row else 0)
-            if not cur.nextset():
-                break
+async def _lock_tasks(conn: Conn, starts: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """Lock the row of every task in `starts` (upserting those with new runs as STARTED), in
+    task-id order and in one round trip; returns each one's last allocated seq."""
+    cursors = []
+    async with conn.pipeline():
+        for task_id in sorted(starts):
+            if not starts[task_id]:
+                cur = conn.cursor()
+                await cur.execute(Q["lock_task"], {"task_id": task_id})
+                cursors.append((task_id, cur))
+            for start in starts[task_id]:
+                cur = conn.cursor()
+                await cur.execute(Q["start_task"], start_params(start))
+                cursors.append((task_id, cur))
+    found: dict[str, int] = {}
+    for task_id, cur in cursors:
+        row = await cur.fetchone()
+        # No row: a task deleted by retention while its run went on; its seqs start afresh.
+        found[task_id] = max(found.get(task_id, 0), row[0] if row else 0)
     return found
+
+
+def _flat(segments: tuple[tuple[int, int], ...]) -> list[int]:
+    return [number for segment in segments for number in segment]

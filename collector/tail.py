@@ -4,6 +4,11 @@
 records, never past a file's last newline (a trailing partial record is left for later), and
 stops at the batch bounds. Nothing here touches the database: offsets advance only when
 `commit` is called after the store has committed the batch.
+
+The spool directory is a trust boundary: anyone who can write it can put anything there. Only
+regular files whose inode is the one listed are read (opened without following a link and
+without blocking), every field is validated and made storable (`collector.fields`) before it
+leaves here, and raw record content is never logged.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from collections.abc import Set
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from capture_shim import spool
-from collector.fields import clean_text
+from collector import fields
 
 if TYPE_CHECKING:
     from collector.plan import Stored
@@ -31,8 +37,15 @@ log = logging.getLogger("tasklog.collector")
 
 #: A record longer than this without a newline is corrupt; it is skipped, not waited for.
 MAX_RECORD_BYTES = 8 << 20
+#: The shim's default TASKLOG_MAX_LINE_BYTES.
+DEFAULT_LINE_BYTES = 16384
+#: Highest per-run seq `n` accepted: far beyond any real run (a line a microsecond for 12
+#: days), and far below bigint and the 2**53 a browser can hold once a run's base is added.
+MAX_RUN_SEQ = 1 << 40
 _STREAMS = frozenset({spool.STDOUT, spool.STDERR, spool.LOG})
 _NUMBER = (int, float)
+#: Opening a spool file: never through a link, never waiting on a FIFO's writer.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass
@@ -44,6 +57,8 @@ class FileState:
     offset: int = 0
     task_id: str | None = None
     seq_base: int = 0
+    #: Where the run's seqs continue elsewhere: (first n, base) after the first segment.
+    segments: tuple[tuple[int, int], ...] = ()
     max_seq: int = 0
     head: int = 500
     tail: int = 500
@@ -57,9 +72,21 @@ class FileState:
         return self.task_id is not None
 
 
+def inode_of(st: os.stat_result) -> int:
+    """The inode as Postgres's bigint holds it (some file systems use all 64 bits)."""
+    ino = st.st_ino
+    return ino - (1 << 64) if ino >= 1 << 63 else ino
+
+
+def shown(name: str) -> str:
+    """A file name for a log line: a name is chosen by whoever wrote the spool directory, so
+    one holding control characters or undecodable bytes is shown escaped."""
+    return name if name.isprintable() and name.isascii() else ascii(name)
+
+
 @dataclass(slots=True)
 class Line:
-    seq: int  # the run's own sequence number; the store adds the file's seq_base
+    seq: int  # the run's own sequence number n; `Run.seq` places it among the task's
     t: float
     stream: str
     level: str | None
@@ -77,6 +104,9 @@ class FileChunk:
     progress: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     corrupt: int = 0
+    #: Highest per-run seq read so far: a line must go beyond it (see `_parse_into`).
+    last_seq: int = 0
+    max_line_bytes: int = DEFAULT_LINE_BYTES
 
 
 @dataclass
@@ -89,11 +119,33 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.chunks)
 
+    @classmethod
+    def of(cls, chunks: list[FileChunk]) -> Batch:
+        """A batch of some chunks of another (to commit a part of it)."""
+        return cls(
+            chunks=chunks,
+            lines=sum(len(chunk.lines) for chunk in chunks),
+            bytes=sum(chunk.end_offset - chunk.state.offset for chunk in chunks),
+            corrupt=sum(chunk.corrupt for chunk in chunks),
+        )
+
 
 class SpoolDir:
-    def __init__(self, path: Path, known: dict[str, FileState]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        known: dict[str, FileState],
+        max_line_bytes: int = DEFAULT_LINE_BYTES,
+    ) -> None:
         self.path = path
         self.files = known
+        self.max_line_bytes = max_line_bytes
+        #: Spool files whose name Postgres cannot store (not UTF-8): the daemon moves them aside.
+        self.unstorable: set[str] = set()
+        #: (name, inode) of entries refused as not regular files, each warned about once.
+        self._refused: set[tuple[str, int]] = set()
+        #: Names never to read again in this process (quarantined, or failed to be).
+        self._ignored: set[str] = set()
         self._dirty: set[str] = set(known)
         # A batch may be read in a thread while the loop notes changes: a file must not be
         # unmarked by the reader just after the loop marked it for growing.
@@ -109,9 +161,14 @@ class SpoolDir:
         seen: set[str] = set()
         with os.scandir(self.path) as entries:
             for entry in entries:
-                if entry.name.endswith(spool.SUFFIX) and entry.is_file(follow_symlinks=False):
-                    seen.add(entry.name)
-                    self._observe(entry.name, entry.stat(follow_symlinks=False))
+                if entry.name.endswith(spool.SUFFIX):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if self._acceptable(entry.name, st):
+                        seen.add(entry.name)
+                        self._observe(entry.name, st)
         gone = [name for name in self.files if name not in seen]
         return gone
 
@@ -124,26 +181,51 @@ class SpoolDir:
                 st = os.stat(self.path / name, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            self._observe(name, st)
+            if self._acceptable(name, st):
+                self._observe(name, st)
+
+    def _acceptable(self, name: str, st: os.stat_result) -> bool:
+        """A spool file is a regular file with a storable name; anything else is left alone
+        (a link to a file the collector may read, a FIFO that would block) with one warning."""
+        if not stat.S_ISREG(st.st_mode):
+            if (name, st.st_ino) not in self._refused:
+                self._refused.add((name, st.st_ino))
+                log.warning(
+                    "spool entry %s is not a regular file (%s); ignored",
+                    shown(name),
+                    _kind(st.st_mode),
+                )
+            return False
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            self.unstorable.add(name)
+            return False
+        return True
 
     def _observe(self, name: str, st: os.stat_result) -> None:
         with self._marks:
             self._observe_locked(name, st)
 
     def _observe_locked(self, name: str, st: os.stat_result) -> None:
+        if name in self._ignored:
+            return
         state = self.files.get(name)
+        inode = inode_of(st)
         if state is None:
-            state = self.files[name] = FileState(name=name, inode=st.st_ino)
-        elif state.inode != st.st_ino:
-            log.warning("spool file %s was replaced; reading the new one from its start", name)
-            state = self.files[name] = FileState(name=name, inode=st.st_ino)
+            state = self.files[name] = FileState(name=name, inode=inode)
+        elif state.inode != inode:
+            log.warning(
+                "spool file %s was replaced; reading the new one from its start", shown(name)
+            )
+            state = self.files[name] = FileState(name=name, inode=inode)
         if st.st_size != state.size:
             state.size = st.st_size
             state.changed_at = time.monotonic()
         if st.st_size < state.offset:
             log.warning(
                 "spool file %s shrank below what was stored (%d < %d); skipping to its end",
-                name,
+                shown(name),
                 st.st_size,
                 state.offset,
             )
@@ -197,27 +279,64 @@ class SpoolDir:
 
     def _read(self, state: FileState, max_lines: int, max_bytes: int) -> FileChunk | None:
         want = min(state.size - state.offset, max(max_bytes, 1 << 16), MAX_RECORD_BYTES)
-        try:
-            with open(self.path / state.name, "rb") as f:
-                f.seek(state.offset)
-                data = f.read(want)
-        except FileNotFoundError:
+        data = self._pread(state, want)
+        if data is None:
             return None
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             if len(data) < MAX_RECORD_BYTES:
                 return None  # a record still being written
-            log.warning("spool file %s: %d bytes without a newline, skipped", state.name, len(data))
+            log.warning(
+                "spool file %s: %d bytes without a newline, skipped", shown(state.name), len(data)
+            )
             self.skipped_bytes += len(data)
             return FileChunk(state=state, end_offset=state.offset + len(data), corrupt=1)
-        chunk = FileChunk(state=state, end_offset=state.offset)
+        chunk = FileChunk(
+            state=state,
+            end_offset=state.offset,
+            last_seq=state.max_seq,
+            max_line_bytes=self.max_line_bytes,
+        )
         pos = 0
         for raw in data[: cut - 1].split(b"\n"):
             pos += len(raw) + 1
-            if _parse_into(chunk, raw) and len(chunk.lines) >= max_lines:
+            if _parse_into(chunk, raw, state.offset + pos - len(raw) - 1) and (
+                len(chunk.lines) >= max_lines
+            ):
                 break
         chunk.end_offset = state.offset + pos
         return chunk
+
+    def _pread(self, state: FileState, size: int) -> bytes | None:
+        """Up to `size` bytes at the stored offset of the very file that was listed; None if
+        it is gone or is no longer that regular file (replaced by a link, a FIFO...)."""
+        try:
+            fd = os.open(self.path / state.name, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # ELOOP: a link now stands there; EACCES, ENXIO...
+            self._refuse(state, f"cannot be opened safely ({exc.strerror})")
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._refuse(state, f"is now a {_kind(st.st_mode)}")
+                return None
+            if inode_of(st) != state.inode:
+                return None  # replaced by another file: the next scan sees it as new
+            if st.st_nlink != 1:
+                # A spool file is made with O_EXCL and never linked; a second name means
+                # someone linked a file of their choice (perhaps one only we may read) here.
+                self._refuse(state, f"has {st.st_nlink} links")
+                return None
+            return os.pread(fd, size, state.offset)
+        finally:
+            os.close(fd)
+
+    def _refuse(self, state: FileState, why: str) -> None:
+        if (state.name, state.inode) not in self._refused:
+            self._refused.add((state.name, state.inode))
+            log.warning("spool file %s %s; not read", shown(state.name), why)
 
     def commit(self, batch: Batch, stored: Stored | None = None) -> list[FileState]:
         """The store committed `batch` (with the placements of `stored`): move the files'
@@ -225,7 +344,7 @@ class SpoolDir:
         states of the files whose end is now stored."""
         for run in stored.runs if stored is not None else ():
             state = run.chunk.state
-            state.task_id, state.seq_base = run.task_id, run.seq_base
+            state.task_id, state.seq_base, state.segments = run.task_id, run.seq_base, run.segments
             state.head, state.tail, state.max_seq = run.head, run.tail, run.max_seq
         ended = []
         for chunk in batch.chunks:
@@ -238,6 +357,17 @@ class SpoolDir:
                 self._dirty.add(state.name)
         return ended
 
+    def ignore(self, name: str) -> None:
+        """Never read `name` again (it was moved aside, or should have been)."""
+        with self._marks:
+            self._ignored.add(name)
+            self.files.pop(name, None)
+            self._dirty.discard(name)
+
+    def drop(self, state: FileState) -> None:
+        """`ignore` a file the collector was following."""
+        self.ignore(state.name)
+
     def lost(self, state: FileState) -> None:
         """The store finalized `state`'s run without its end record (`Store.lose`)."""
         state.ended = True
@@ -248,8 +378,12 @@ def _start_ns(name: str) -> int:
     return 0 if parsed is None else parsed.ns
 
 
-def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
-    """Add one record to the chunk; returns True for a line record. Bad records are counted."""
+def _parse_into(chunk: FileChunk, raw: bytes, offset: int = 0) -> bool:
+    """Add one record to the chunk; returns True for a line record. Bad records are counted.
+
+    Every value kept is checked and made storable here or in `collector.fields`: whatever a
+    file holds, nothing read from it can make Postgres refuse a batch.
+    """
     try:
         rec = _loads(raw)
         kind = rec["k"]
@@ -260,7 +394,7 @@ def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
             t = rec["t"]
             if (
                 type(seq) is not int
-                or seq < 1
+                or not chunk.last_seq < seq <= MAX_RUN_SEQ  # seqs only go up: none is reused
                 or stream not in _STREAMS
                 or not isinstance(message, str)
                 or not isinstance(t, _NUMBER)
@@ -269,10 +403,19 @@ def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
                 raise ValueError("bad line record")
             level = rec.get("l")
             if "\x00" in message or not message.isascii():  # else clean already
-                message = clean_text(message)
+                message = fields.clean_text(message)
+            if len(message) > chunk.max_line_bytes // 4:  # a str of n chars: at most 4n bytes
+                message = fields.cut_line(message, chunk.max_line_bytes)
             chunk.lines.append(
-                Line(seq, float(t), stream, level if isinstance(level, str) else None, message)
+                Line(
+                    seq,
+                    float(t),
+                    stream,
+                    fields.short_text(level, fields.LEVEL_BYTES),
+                    message,
+                )
             )
+            chunk.last_seq = seq
             return True
         if kind == spool.START:
             if rec.get("v") != spool.VERSION or spool.task_id_problem(rec.get("task_id")):
@@ -285,12 +428,40 @@ def _parse_into(chunk: FileChunk, raw: bytes) -> bool:
                 raise ValueError("bad end record")
             chunk.end = rec
         else:
-            raise ValueError(f"unknown record kind {kind!r}")
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+            raise ValueError("unknown record kind")
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         chunk.corrupt += 1
         if chunk.corrupt == 1:
-            log.warning("spool file %s: skipped a corrupt record: %.200r", chunk.state.name, raw)
+            # Where and why, never the record itself: it may hold what a task printed.
+            log.warning(
+                "spool file %s: skipped a corrupt record at byte %d (%s)",
+                shown(chunk.state.name),
+                offset,
+                _why(exc),
+            )
     return False
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return "a field is missing"
+    if isinstance(exc, ValueError) and str(exc).startswith("bad "):
+        return str(exc)
+    return "not a JSON record" if isinstance(exc, ValueError) else type(exc).__name__
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _loads(raw: bytes) -> Any:

@@ -6,12 +6,19 @@
 COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN
 
 -- name: load_files
-SELECT file, inode, "offset", task_id, seq_base, max_seq, head_lines, tail_lines, ended
+SELECT file, inode, "offset", task_id, seq_base, max_seq, head_lines, tail_lines, ended,
+       seq_segments
 FROM spool_files
 WHERE host = %(host)s
 
+-- name: lock_task
+-- A task whose runs go on in this batch: its row locked until the commit, so that the seqs
+-- the batch allocates from last_seq are its alone (see Store._place).
+SELECT last_seq FROM tasks WHERE task_id = %(task_id)s FOR UPDATE
+
 -- name: start_task
--- A new run of a task: STARTED, its details, and the seq its lines continue from.
+-- A new run of a task: STARTED, its details, and the seq its lines continue from (the upsert
+-- locks the row until the commit, as lock_task does).
 INSERT INTO tasks AS t (task_id, task_name, state, host, worker, pid, parent_id, root_id,
                         retries, args, created_at, started_at, updated_at)
 VALUES (%(task_id)s, %(name)s, 'STARTED', %(host)s, %(worker)s, %(pid)s, %(parent_id)s,
@@ -89,12 +96,14 @@ ON CONFLICT DO NOTHING
 
 -- name: save_file
 INSERT INTO spool_files AS f (host, file, inode, "offset", task_id, seq_base, max_seq,
-                              head_lines, tail_lines, ended, updated_at)
+                              head_lines, tail_lines, ended, seq_segments, updated_at)
 VALUES (%(host)s, %(file)s, %(inode)s, %(offset)s, %(task_id)s, %(seq_base)s, %(max_seq)s,
-        %(head)s, %(tail)s, %(ended)s, now())
+        %(head)s, %(tail)s, %(ended)s, %(segments)s, now())
 ON CONFLICT (host, file) DO UPDATE SET
     inode = EXCLUDED.inode,
     "offset" = EXCLUDED."offset",
+    seq_base = EXCLUDED.seq_base,
+    seq_segments = EXCLUDED.seq_segments,
     max_seq = EXCLUDED.max_seq,
     ended = EXCLUDED.ended,
     updated_at = now()
