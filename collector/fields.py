@@ -102,8 +102,15 @@ def short_text(value: object, limit: int) -> str | None:
 
 
 def count(value: object) -> int:
-    """A count from a record: an int in 0..MAX_COUNT, anything else 0."""
-    return min(max(value, 0), MAX_COUNT) if type(value) is int else 0
+    """A count from a record, clamped to 0..MAX_COUNT; 0 when it is not a number.
+
+    A huge integer may arrive as a float (orjson reads integers past 64 bits so).
+    """
+    if type(value) is int:
+        return min(max(value, 0), MAX_COUNT)
+    if type(value) is float and math.isfinite(value):
+        return int(min(max(value, 0.0), MAX_COUNT))
+    return 0
 
 
 def json_value(value: object, depth: int = 0) -> object:
