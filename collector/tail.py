@@ -324,11 +324,8 @@ class SpoolDir:
                 return None
             if inode_of(st) != state.inode:
                 return None  # replaced by another file: the next scan sees it as new
-            if st.st_nlink != 1:
-                # A spool file is made with O_EXCL and never linked; a second name means
-                # someone linked a file of their choice (perhaps one only we may read) here.
-                self._refuse(state, f"has {st.st_nlink} links")
-                return None
+            # A hard link to a file the writer may not read is left to the kernel
+            # (fs.protected_hardlinks, on by default): a second name is not refused here.
             return os.pread(fd, size, state.offset)
         finally:
             os.close(fd)

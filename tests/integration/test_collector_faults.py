@@ -299,3 +299,59 @@ def test_late_retry_end_does_not_override_the_final_state(
     wait_for(lambda: not list(spool_dir.glob("*" + spool.SUFFIX)), message="both files stored")
     assert pg_rows(database_url, lines_q, (task_id,)) == [(1, "attempt 0"), (2, "attempt 1")]
     assert pg_rows(database_url, state_q, (task_id,)) == [("SUCCESS",)]
+
+
+def test_threads_worker_killed_with_tasks_in_flight_loses_each_with_its_lines(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
+) -> None:
+    """SIGKILL of a threads-pool worker: one process ran every task, each in its own spool
+    file; each task becomes LOST with every line stored before the kill."""
+    procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        redis_url=redis_url,
+        ready="following",
+        env={"TASKLOG_ORPHAN_TIMEOUT": "2"},
+    )
+    worker = procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=3)
+    ids = [
+        celery_client.send_task("demo.print_lines", kwargs={"count": 10_000, "delay": 0.05}).id
+        for _ in range(3)
+    ]
+
+    def lines(task_id: str) -> list[tuple[int, str]]:
+        return pg_rows(
+            database_url,
+            "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq",
+            (task_id,),
+        )
+
+    wait_for(
+        lambda: all(len(lines(task_id)) >= 3 for task_id in ids),
+        timeout=30,
+        message="three lines of each task stored",
+    )
+    pids = {row[0] for row in pg_rows(database_url, "SELECT pid FROM tasks")}
+    assert pids == {worker.pid}  # the threads pool: every task in the main process
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+
+    wait_for(
+        lambda: pg_rows(database_url, "SELECT DISTINCT state FROM tasks") == [("LOST",)],
+        timeout=30,
+        message="every task LOST",
+    )
+    for task_id in ids:
+        kept = lines(task_id)
+        assert kept == [(n, f"line {n}") for n in range(1, len(kept) + 1)], task_id
+        ((message, count),) = pg_rows(
+            database_url,
+            "SELECT exc_message, line_count FROM tasks WHERE task_id = %s",
+            (task_id,),
+        )
+        assert f"worker process {worker.pid} died" in message and count == len(kept)
+    wait_for(
+        lambda: not list(spool_dir.glob("*" + spool.SUFFIX)),
+        timeout=10,
+        message="the lost tasks' spool files removed",
+    )

@@ -7,8 +7,11 @@ import subprocess
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import psycopg
+
+from tests.helpers import ProcessFactory, pg_rows, wait_for
 
 DAYS = 40
 LINES_PER_DAY = 5_000
@@ -97,3 +100,51 @@ def test_prune_drops_what_is_older_than_the_retention(database_url: str) -> None
         timeout=120,
     )
     assert "dropped 0 line partitions, deleted 0 tasks" in again.stdout
+
+
+def test_the_collector_prunes_on_its_own_schedule(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """No `tasklog prune` needed: the running collector prunes every TASKLOG_PRUNE_INTERVAL."""
+    proc = procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        ready="following",
+        env={"TASKLOG_RETENTION_DAYS": "30", "TASKLOG_PRUNE_INTERVAL": "0.5"},
+    )
+    today = datetime.now(UTC).date()
+    # Each round's old data is made once the previous round's was pruned: the second round
+    # can only go by a prune after the collector's first.
+    for round_ in (1, 2):
+        day = today - timedelta(days=40 + round_)
+        partition = f"lines_{day:%Y%m%d}"
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        # One transaction: a prune sees all of a round's old data or none of it.
+        with psycopg.connect(database_url) as conn:
+            conn.execute(
+                f"CREATE TABLE {partition} PARTITION OF lines FOR VALUES "
+                f"FROM ('{day} 00:00:00+00') TO ('{day + timedelta(days=1)} 00:00:00+00')"
+            )
+            conn.execute(
+                "INSERT INTO tasks (task_id, state, created_at, completed_at, updated_at) "
+                "VALUES (%(old)s, 'SUCCESS', %(t)s, %(t)s, %(t)s), (%(young)s, 'SUCCESS', now(), "
+                "now(), now())",
+                {"old": f"old-{round_}", "young": f"young-{round_}", "t": noon},
+            )
+            conn.execute(
+                "INSERT INTO lines (task_id, seq, ts, stream, message) "
+                "VALUES (%s, 1, %s, 'stdout', 'old line')",
+                (f"old-{round_}", noon),
+            )
+
+        def pruned(partition: str = partition, round_: int = round_) -> bool:
+            tables = pg_rows(database_url, "SELECT to_regclass(%s)", (partition,))
+            tasks = pg_rows(database_url, "SELECT task_id FROM tasks ORDER BY task_id")
+            return tables == [(None,)] and (f"old-{round_}",) not in tasks
+
+        wait_for(pruned, timeout=20, message=f"round {round_} pruned by the collector")
+        assert pg_rows(
+            database_url, "SELECT count(*) FROM tasks WHERE task_id = %s", (f"young-{round_}",)
+        ) == [(1,)]
+    assert proc.log_text().count("retention: dropped 1 line partitions, deleted 1 tasks") == 2
+    assert proc.alive

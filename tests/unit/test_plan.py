@@ -52,3 +52,31 @@ def test_published_lines_are_the_stored_ones() -> None:
     stored = Stored()
     rows, *_ = plan([run_of(range(1, 30))], stored)
     assert [line["seq"] for line in stored.lines["task"]] == stored_seqs(rows)
+
+
+def test_a_run_goes_on_in_place_while_nothing_was_allocated_after_it() -> None:
+    run = run_of(range(1, 6), base=10)
+    assert run.allocate(last_seq=10, after=5) == 15
+    assert (run.seq_base, run.segments, run.seq(5)) == (10, (), 15)
+
+
+def test_a_run_continues_after_seqs_another_run_took() -> None:
+    first = run_of(range(6, 11), base=0, before=5)  # lines 1-5 stored at seqs 1-5
+    # Meanwhile another run of the task (a retry on another host) took seqs 6-8.
+    assert first.allocate(last_seq=8, after=10) == 13
+    assert first.segments == ((6, 3),)
+    assert [first.seq(n) for n in (1, 5, 6, 10)] == [1, 5, 9, 13]
+    rows, _, advances, _, _ = plan([first], Stored())
+    assert stored_seqs(rows) == [9, 10, 11, 12, 13] and advances[0]["last_seq"] == 13
+
+
+def test_the_tail_window_and_marker_follow_the_segments() -> None:
+    # 12 lines of a head 5 + tail 5 run: 1-5 at seqs 101-105, 6-12 moved to 201-207.
+    run = run_of(range(13, 16), base=100, before=12, end=True)
+    run.segments = ((6, 195),)
+    assert list(run.seq_ranges(7, 10)) == [(202, 205)]
+    assert list(run.seq_ranges(3, 7)) == [(103, 105), (200, 202)]
+    rows, trims, _, ends, markers = plan([run], Stored())
+    assert stored_seqs(rows) == [208, 209, 210]
+    assert trims == [{"task_id": "task", "low": 202, "high": 205}]  # lines 8-10 leave
+    assert markers[0]["seq"] == 201 and ends[0]["omitted"] == 5  # at line 6, in its segment
