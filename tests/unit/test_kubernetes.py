@@ -109,8 +109,9 @@ def test_the_collector_is_a_native_sidecar_sharing_the_spool_and_the_pids(
         assert mounts["spool"] == spool_dir
     # It drains the spool after the worker stopped, within the pod's grace period.
     assert int(env["TASKLOG_STOP_DRAIN_TIMEOUT"]) < spec["terminationGracePeriodSeconds"]
-    # Its own files (metrics) live in a directory of its own, not in the spool the worker writes.
-    run_dir = str(Path(env["TASKLOG_METRICS_FILE"]).parent)
+    # Its lock and metrics live in a directory of its own, not in the spool the worker writes.
+    run_dir = env["TASKLOG_LOCK_DIR"]
+    assert str(Path(env["TASKLOG_METRICS_FILE"]).parent) == run_dir
     assert run_dir in {m["mountPath"] for m in collector["volumeMounts"]}
     assert run_dir not in {m["mountPath"] for m in worker["volumeMounts"]}
 
