@@ -139,6 +139,7 @@ class Hub:
         # Commands (health, the watched set, the cluster's topology) go through their own
         # client, made once the server was asked whether it is a cluster.
         self._commands: live.Client | None = None
+        self._connecting = asyncio.Lock()
 
     async def aclose(self) -> None:
         for task in self._background:
@@ -149,8 +150,9 @@ class Hub:
 
     async def _client(self) -> live.Client:
         assert self._url is not None
-        if self._commands is None:
-            self._commands = await live.connect(self._url, self._mode, name=CLIENT_NAME)
+        async with self._connecting:  # one client, however many ask at once
+            if self._commands is None:
+                self._commands = await live.connect(self._url, self._mode, name=CLIENT_NAME)
         return self._commands
 
     async def ping(self) -> dict[str, Any]:

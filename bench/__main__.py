@@ -8,7 +8,7 @@ import platform
 import subprocess
 from types import ModuleType
 
-from bench import api_latency, collector, fanout, latency, livepath, prune, shim
+from bench import api_latency, collector, fanout, fleet, latency, livepath, prune, shim
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 SUITES: dict[str, ModuleType] = {
@@ -19,6 +19,7 @@ SUITES: dict[str, ModuleType] = {
     "prune": prune,
     "api": api_latency,
     "livepath": livepath,
+    "fleet": fleet,
 }
 
 

@@ -149,18 +149,20 @@ def run_backlog(args: argparse.Namespace) -> dict[str, Figure]:
 # -- the spool ---------------------------------------------------------------------------------
 
 
-def fill_spool(directory: Path, files: int, lines: int) -> int:
-    """Write `lines` lines across `files` task spool files with the shim; returns bytes."""
+def fill_spool(directory: Path, files: int, lines: int, prefix: str = "bench") -> int:
+    """Write `lines` lines across `files` task spool files with the shim; returns bytes.
+
+    Task ids are `prefix`-NNNNNNN: spools for several hosts of one database need their own."""
     directory.mkdir(parents=True, exist_ok=True)
     workers = min(2, os.cpu_count() or 1)
-    share = [(directory, i, workers, files, lines) for i in range(workers)]
+    share = [(directory, i, workers, files, lines, prefix) for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_fill_part, share))
     return sum(p.stat().st_size for p in directory.iterdir())
 
 
-def _fill_part(job: tuple[Path, int, int, int, int]) -> None:
-    directory, part, step, files, lines = job
+def _fill_part(job: tuple[Path, int, int, int, int, str]) -> None:
+    directory, part, step, files, lines, prefix = job
     from capture_shim.capture import TaskCapture
     from capture_shim.config import ShimConfig
 
@@ -176,7 +178,7 @@ def _fill_part(job: tuple[Path, int, int, int, int]) -> None:
     k = 0
     for f in range(part, files, step):
         n = lines // files + (1 if f < lines % files else 0)
-        task_id = f"bench-{f:07d}"
+        task_id = f"{prefix}-{f:07d}"
         cap = TaskCapture(
             config,
             task_id,

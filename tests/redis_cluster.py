@@ -109,10 +109,12 @@ class Node:
 
 
 class RedisClusterNodes:
-    """`masters` cluster nodes, created as one cluster, always stopped on exit."""
+    """`masters` cluster nodes (each with `replicas` replicas), created as one cluster, always
+    stopped on exit."""
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
-        self.nodes = [Node(directory / f"node{i}") for i in range(masters)]
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.nodes = [Node(directory / f"node{i}") for i in range(masters * (1 + replicas))]
 
     def __enter__(self) -> Self:
         try:
@@ -124,6 +126,8 @@ class RedisClusterNodes:
                     "--cluster",
                     "create",
                     *(f"{HOST}:{node.port}" for node in self.nodes),
+                    "--cluster-replicas",
+                    str(self.replicas),
                     "--cluster-yes",
                 ],
                 check=True,
@@ -148,12 +152,15 @@ class RedisClusterNodes:
         for node in self.nodes:
             node.stop()
 
+    def running(self) -> list[Node]:
+        return [node for node in self.nodes if node.proc is not None]
+
     def wait_ok(self, timeout: float = 30) -> None:
-        """Until every node reports the cluster ok and knows every other node."""
+        """Until every running node reports the cluster ok and knows every node."""
         deadline = time.monotonic() + timeout
         while True:
             states = []
-            for node in self.nodes:
+            for node in self.running():
                 try:
                     with node.client() as client:
                         info = client.execute_command("CLUSTER", "INFO").decode()
@@ -168,8 +175,8 @@ class RedisClusterNodes:
             time.sleep(0.1)
 
     def owner(self, key: str) -> Node:
-        """The master node that owns `key`'s slot."""
-        with self.nodes[0].client() as client:
+        """The master node that owns `key`'s slot (as a running node sees it)."""
+        with self.running()[0].client() as client:
             slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
             for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end:

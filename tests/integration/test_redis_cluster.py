@@ -7,17 +7,19 @@ cluster); the Celery broker stays the single test Redis. A node is restarted mid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
 from tests.helpers import ProcessFactory
 from tests.integration.api_support import PREFIX, follow, http, seqs, start_api
-from tests.redis_cluster import RedisClusterNodes, unavailable
+from tests.redis_cluster import Node, RedisClusterNodes, unavailable
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
@@ -32,9 +34,9 @@ def cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
 
 
 def sharded(cluster: RedisClusterNodes) -> dict[int, set[str]]:
-    """Per node port: the shard channels it has subscribers for."""
+    """Per running node's port: the shard channels it has subscribers for."""
     found = {}
-    for node in cluster.nodes:
+    for node in cluster.running():
         with node.client() as client:
             channels = client.execute_command("PUBSUB", "SHARDCHANNELS")
         found[node.port] = {c.decode() for c in channels}
@@ -44,7 +46,7 @@ def sharded(cluster: RedisClusterNodes) -> dict[int, set[str]]:
 def classic(cluster: RedisClusterNodes) -> tuple[int, int]:
     """Classic pub/sub anywhere in the cluster: (channels, patterns)."""
     channels = patterns = 0
-    for node in cluster.nodes:
+    for node in cluster.running():
         with node.client() as client:
             channels += len(client.pubsub_channels())
             patterns += int(client.pubsub_numpat())
@@ -165,6 +167,57 @@ async def test_a_slot_moved_mid_stream_is_followed_to_its_new_node(
         assert seqs(events) == list(range(1, count + 1))
         assert events[-1].type == "end"
         assert await lines_received(session, base) > received_after
+
+
+async def test_a_master_killed_mid_stream_fails_over_to_its_replica(
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+    tmp_path: Path,
+) -> None:
+    with RedisClusterNodes(tmp_path / "cluster", masters=3, replicas=1) as cluster:
+        task_id = str(uuid.uuid4())
+        channel = lines_channel(task_id)
+        old = cluster.owner(channel)
+        given = next(n for n in cluster.nodes if n is not old).url
+        procs.collector(
+            database_url=database_url, redis_url=given, spool_dir=spool_dir, ready="following"
+        )
+        _, base = start_api(procs, database_url, given)
+        procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=2)
+        count = 2000
+        async with http() as session, follow(session, base, task_id) as stream:
+            events = await stream.until(lambda e: e.type == "connected")
+            await until(lambda: channel in sharded(cluster)[old.port], "the task's channel")
+            celery_client.send_task(
+                "demo.print_lines", kwargs={"count": count, "delay": 0.004}, task_id=task_id
+            )
+            events += await stream.until(lambda e: e.type == "new_log" and e.id == "100")
+            assert old.proc is not None
+            old.proc.kill()  # kill -9: its replica takes over after the node timeout (2 s)
+            await asyncio.to_thread(old.proc.wait, 10)
+            old.proc = None
+
+            def promoted() -> Node | None:
+                with contextlib.suppress(redis.RedisError, AssertionError):
+                    owner = cluster.owner(channel)
+                    return owner if owner is not old else None
+                return None
+
+            await until(promoted, "a replica to be promoted")
+            new = promoted()
+            assert new is not None
+            await until(
+                lambda: channel in sharded(cluster)[new.port],
+                "the API to subscribe the task's channel on the promoted replica",
+            )
+            received_after = await lines_received(session, base)
+            events += await stream.rest(timeout=120)
+            assert seqs(events) == list(range(1, count + 1))
+            assert events[-1].type == "end"
+            assert await lines_received(session, base) > received_after
 
 
 async def lines_received(session: Any, base: str) -> float:
