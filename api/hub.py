@@ -301,6 +301,9 @@ class Hub:
         for sub in self._every():
             sub.covered = True
         self._resync_all()
+        # A Redis that restarted may have lost the watched set: mark again now rather than
+        # at the next refresh.
+        self._in_background(self._mark_watched(self.followed()), "redis-watch-mark")
 
     def _confirmed(self, task_id: str) -> None:
         """A task channel subscribed after the session went live now holds."""

@@ -69,6 +69,10 @@ class Node:
             "2000",
             "--cluster-require-full-coverage",
             "no",
+            # A replica whose link to a dead master is old may still take over (tests only
+            # kill masters whose replicas are in sync).
+            "--cluster-replica-validity-factor",
+            "0",
             "--save",
             "",
             "--appendonly",
@@ -168,11 +172,21 @@ class RedisClusterNodes:
                     states.append("cluster_state:ok" in info and known == len(self.nodes))
                 except redis.RedisError:
                     states.append(False)
-            if all(states):
+            if all(states) and all(self._replica_in_sync(node) for node in self.running()):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"Redis Cluster not ok after {timeout}s: {states}")
             time.sleep(0.1)
+
+    @staticmethod
+    def _replica_in_sync(node: Node) -> bool:
+        """A master, or a replica whose link to its master is up."""
+        try:
+            with node.client() as client:
+                info = client.info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("role") == "master" or info.get("master_link_status") == "up"
 
     def owner(self, key: str) -> Node:
         """The master node that owns `key`'s slot (as a running node sees it)."""
