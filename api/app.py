@@ -79,6 +79,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     hub_task = asyncio.create_task(hub.run(), name="redis-hub")
     hub_task.add_done_callback(_hub_died)
     metrics.REDIS_LIVE.set_function(lambda: float(hub.live))
+    metrics.REDIS_TASK_CHANNELS.set_function(lambda: float(len(hub.followed())))
     try:
         yield
     finally:

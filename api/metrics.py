@@ -40,6 +40,11 @@ HUB_RECONNECTS = Counter(
 REDIS_LIVE = Gauge(
     "tasklog_api_redis_live", "1 while the Redis subscription holds.", registry=REGISTRY
 )
+REDIS_TASK_CHANNELS = Gauge(
+    "tasklog_api_redis_task_channels",
+    "Task line channels this process subscribes (tasks its clients follow).",
+    registry=REGISTRY,
+)
 
 
 def render() -> tuple[bytes, str]:

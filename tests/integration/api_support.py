@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -338,3 +339,10 @@ async def follow(
         yield SSEReader(response)
     finally:
         response.close()
+
+
+async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
+    """One sample of the API's Prometheus text (0 when absent)."""
+    text = await (await session.get(f"{base}{PREFIX}/metrics")).text()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0

@@ -9,7 +9,6 @@ server is never stopped.
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,20 @@ import pytest
 
 from tasklog.demo.embedded import EmbeddedRedis
 from tests.helpers import Proc, ProcessFactory, free_port, pg_rows, wait_for
-from tests.integration.api_support import PREFIX, SSEReader, follow, http, seqs, start_api
+from tests.integration.api_support import (
+    PREFIX,
+    SSEReader,
+    follow,
+    http,
+    metric,
+    seqs,
+    start_api,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
-    """One sample of the API's Prometheus text (0 when absent)."""
-    text = await (await session.get(f"{base}{PREFIX}/metrics")).text()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 async def health(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from api.hub import CLIENT_NAME
 from tasklog.core.constants import LINES_CHANNEL_PREFIX, TASKS_CHANNEL, lines_channel
 from tasklog.demo.embedded import EmbeddedRedis
 from tests.helpers import ProcessFactory, free_port, pg_rows
-from tests.integration.api_support import follow, http, seqs, start_api
+from tests.integration.api_support import follow, http, metric, seqs, start_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -193,6 +193,7 @@ async def test_viewer_of_one_task_subscribes_its_channel_only(
                 # Followed: its channel, and only its channel, is held.
                 assert await watcher.channels() == {TASKS_CHANNEL, lines_channel(followed.id)}
                 assert await watcher.api_subscriptions() == [{"sub": 2, "psub": 0, "ssub": 0}]
+                assert await metric(session, base, "tasklog_api_redis_task_channels") == 1
                 events = first + await stream.rest(timeout=60)
             assert seqs(events) == list(range(1, count + 1))
             messages = [e.data["message"] for e in events if e.type == "new_log"]

@@ -169,6 +169,7 @@ async def test_a_slot_moved_mid_stream_is_followed_to_its_new_node(
         assert await lines_received(session, base) > received_after
 
 
+@pytest.mark.slow  # a 2 s node timeout, then an election
 async def test_a_master_killed_mid_stream_fails_over_to_its_replica(
     procs: ProcessFactory,
     database_url: str,
