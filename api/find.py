@@ -74,15 +74,23 @@ class Search:
             span = sql.SQL(Q["span_substring"])
             params["like"] = "%" + like_escape(self.text) + "%"
             params["text"] = self.text
+        # The task's filters: a semi-join, so that the page is still cut right above its sort.
+        task: list[sql.Composable] = []
         if self.states:
-            clauses.append(sql.SQL("t.state = ANY(%(states)s)"))
+            task.append(sql.SQL("t.state = ANY(%(states)s)"))
             params["states"] = list(self.states)
         if self.name is not None:
-            clauses.append(sql.SQL("t.task_name = %(name)s"))
+            task.append(sql.SQL("t.task_name = %(name)s"))
             params["name"] = self.name
         if self.host is not None:
-            clauses.append(sql.SQL("t.host = %(host)s"))
+            task.append(sql.SQL("t.host = %(host)s"))
             params["host"] = self.host
+        if task:
+            clauses.append(
+                sql.SQL(
+                    "EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = l.task_id AND {})"
+                ).format(sql.SQL(" AND ").join(task))
+            )
         if self.streams:
             clauses.append(sql.SQL("l.stream = ANY(%(streams)s)"))
             params["streams"] = list(self.streams)

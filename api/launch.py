@@ -20,9 +20,16 @@ DEMO_TASKS: dict[str, dict[str, type]] = {
     "demo.demo_quick_task": {},
     "celery_tasklog.tasks.timed_print_task": {"duration": float},
     "demo.print_text": {"text": str, "stream": str},
+    "demo.demo_workflow": {"width": int, "lines": int, "delay": float},
 }
 
-LIMITS: dict[str, tuple[float, float]] = {"duration": (0.1, 3600), "steps": (1, 1000)}
+LIMITS: dict[str, tuple[float, float]] = {
+    "duration": (0.1, 3600),
+    "steps": (1, 1000),
+    "width": (1, 20),
+    "lines": (1, 1000),
+    "delay": (0, 10),
+}
 
 
 def check_kwargs(name: str, kwargs: object) -> str | None:

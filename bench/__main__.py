@@ -8,7 +8,7 @@ import platform
 import subprocess
 from types import ModuleType
 
-from bench import api_latency, collector, fanout, fleet, latency, livepath, prune, shim
+from bench import api_latency, collector, fanout, fleet, latency, livepath, prune, search, shim
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 SUITES: dict[str, ModuleType] = {
@@ -18,6 +18,7 @@ SUITES: dict[str, ModuleType] = {
     "fanout": fanout,
     "prune": prune,
     "api": api_latency,
+    "search": search,
     "livepath": livepath,
     "fleet": fleet,
 }

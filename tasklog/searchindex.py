@@ -1,4 +1,4 @@
-"""TASKLOG_SEARCH: create or drop the trigram index on log lines (`tasklog migrate` runs it).
+"""TASKLOG_SEARCH: create or drop the search indexes on log lines (`tasklog migrate` runs it).
 
 Migration 0005 creates the index when it can; this switch lets a deployment that prefers
 ingest speed drop it (search then scans every line) and build it back later. Building it on a
@@ -14,18 +14,26 @@ from tasklog.core import db
 from tasklog.core.errors import StorePermissionDenied
 
 Q = db.queries("tasklog", "searchindex.sql")
+#: The trigram index on `message`, and the time order of each day's lines (migration 0005).
+TRGM, TS = "lines_message_trgm", "lines_ts"
 
 
 def apply(conninfo: str, enabled: bool) -> str:
-    """Make the index match `enabled`; returns one sentence saying what holds now."""
+    """Make the indexes match `enabled`; returns one sentence saying what holds now."""
     with db.connect(conninfo) as conn, db.translated(conninfo):
-        exists = conn.execute(Q["index_exists"]).fetchone() is not None
+
+        def exists(name: str) -> bool:
+            return conn.execute(Q["index_exists"], {"name": name}).fetchone() is not None
+
         if not enabled:
-            if exists:
+            if exists(TRGM) or exists(TS):
                 conn.execute(Q["drop_index"])
+                conn.execute(Q["drop_ts_index"])
                 return "search index dropped (TASKLOG_SEARCH=false): search scans every line"
             return "search index off (TASKLOG_SEARCH=false): search scans every line"
-        if exists:
+        if not exists(TS):
+            conn.execute(Q["create_ts_index"])
+        if exists(TRGM):
             return "search index present"
         schema = conn.execute(Q["trgm_schema"]).fetchone()
         if schema is None:

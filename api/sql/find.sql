@@ -2,14 +2,20 @@
 -- {match}, {span} and {where} are fixed fragments composed by psycopg.sql; values are bound.
 
 -- name: search
--- Newest first, keyset-paged on (ts, task_id, seq). The trigram index on `message`
--- (migration 0005) serves both the ILIKE and the ~* form of {match}.
+-- Newest first, keyset-paged on (ts, task_id, seq). The page is cut in the inner query, right
+-- above its sort, so Postgres keeps only the top rows (a bounded sort) however many lines
+-- match; the task's name is joined to those rows alone. The trigram index on `message`
+-- (migration 0005) serves the ILIKE and the regex form of the match alike.
 SELECT l.task_id, t.task_name, l.seq, l.stream, l.level, l.ts, l.message, {span}
-FROM lines AS l
-JOIN tasks AS t ON t.task_id = l.task_id
-WHERE {match} AND {where}
+FROM (
+    SELECT l.task_id, l.seq, l.stream, l.level, l.ts, l.message
+    FROM lines AS l
+    WHERE {match} AND {where}
+    ORDER BY l.ts DESC, l.task_id DESC, l.seq DESC
+    LIMIT %(limit)s
+) AS l
+LEFT JOIN tasks AS t ON t.task_id = l.task_id
 ORDER BY l.ts DESC, l.task_id DESC, l.seq DESC
-LIMIT %(limit)s
 
 -- name: statement_timeout
 -- A search may not hold its connection longer than this (a pathological regex).

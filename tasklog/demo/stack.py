@@ -558,9 +558,11 @@ def _launch_and_show(sup: Supervisor, env: dict[str, str], database_url: str) ->
         failing = app.send_task("demo.demo_failing_task")
         long = app.send_task("demo.demo_long_task", kwargs={"duration": 30})
         timed = app.send_task("celery_tasklog.tasks.timed_print_task", kwargs={"duration": 8})
+        flow = app.send_task("demo.demo_workflow")
         say(
             f"launched demo_quick_task {quick.id}, demo_failing_task {failing.id}, "
-            f"demo_long_task {long.id}, timed_print_task {timed.id}"
+            f"demo_long_task {long.id}, timed_print_task {timed.id}, "
+            f"demo_workflow {flow.id} (its page: /tasklog/workflow/{flow.id}/)"
         )
         for task_id in (quick.id, failing.id, timed.id):
             _show(sup, database_url, task_id)

@@ -227,6 +227,18 @@ async def _routes(
     assert found["results"] and found["results"][0]["match"]
     await doc.json("get", "/api/search/", await get(f"{PREFIX}/api/search/?q="), 400)
 
+    # -- a workflow (a task sent alone is the root of its own) and its merged stream
+    flow = "/api/workflows/{root_id}/"
+    alone = await doc.json("get", flow, await get(f"{PREFIX}/api/workflows/{done['long']}/"), 200)
+    assert [t["task_id"] for t in alone["tasks"]] == [done["long"]]
+    await doc.json("get", flow, await get(f"{PREFIX}/api/workflows/nope/"), 404)
+    async with sse(client, f"{PREFIX}/sse/workflow/{done['long']}/") as stream:
+        events = await stream.until(lambda e: e.type == "new_log" and e.data["id"] == 30)
+    assert events[0].type == "connected" and {"status", "new_log"} <= {e.type for e in events}
+    doc.events("/sse/workflow/{root_id}/", events)
+    bad = await get(f"{PREFIX}/sse/workflow/x/", headers={"Last-Event-ID": "abc"})
+    await doc.json("get", "/sse/workflow/{root_id}/", bad, 400)
+
     # -- the running task's stream, from its first line to `end`
     async with sse(client, f"{PREFIX}/sse/task/{running}/") as stream:
         events = await stream.rest(timeout=60)
