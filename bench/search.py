@@ -1,15 +1,17 @@
-"""Benchmark 6: search over 10M lines, and what the search index costs the collector.
+"""Benchmark 6: search over 10M lines, and what the search indexes cost the collector.
 
 Latency: the database of ``bench api`` (1M tasks, 10M lines in 31 day partitions, cached as
-``tasklog_bench_10m``) with migration 0005's trigram index, plus a few rare markers planted
+``tasklog_bench_10m``) with the search indexes of `tasklog.searchindex` (a trigram index per
+closed day, the lines' time order; today's partition is scanned), plus rare markers planted
 once in random tasks' lines. ``python -m tasklog api`` serves it and this process times
 sequential ``GET /tasklog/api/search/`` first pages: a rare marker, a common word, a regex
 matching a tenth of the lines, a regex matching one marker. The alternative measured in the
 same run is the same search SQL with index scans switched off (what search costs without the
-index), a few runs only: it scans every line.
+indexes), a few runs only: it scans every line.
 
-Ingest: the collector over the same spool into fresh databases with the index on and off
-(``TASKLOG_SEARCH``), alternating, with raw ``psql \\copy`` into both as the practical limit.
+Ingest: the collector over the same spool into fresh databases with search on and off
+(``TASKLOG_SEARCH``: on, the open day carries the time index but no trigram index),
+alternating, with raw ``psql \\copy`` into both as the practical limit.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     command("migrate", _migrate, "Create or upgrade the database schema.")
     command("prune", _prune, "Delete tasks and lines older than TASKLOG_RETENTION_DAYS.")
+    command("index", _index, "Build the search index of every day that is over (TASKLOG_SEARCH).")
     p = command("config", _config, "Print the effective settings, secrets masked.")
     p.add_argument("component", nargs="?", choices=["collector", "api"], default="collector")
     p = command("tasks", _tasks, "List recent tasks.")
@@ -181,6 +182,15 @@ def _prune(args: argparse.Namespace) -> None:
         f"dropped {len(dropped)} line partitions, deleted {deleted} tasks "
         f"older than {settings.retention_days} days"
     )
+    # Run daily (systemd/tasklog-prune.timer): the day that just closed gets its search index.
+    _index(args)
+
+
+def _index(args: argparse.Namespace) -> None:
+    from tasklog import searchindex
+
+    settings = _collector_settings()
+    print(searchindex.apply(settings.require_database_url(), settings.search))
 
 
 def _config(args: argparse.Namespace) -> None:

@@ -1,52 +1,78 @@
-"""TASKLOG_SEARCH: create or drop the search indexes on log lines (`tasklog migrate` runs it).
+"""The search indexes: a trigram index per closed day, and the lines' time order.
 
-Migration 0005 creates the index when it can; this switch lets a deployment that prefers
-ingest speed drop it (search then scans every line) and build it back later. Building it on a
-large table takes minutes and blocks the collector's writes meanwhile: do it at a quiet hour.
+Indexing a line's trigrams as it is stored costs the collector 8x its ingest rate
+(docs/BENCHMARKS.md), so the open day is never indexed: a search scans today's partition and
+looks the other days up in their trigram index (``lines_YYYYMMDD_message_trgm``), built once
+the day is over, concurrently, off the ingest path. `apply` does that for every closed day
+still without one; `tasklog migrate`, `tasklog index` and `tasklog prune` (daily, with the
+retention timer of ``systemd/``) run it. ``lines_ts`` (migration 0005) keeps newest-first
+pages cheap. ``TASKLOG_SEARCH=false`` drops them all: search then scans every line.
+
+pg_trgm ships with Postgres, but creating the extension may need a superuser: without it the
+trigram indexes are skipped with one line saying so, and search still works (by scanning).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from tasklog.core import db
-from tasklog.core.errors import StorePermissionDenied
 
 Q = db.queries("tasklog", "searchindex.sql")
-#: The trigram index on `message`, and the time order of each day's lines (migration 0005).
-TRGM, TS = "lines_message_trgm", "lines_ts"
+#: The time order of every day's lines (migration 0005).
+TS = "lines_ts"
 
 
 def apply(conninfo: str, enabled: bool) -> str:
     """Make the indexes match `enabled`; returns one sentence saying what holds now."""
     with db.connect(conninfo) as conn, db.translated(conninfo):
-
-        def exists(name: str) -> bool:
-            return conn.execute(Q["index_exists"], {"name": name}).fetchone() is not None
-
+        conn.execute(Q["drop_parent_index"])
+        days = conn.execute(Q["day_partitions"]).fetchall()
         if not enabled:
-            if exists(TRGM) or exists(TS):
-                conn.execute(Q["drop_index"])
-                conn.execute(Q["drop_ts_index"])
-                return "search index dropped (TASKLOG_SEARCH=false): search scans every line"
-            return "search index off (TASKLOG_SEARCH=false): search scans every line"
-        if not exists(TS):
-            conn.execute(Q["create_ts_index"])
-        if exists(TRGM):
-            return "search index present"
+            for _partition, index, _closed, valid in days:
+                if valid is not None:
+                    conn.execute(sql.SQL(Q["drop_day_index"]).format(index=sql.Identifier(index)))
+            conn.execute(Q["drop_ts_index"])
+            return "search indexes off (TASKLOG_SEARCH=false): search scans every line"
+        conn.execute(Q["create_ts_index"])
+        ops = _trgm_ops(conn)
+        if ops is None:
+            return (
+                "search: pg_trgm is not installed and this login may not create it (a superuser"
+                " runs CREATE EXTENSION pg_trgm, then tasklog migrate); search scans every line"
+            )
+        built = 0
+        for partition, index, closed, valid in days:
+            if not closed:
+                continue
+            name = sql.Identifier(index)
+            if valid is False:  # a build that was interrupted leaves an invalid index
+                conn.execute(sql.SQL(Q["drop_day_index"]).format(index=name))
+            if valid is not True:
+                statement = sql.SQL(Q["create_day_index"]).format(
+                    index=name, partition=sql.Identifier(partition), ops=ops
+                )
+                conn.execute(statement)
+                built += 1
+        closed_days = sum(1 for day in days if day[2])
+        return (
+            f"search index: {closed_days} closed days indexed ({built} built now),"
+            " today's lines scanned"
+        )
+
+
+def _trgm_ops(conn: psycopg.Connection[Any]) -> sql.Composable | None:
+    """pg_trgm's operator class, creating the extension if this login may; None if not."""
+    schema = conn.execute(Q["trgm_schema"]).fetchone()
+    if schema is None:
+        try:
+            conn.execute(Q["create_extension"])
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile):
+            return None
         schema = conn.execute(Q["trgm_schema"]).fetchone()
         if schema is None:
-            try:
-                conn.execute(Q["create_extension"])
-            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
-                raise StorePermissionDenied(
-                    f"search index: CREATE EXTENSION pg_trgm failed ({reason}); a superuser"
-                    " runs it in this database, or set TASKLOG_SEARCH=false"
-                ) from None
-            schema = conn.execute(Q["trgm_schema"]).fetchone()
-        assert schema is not None
-        ops = sql.SQL("{}.gin_trgm_ops").format(sql.Identifier(schema[0]))
-        conn.execute(sql.SQL(Q["create_index"]).format(ops=ops))
-        return "search index built"
+            return None
+    return sql.SQL("{}.gin_trgm_ops").format(sql.Identifier(schema[0]))

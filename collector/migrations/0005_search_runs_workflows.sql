@@ -1,28 +1,18 @@
 -- Find and understand (issue 12): search over every line, each run of a retried task, and
 -- the tasks of a workflow.
 
--- Search: a trigram index makes `message ILIKE '%text%'` and `message ~* 'regex'` an index
--- lookup instead of a scan of every line (figures in docs/BENCHMARKS.md). pg_trgm ships with
--- Postgres, but creating an extension may need rights the collector's login lacks: then
--- search still works, by scanning, and `tasklog migrate` says how to add the index later.
--- The index lives on the partitioned table, so every day partition the collector creates
--- gets its own; TASKLOG_SEARCH=false with `tasklog migrate` drops it and `lines_ts` below
--- (tasklog/searchindex.py).
+-- Search: pg_trgm makes `message ILIKE '%text%'` and `message ~* 'regex'` an index lookup
+-- instead of a scan of every line. The trigram indexes themselves are built per day once the
+-- day is over, off the ingest path (tasklog/searchindex.py: indexing each line as it is stored
+-- cost the collector 8x its rate). Creating the extension may need rights the collector's
+-- login lacks: then search still works, by scanning, and `tasklog migrate` says so.
 DO $$
 BEGIN
-    BEGIN
-        CREATE EXTENSION IF NOT EXISTS pg_trgm;
-    EXCEPTION WHEN insufficient_privilege OR undefined_file OR feature_not_supported THEN
-        RAISE WARNING 'tasklog: search index skipped, CREATE EXTENSION pg_trgm failed: %', SQLERRM
-            USING HINT = 'A superuser runs CREATE EXTENSION pg_trgm in this database, then '
-                         '`tasklog migrate` builds the index; until then search scans.';
-    END;
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
-        EXECUTE format(
-            'CREATE INDEX IF NOT EXISTS lines_message_trgm ON lines USING gin (message %s.gin_trgm_ops)',
-            (SELECT quote_ident(n.nspname) FROM pg_extension e
-             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'));
-    END IF;
+    CREATE EXTENSION IF NOT EXISTS pg_trgm;
+EXCEPTION WHEN insufficient_privilege OR undefined_file OR feature_not_supported THEN
+    RAISE WARNING 'tasklog: CREATE EXTENSION pg_trgm failed (%): search will scan', SQLERRM
+        USING HINT = 'A superuser runs CREATE EXTENSION pg_trgm in this database, then '
+                     '`tasklog migrate` builds the search indexes.';
 END
 $$;
 

@@ -49,8 +49,8 @@ class Common(BaseSettings):
     log_level: str = Field("INFO", description="Log level of the daemon itself.")
     search: bool = Field(
         True,
-        description="Keep the trigram index that makes search fast (costs ingest time);"
-        " `tasklog migrate` creates or drops it. Without it search scans every line.",
+        description="Keep the search indexes (a trigram index per closed day, built by"
+        " `tasklog index`, `migrate` and `prune`); off drops them and search scans every line.",
     )
 
     def require_database_url(self) -> str:

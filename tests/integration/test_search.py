@@ -23,9 +23,11 @@ MARKER = "needle-7f3a9c"
 NOISE_TASKS = 30
 
 
-def tasklog(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
-    env["TASKLOG_DATABASE_URL"] = database_url
+def tasklog(
+    database_url: str, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOG_")}
+    env = {**clean, **(env or {}), "TASKLOG_DATABASE_URL": database_url}
     return subprocess.run(
         [sys.executable, "-m", "tasklog", *args],
         env=env,
@@ -167,3 +169,61 @@ async def test_search_api_and_grep(
     out = await asyncio.to_thread(tasklog, database_url, "grep", "-E", "(", check=False)
     assert out.returncode == 2 and out.stderr.startswith("tasklog: bad pattern:")
     assert len(out.stderr.splitlines()) == 1
+
+
+async def test_closed_days_get_their_index_and_search_off_drops_them(
+    database_url: str, redis_url: str
+) -> None:
+    """The open day is never indexed (ingest stays fast); a day that is over gets its trigram
+    index from `tasklog index` (and `migrate`, `prune`); TASKLOG_SEARCH=false drops them."""
+    days = pg_rows(
+        database_url,
+        "SELECT (now() AT TIME ZONE 'UTC')::date - 3, (now() AT TIME ZONE 'UTC')::date",
+    )[0]
+    past, today = (f"lines_{d:%Y%m%d}" for d in days)
+    for name, day in ((past, days[0]), (today, days[1])):
+        pg_rows(
+            database_url,
+            f'CREATE TABLE IF NOT EXISTS "{name}" PARTITION OF lines'
+            f" FOR VALUES FROM ('{day} 00:00:00+00') TO ('{day} 00:00:00+00'::timestamptz"
+            " + interval '1 day')",
+        )
+    pg_rows(
+        database_url,
+        "INSERT INTO tasks (task_id, task_name, state) VALUES ('old', 'demo.old', 'SUCCESS');"
+        "INSERT INTO lines (task_id, seq, ts, stream, message) VALUES"
+        f" ('old', 1, '{days[0]} 12:00:00+00', 'stdout', 'an old {MARKER} line'),"
+        " ('old', 2, now(), 'stdout', 'a fresh line')",
+    )
+
+    def trigram_indexes() -> list[tuple[str, bool]]:
+        return [
+            (r[0], r[1])
+            for r in pg_rows(
+                database_url,
+                "SELECT c.relname, i.indisvalid FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE c.relname LIKE 'lines%%trgm' OR c.relname = 'lines_ts' ORDER BY 1",
+            )
+        ]
+
+    assert trigram_indexes() == [("lines_ts", True)], "the migration indexes no day"
+    out = await asyncio.to_thread(tasklog, database_url, "index")
+    assert out.stdout.strip() == (
+        "search index: 1 closed days indexed (1 built now), today's lines scanned"
+    )
+    assert trigram_indexes() == [(f"{past}_message_trgm", True), ("lines_ts", True)]
+    again = await asyncio.to_thread(tasklog, database_url, "index")
+    assert "(0 built now)" in again.stdout
+    async with running_api(api_settings(database_url, redis_url)) as client:
+        found = await (await client.get(f"{PREFIX}/api/search/?q={MARKER}")).json()
+        assert [m["seq"] for m in found["results"]] == [1]
+
+        env_off = {"TASKLOG_SEARCH": "false"}
+        off = await asyncio.to_thread(tasklog, database_url, "index", env=env_off)
+        assert "search indexes off" in off.stdout
+        assert trigram_indexes() == []
+        found = await (await client.get(f"{PREFIX}/api/search/?q={MARKER}")).json()
+        assert [m["seq"] for m in found["results"]] == [1], "without the index: a scan"
+    out = await asyncio.to_thread(tasklog, database_url, "migrate")
+    assert "schema is up to date" in out.stdout and "1 closed days indexed" in out.stdout
