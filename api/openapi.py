@@ -74,6 +74,7 @@ class Failure:
     """An `api.models.Error` answer: what it means for this route."""
 
     description: str
+    retry_after: bool = False
 
 
 Answer = type[BaseModel] | Text | Events | Failure
@@ -119,8 +120,18 @@ TEXT = Annotated[str, Field(max_length=params.MAX_TEXT)]
 
 #: Statuses most routes share; route-specific ones are added per operation.
 BAD = {400: Failure("Bad input: `error` names the parameter and what it expects")}
-GUARDED = {401: Failure("TASKLOG_API_TOKEN is set and the request carries no valid token")}
 STORE = {503: Failure("Postgres is unreachable, or the schema is missing (`tasklog migrate`)")}
+#: A stream beyond TASKLOG_API_MAX_STREAMS is refused before it starts (`api.slots`).
+FULL = "this process serves TASKLOG_API_MAX_STREAMS streams already: retry after `Retry-After`"
+STREAM = {503: Failure(FULL[0].upper() + FULL[1:], retry_after=True)}
+STREAM_STORE = {
+    503: Failure(f"Postgres is unreachable or the schema is missing; or {FULL}", retry_after=True)
+}
+#: What the middlewares answer on any route (`api.auth`): the generator adds them.
+NO_TOKEN = Failure("TASKLOG_API_TOKEN is set and the request carries no valid token")
+FOREIGN_HOST = Failure(
+    "No TASKLOG_API_TOKEN is set and the Host is not a loopback name (DNS rebinding guard)"
+)
 NO_TASK = {404: Failure("No task with this id is stored")}
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -128,7 +139,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/tasks/",
         "Recent tasks, newest first, a page at a time (follow `next`)",
-        {200: models.TaskList, **BAD, **GUARDED, **STORE},
+        {200: models.TaskList, **BAD, **STORE},
         (
             Param(
                 "state",
@@ -150,7 +161,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/tasks/{task_id}/",
         "One task, with its lines after `after_seq` (follow `next` for more)",
-        {200: models.TaskDetail, **NO_TASK, **BAD, **GUARDED, **STORE},
+        {200: models.TaskDetail, **NO_TASK, **BAD, **STORE},
         (
             TASK_ID,
             AFTER_SEQ,
@@ -170,7 +181,6 @@ OPERATIONS: tuple[Operation, ...] = (
             200: Text("text/plain", "The whole log, as a download"),
             **NO_TASK,
             **BAD,
-            **GUARDED,
             **STORE,
         },
         (TASK_ID,),
@@ -179,7 +189,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/search/",
         "Stored lines matching a text (or a regex), newest first, a page at a time",
-        {200: models.SearchResults, **BAD, **GUARDED, **STORE},
+        {200: models.SearchResults, **BAD, **STORE},
         (
             Param(
                 "q",
@@ -214,7 +224,6 @@ OPERATIONS: tuple[Operation, ...] = (
             200: models.Workflow,
             404: Failure("No task of this workflow is stored"),
             **BAD,
-            **GUARDED,
             **STORE,
         },
         (ROOT_ID,),
@@ -228,7 +237,6 @@ OPERATIONS: tuple[Operation, ...] = (
             403: Failure("Sent from another site's page (Origin/Referer is not this site)"),
             404: Failure("Launching is off (TASKLOG_API_DEMO_LAUNCH, or no TASKLOG_REDIS_URL)"),
             **BAD,
-            **GUARDED,
             503: Failure("The broker refused the task or did not answer"),
         },
         body=models.LaunchRequest,
@@ -237,13 +245,13 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/diagnostic/",
         "What the diagnostic page shows: health, collectors, this process, versions, settings",
-        {200: models.Diagnostic, **GUARDED},
+        {200: models.Diagnostic},
     ),
     Operation(
         "get",
         "/api/openapi.json",
         "This document",
-        {200: Text(JSON, "The OpenAPI 3.1 document of the API", "object"), **GUARDED},
+        {200: Text(JSON, "The OpenAPI 3.1 document of the API", "object")},
     ),
     Operation(
         "get",
@@ -256,8 +264,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 " and `end` once the task finished and every line was sent",
             ),
             **BAD,
-            **GUARDED,
-            **STORE,
+            **STREAM_STORE,
         },
         (TASK_ID, AFTER_SEQ, LAST_EVENT_ID),
     ),
@@ -273,8 +280,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 " `id:` is a cursor of every task's last seq), `status` for each task",
             ),
             **BAD,
-            **GUARDED,
-            **STORE,
+            **STREAM_STORE,
         },
         (
             ROOT_ID,
@@ -294,8 +300,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             200: Events(models.tasks_stream_events, "Server-sent events: `connected`, `status`"),
             **BAD,
-            **GUARDED,
-            **STORE,
+            **STREAM_STORE,
         },
         (Param("since", models.Timestamp, "Send the changes since this time first"),),
     ),
@@ -306,7 +311,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             200: Events(models.test_stream_events, "Server-sent events: `connected`, `test`"),
             **BAD,
-            **GUARDED,
+            **STREAM,
         },
         (
             Param("count", Annotated[int, Field(ge=1, le=1000)], "Events to send (default 10)"),
@@ -328,7 +333,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/metrics",
         "Prometheus metrics of this process",
-        {200: Text("text/plain", "Prometheus text exposition format"), **GUARDED},
+        {200: Text("text/plain", "Prometheus text exposition format")},
     ),
 )
 
@@ -360,6 +365,11 @@ def _components(operations: tuple[Operation, ...]) -> tuple[dict[str, Any], dict
     return schemas, streams
 
 
+def _doors(op: Operation) -> dict[int, Answer]:
+    """The operation's answers with those of the middlewares every route passes."""
+    return {**op.responses, **({} if op.public else {401: NO_TOKEN}), 421: FOREIGN_HOST}
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
@@ -371,8 +381,18 @@ def _response(answer: Answer, streams: dict[Events, Any]) -> dict[str, Any]:
             "content": {answer.media_type: {"schema": {"type": answer.kind}}},
         }
     if isinstance(answer, Failure):
-        error = {JSON: {"schema": _ref(models.Error)}}
-        return {"description": answer.description, "content": error}
+        out: dict[str, Any] = {
+            "description": answer.description,
+            "content": {JSON: {"schema": _ref(models.Error)}},
+        }
+        if answer.retry_after:
+            out["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again (a full process)",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            }
+        return out
     if isinstance(answer, Events):
         return {
             "description": answer.description,
@@ -408,7 +428,7 @@ def document(prefix: str) -> dict[str, Any]:
             ).replace("}", ""),
             "responses": {
                 str(status): _response(answer, streams)
-                for status, answer in sorted(op.responses.items())
+                for status, answer in sorted(_doors(op).items())
             },
         }
         if op.parameters:

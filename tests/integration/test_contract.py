@@ -143,10 +143,19 @@ async def test_every_documented_route_answers_real_data_as_documented(
         await doc.json("get", "/api/tasks/", response, 401)
         terse = await doc.json("get", "/healthz", await client.get(f"{PREFIX}/healthz"), 200)
         assert terse == {"status": "ok"}  # details only with the token
-    no_launch = api_settings(database_url, redis_url, api_demo_launch=False)
+    no_launch = api_settings(database_url, redis_url, api_demo_launch=False, api_max_streams=1)
     async with running_api(no_launch) as client:
         response = await client.post(f"{PREFIX}/api/launch/", json={"task": "demo.print_text"})
         await doc.json("post", "/api/launch/", response, 404)
+        # Without a token, a Host that is not a loopback name (DNS rebinding) on any route
+        foreign = await client.get(f"{PREFIX}/healthz", headers={"Host": "evil.example"})
+        await doc.json("get", "/healthz", foreign, 421)
+        # A stream beyond TASKLOG_API_MAX_STREAMS, refused with Retry-After
+        async with sse(client, f"{PREFIX}/sse/test/?count=1000") as stream:
+            await stream.next()
+            full = await client.get(f"{PREFIX}/sse/tasks/")
+            assert int(full.headers["Retry-After"]) > 0
+            await doc.json("get", "/sse/tasks/", full, 503)
 
 
 async def _routes(

@@ -56,6 +56,16 @@ def test_the_state_enum_comes_from_the_constants() -> None:
     assert set(state["schema"]["items"]["enum"]) == ALL_STATES
 
 
+def test_every_operation_documents_what_the_middlewares_answer() -> None:
+    for path, item in DOC["paths"].items():
+        for method, op in item.items():
+            answers = op["responses"]
+            assert "421" in answers, (method, path)  # a foreign Host without a token
+            assert ("401" in answers) is (op.get("security") != []), (method, path)
+            if "/sse/" in path:  # a full process refuses a stream with Retry-After
+                assert "Retry-After" in answers["503"]["headers"], path
+
+
 def _objects(schema: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     """Every object schema inside `schema`, with where it is."""
     found = []
