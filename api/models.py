@@ -17,7 +17,8 @@ A new route (search, workflows, ...):
 2. the handler returns ``routes.respond(TheModel(...))`` (errors go through `params.error`);
    a stream documents its events as a discriminated union (see `task_stream_events`);
 3. `api.openapi.OPERATIONS` gets a row: method, path, summary, parameters, and the model (or
-   `Failure` description) of each status; the document and the fuzz test pick it up from there;
+   `Failure` description) of each status (401 and 421, which the middlewares answer on every
+   route, are added by the generator); the document and the fuzz test pick it up from there;
 4. tests/integration/test_contract.py calls it with real data: it fails while a documented
    route is not called there, and tests/unit/test_openapi_document.py fails while the router
    has an API route the document lacks.
