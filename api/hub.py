@@ -195,14 +195,14 @@ class Hub:
             subs.add(sub)
             if len(subs) == 1:
                 self._in_background(self._mark_watched([task_id]), "redis-watch-mark")
+        try:
             session = self._session
-            if session is not None:
+            if task_id is not None and session is not None:
                 sub._waiting = True
                 try:
                     sub.covered = await session.hold(lines_channel(task_id), CONFIRM_WAIT)
                 finally:
                     sub._waiting = False
-        try:
             yield sub
         finally:
             if task_id is None:
