@@ -5,20 +5,31 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 CHROMIUM = (
     os.environ.get("TASKLOG_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 )
+#: Set by .ci/run: there a browser test that cannot run is a failure, not a skip.
+REQUIRE_BROWSER = "TASKLOG_REQUIRE_BROWSER"
+
+
+def unavailable(reason: str) -> NoReturn:
+    if os.environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_BROWSER}=1 (CI) does not let browser tests skip")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Any]:
-    playwright_api = pytest.importorskip("playwright.async_api")
+    try:
+        import playwright.async_api as playwright_api
+    except ImportError:
+        unavailable("playwright is not installed (pip install -e '.[dev]')")
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     async with playwright_api.async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
