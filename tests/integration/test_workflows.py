@@ -118,6 +118,10 @@ async def test_workflow_stream_live_resumes_without_gap_or_duplicate(
     lines = 40
     total = 1 + (WIDTH + 1) * lines + 2
     root_id = start_workflow(celery_client, lines=lines, delay=0.02)
+    # The terminal follows the same workflow from its start until every task is done.
+    follow = asyncio.create_task(
+        asyncio.to_thread(tasklog, database_url, "logs", "--root", root_id, "--follow", "--json")
+    )
     async with running_api(api_settings(database_url, redis_url)) as client:
         # Connected before the workflow's first task is even stored: it joins as it comes.
         url = f"{PREFIX}/sse/workflow/{root_id}/"
@@ -156,3 +160,5 @@ async def test_workflow_stream_live_resumes_without_gap_or_duplicate(
         )
         bad = await client.get(url, headers={"Last-Event-ID": "garbage"})
         assert bad.status == 400
+    followed = [json.loads(x) for x in (await follow).stdout.splitlines()]
+    assert sorted((x["task_id"], x["seq"]) for x in followed) == sorted(seen)
