@@ -21,7 +21,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,10 +59,12 @@ class Search:
     since: datetime | None = None
     until: datetime | None = None
     before: tuple[datetime, str, int] | None = None
-    params: dict[str, Any] = field(init=False, default_factory=dict)
 
-    def statement(self, low: datetime | None, high: datetime | None, limit: int) -> sql.Composed:
-        """The search in one time window ``[low, high)`` (either end open when None)."""
+    def statement(
+        self, low: datetime | None, high: datetime | None, limit: int
+    ) -> tuple[sql.Composed, dict[str, Any]]:
+        """The search in one time window ``[low, high)`` (either end open when None), and its
+        parameters."""
         params: dict[str, Any] = {"limit": limit}
         clauses: list[sql.Composable] = []
         if self.regex:
@@ -110,8 +112,7 @@ class Search:
             clauses.append(sql.SQL("l.ts < %(w_high)s"))
             params["w_high"] = high
         where = sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
-        self.params = params
-        return sql.SQL(Q["search"]).format(match=match, span=span, where=where)
+        return sql.SQL(Q["search"]).format(match=match, span=span, where=where), params
 
     def windows(self, now: datetime) -> list[tuple[datetime | None, datetime | None]]:
         """The time windows to search, newest first, within ``since``."""

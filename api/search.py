@@ -73,8 +73,8 @@ async def run_search(store: Store, search: Search, limit: int) -> list[Row]:
                 await cur.execute(Q["statement_timeout"], {"ms": str(STATEMENT_TIMEOUT_MS)})
                 now = (await (await cur.execute(Q["now"])).fetchone() or {})["now"]
                 for low, high in search.windows(now):
-                    query = search.statement(low, high, limit - len(found))
-                    await cur.execute(query, search.params)
+                    query, values = search.statement(low, high, limit - len(found))
+                    await cur.execute(query, values)
                     found += await cur.fetchall()
                     if len(found) >= limit:
                         break

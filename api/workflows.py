@@ -26,10 +26,11 @@ from psycopg import sql
 
 from api import keys, params, wire
 from api.find import WORKFLOW_TASKS_MAX, Q, WorkflowCursor, fetch
-from api.hub import RESYNC
+from api.hub import RESYNC, Hub, Subscription
 from api.models import Task, Workflow
 from api.queries import TASK_COLUMNS, Row
 from api.routes import respond
+from api.settings import ApiSettings
 from api.sse import RETRY_MS, Stream, _open
 from tasklog.core.constants import FINISHED_STATES, MAX_TASK_ID_BYTES, task_id_problem
 from tasklog.core.errors import StoreUnavailable
@@ -163,7 +164,7 @@ class WorkflowFollower:
             if message.get("task_id") in self.members:
                 await self.send_status(message)
 
-    async def follow(self, sub: Any, hub: Any, settings: Any) -> None:
+    async def follow(self, sub: Subscription, hub: Hub, settings: ApiSettings) -> None:
         behind = True
         while True:
             if behind:

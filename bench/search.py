@@ -201,8 +201,8 @@ def _without_index(url: str, markers: list[str], runs: int) -> dict[str, Figure]
                     now = conn.execute(Q["now"]).fetchone()["now"]  # type: ignore[index]
                     found = 0
                     for low, high in search.windows(now):
-                        query = search.statement(low, high, 51 - found)
-                        found += len(conn.execute(query, search.params).fetchall())
+                        query, values = search.statement(low, high, 51 - found)
+                        found += len(conn.execute(query, values).fetchall())
                         if found >= 51:
                             break
                 timings.append((time.perf_counter() - started) * 1000)

@@ -51,8 +51,8 @@ def search(url: str, search: Search, limit: int) -> list[dict[str, Any]]:
         try:
             now = conn.execute(Q["now"]).fetchone()["now"]  # type: ignore[index]
             for low, high in search.windows(now):
-                query = search.statement(low, high, limit - len(found))
-                found += conn.execute(query, search.params).fetchall()
+                query, values = search.statement(low, high, limit - len(found))
+                found += conn.execute(query, values).fetchall()
                 if len(found) >= limit:
                     break
         except psycopg.errors.InvalidRegularExpression as exc:
