@@ -1,7 +1,8 @@
 """The Celery app the shim benchmark runs in a solo-pool worker.
 
-Three tasks print the same lines: captured by the shim (`TerminalLoggingTask`), to a plain
-file (no capture), and through the seed guide's `DBLogWriter`. Each returns ns per line.
+Tasks print the same lines: captured by the shim (`TerminalLoggingTask`), to a plain file (no
+capture), and through the seed guide's `DBLogWriter`; one more writes each line's record with
+one `os.write` (the floor). Each returns ns per line (wall, thread CPU; the seed way wall only).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import psycopg
 from celery import Celery
 
-from bench.printing import DBLogWriter, timed_prints
+from bench.printing import DBLogWriter, timed_floor, timed_prints, timed_prints_both
 from capture_shim import TerminalLoggingTask
 
 _url = os.environ.get("TASKLOG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -24,14 +25,19 @@ app.conf.update(
 
 
 @app.task(name="bench.captured", base=TerminalLoggingTask)
-def captured(count: int, seed: int) -> float:
-    return timed_prints(count, seed)
+def captured(count: int, seed: int, style: str = "fstring") -> tuple[float, float]:
+    return timed_prints_both(count, seed, style)
 
 
 @app.task(name="bench.plain")
-def plain(count: int, seed: int, path: str) -> float:
+def plain(count: int, seed: int, path: str, style: str = "fstring") -> tuple[float, float]:
     with open(path, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
-        return timed_prints(count, seed)
+        return timed_prints_both(count, seed, style)
+
+
+@app.task(name="bench.floor")
+def floor(count: int, seed: int, directory: str) -> tuple[float, float]:
+    return timed_floor(count, seed, directory)
 
 
 @app.task(name="bench.seed_db", bind=True)

@@ -6,6 +6,7 @@ line), rebuilt on psycopg so it costs no more than the guide's Django ORM would.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -30,13 +31,59 @@ _SEED_INSERT = (
 )
 
 
-def timed_prints(count: int, seed: int) -> float:
+#: How a task prints each line: one f-string (two writes to `sys.stdout`: the text, then
+#: "\n"), or the same text and number as two arguments (four writes: text, " ", number, "\n").
+STYLES = ("fstring", "multiarg")
+
+
+def timed_prints(count: int, seed: int, style: str = "fstring") -> float:
     """Print `count` realistic lines; nanoseconds per line (line generation not counted)."""
+    return timed_prints_both(count, seed, style)[0]
+
+
+def timed_prints_both(count: int, seed: int, style: str = "fstring") -> tuple[float, float]:
+    """`timed_prints`, as (wall, CPU time of this thread) nanoseconds per line.
+
+    On a shared machine the CPU time is the steadier figure: it leaves out the time the task
+    waited for a core. It counts the thread's own system calls, not other threads' work.
+    """
     lines = sample_lines(count, seed)
-    start = time.perf_counter_ns()
-    for line in lines:
-        print(line)
-    return (time.perf_counter_ns() - start) / count
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+    if style == "multiarg":
+        start, start_cpu = wall(), cpu()
+        for i, line in enumerate(lines):
+            print(line, i)
+    else:
+        start, start_cpu = wall(), cpu()
+        for i, line in enumerate(lines):
+            print(f"{line} {i}")
+    return (wall() - start) / count, (cpu() - start_cpu) / count
+
+
+def timed_floor(count: int, seed: int, directory: str) -> tuple[float, float]:
+    """One `O_APPEND` `os.write` per line of the record the shim writes for it; ns per line.
+
+    The floor of the shim's design (one write per record, whole records for the reader): the
+    record bytes are made before the clock starts. (wall, CPU) as in `timed_prints_both`.
+    """
+    from capture_shim import spool
+
+    records = [
+        spool.encode_line(i + 1, spool.STDOUT, f"{line} {i}")
+        for i, line in enumerate(sample_lines(count, seed))
+    ]
+    path = os.path.join(directory, f"floor-{os.getpid()}-{seed}.bin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+    write = os.write
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+    try:
+        start, start_cpu = wall(), cpu()
+        for record in records:
+            write(fd, record)
+        return (wall() - start) / count, (cpu() - start_cpu) / count
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 class DBLogWriter:

@@ -56,4 +56,4 @@ def test_the_shim_benchmark_runs_in_process(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert "shim cost over no capture" in out
+    assert "shim cost over no capture" in out and "floor" in out
