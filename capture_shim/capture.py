@@ -22,7 +22,12 @@ from typing import Any, Protocol, TextIO
 from capture_shim import spool
 from capture_shim.config import ShimConfig
 
+_encode_line = spool.encode_line
+
 _current: ContextVar[TaskCapture | None] = ContextVar("tasklog_capture", default=None)
+_current_get = _current.get
+_monotonic_ns = time.monotonic_ns
+_os_write = os.write
 _install_lock = threading.Lock()
 #: End records a full spool refused, with their files: retried when the process starts a task.
 _pending_ends: list[tuple[str, bytes]] = []
@@ -32,6 +37,23 @@ _MAX_PENDING_ENDS = 256
 
 #: What Python-level text of a task goes through: (stream, text), ending in `TaskCapture.write`.
 Route = Callable[[str, str], None]
+
+
+class Gate(Protocol):
+    """fd-level capture as a `TaskCapture` sees it: output that may wait in its pipes.
+
+    Before a new line from Python, the capture asks the gate to deliver what is waiting (so
+    output written at fd level before a print is recorded before it), but only when its reader
+    said something is pending or `next_look` has passed: no system call per print.
+    """
+
+    #: The reader thread saw output it has not delivered yet.
+    pending: bool
+    #: `time.monotonic_ns()` after which the pipes are looked at anyway.
+    next_look: int
+
+    def take_in(self) -> None:
+        """Deliver (with `TaskCapture.feed`) whatever the pipes hold now."""
 
 
 class TextOut(Protocol):
@@ -75,7 +97,7 @@ class StreamRouter:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        cap = _current.get()
+        cap = _current_get()
         if cap is None:
             return self._original.write(text)
         cap.route(self._stream, text)
@@ -168,7 +190,17 @@ class TaskCapture:
         self.task_id = task_id
         self._config = config
         self._lock = threading.Lock()
+        #: Per stream, the text of a line not ended yet.
         self._partial: dict[str, str] = {}
+        #: Lines longer than this many characters may be over the byte limit: measured.
+        self._cut_at = config.max_line_bytes // 4
+        #: A line without its newline is let go past this many characters.
+        self._max_partial = config.max_line_bytes
+        #: fd capture's side, while it runs (`order_with`).
+        self._gate: Gate | None = None
+        #: Streams whose last Python-level write left a line open, no fd output since: the
+        #: rest of that line needs no look at the pipes. Kept only with a gate.
+        self._open: set[str] = set()
         self._seq = 0
         self._errors = 0
         self._started = time.monotonic()
@@ -226,9 +258,9 @@ class TaskCapture:
         """Flush partial lines, write the `end` record, close the file."""
         with self._lock:
             partial, self._partial = self._partial, {}
-        for stream, text in partial.items():
-            if text:
-                self.emit(stream, text)
+            for stream, text in partial.items():  # a last line without its newline
+                if text:
+                    self._emit_locked(stream, text, None)
         end: dict[str, Any] = {
             "k": spool.END,
             "t": time.time(),
@@ -260,6 +292,11 @@ class TaskCapture:
         """
         self.route = self.write if route is None else route
 
+    def order_with(self, gate: Gate | None) -> None:
+        """Keep Python-level lines in order with fd-level output `gate` delivers; None: stop."""
+        self._gate = gate
+        self._open.clear()
+
     def fallback(self, stream: str) -> TextOut:
         """Where `stream`'s text goes when the spool cannot take it."""
         return self._fallback[stream]
@@ -272,49 +309,111 @@ class TaskCapture:
     # -- output -----------------------------------------------------------------------------
 
     def write(self, stream: str, text: str) -> None:
-        with self._lock:
-            partial = self._partial.get(stream, "")
-            if text == "\n":  # print()'s second write, ending the line its first one began
-                self._partial[stream] = ""
-                self._emit_locked(stream, partial, None)
-                return
-            buf = partial + text if partial else text
-            if "\n" not in buf:
-                # A line without its newline yet; bound it so a progress bar of "\r"s
-                # can't grow forever.
-                if len(buf) > self._config.max_line_bytes:
-                    self._partial[stream] = ""
-                    self._emit_locked(stream, buf, None)
+        """Python-level text of the task (`print`, `sys.stdout.write`), any piece of a line.
+
+        One record per line, written when its newline comes: a `print` of several arguments,
+        which writes each piece, the separators and the newline apart, is one record.
+        """
+        gate = self._gate
+        if gate is not None and stream not in self._open:
+            # A new line from Python: what fd capture's pipes hold was written before it.
+            if gate.pending or _monotonic_ns() >= gate.next_look:
+                gate.take_in()
+        partials = self._partial
+        lock = self._lock
+        lock.acquire()
+        try:
+            partial = partials.get(stream)
+            if text != "\n":
+                buf = partial + text if partial else text
+                if "\n" in buf or len(buf) > self._max_partial:
+                    self._take_locked(stream, buf)
+                    if gate is not None and text[-1:] == "\n":
+                        self._open.discard(stream)
+                        return
                 else:
-                    self._partial[stream] = buf
+                    partials[stream] = buf  # a piece of a line: kept until its newline
+                if gate is not None:
+                    self._open.add(stream)
                 return
-            *lines, rest = buf.split("\n")
-            self._partial[stream] = rest
-            for line in lines:
-                self._emit_locked(stream, line, None)
+            # print's last write, ending the line its first ones began: `_emit_locked`,
+            # inlined, since this runs for every line a task prints.
+            if gate is not None:
+                self._open.discard(stream)
+            partials[stream] = ""
+            line = partial or ""
+            if len(line) > self._cut_at:  # a str of n characters is at most 4n bytes
+                line = self._cut(line)
+            self._seq = seq = self._seq + 1
+            data = _encode_line(seq, stream, line, None)
+            file = self._spool
+            if file is not None:
+                try:
+                    written = _os_write(file.fd, data)
+                    if written != len(data):
+                        file.write_rest(data, written)
+                    return
+                except OSError as exc:
+                    self._fail("write", exc)
+            self._to_fallback(stream, line)
+        finally:
+            lock.release()
+
+    def feed(self, stream: str, text: str) -> None:
+        """Text that comes in order already (fd capture's reader): split into lines as `write`."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._open.discard(stream)
+            partial = self._partial.get(stream)
+            self._take_locked(stream, partial + text if partial else text)
+        finally:
+            lock.release()
+
+    def _take_locked(self, stream: str, buf: str) -> None:
+        """`buf` (the stream's partial line and new text): its lines out, the rest kept."""
+        if "\n" not in buf:
+            # A line without its newline yet; bound it so a progress bar of "\r"s can't
+            # grow forever.
+            if len(buf) > self._max_partial:
+                self._partial[stream] = ""
+                self._emit_locked(stream, buf, None)
+            else:
+                self._partial[stream] = buf
+            return
+        *lines, self._partial[stream] = buf.split("\n")
+        for line in lines:
+            self._emit_locked(stream, line, None)
 
     def emit(self, stream: str, text: str, level: str | None = None) -> None:
+        """One whole line (a `logging` record's, a marker), in its own record."""
         with self._lock:
             self._emit_locked(stream, text, level)
 
     def _emit_locked(self, stream: str, text: str, level: str | None) -> None:
-        limit = self._config.max_line_bytes
-        if len(text) > limit // 4:  # cheap pre-check: a str of n chars is at most 4n bytes
-            raw = text.encode("utf-8", "surrogatepass")
-            if len(raw) > limit:
-                kept = raw[:limit].decode("utf-8", "ignore")
-                text = f"{kept} … [line cut: {len(raw) - limit} more bytes]"
-        self._seq += 1
-        data = spool.encode_line(self._seq, stream, text, level)
+        if len(text) > self._cut_at:  # a str of n characters is at most 4n bytes
+            text = self._cut(text)
+        self._seq = seq = self._seq + 1
+        data = _encode_line(seq, stream, text, level)
         # `_put` inlined: this runs for every line a task prints.
         file = self._spool
         if file is not None:
             try:
-                file.write(data)
+                written = _os_write(file.fd, data)
+                if written != len(data):
+                    file.write_rest(data, written)
                 return
             except OSError as exc:
                 self._fail("write", exc)
         self._to_fallback(stream, text)
+
+    def _cut(self, text: str) -> str:
+        limit = self._config.max_line_bytes
+        raw = text.encode("utf-8", "surrogatepass")
+        if len(raw) <= limit:
+            return text
+        kept = raw[:limit].decode("utf-8", "ignore")
+        return f"{kept} … [line cut: {len(raw) - limit} more bytes]"
 
     def progress(self, percent: float | None, message: str | None, state: str | None) -> None:
         record: dict[str, Any] = {"k": spool.PROGRESS, "t": time.time(), "p": percent}

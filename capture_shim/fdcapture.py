@@ -27,11 +27,18 @@ One task (`FdSession`)
     fallback streams are pointed at the kept descriptors for the session: the worker's log stays
     the worker's, and a failing spool cannot feed its fallback text back into the pipe.
 
-    Order: Python-level writes still go straight to the `TaskCapture`, but first take in what is
-    already waiting in the pipes, under the lock the reader holds while it reads and feeds. So
-    output a subprocess wrote before a `print` is recorded before it, and prints keep their
-    exact order with each other across streams. Between stdout and stderr written at fd level
-    the order is the order the reader saw them in, as with any two pipes.
+    Order: Python-level writes still go straight to the `TaskCapture`. Before a new line from
+    Python, what waits in the pipes is taken in first (under the lock the reader holds while it
+    reads and feeds), but without a system call per print: the session is the capture's `Gate`.
+    The reader raises `pending` as soon as its `poll` returns, and the print path, which reads
+    that flag for free, looks at the pipes itself (`poll(0)`) only when it is up or when
+    `LOOK_EVERY_NS` has passed since the last look. So fd-level output is recorded before a
+    print if the reader had seen it or it was written at least `LOOK_EVERY_NS` (100 µs) before
+    the print; a subprocess the task waited for qualifies, since starting one takes longer.
+    Output written at fd level in the same instant as a print (`os.write(1, …)` right before
+    it, the reader not yet scheduled) may come after it. Prints keep their exact order with
+    each other across streams. Between stdout and stderr written at fd level the order is the
+    order the reader saw them in, as with any two pipes.
 
     End: flush the stdio buffers into the pipes, put fd 1/2 back with `dup2` from the kept
     copies (inheritable flag as it was), and wait up to `DETACH_GRACE` seconds for end-of-file.
@@ -58,6 +65,7 @@ import os
 import select
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -68,18 +76,23 @@ from capture_shim.config import ShimConfig
 
 __all__ = [
     "DETACH_GRACE",
+    "LOOK_EVERY_NS",
     "FdSession",
     "FdStats",
     "after_fork_in_child",
     "begin",
     "end",
     "fd_capture_safe",
+    "follow_forks",
     "set_pool",
     "set_pool_child",
 ]
 
 #: Seconds to wait at a task's end for its pipes to close before detaching a lingering child.
 DETACH_GRACE = 0.5
+#: Nanoseconds after which a new Python-level line looks at the pipes even if the reader said
+#: nothing: the most fd-level output written before a print can be late by (see Order above).
+LOOK_EVERY_NS = 100_000
 
 _STREAMS = {1: spool.STDOUT, 2: spool.STDERR}
 _FD_OF = {spool.STDOUT: 1, spool.STDERR: 2}
@@ -190,13 +203,29 @@ _live: weakref.WeakSet[FdSession] = weakref.WeakSet()
 
 
 def after_fork_in_child() -> None:
-    """The at-fork hook (`hooks.connect_process_hooks` registers it).
+    """The at-fork hook (`follow_forks` registers it).
 
     A task forked (multiprocessing "fork"): the reader thread is not here, its lock may be held
     forever; Python-level text goes to fd 1/2 (the pipes) instead.
     """
     for session in list(_live):
         session.forked = True
+        session.cap.order_with(None)
+        session.cap.route_through(session.write_forked)
+
+
+_follows_forks = False
+_follow_lock = threading.Lock()
+
+
+def follow_forks() -> None:
+    """Register `after_fork_in_child`, once per process (`hooks.connect_process_hooks`, and
+    the first session, whichever comes first)."""
+    global _follows_forks
+    with _follow_lock:
+        if not _follows_forks:
+            _follows_forks = True
+            os.register_at_fork(after_in_child=after_fork_in_child)
 
 
 # -- one task ---------------------------------------------------------------------------------
@@ -218,10 +247,12 @@ class FdSession:
         self._readers: dict[int, tuple[int, Any]] = {}
         self._poller = select.poll()  # the reader thread's
         self._probe = select.poll()  # the task thread's, under the lock
+        #: The `Gate` the capture reads before a new Python-level line: the reader saw output
+        #: not delivered yet; the time after which the pipes are looked at anyway.
+        self.pending = False
+        self.next_look = 0
         self._attached = True
         self._ended = False
-        #: Streams whose last Python-level write left a line open (no fd data since).
-        self._mid_line: set[str] = set()
         self._closed = threading.Event()  # every read end reached end-of-file
         self._thread: threading.Thread | None = None
         self._swapped: list[tuple[logging.StreamHandler[Any], Any]] = []
@@ -260,8 +291,11 @@ class FdSession:
         for read_end in self._readers:
             self._poller.register(read_end, select.POLLIN)
             self._probe.register(read_end, select.POLLIN)
+        follow_forks()
         self._redirect_worker_streams()
-        self.cap.route_through(self.write_python)
+        self.cap.order_with(self)
+        if self.tee:
+            self.cap.route_through(self.write_tee)
         _live.add(self)
         self._thread = threading.Thread(target=self._run, name="tasklog-fd-reader", daemon=True)
         self._thread.start()
@@ -284,33 +318,35 @@ class FdSession:
 
     # -- during -----------------------------------------------------------------------------
 
-    def write_python(self, stream: str, text: str) -> None:
-        """`sys.stdout`/`sys.stderr` text of the task, in order with what the pipes hold."""
-        if self.forked:
-            _write_all(_FD_OF.get(stream, 2), text.encode("utf-8", "backslashreplace"))
-            return
+    def take_in(self) -> None:
+        """Deliver what the pipes hold now: the capture asks before a new Python-level line."""
         with self._lock:
-            # The rest of a line a print started (print writes text, then "\n") needs no look:
-            # it keeps the line whole, and a pipe is looked at once per print, not twice.
-            if stream not in self._mid_line and self._probe.poll(0):
+            self.next_look = time.monotonic_ns() + LOOK_EVERY_NS
+            if self._readers and self._probe.poll(0):
                 for read_end in list(self._readers):
                     self._drain(read_end)
-            self.cap.write(stream, text)
-            if text.endswith("\n"):
-                self._mid_line.discard(stream)
-            else:
-                self._mid_line.add(stream)
-            if self.tee and stream in _FD_OF:
-                _write_all(self._saved[_FD_OF[stream]], text.encode("utf-8", "backslashreplace"))
+            self.pending = False  # all written until now is delivered
+
+    def write_tee(self, stream: str, text: str) -> None:
+        """`TASKLOG_TEE`: Python-level text captured and echoed to the worker's own fd."""
+        self.cap.write(stream, text)
+        if stream in _FD_OF:
+            _write_all(self._saved[_FD_OF[stream]], text.encode("utf-8", "backslashreplace"))
+
+    def write_forked(self, stream: str, text: str) -> None:
+        """In a child the task forked: Python-level text into the pipes, like its fd output."""
+        _write_all(_FD_OF.get(stream, 2), text.encode("utf-8", "backslashreplace"))
 
     def _run(self) -> None:
         try:
             while self._readers:
                 events = self._poller.poll()
+                self.pending = True  # the print path reads it without a system call
                 with self._lock:
                     for read_end, _ in events:
                         if read_end in self._readers:
                             self._drain(read_end)
+                    self.pending = False
         except Exception as exc:
             FdStats.errors += 1
             warn_once(f"fd-reader:{type(exc).__name__}", f"fd capture reader stopped: {exc!r}")
@@ -341,15 +377,14 @@ class FdSession:
             if self._attached:
                 text = decoder.decode(data)
                 if text:
-                    self.cap.write(_STREAMS[fd], text)
-                    self._mid_line.discard(_STREAMS[fd])
+                    self.cap.feed(_STREAMS[fd], text)
 
     def _close_reader(self, read_end: int) -> None:
         fd, decoder = self._readers.pop(read_end)
         if self._attached:
             text = decoder.decode(b"", True)  # an incomplete character at the very end
             if text:
-                self.cap.write(_STREAMS[fd], text)
+                self.cap.feed(_STREAMS[fd], text)
         _quiet(self._poller.unregister, read_end)
         _quiet(self._probe.unregister, read_end)
         _quiet(os.close, read_end)
@@ -374,7 +409,8 @@ class FdSession:
             _quiet(handler.setStream, old)
         for stream, target in self._fallback.items():
             self.cap.set_fallback(stream, target)
-        if self.cap.route == self.write_python:
+        self.cap.order_with(None)
+        if self.cap.route == self.write_tee:
             self.cap.route_through(None)
         for fd in (1, 2):
             self._restore(fd)

@@ -56,7 +56,7 @@ def connect_process_hooks() -> None:
         # Signals are process-wide and these handlers live for the process: strong references.
         worker_init.connect(_on_worker_init, weak=False)
         worker_process_init.connect(_on_worker_process_init, weak=False)
-        os.register_at_fork(after_in_child=fdcapture.after_fork_in_child)
+        fdcapture.follow_forks()
 
 
 def install(app: Celery) -> None:

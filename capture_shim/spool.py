@@ -8,7 +8,8 @@ user-controlled string and must never choose a path. The real id is in the ``sta
 Each line of a file is one JSON object terminated by ``\\n``, written whole by a single
 ``os.write`` on an ``O_APPEND`` descriptor, so a reader sees whole records or a trailing partial
 line (which it must leave for later; a record torn by a full disk is truncated away). ``k`` is
-the record kind, ``t`` a Unix time in seconds:
+the record kind, ``t`` a Unix time in seconds (a JSON number; ``line`` records write it as
+integer microseconds with an exponent, ``1764551234123456e-6``):
 
 ``start`` (first record of a file)
     ``v`` format version (1), ``task_id`` (see `task_id_problem`: a task whose id is empty, holds
@@ -130,13 +131,18 @@ def encode(record: dict[str, object]) -> bytes:
 
 
 def encode_line(seq: int, stream: str, text: str, level: str | None = None) -> bytes:
-    # The hot path: one formatted string instead of building and dumping a dict; the time in
-    # microseconds cut as text, which costs half of formatting a float.
+    # The hot path: one formatted string instead of building and dumping a dict. The time is
+    # written as integer microseconds with an exponent (``1764551234123456e-6``, a JSON number
+    # like any other): no float formatting, no cutting of digits.
+    if level is None:
+        return (
+            f'{{"k":"line","n":{seq},"t":{_time_ns() // 1000}e-6,"s":"{stream}",'
+            f'"m":{_str(text)}}}\n'
+        ).encode("utf-8", "backslashreplace")
     # The level name is text like any other: a custom level may be named anything.
-    lvl = "" if level is None else ',"l":' + _str(level)
-    us = str(_time_ns() // 1000)
     return (
-        f'{{"k":"line","n":{seq},"t":{us[:-6]}.{us[-6:]},"s":"{stream}"{lvl},"m":{_str(text)}}}\n'
+        f'{{"k":"line","n":{seq},"t":{_time_ns() // 1000}e-6,"s":"{stream}",'
+        f'"l":{_str(level)},"m":{_str(text)}}}\n'
     ).encode("utf-8", "backslashreplace")
 
 
@@ -161,20 +167,26 @@ class SpoolFile:
     def write(self, data: bytes) -> None:
         # O_APPEND + one write per record: a reader sees whole records or a partial tail.
         written = os.write(self.fd, data)
-        if written != len(data):  # only on a full disk; finish the record or fail loudly
-            view = memoryview(data)[written:]
+        if written != len(data):
+            self.write_rest(data, written)
+
+    def write_rest(self, data: bytes, written: int) -> None:
+        """Finish a record the first `os.write` took only `written` bytes of, or fail loudly.
+
+        Only on a full disk. The torn record is taken back (truncating needs no space): left
+        there, it would swallow the next record written once space frees. One writer per file.
+        """
+        view = memoryview(data)[written:]
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError:
             try:
-                while view:
-                    n = os.write(self.fd, view)
-                    view = view[n:]
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size - (len(data) - len(view)))
             except OSError:
-                # Take the torn record back (truncating needs no space): left there, it would
-                # swallow the next record written once space frees. One writer per file.
-                try:
-                    os.ftruncate(self.fd, os.fstat(self.fd).st_size - (len(data) - len(view)))
-                except OSError:
-                    pass
-                raise
+                pass
+            raise
 
     def close(self) -> None:
         if self.fd >= 0:
