@@ -46,6 +46,26 @@ def _lines(spool_dir: Path) -> list[tuple[int, str, str]]:
     return [(r["n"], r["s"], r["m"]) for r in records if r["k"] == spool.LINE]
 
 
+def _lines_so_far(spool_dir: Path) -> list[tuple[int, str, str]]:
+    (path,) = spool_dir.glob("*" + spool.SUFFIX)
+    records = [json.loads(line) for line in path.read_bytes().splitlines()]
+    return [(r["n"], r["s"], r["m"]) for r in records if r["k"] == spool.LINE][1:]
+
+
+class _CountingPoll:
+    """The task thread's `poll` object, counting its calls."""
+
+    def __init__(self, poll: Any, calls: list[int]) -> None:
+        self._poll, self._calls = poll, calls
+
+    def poll(self, timeout: int) -> Any:
+        self._calls.append(timeout)
+        return self._poll.poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poll, name)
+
+
 def _fd_identity(fd: int) -> tuple[int, int, bool]:
     info = os.fstat(fd)
     return info.st_dev, info.st_ino, os.get_inheritable(fd)
@@ -95,6 +115,74 @@ def test_fd_output_is_captured_in_order_with_python_writes(
     assert [n for n, _, _ in lines] == list(range(1, len(lines) + 1))
     fd_level = ("out", "err", "os write 1", "os write 2", "c printf 42")
     assert all(seq["py before"] < seq[m] < seq["py after"] for m in fd_level)
+
+
+def test_no_system_call_per_print_yet_fd_output_older_than_the_look_interval_comes_first(
+    session: Callable[..., FdSession], spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The print path reads the reader's `pending` flag and the clock, and looks at the pipes
+    itself only when `LOOK_EVERY_NS` has passed: fd output written that long before a print is
+    recorded before it even when the reader thread has not run since (it cannot, here: this
+    thread keeps the GIL)."""
+    sess = session()
+    polls: list[int] = []
+    probe = sess._probe
+    monkeypatch.setattr(sess, "_probe", _CountingPoll(probe, polls))
+    started = time.monotonic_ns()
+    for i in range(1000):  # a loop of prints looks at the pipes once per interval at most
+        sess.cap.route(spool.STDOUT, f"print {i}")
+        sess.cap.route(spool.STDOUT, "\n")
+    intervals = (time.monotonic_ns() - started) // fdcapture.LOOK_EVERY_NS
+    assert len(polls) <= intervals + 1 < 1000, (len(polls), intervals)
+
+    # C code writing without letting go of the GIL (PyDLL keeps it), and no thread switch for
+    # the rest of the test: the reader, woken by the pipe, waits for the GIL in vain.
+    libc_write = ctypes.PyDLL(None).write
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        libc_write(1, b"fd line\n", 8)
+        deadline = time.monotonic_ns() + fdcapture.LOOK_EVERY_NS
+        while time.monotonic_ns() < deadline:  # no system call that would let the reader run
+            pass
+        assert not sess.pending
+        sess.cap.route(spool.STDOUT, "after\n")
+    finally:
+        sys.setswitchinterval(switch)
+    sess.end()
+    sess.cap.finish("SUCCESS")
+    assert [m for _, _, m in _lines(spool_dir)][-2:] == ["fd line", "after"]
+
+
+def test_a_childs_output_comes_before_the_next_print_without_the_clock(
+    session: Callable[..., FdSession], spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fdcapture, "LOOK_EVERY_NS", 10**15)  # never by the clock
+    sess = session()
+    sess.cap.route(spool.STDOUT, "first\n")  # the first look: the clock starts from here
+    subprocess.run(["sh", "-c", "echo from a child"], check=True)
+    wait_for(lambda: sess.pending or _lines_so_far(spool_dir), timeout=10, message="the reader")
+    sess.cap.route(spool.STDOUT, "after the child\n")
+    sess.end()
+    sess.cap.finish("SUCCESS")
+    assert [m for _, _, m in _lines(spool_dir)] == ["first", "from a child", "after the child"]
+
+
+def test_a_print_of_several_arguments_is_one_record_in_order(
+    session: Callable[..., FdSession], spool_dir: Path
+) -> None:
+    sess = session()
+    os.write(1, b"fd before\n")
+    for piece in ("x", " ", "42", " ", "y", "\n"):  # print("x", 42, "y")
+        sess.cap.route(spool.STDOUT, piece)
+    sess.cap.route(spool.STDOUT, "no newline at the end")
+    sess.end()
+    sess.cap.finish("SUCCESS")
+    assert _lines(spool_dir) == [
+        (1, "stdout", "fd before"),
+        (2, "stdout", "x 42 y"),
+        (3, "stdout", "no newline at the end"),
+    ]
 
 
 def test_descriptors_are_back_after_the_session(

@@ -251,6 +251,32 @@ def test_terminal_logging_task_writes_a_spool_file(
     assert records[-1]["state"] == "SUCCESS"
 
 
+def test_prints_of_several_pieces_make_one_record_and_nothing_is_lost_on_flush(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch, routed: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TASKLOG_SPOOL_DIR", str(spool_dir))
+    app = _app()
+
+    @app.task(base=TerminalLoggingTask, bind=True, name="t.pieces")
+    def pieces(self: Any) -> None:
+        print("x", 42, "y")
+        print("a", "b", sep="-", end="|")
+        sys.stdout.flush()  # a flush keeps the open line: it ends with its newline
+        print("c", flush=True)
+        print("progress 10%", end="\r", flush=True)
+        print("progress 99%", end="", flush=True)  # the task ends mid-line
+
+    pieces.apply(task_id="pieces-1").get()
+    records = _records(spool_dir)
+    assert _lines(records) == [
+        (1, "stdout", "x 42 y"),
+        (2, "stdout", "a-b|c"),
+        (3, "stdout", "progress 10%\rprogress 99%"),
+    ]
+    assert records[-1]["k"] == spool.END and records[-1]["lines"] == 3
+    assert routed.readouterr().out == ""
+
+
 def test_disabled_mode_writes_nothing(
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch, routed: pytest.CaptureFixture[str]
 ) -> None:
