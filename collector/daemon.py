@@ -279,6 +279,10 @@ class Collector:
         """Postgres refused something in these files' records: commit halves until the file
         holding it is found (each half is a whole transaction, exactly once as any batch),
         then move that file aside. The other files go on as if nothing happened."""
+        if not chunks:  # only forgotten files' rows: never refused, but never retried forever
+            log.error("Postgres refused dropping offsets rows (%s); kept", refusal.why)
+            self._forget.clear()
+            return True
         if len(chunks) == 1:
             await self._quarantine(store, publisher, spool, chunks[0].state, refusal.why)
             return True
@@ -334,7 +338,7 @@ class Collector:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("cannot delete stored spool file %s: %s", state.name, exc)
+            log.warning("cannot delete stored spool file %s: %s", shown(state.name), exc)
             return
         spool.files.pop(state.name, None)
         self._forget.append(state.name)
@@ -350,8 +354,8 @@ class Collector:
                 self.counters.vanished += 1
                 log.warning(
                     "spool file %s disappeared before its end was stored (task %s)",
-                    name,
-                    state.task_id,
+                    shown(name),
+                    shown(state.task_id or "?"),
                 )
                 if state.registered:
                     try:
@@ -392,7 +396,7 @@ class Collector:
                 return
             spool.lost(state)
             self.counters.lost += 1
-            log.warning("task %s is LOST: %s", state.task_id, reason)
+            log.warning("task %s is LOST: %s", shown(state.task_id or "?"), reason)
             await publisher.publish({}, [task] if task else [])
             self._remove(spool, state)
 
