@@ -37,7 +37,7 @@ SELECT run, first_seq, host, worker, pid, state, started_at, completed_at, runti
        exc_type, exc_message
 FROM task_runs
 WHERE task_id = %(task_id)s
-ORDER BY run, first_seq
+ORDER BY first_seq, run  -- the order their lines were numbered in, which sections follow
 
 -- name: workflow_tasks
 -- The root itself and every task naming it as root, in the order they were created.
