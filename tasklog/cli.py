@@ -182,8 +182,6 @@ def _prune(args: argparse.Namespace) -> None:
         f"dropped {len(dropped)} line partitions, deleted {deleted} tasks "
         f"older than {settings.retention_days} days"
     )
-    # Run daily (systemd/tasklog-prune.timer): the day that just closed gets its search index.
-    _index(args)
 
 
 def _index(args: argparse.Namespace) -> None:

@@ -4,8 +4,8 @@ Indexing a line's trigrams as it is stored costs the collector 8x its ingest rat
 (docs/BENCHMARKS.md), so the open day is never indexed: a search scans today's partition and
 looks the other days up in their trigram index (``lines_YYYYMMDD_message_trgm``), built once
 the day is over, concurrently, off the ingest path. `apply` does that for every closed day
-still without one; `tasklog migrate`, `tasklog index` and `tasklog prune` (daily, with the
-retention timer of ``systemd/``) run it. ``lines_ts`` (migration 0005) keeps newest-first
+still without one; `tasklog index` runs it (daily, after midnight UTC, like `tasklog prune`),
+and so does `tasklog migrate`. ``lines_ts`` (migration 0005) keeps newest-first
 pages cheap. ``TASKLOG_SEARCH=false`` drops them all: search then scans every line.
 
 pg_trgm ships with Postgres, but creating the extension may need a superuser: without it the

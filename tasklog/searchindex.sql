@@ -1,5 +1,5 @@
--- The search indexes (TASKLOG_SEARCH), kept by `tasklog migrate`, `tasklog index` and
--- `tasklog prune` (tasklog/searchindex.py).
+-- The search indexes (TASKLOG_SEARCH), kept by `tasklog index` and `tasklog migrate`
+-- (tasklog/searchindex.py).
 
 -- name: trgm_schema
 SELECT n.nspname

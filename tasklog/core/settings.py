@@ -50,7 +50,7 @@ class Common(BaseSettings):
     search: bool = Field(
         True,
         description="Keep the search indexes (a trigram index per closed day, built by"
-        " `tasklog index`, `migrate` and `prune`); off drops them and search scans every line.",
+        " `tasklog index` daily and by `tasklog migrate`); off drops them, search scans.",
     )
 
     def require_database_url(self) -> str:
