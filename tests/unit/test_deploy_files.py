@@ -173,6 +173,15 @@ def test_collector_lock_lives_in_a_private_runtime_directory() -> None:
     unit = unit_settings("tasklog-collector.service")
     assert unit["RuntimeDirectory"] == ["tasklog-collector"]
     assert unit["RuntimeDirectoryMode"] == ["0700"]
+    # The collector's default lock directory is the runtime directory systemd gives it.
+    settings = pytest.importorskip("collector.settings")
+    env = {"RUNTIME_DIRECTORY": "/run/tasklog-collector", "XDG_RUNTIME_DIR": "/run/user/0"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.delenv("TASKLOG_LOCK_DIR", raising=False)
+        loaded = settings.CollectorSettings(_env_file=None, database_url="postgresql://x/y")
+        assert loaded.lock_path() == Path("/run/tasklog-collector")
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -267,6 +276,20 @@ def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else
         result = as_user("worker2", f"import os, sys; {attack}", [uid["tasklog"]])
         assert result.returncode != 0 and "PermissionError" in result.stderr, attack
     assert (spool / "t.jsonl").read_text() == "{}\n"
+
+    # The quarantine directory is there before any worker could make it, and closed to them.
+    quarantine = spool / "quarantine"
+    st = quarantine.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (uid["tasklog"], 0o700)
+    for attack in (
+        "os.listdir(os.path.join(sys.argv[1], 'quarantine'))",
+        "os.rename(os.path.join(sys.argv[1], 'quarantine'), os.path.join(sys.argv[1], 'q2'))",
+        "os.rename(os.path.join(sys.argv[1], 'u.jsonl'), os.path.join(sys.argv[1], 'quarantine'))",
+    ):
+        result = as_user("worker2", f"import os, sys; {attack}", [uid["tasklog"]])
+        assert result.returncode != 0, attack
+        assert "PermissionError" in result.stderr or "IsADirectoryError" in result.stderr, attack
+    assert quarantine.is_dir()
 
     # The collector's user reads and deletes it, and the other worker's.
     result = as_user(
@@ -602,6 +625,28 @@ def test_compose_workers_run_as_another_uid_than_their_collector(compose: dict[s
         assert worker["user"].split(":")[0] not in ("10001", "tasklog", "0", "root"), name
         assert worker["user"].split(":")[1] == "10001", "the worker writes as group tasklog"
         assert "user" not in service, name
+
+
+def test_compose_and_kubernetes_collectors_lock_in_a_private_directory(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in compose["services"].items():
+        if service.get("command") != ["collector"]:
+            continue
+        lock_dir = service["environment"]["TASKLOG_LOCK_DIR"]
+        assert not lock_dir.startswith(SPOOL), name
+        (mount,) = [t for t in service["tmpfs"] if t.split(":")[0] == lock_dir]
+        options = dict(o.split("=") for o in mount.split(":", 1)[1].split(","))
+        assert options == {"mode": "0700", "uid": "10001", "gid": "10001"}, name
+    yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
+    docs = yaml.safe_load_all((DEPLOY / "kubernetes" / "worker.yaml").read_text())
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs if d and d.get("kind") == "Deployment"]
+    (collector,) = [c for c in pod["initContainers"] if c["args"] == ["collector"]]
+    env = {e["name"]: e.get("value") for e in collector["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in collector["volumeMounts"]}
+    volume = mounts[env["TASKLOG_LOCK_DIR"]]
+    others = [c for c in pod["containers"] + pod["initContainers"] if c is not collector]
+    assert all(volume not in {m["name"] for m in c.get("volumeMounts", [])} for c in others)
 
 
 def test_compose_spool_volumes_get_the_sticky_bit(compose: dict[str, Any]) -> None:
