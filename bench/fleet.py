@@ -36,11 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines-per-host", type=int, default=100_000, help="spool lines per host")
     p.add_argument("--files-per-host", type=int, default=100, help="task files per host")
     p.add_argument("--runs", type=int, default=2, help="runs of each fleet size")
-    p.add_argument(
-        "--without-search-index",
-        action="store_true",
-        help="drop the trigram index on lines (as TASKLOG_SEARCH=false does)",
-    )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
 
 
@@ -48,8 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(n) for n in args.hosts.split(",")]
     title(
         f"fleet: 1-{max(sizes)} collectors into one Postgres, {args.lines_per_host:,} lines in "
-        f"{args.files_per_host} files per host, search index "
-        + ("dropped" if args.without_search_index else "kept (the default)")
+        f"{args.files_per_host} files per host"
     )
     results: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
     dbs = Databases(args.database_url)
@@ -76,8 +70,6 @@ def _fleet_once(
     masters: list[Path], where: Path, dbs: Databases, args: argparse.Namespace
 ) -> dict[str, float]:
     url = dbs.fresh()
-    if args.without_search_index:
-        _execute(url, "DROP INDEX IF EXISTS lines_message_trgm")
     lines = len(masters) * args.lines_per_host
     files = len(masters) * args.files_per_host
     with children() as procs:
@@ -120,13 +112,6 @@ def _fleet_once(
         "lines": lines,
         "load": os.getloadavg()[0],
     }
-
-
-def _execute(url: str, statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement.encode())
 
 
 def _sample(url: str, peak: list[int], stop: threading.Event) -> None:
