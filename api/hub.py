@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -47,6 +46,7 @@ from redis.retry import Retry
 
 from api import metrics
 from tasklog import live
+from tasklog.core import messages
 from tasklog.core.constants import (
     LINES_CHANNEL_PREFIX,
     TASKS_CHANNEL,
@@ -59,6 +59,8 @@ log = logging.getLogger("tasklog.api.hub")
 
 #: Pushed to every subscription when the Redis connection is lost or restored.
 RESYNC: Final = "resync"
+#: What a subscription receives: a message of the live path, or `RESYNC`.
+Item = messages.LinesMessage | messages.TaskMessage | Literal["resync"]
 #: Longest wait for Redis to confirm a new follower's channel before its replay starts.
 CONFIRM_WAIT = 2.0
 #: How the API's connections are named in CLIENT LIST.
@@ -74,7 +76,7 @@ class Subscription:
     def __init__(self, task_id: str | None, maxlen: int) -> None:
         self.task_id = task_id  # None: every task change (the task list)
         self._maxlen = maxlen
-        self._items: deque[Any] = deque()
+        self._items: deque[Item] = deque()
         self._wake = asyncio.Event()
         self.overflowed = False
         self.closed = False
@@ -83,7 +85,7 @@ class Subscription:
         self.covered = task_id is None
         self._waiting = False
 
-    def push(self, item: Any) -> None:
+    def push(self, item: Item) -> None:
         if self.overflowed or self.closed:
             return
         if len(self._items) >= self._maxlen:
@@ -98,7 +100,7 @@ class Subscription:
         self.closed = True
         self._wake.set()
 
-    async def next_batch(self, timeout: float) -> list[Any]:
+    async def next_batch(self, timeout: float) -> list[Item]:
         """Everything buffered, waiting up to `timeout` seconds for something (else [])."""
         if not self._items and not self.closed and not self.overflowed:
             try:
@@ -325,29 +327,23 @@ class Hub:
         subs = self._by_task.get(task_id)
         if not subs:
             return  # unsubscribed a moment ago: not even parsed
-        payload = self._parse(data)
-        if payload is not None:
-            for sub in subs:
-                sub.push(payload)
+        payload = messages.decode_lines(data)
+        if payload is None:
+            log.warning("ignoring a lines message of another shape: %.80r", data)
+            return
+        for sub in subs:
+            sub.push(payload)
 
     def _on_task(self, data: bytes) -> None:
         metrics.HUB_MESSAGES.labels("tasks").inc()
-        payload = self._parse(data)
+        payload = messages.decode_task(data)
         if payload is None:
+            log.warning("ignoring a task message of another shape: %.80r", data)
             return
         for sub in self._all:
             sub.push(payload)
-        for sub in self._by_task.get(str(payload.get("task_id")), ()):
+        for sub in self._by_task.get(payload["task_id"], ()):
             sub.push(payload)
-
-    @staticmethod
-    def _parse(data: bytes) -> dict[str, Any] | None:
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            log.warning("ignoring a message that is not JSON: %.80r", data)
-            return None
-        return payload if isinstance(payload, dict) else None
 
 
 class _Session:

@@ -301,8 +301,9 @@ async def _tasks_stream(request: web.Request) -> web.StreamResponse:
                     if sub.closed or sub.overflowed:
                         break
                     if batch and RESYNC not in batch:
-                        for task in batch:
-                            await stream.event(wire.status_event(task))
+                        for task in batch:  # the tasks channel only: task messages
+                            if isinstance(task, dict):
+                                await stream.event(wire.status_event(task))
                         continue
                     # Redis is away or came back: what changed meanwhile is in Postgres.
                     for row in await store.tasks_updated_since(since):

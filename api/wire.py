@@ -10,11 +10,13 @@ the document.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from api.models import task_fields
 from tasklog.core.constants import FINISHED_STATES
+from tasklog.core.messages import LineMessage
 
 Json = dict[str, Any]
 
@@ -48,7 +50,7 @@ def line_json(row: dict[str, Any], task_id: str) -> Json:
     }
 
 
-def published_line(line: dict[str, Any], task_id: str) -> Json:
+def published_line(line: LineMessage, task_id: str) -> Json:
     """A line of a collector message on a lines channel, in the shape of `line_json`."""
     return {
         "type": NEW_LOG,
@@ -61,7 +63,7 @@ def published_line(line: dict[str, Any], task_id: str) -> Json:
     }
 
 
-def status_event(task: Json) -> Json:
+def status_event(task: Mapping[str, object]) -> Json:
     return {"type": STATUS, **task, "finished": task.get("status") in FINISHED_STATES}
 
 

@@ -17,13 +17,14 @@ from psycopg.types.json import Jsonb
 from collector import fields
 from collector.copytext import Row, iso
 from collector.tail import FileChunk, FileState
+from tasklog.core.messages import LineMessage
 
 #: A kept run's head+tail bound when its start record gives none (the shim's default).
 DEFAULT_MAX_LINES = 1000
 #: The largest head+tail bound a start record may ask for.
 MAX_LINES = (1 << 31) - 1
-#: Published line: what the live path sends for a stored line.
-Published = dict[str, Any]
+#: Published line: what the live path sends for a stored line (`tasklog.core.messages`).
+Published = LineMessage
 
 
 @dataclass

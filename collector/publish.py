@@ -15,17 +15,14 @@ when it is back (readers backfill the gap from Postgres).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from datetime import datetime
-from typing import Any
 
-import orjson
 from redis.exceptions import RedisError
 
 from tasklog import live
 from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
+from tasklog.core.messages import LineMessage, encode, lines_message
 
 log = logging.getLogger("tasklog.collector")
 
@@ -59,7 +56,7 @@ class Publisher:
             await self._client.aclose()
 
     async def publish(
-        self, lines: dict[str, list[dict[str, Any]]], tasks: list[dict[str, Any]]
+        self, lines: dict[str, list[LineMessage]], tasks: list[dict[str, object]]
     ) -> None:
         """Lines stored per task (for the watched ones), then the tasks that changed."""
         if self._url is None or not (lines or tasks):
@@ -74,11 +71,11 @@ class Publisher:
             async with client.pipeline(transaction=False) as pipe:
                 # Lines first: a reader that sees a task finish has already been sent its lines.
                 for task_id in watched:
-                    message = {"task_id": task_id, "lines": lines[task_id]}
-                    pipe.execute_command(command, lines_channel(task_id), _dumps(message))
+                    message = lines_message(task_id, lines[task_id])
+                    pipe.execute_command(command, lines_channel(task_id), encode(message))
                     sent += 1
                 for task in tasks:
-                    pipe.execute_command(command, TASKS_CHANNEL, _dumps(task))
+                    pipe.execute_command(command, TASKS_CHANNEL, encode(task))
                     sent += 1
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -107,17 +104,3 @@ class Publisher:
                 followed = score is not None and float(score) > deadline
                 self._watched[task_id] = (followed, now + WATCH_CACHE)
         return {t for t in task_ids if self._watched[t][0]}
-
-
-def _default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def _dumps(obj: object) -> bytes | str:
-    # A batch's lines are published as they are stored: orjson writes them ~5x faster.
-    try:
-        return orjson.dumps(obj, default=_default)
-    except orjson.JSONEncodeError:  # what orjson refuses (an int past 64 bits…), json may not
-        return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))

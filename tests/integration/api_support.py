@@ -30,6 +30,7 @@ from tasklog.core.constants import (
     TASKS_CHANNEL,
     lines_channel,
 )
+from tasklog.core.messages import LineMessage, TaskMessage, encode, lines_message
 from tests.helpers import Proc, ProcessFactory, free_port
 
 PREFIX = "/tasklog"
@@ -203,11 +204,11 @@ class FakeCollector:
         publish: bool = True,
         progress: float | None = None,
         state: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[LineMessage]:
         """Store a batch (and maybe an end state) in one transaction, then publish it."""
         task = self.tasks[task_id]
         now = datetime.now(UTC)
-        rows = []
+        rows: list[LineMessage] = []
         for i, message in enumerate(messages, start=task.last_seq + 1):
             rows.append(
                 {
@@ -255,7 +256,7 @@ class FakeCollector:
         if publish and self.redis is not None:
             if rows:
                 await self.redis.publish(
-                    lines_channel(task_id), json.dumps({"task_id": task_id, "lines": rows})
+                    lines_channel(task_id), encode(lines_message(task_id, rows))
                 )
             await self.publish_task(task)
         return rows
@@ -278,26 +279,22 @@ class FakeCollector:
     async def publish_task(self, task: FakeTask) -> None:
         if self.redis is None:
             return
-        await self.redis.publish(
-            TASKS_CHANNEL,
-            json.dumps(
-                {
-                    "task_id": task.task_id,
-                    "task_name": task.name,
-                    "status": task.state,
-                    "progress": task.progress,
-                    "progress_message": None,
-                    "host": "host-a",
-                    "started_at": task.started_at.isoformat(),
-                    "completed_at": None,
-                    "runtime": None,
-                    "line_count": task.line_count,
-                    "last_seq": task.last_seq,
-                    "exc_type": None,
-                    "exc_message": None,
-                }
-            ),
-        )
+        message: TaskMessage = {
+            "task_id": task.task_id,
+            "task_name": task.name,
+            "status": task.state,
+            "progress": task.progress,
+            "progress_message": None,
+            "host": "host-a",
+            "started_at": task.started_at.isoformat(),
+            "completed_at": None,
+            "runtime": None,
+            "line_count": task.line_count,
+            "last_seq": task.last_seq,
+            "exc_type": None,
+            "exc_message": None,
+        }
+        await self.redis.publish(TASKS_CHANNEL, encode(message))
 
 
 # -- the API as a real process ------------------------------------------------------------------

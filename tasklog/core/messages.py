@@ -1,0 +1,103 @@
+"""The messages of the live path, as the collector publishes them and the API reads them.
+
+Two kinds, each one JSON object (channel names: `tasklog.core.constants`):
+
+- on ``tasklog:lines:<task id>``, `LinesMessage`: lines just stored for one task, in seq order;
+- on ``tasklog:tasks``, `TaskMessage`: a task's row after a commit that changed it, with the
+  ``last_seq`` a reader compares with what it was sent (the columns of the collector's
+  ``changed_tasks`` query; ``state`` is called ``status``, as in the API).
+
+`encode` is the collector's (orjson: a batch's lines are published as they are stored);
+`decode_lines` and `decode_task` are the readers', and give None for anything else, so a stray
+publish on a tasklog channel never reaches a browser.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TypedDict, TypeGuard
+
+import orjson
+
+
+class LineMessage(TypedDict):
+    """One stored line."""
+
+    seq: int
+    #: ISO 8601 with microseconds, UTC.
+    ts: str
+    stream: str
+    level: str | None
+    message: str
+
+
+class LinesMessage(TypedDict):
+    task_id: str
+    lines: list[LineMessage]
+
+
+class TaskMessage(TypedDict):
+    task_id: str
+    task_name: str | None
+    #: The task's state (`tasklog.core.constants`), named as the API names it.
+    status: str
+    progress: float | None
+    progress_message: str | None
+    host: str | None
+    #: ISO 8601 times.
+    started_at: str | None
+    completed_at: str | None
+    runtime: float | None
+    line_count: int
+    #: The highest seq stored for the task: a reader that was sent less reads the rest.
+    last_seq: int
+    exc_type: str | None
+    exc_message: str | None
+
+
+def lines_message(task_id: str, lines: list[LineMessage]) -> LinesMessage:
+    return {"task_id": task_id, "lines": lines}
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def encode(message: LinesMessage | TaskMessage | dict[str, object]) -> bytes:
+    """A message as published; a task row straight from Postgres (datetimes) is welcome."""
+    try:
+        return orjson.dumps(message, default=_default)
+    except orjson.JSONEncodeError:  # what orjson refuses (an int past 64 bits…), json may not
+        text = json.dumps(message, default=_default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8")
+
+
+def _object(data: bytes | str) -> dict[str, object] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_lines(value: dict[str, object]) -> TypeGuard[LinesMessage]:
+    return isinstance(value.get("task_id"), str) and isinstance(value.get("lines"), list)
+
+
+def _is_task(value: dict[str, object]) -> TypeGuard[TaskMessage]:
+    return isinstance(value.get("task_id"), str) and isinstance(value.get("status"), str)
+
+
+def decode_lines(data: bytes | str) -> LinesMessage | None:
+    """A lines message, or None when `data` is not one."""
+    value = _object(data)
+    return value if value is not None and _is_lines(value) else None
+
+
+def decode_task(data: bytes | str) -> TaskMessage | None:
+    """A task message, or None when `data` is not one."""
+    value = _object(data)
+    return value if value is not None and _is_task(value) else None
