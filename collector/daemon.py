@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -284,7 +285,10 @@ class Collector:
             self._forget.clear()
             return True
         if len(chunks) == 1:
-            await self._quarantine(store, publisher, spool, chunks[0].state, refusal.why)
+            record = await _refused_record(store, chunks[0])
+            await self._quarantine(
+                store, publisher, spool, chunks[0].state, f"{refusal.why} in {record}"
+            )
             return True
         half = len(chunks) // 2
         for part in (chunks[:half], chunks[half:]):
@@ -520,6 +524,37 @@ class Collector:
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 10.0)
         return None
+
+
+async def _refused_record(store: Store, chunk: FileChunk) -> str:
+    """Which record of a file's chunk Postgres refuses, found by trial transactions rolled
+    back: its end, its progress, else the first line whose prefix is refused (bisected)."""
+
+    async def refused(**parts: Any) -> bool:
+        try:
+            await store.commit(Batch.of([dataclasses.replace(chunk, **parts)]), trial=True)
+        except RecordRefused:
+            return True
+        return False
+
+    try:
+        if chunk.end is not None and not await refused(end=None):
+            return "its end record"
+        if chunk.progress is not None and not await refused(end=None, progress=None):
+            return "its progress record"
+        lines = chunk.lines
+        if lines and not await refused(end=None, progress=None, lines=[]):
+            low, high = 0, len(lines)  # lines[:low] passes, lines[:high] is refused
+            while high - low > 1:
+                mid = (low + high) // 2
+                if await refused(end=None, progress=None, lines=lines[:mid]):
+                    high = mid
+                else:
+                    low = mid
+            return f"its line {lines[high - 1].seq}"
+        return "its start record" if chunk.start is not None else "its records"
+    except StoreUnavailable:
+        return "one of its records"
 
 
 def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:

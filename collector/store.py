@@ -119,12 +119,22 @@ class Store:
 
     # -- the batch transaction --------------------------------------------------------------
 
-    async def commit(self, batch: Batch, forget: Iterable[str] = ()) -> Stored:
+    async def commit(
+        self, batch: Batch, forget: Iterable[str] = (), *, trial: bool = False
+    ) -> Stored:
         """Store a batch in one transaction. The files' states are left alone: the caller
-        applies the result (`SpoolDir.commit`) once this returned."""
-        return await self._run(functools.partial(self._commit, batch=batch, forget=list(forget)))
+        applies the result (`SpoolDir.commit`) once this returned.
 
-    async def _commit(self, conn: Conn, *, batch: Batch, forget: list[str]) -> Stored:
+        `trial`: roll the transaction back at its end; raises as the commit would (to find
+        which record Postgres refuses).
+        """
+        return await self._run(
+            functools.partial(self._commit, batch=batch, forget=list(forget), trial=trial)
+        )
+
+    async def _commit(
+        self, conn: Conn, *, batch: Batch, forget: list[str], trial: bool = False
+    ) -> Stored:
         await retention.ensure_partitions(
             conn,
             retention.days_of(line.t for chunk in batch.chunks for line in chunk.lines),
@@ -172,6 +182,8 @@ class Store:
                     await cur.execute(Q["changed_tasks"], {"ids": changed})
                     names = [d.name for d in cur.description or ()]
                     stored.tasks = [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+            if trial:
+                raise psycopg.Rollback()
         return stored
 
     async def _place(self, conn: Conn, chunks: list[FileChunk]) -> list[Run]:

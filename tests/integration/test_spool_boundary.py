@@ -207,11 +207,16 @@ def test_a_record_postgres_still_refuses_costs_its_file_alone(
     procs: ProcessFactory, database_url: str, spool_dir: Path
 ) -> None:
     """Values the collector cannot foresee (here: constraints of the database's own) are
-    found by splitting the batch; the file holding one is quarantined, the rest stored."""
+    found by splitting the batch; the file holding one is quarantined, the rest stored, and
+    the warning says which record (found by trial transactions, rolled back)."""
     pg_rows(
         database_url,
         "ALTER TABLE tasks ADD CONSTRAINT refuse_name CHECK (task_name <> 'SENSITIVE-1'), "
         "ADD CONSTRAINT refuse_message CHECK (exc_message <> 'SENSITIVE-2')",
+    )
+    pg_rows(
+        database_url,
+        "ALTER TABLE lines ADD CONSTRAINT refuse_line CHECK (message <> 'SENSITIVE-3')",
     )
     # Refused at its start: the task is never stored.
     at_start = record(k="start", v=1, t=T0, task_id="at-start", name="SENSITIVE-1") + line(1, "x")
@@ -219,6 +224,10 @@ def test_a_record_postgres_still_refuses_costs_its_file_alone(
     # Refused at its end, its start and lines stored in an earlier batch: the task is LOST
     # with the lines it had.
     late = write(spool_dir, "late", 9000, start("late") + line(1, "late 1") + line(2, "late 2"))
+    # Refused at its sixth line.
+    texts = ["ok"] * 5 + ["SENSITIVE-3"] + ["ok"] * 3
+    at_line = start("at-line") + b"".join(line(n, m) for n, m in enumerate(texts, 1)) + end()
+    write(spool_dir, "at-line", 8000, at_line)
     proc = collector(procs, database_url, spool_dir)
     wait_for(lambda: stored_good(database_url, good), message="the six good tasks stored")
     wait_for(
@@ -229,11 +238,12 @@ def test_a_record_postgres_still_refuses_costs_its_file_alone(
     )
     with late.open("ab") as f:
         f.write(line(3, "late 3") + end(state="FAILURE", exc_message="SENSITIVE-2"))
-    wait_for(lambda: stats(database_url).get("quarantined") == 2, message="two quarantined")
+    wait_for(lambda: stats(database_url).get("quarantined") == 3, message="three quarantined")
     quarantined = sorted(os.listdir(spool_dir / "quarantine"))
-    assert len(quarantined) == 2 and quarantined[0].startswith("bad.")
-    assert quarantined[1].startswith("late.")
-    assert pg_rows(database_url, "SELECT count(*) FROM tasks WHERE task_id = 'at-start'") == [(0,)]
+    assert [name.split(".")[0] for name in quarantined] == ["at-line", "bad", "late"]
+    assert pg_rows(
+        database_url, "SELECT count(*) FROM tasks WHERE task_id IN ('at-start', 'at-line')"
+    ) == [(0,)]
     ((state, message),) = pg_rows(
         database_url, "SELECT state, exc_message FROM tasks WHERE task_id = 'late'"
     )
@@ -241,8 +251,11 @@ def test_a_record_postgres_still_refuses_costs_its_file_alone(
     assert pg_rows(
         database_url, "SELECT seq, message FROM lines WHERE task_id = 'late' ORDER BY seq"
     ) == [(1, "late 1"), (2, "late 2")]
-    warnings = warnings_about(proc, "quarantined")
-    assert len(warnings) == 2, warnings
+    warnings = {w.split("spool file ")[1].split(".")[0]: w for w in warnings_about(proc, "quarant")}
+    assert sorted(warnings) == ["at-line", "bad", "late"], warnings
+    assert "CheckViolation 23514) in its start record" in warnings["bad"]
+    assert "in its line 6;" in warnings["at-line"]
+    assert "in its end record; task late is LOST" in warnings["late"]
     assert "SENSITIVE" not in proc.log_text()  # never a record's content
     write(spool_dir, "later", 9999, good_task("later"))
     wait_for(lambda: stored_good(database_url, ["later"]), message="a later task stored")
