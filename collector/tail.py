@@ -187,6 +187,8 @@ class SpoolDir:
     def _acceptable(self, name: str, st: os.stat_result) -> bool:
         """A spool file is a regular file with a storable name; anything else is left alone
         (a link to a file the collector may read, a FIFO that would block) with one warning."""
+        if name in self._ignored:
+            return False
         if not stat.S_ISREG(st.st_mode):
             if (name, st.st_ino) not in self._refused:
                 self._refused.add((name, st.st_ino))
