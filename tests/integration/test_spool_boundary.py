@@ -393,3 +393,22 @@ def test_runs_of_one_task_on_two_hosts_never_share_a_seq(
         lambda: pg_rows(database_url, "SELECT state, last_seq FROM tasks") == [("SUCCESS", total)],
         message="the task finished, every seq accounted for",
     )
+
+
+def test_a_quarantine_others_may_write_is_not_used(
+    procs: ProcessFactory, database_url: str, spool_dir: Path, tmp_path: Path
+) -> None:
+    """Files are never moved where others could read or replace them: the file stays, ignored,
+    with one warning saying why (not one per rescan)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    good = among_good_tasks(spool_dir, good_task("odd"), bad_name=b"odd-\xfe.1.2.jsonl")
+    proc = collector(procs, database_url, spool_dir, TASKLOG_QUARANTINE_DIR=str(shared))
+    wait_for(lambda: stored_good(database_url, good), message="the six good tasks stored")
+    wait_for(lambda: stats(database_url).get("quarantined") == 1, message="counted")
+    time.sleep(0.6)  # three rescans
+    (warning,) = warnings_about(proc, "quarantined")
+    assert "left in place" in warning and "others may write it" in warning
+    assert os.listdir(shared) == [] and b"odd-\xfe.1.2.jsonl" in os.listdir(bytes(spool_dir))
+    assert stats(database_url).get("quarantined") == 1 and proc.alive
