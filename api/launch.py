@@ -7,7 +7,6 @@ Tasks are sent by name through a Celery app of our own (broker: TASKLOG_REDIS_UR
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from celery import Celery
 
@@ -75,7 +74,7 @@ class Launcher:
     def available(self) -> bool:
         return self._celery is not None
 
-    async def launch(self, name: str, kwargs: dict[str, Any]) -> str:
+    async def launch(self, name: str, kwargs: dict[str, object]) -> str:
         assert self._celery is not None
         celery = self._celery
         result = await asyncio.to_thread(celery.send_task, name, kwargs=kwargs)

@@ -9,8 +9,6 @@ each page as a JSON blob (``#tasklog-constants``), which ``static/constants.js``
 
 from __future__ import annotations
 
-from typing import Any
-
 import jinja2
 from aiohttp import web
 
@@ -52,7 +50,7 @@ class Pages:
         self.env.globals["constants"] = page_constants()
 
     def render(
-        self, request: web.Request, name: str, status: int = 200, **ctx: Any
+        self, request: web.Request, name: str, status: int = 200, **ctx: object
     ) -> web.Response:
         html = self.env.get_template(name).render(
             prefix=self.prefix,

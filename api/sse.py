@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -24,9 +24,12 @@ from aiohttp.web import BaseRequest
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from api import keys, metrics, params, wire
-from api.hub import RESYNC, Subscription
+from api.hub import RESYNC, Item, Subscription
+from api.queries import Row, Store
+from api.settings import ApiSettings
 from tasklog.core.constants import FINISHED_STATES, PENDING
 from tasklog.core.errors import StoreUnavailable
+from tasklog.core.messages import LinesMessage, is_lines
 
 log = logging.getLogger("tasklog.api.sse")
 
@@ -112,22 +115,26 @@ def frame(data: str, id: int) -> bytes:
     return f"id: {id}\r\n{chunks}\r\n".encode()
 
 
-def line_frames(message: dict[str, Any], task_id: str) -> list[tuple[int, bytes]]:
+class _Framed(LinesMessage, total=False):
+    """A lines message with its frames kept on it (never published)."""
+
+    _sse_frames: list[tuple[int, bytes]]
+
+
+def line_frames(message: LinesMessage, task_id: str) -> list[tuple[int, bytes]]:
     """A live lines message's events as ``(seq, frame)``, built once for every follower.
 
     The hub hands the same parsed message to each subscription of the task, so the first
     follower to see it leaves the frames on it for the others.
     """
-    frames: list[tuple[int, bytes]] | None = message.get(_FRAMES)
+    framed = cast(_Framed, message)
+    frames = framed.get("_sse_frames")
     if frames is None:
-        frames = message[_FRAMES] = [
+        frames = framed["_sse_frames"] = [
             (line["seq"], frame(wire.dumps(wire.published_line(line, task_id)), line["seq"]))
-            for line in message.get("lines") or ()
+            for line in message["lines"]
         ]
     return frames
-
-
-_FRAMES = "_sse_frames"
 
 
 class TaskFollower:
@@ -138,7 +145,7 @@ class TaskFollower:
         self.store = request.app[keys.STORE]
         self.task_id = task_id
         self.last_seq = after
-        self.status: tuple[Any, ...] | None = None
+        self.status: tuple[object, ...] | None = None
         self.finished = False
 
     async def replay(self) -> None:
@@ -153,11 +160,14 @@ class TaskFollower:
             if len(rows) < REPLAY_PAGE:
                 return
 
-    async def on_batch(self, batch: list[Any]) -> None:
+    async def on_batch(self, batch: list[Item]) -> None:
         """Live messages in order; the lines between two other events go out in one write."""
         pending: list[bytes] = []
         for message in batch:
-            if "lines" not in message:
+            if message == RESYNC:
+                continue  # `follow` reads Postgres for a batch holding one
+            assert not isinstance(message, str)
+            if not is_lines(message):
                 await self.stream.lines(pending)
                 pending = []
                 await self.on_task(message)
@@ -176,15 +186,15 @@ class TaskFollower:
                     self.last_seq = seq
         await self.stream.lines(pending)
 
-    async def on_task(self, task: wire.Json) -> None:
+    async def on_task(self, task: Mapping[str, object]) -> None:
         announced = task.get("last_seq")
         if (announced is None and task.get("status") in FINISHED_STATES) or (
-            announced is not None and announced > self.last_seq
+            isinstance(announced, int) and announced > self.last_seq
         ):
             await self.replay()  # lines this stream has not seen are stored: send them first
         await self.send_status(task)
 
-    async def send_status(self, task: wire.Json) -> None:
+    async def send_status(self, task: Mapping[str, object]) -> None:
         key = tuple(task.get(name) for name in wire.STATUS_KEYS)
         if key != self.status:
             self.status = key
@@ -192,7 +202,7 @@ class TaskFollower:
         if task.get("status") in FINISHED_STATES:
             self.finished = True
 
-    async def refresh(self, row: dict[str, Any] | None = None) -> None:
+    async def refresh(self, row: Row | None = None) -> None:
         """Catch up from Postgres alone: the task first (a finished task has all its lines
         stored), then its lines, then its state."""
         if row is None:
@@ -202,7 +212,11 @@ class TaskFollower:
             await self.on_task(wire.task_json(row))
 
     async def follow(
-        self, sub: Subscription, hub_live: Any, settings: Any, streams: Any = lambda: 1
+        self,
+        sub: Subscription,
+        hub_live: Callable[[], bool],
+        settings: ApiSettings,
+        streams: Callable[[], int] = lambda: 1,
     ) -> None:
         # The replay comes first; later, whenever a Postgres read failed, Postgres again.
         behind, first = True, True
@@ -345,7 +359,7 @@ def _pending(task_id: str) -> wire.Json:
     return {"task_id": task_id, "status": PENDING, "progress": None, "progress_message": None}
 
 
-async def _now(store: Any) -> datetime:
+async def _now(store: Store) -> datetime:
     info = await store.server_info()
     assert info is not None
     now: datetime = info["now"]

@@ -29,7 +29,7 @@ END = "end"
 STATUS_KEYS = ("status", "progress", "progress_message")
 
 
-def _iso(value: Any) -> Any:
+def _iso(value: object) -> object:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
@@ -67,5 +67,5 @@ def status_event(task: Mapping[str, object]) -> Json:
     return {"type": STATUS, **task, "finished": task.get("status") in FINISHED_STATES}
 
 
-def dumps(data: Any) -> str:
+def dumps(data: object) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)

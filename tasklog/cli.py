@@ -12,10 +12,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tasklog import __version__
 from tasklog.core.errors import ConfigError, MissingExtra, TasklogError
+
+if TYPE_CHECKING:  # a host may lack the collector extra: imported where a command needs it
+    from collector.settings import CollectorSettings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -46,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tasklog {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    def command(name: str, fn: Callable[[argparse.Namespace], int | None], help: str) -> Any:
+    def command(
+        name: str, fn: Callable[[argparse.Namespace], int | None], help: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(run=fn)
         return p
@@ -126,7 +131,7 @@ def _logging(level: str) -> None:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at info
 
 
-def _collector_settings() -> Any:
+def _collector_settings() -> CollectorSettings:
     from collector.settings import CollectorSettings
     from tasklog.core.settings import load
 

@@ -14,16 +14,27 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import TypeVar, overload
 
 import psycopg
+from psycopg import AsyncConnection, Connection
 from psycopg import conninfo as pg_conninfo
+from psycopg.rows import AsyncRowFactory, RowFactory, TupleRow
 from psycopg_pool import PoolTimeout
 
-from tasklog.core.errors import SchemaMissing, StorePermissionDenied, StoreUnavailable
+from tasklog.core.errors import (
+    ConfigError,
+    SchemaMissing,
+    StorePermissionDenied,
+    StoreUnavailable,
+)
 
 #: The variable a user fixes when the database cannot be used.
 SETTING = "TASKLOG_DATABASE_URL"
+
+#: A libpq connection parameter's value (``connect_timeout=5``, ``application_name="x"``).
+ConnParam = str | int | None
+R = TypeVar("R")
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -118,17 +129,49 @@ def translated(conninfo: str | None = None) -> Iterator[None]:
         raise error from exc
 
 
-def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A synchronous autocommit connection, or one line saying why there is none."""
-    kwargs.setdefault("autocommit", True)
-    kwargs.setdefault("connect_timeout", 5)
+@overload
+def connect(conninfo: str, *, row_factory: RowFactory[R], **params: ConnParam) -> Connection[R]: ...
+@overload
+def connect(
+    conninfo: str, *, row_factory: None = None, **params: ConnParam
+) -> Connection[TupleRow]: ...
+def connect(
+    conninfo: str, *, row_factory: RowFactory[R] | None = None, **params: ConnParam
+) -> Connection[R] | Connection[TupleRow]:
+    """A synchronous autocommit connection, or one line saying why there is none.
+
+    `params` are libpq's (``application_name``; ``connect_timeout`` is 5 unless given).
+    """
+    conninfo = _with_params(conninfo, params)
     with translated(conninfo):
-        return psycopg.connect(conninfo, **kwargs)
+        if row_factory is None:
+            return psycopg.connect(conninfo, autocommit=True)
+        return psycopg.connect(conninfo, autocommit=True, row_factory=row_factory)
 
 
-async def aconnect(conninfo: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
-    """An async autocommit connection, or one line saying why there is none."""
-    kwargs.setdefault("autocommit", True)
-    kwargs.setdefault("connect_timeout", 5)
+@overload
+async def aconnect(
+    conninfo: str, *, row_factory: AsyncRowFactory[R], **params: ConnParam
+) -> AsyncConnection[R]: ...
+@overload
+async def aconnect(
+    conninfo: str, *, row_factory: None = None, **params: ConnParam
+) -> AsyncConnection[TupleRow]: ...
+async def aconnect(
+    conninfo: str, *, row_factory: AsyncRowFactory[R] | None = None, **params: ConnParam
+) -> AsyncConnection[R] | AsyncConnection[TupleRow]:
+    """An async autocommit connection, or one line saying why there is none (as `connect`)."""
+    conninfo = _with_params(conninfo, params)
     with translated(conninfo):
-        return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+        if row_factory is None:
+            return await AsyncConnection.connect(conninfo, autocommit=True)
+        return await AsyncConnection.connect(conninfo, autocommit=True, row_factory=row_factory)
+
+
+def _with_params(conninfo: str, params: dict[str, ConnParam]) -> str:
+    params.setdefault("connect_timeout", 5)
+    try:
+        return pg_conninfo.make_conninfo(conninfo, **params)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip()
+        raise ConfigError(f"{SETTING}: not a Postgres URL or conninfo ({reason})") from None

@@ -91,6 +91,11 @@ def _is_task(value: dict[str, object]) -> TypeGuard[TaskMessage]:
     return isinstance(value.get("task_id"), str) and isinstance(value.get("status"), str)
 
 
+def is_lines(message: LinesMessage | TaskMessage) -> TypeGuard[LinesMessage]:
+    """Whether a decoded message is a lines message (else it is a task message)."""
+    return "lines" in message
+
+
 def decode_lines(data: bytes | str) -> LinesMessage | None:
     """A lines message, or None when `data` is not one."""
     value = _object(data)

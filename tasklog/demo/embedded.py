@@ -73,7 +73,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def _wait_until(condition: Any, timeout: float, interval: float = 0.05) -> bool:
+def _wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         if condition():
