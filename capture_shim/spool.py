@@ -4,6 +4,7 @@ One file per task run in the spool directory, named ``<safe id>.<pid>.<ns>.jsonl
 id is the task id itself when it is short and made of ``[A-Za-z0-9_.-]`` (not starting with a
 dot), otherwise ``h-`` and the first 32 hex digits of its SHA-256: a task id is a
 user-controlled string and must never choose a path. The real id is in the ``start`` record.
+`FILE_NAME` is that grammar; a reader parses a name with `parse_file_name`, never by hand.
 
 Each line of a file is one JSON object terminated by ``\\n``, written whole by a single
 ``os.write`` on an ``O_APPEND`` descriptor, so a reader sees whole records or a trailing partial
@@ -13,7 +14,7 @@ integer microseconds with an exponent, ``1764551234123456e-6``):
 
 ``start`` (first record of a file)
     ``v`` format version (1), ``task_id`` (see `task_id_problem`: a task whose id is empty, holds
-    NUL, is not valid Unicode or is longer than 1024 bytes is not spooled), ``name``,
+    NUL, is not valid Unicode or is longer than ``MAX_TASK_ID_BYTES`` is not spooled), ``name``,
     ``host``, ``pid``, ``worker``, ``parent_id``, ``root_id`` (null when not a task id the
     spool could carry), ``retries``, ``max_lines``
     (head+tail bound the collector applies), ``args``/``kwargs`` (only when

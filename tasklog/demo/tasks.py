@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from celery.exceptions import Ignore, Reject
 
 from capture_shim import TerminalLoggingTask, progress
+from tasklog.core.constants import PROGRESS, STARTED
 from tasklog.demo.app import app
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def demo_long_task(self, duration: float = 60, steps: int = 20) -> str:
     for step in range(1, steps + 1):
         time.sleep(duration / steps)
         print(f"step {step}/{steps}")
-        self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+        self.update_state(state=PROGRESS, meta={"current": step, "total": steps})
     print("done")
     return "done"
 
@@ -46,7 +47,7 @@ def timed_print_task(self, duration: float | None = None) -> dict[str, object]:
     task_id = self.request.id
     print(f"Task {task_id} started manually")
     logger.info("Starting timed_print_task with ID: %s", task_id)
-    self.update_state(state="STARTED", meta={"progress": 0})
+    self.update_state(state=STARTED, meta={"progress": 0})
     duration = duration if duration is not None else random.randint(5, 10)
     end_time = time.time() + duration
     print(f"Task will run for approximately {duration} seconds")
@@ -56,7 +57,7 @@ def timed_print_task(self, duration: float | None = None) -> dict[str, object]:
         iteration += 1
         stamp = datetime.now(tz=UTC).isoformat()
         pct = min(int(iteration / total_iterations * 100), 99)
-        self.update_state(state="PROGRESS", meta={"progress": pct})
+        self.update_state(state=PROGRESS, meta={"progress": pct})
         print(f"Iteration {iteration}: {stamp} (Progress: {pct}%)")
         logger.info("Iteration %s: %s (Progress: %s%%)", iteration, stamp, pct)
         time.sleep(random.uniform(0.25, 0.5))

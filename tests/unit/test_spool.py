@@ -144,3 +144,16 @@ def test_encode_keeps_unknown_objects_and_bad_unicode_visible() -> None:
     record = json.loads(data)
     assert record["obj"].startswith("<object object")
     assert record["s"] == "x\udcffy"
+
+
+@given(st.text(), st.integers(1, 2**22), st.integers(0, 2**63))
+def test_every_file_name_the_shim_writes_parses_back(task_id: str, pid: int, ns: int) -> None:
+    name = spool.file_name(task_id, pid, ns)
+    assert spool.parse_file_name(name) == (spool.safe_name(task_id), pid, ns)
+
+
+@pytest.mark.parametrize(
+    "name", ["t.jsonl", "t.1.jsonl", "t.x.1.jsonl", ".t.1.1.jsonl", "t.1.1.json", "a/b.1.1.jsonl"]
+)
+def test_names_the_shim_never_writes_do_not_parse(name: str) -> None:
+    assert spool.parse_file_name(name) is None
