@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tasklog.core import messages
+from tasklog.core import db, messages
 from tasklog.core.messages import LineMessage, TaskMessage
 
 LINE: LineMessage = {
@@ -52,3 +52,11 @@ def test_anything_else_is_refused() -> None:
     for data in (b"", b"not json", b"[1, 2]", b'{"task_id": 1, "lines": []}', b'{"lines": []}'):
         assert messages.decode_lines(data) is None
         assert messages.decode_task(data) is None
+
+
+def test_the_task_message_is_what_the_collector_selects() -> None:
+    """`TaskMessage` describes the row the collector publishes (``changed_tasks``)."""
+    query = db.queries("collector.sql", "store.sql")["changed_tasks"]
+    selected = query.split("SELECT", 1)[1].split("FROM", 1)[0]
+    columns = [c.split(" AS ")[-1].strip() for c in selected.split(",")]
+    assert columns == list(TaskMessage.__annotations__)
