@@ -71,7 +71,11 @@ def _error(status: int, message: str) -> web.Response:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    store = Store(settings.require_database_url(), max_size=settings.api_db_pool_size)
+    store = Store(
+        settings.require_database_url(),
+        max_size=settings.api_db_pool_size,
+        timeout=settings.api_db_wait,
+    )
     await store.open()
     hub = Hub(settings.redis(), cluster=settings.redis_cluster)
     launcher = Launcher(settings.redis())

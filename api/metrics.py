@@ -18,6 +18,11 @@ SSE_CUT_OFF = Counter(
     "SSE clients cut off because their buffer overflowed.",
     registry=REGISTRY,
 )
+SSE_SEND_TIMEOUTS = Counter(
+    "tasklog_api_sse_send_timeouts",
+    "SSE clients dropped because a write waited longer than TASKLOG_API_SEND_TIMEOUT.",
+    registry=REGISTRY,
+)
 SSE_REFUSED = Counter(
     "tasklog_api_sse_refused",
     "SSE streams refused with 503 because TASKLOG_API_MAX_STREAMS were open.",

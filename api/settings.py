@@ -54,6 +54,12 @@ class ApiSettings(Common):
         " each has its own Postgres pool and Redis subscriptions.",
     )
     api_db_pool_size: int = Field(10, ge=1, description="Postgres connections per API process.")
+    api_db_wait: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a request waits for a Postgres connection before it answers 503"
+        " (streams keep waiting).",
+    )
     api_shutdown_timeout: float = Field(
         10.0, gt=0, description="Seconds given to open requests and streams at shutdown."
     )

@@ -281,8 +281,12 @@ async def _task_stream(request: web.Request) -> web.StreamResponse:
             except StoreUnavailable as exc:
                 # Headers are sent: end the stream; the browser retries with Last-Event-ID.
                 log.warning("stream of task %s ended: %s", task_id, exc)
-            except (ConnectionResetError, TimeoutError):
-                pass  # the client went away or stalled past the send timeout
+            except ConnectionResetError:
+                pass  # the client went away
+            except TimeoutError:
+                _stalled(
+                    settings.api_send_timeout, f"task {task_id} (near seq {follower.last_seq})"
+                )
     return stream
 
 
@@ -303,14 +307,24 @@ async def _tasks_stream(request: web.Request) -> web.StreamResponse:
         async with _open(request, sub) as stream:
             await stream.event({"type": wire.CONNECTED}, retry=RETRY_MS)
             try:
-                catch_up = given is not None
+                catch_up, waiting = given is not None, False
                 while True:
                     if catch_up:
-                        catch_up = False
-                        for row in await store.tasks_updated_since(since):
-                            since = max(since, row.pop("updated_at"))
-                            await stream.event(wire.status_event(wire.task_json(row)))
-                    wait = settings.api_sse_resync if hub.live else settings.api_poll_interval
+                        try:
+                            rows = await store.tasks_updated_since(since)
+                        except StoreUnavailable as exc:
+                            # Live changes still come through Redis; Postgres is asked again
+                            # every poll interval, and what changed meanwhile is sent then.
+                            if not waiting:
+                                log.warning("task list stream waits for Postgres: %s", exc)
+                            waiting = True
+                        else:
+                            catch_up = waiting = False
+                            for row in rows:
+                                since = max(since, row.pop("updated_at"))
+                                await stream.event(wire.status_event(wire.task_json(row)))
+                    live = hub.live and not catch_up
+                    wait = settings.api_sse_resync if live else settings.api_poll_interval
                     batch = await sub.next_batch(wait)
                     if sub.closed or sub.overflowed:
                         break
@@ -318,15 +332,12 @@ async def _tasks_stream(request: web.Request) -> web.StreamResponse:
                         for task in batch:  # the tasks channel only: task messages
                             if isinstance(task, dict):
                                 await stream.event(wire.status_event(task))
-                        continue
-                    # Redis is away or came back: what changed meanwhile is in Postgres.
-                    for row in await store.tasks_updated_since(since):
-                        since = max(since, row.pop("updated_at"))
-                        await stream.event(wire.status_event(wire.task_json(row)))
-            except StoreUnavailable as exc:
-                log.warning("task list stream ended: %s", exc)
-            except (ConnectionResetError, TimeoutError):
+                    else:
+                        catch_up = True  # Redis is away or came back, or all was quiet
+            except ConnectionResetError:
                 pass
+            except TimeoutError:
+                _stalled(settings.api_send_timeout, "the task list")
     return stream
 
 
@@ -353,6 +364,17 @@ async def _test_stream(request: web.Request) -> web.StreamResponse:
         except (ConnectionResetError, TimeoutError):
             pass
     return stream
+
+
+def _stalled(timeout: float, what: str) -> None:
+    """A client that stopped reading: its connection is aborted (by the write that timed out),
+    so its buffers go with it; a browser resumes with Last-Event-ID."""
+    metrics.SSE_SEND_TIMEOUTS.inc()
+    log.info(
+        "dropped a client of %s: a write waited more than %g s (TASKLOG_API_SEND_TIMEOUT)",
+        what,
+        timeout,
+    )
 
 
 def _pending(task_id: str) -> wire.Json:

@@ -84,6 +84,8 @@
     }
   }
 
+  const RETRY_CLOSED_MS = 5000;
+
   function connect() {
     // A fresh EventSource after a close resumes after the last seq shown.
     const url = head.dataset.sse + (lastSeq ? "?after_seq=" + lastSeq : "");
@@ -92,6 +94,9 @@
     source.onerror = () => {
       if (finished) return;
       live.textContent = "reconnecting…"; live.className = "live off";
+      // The browser retries a dropped stream by itself, but gives up on an answer that is
+      // not a stream (503: Postgres away or TASKLOG_API_MAX_STREAMS reached): try again.
+      if (source.readyState === EventSource.CLOSED) setTimeout(connect, RETRY_CLOSED_MS);
     };
     source.onmessage = (event) => {
       const data = JSON.parse(event.data);

@@ -60,11 +60,21 @@
     const status = bar.closest("tr").querySelector(".badge").textContent;
     window.tasklogProgress(bar, bar.dataset.progress, status);
   }
-  const source = new EventSource(table.dataset.sse);
-  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
-  source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
-  source.onmessage = (event) => {
-    const data = JSON.parse(event.data);
-    if (data.type === "status") update(data);
-  };
+  // The browser retries a dropped stream by itself, but gives up on an answer that is not a
+  // stream (503: Postgres away or TASKLOG_API_MAX_STREAMS reached): try again after a while.
+  // Changes since the page was rendered are sent again on each connection.
+  const RETRY_CLOSED_MS = 5000;
+  function connect() {
+    const source = new EventSource(table.dataset.sse);
+    source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+    source.onerror = () => {
+      live.textContent = "reconnecting…"; live.className = "live off";
+      if (source.readyState === EventSource.CLOSED) setTimeout(connect, RETRY_CLOSED_MS);
+    };
+    source.onmessage = (event) => {
+      const data = JSON.parse(event.data);
+      if (data.type === "status") update(data);
+    };
+  }
+  connect();
 })();

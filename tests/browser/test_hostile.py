@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.integration.api_support import PREFIX, FakeCollector, api_settings, running_api
+from tests.integration.api_support import PREFIX, FakeCollector, api_settings, running_api, sse
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
@@ -117,3 +117,22 @@ async def test_malformed_ansi_sequences_never_drop_a_line(
             red = page.locator("#log .msg span", has_text="red")
             assert await red.evaluate("el => getComputedStyle(el).color") == "rgb(255, 0, 0)"
             assert not any("\x1b" in line for line in shown)
+
+
+async def test_a_page_refused_a_stream_tries_again_and_goes_live(
+    page: Any, database_url: str, redis_url: str
+) -> None:
+    """TASKLOG_API_MAX_STREAMS reached: the page's EventSource gets a 503 (browsers do not
+    retry that by themselves); the page tries again and is live once a slot is free."""
+    settings = api_settings(database_url, redis_url, api_max_streams=1)
+    async with FakeCollector.connect(database_url, redis_url) as fake:
+        await fake.start("job")
+        async with running_api(settings) as client:
+            async with sse(client, f"{PREFIX}/sse/tasks/") as holder:
+                await holder.next()  # connected: the one slot is taken
+                await page.goto(str(client.make_url(f"{PREFIX}/")))
+                await page.wait_for_selector("#live.off")
+            # The slot is free once the server sees the holder gone; the page comes back.
+            await page.wait_for_selector("#live.on", timeout=20_000)
+            await fake.finish("job")
+            await page.wait_for_selector('tr[data-task-id="job"] .badge.s-SUCCESS')
