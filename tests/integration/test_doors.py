@@ -416,3 +416,25 @@ async def test_the_largest_detail_page_is_bounded(database_url: str, redis_url: 
             assert (
                 "limit: expected an integer between 1 and 5000" in (await response.json())["error"]
             )
+
+
+# -- passwords in URLs ---------------------------------------------------------------------------
+
+
+async def test_the_diagnostic_page_masks_a_query_string_password(
+    database_url: str, redis_url: str
+) -> None:
+    """libpq and redis-py both take ``?password=``; the servers here trust local connections,
+    so the API runs with these URLs as given."""
+    settings = api_settings(
+        f"{database_url}?password=hunter2pg", f"{redis_url}?password=hunter2redis"
+    )
+    async with running_api(settings) as client:
+        report = await (await client.get(f"{PREFIX}/api/diagnostic/")).json()
+        shown = report["settings"]
+        assert shown["TASKLOG_DATABASE_URL"] == f"{database_url}?password=********"
+        assert shown["TASKLOG_REDIS_URL"] == f"{redis_url}?password=********"
+        page = await (await client.get(f"{PREFIX}/diagnostic/")).text()
+        assert "password=********" in page
+        for body in (json.dumps(report), page):
+            assert "hunter2" not in body
