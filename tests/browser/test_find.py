@@ -20,8 +20,7 @@ async def finished(database_url: str, ids: list[str]) -> None:
     def done() -> bool:
         rows = pg_rows(
             database_url,
-            "SELECT count(*) FROM tasks WHERE task_id = ANY(%s)"
-            " AND state IN ('SUCCESS', 'FAILURE')",
+            "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND tasklog_finished(state)",
             (ids,),
         )
         return bool(rows[0][0] == len(ids))

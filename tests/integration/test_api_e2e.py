@@ -56,8 +56,7 @@ async def test_list_and_detail_of_real_tasks(
             len(
                 pg_rows(
                     database_url,
-                    "SELECT 1 FROM tasks WHERE task_id = ANY(%s) AND state"
-                    " IN ('SUCCESS', 'FAILURE')",
+                    "SELECT 1 FROM tasks WHERE task_id = ANY(%s) AND tasklog_finished(state)",
                     (ids,),
                 )
             )

@@ -109,7 +109,7 @@ async def test_every_documented_route_answers_real_data_as_documented(
     ids = [r.id for r in done.values()]
     await wait_rows(
         database_url,
-        "SELECT 1 FROM tasks WHERE task_id = ANY(%s) AND state IN ('SUCCESS', 'FAILURE')"
+        "SELECT 1 FROM tasks WHERE task_id = ANY(%s) AND tasklog_finished(state)"
         " HAVING count(*) = %s",
         (ids, len(ids)),
         "the finished tasks stored",
