@@ -4,10 +4,14 @@ client-chosen ids make exactly the records meant, in a real worker."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from capture_shim import spool
+from collector import fields
 from collector.tail import FileChunk, SpoolDir
 from tests.helpers import ProcessFactory, wait_for
 
@@ -56,8 +60,11 @@ def test_level_names_and_foreign_ids_make_exactly_the_records_meant(
     ]
     assert chunk.corrupt == 0
     assert chunk.start is not None and chunk.start["task_id"] == levels.id
+    # The collector takes them as storable text of at most LEVEL_BYTES (NUL and a lone
+    # surrogate made visible escapes, a long name cut), one line each, nothing else.
     assert [(line.seq, line.stream, line.level, line.message) for line in chunk.lines] == [
-        (n, spool.LOG, name, f"at level {50 + n}") for n, name in enumerate(HOSTILE_LEVELS, 1)
+        (n, spool.LOG, fields.short_text(name, fields.LEVEL_BYTES), f"at level {50 + n}")
+        for n, name in enumerate(HOSTILE_LEVELS, 1)
     ]
     assert chunk.end is not None and chunk.end["state"] == "SUCCESS"
     assert chunk.end["lines"] == len(HOSTILE_LEVELS)
@@ -79,3 +86,43 @@ def test_level_names_and_foreign_ids_make_exactly_the_records_meant(
         assert chunk.corrupt == 0 and chunk.start is not None
         assert (chunk.start["parent_id"], chunk.start["root_id"]) == expected
         assert [line.message for line in chunk.lines] == ["hello"]
+
+
+def test_a_task_base_class_alone_learns_the_pool_and_captures_fd_output(
+    procs: ProcessFactory, redis_url: str, spool_dir: Path, celery_client: Any
+) -> None:
+    """No `install(app)`: the task class connects the worker hooks when the worker finalizes
+    the app, before `worker_init` and the prefork children's `worker_process_init`."""
+    procs.start(
+        "terminal-worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.terminal_task_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "1",
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"terminal-{os.getpid()}@%h",
+        ],
+        env={"TASKLOG_REDIS_URL": redis_url, "TASKLOG_SPOOL_DIR": str(spool_dir)},
+        ready=re.compile(r"\bready\.$", re.M),
+    )
+    sent = celery_client.send_task("terminal.mixed")
+    assert sent.get(timeout=30) == "ok"
+    _, chunk = _finished(spool_dir, sent.id)
+    assert chunk.corrupt == 0 and chunk.end is not None
+    assert [(line.seq, line.message) for line in chunk.lines] == [
+        (1, "py before"),
+        (2, "fd line"),  # a child's: captured only where the pool is known to be safe
+        (3, "py after"),
+    ]
