@@ -218,3 +218,14 @@ def test_the_collector_liveness_probe_reads_the_file_it_writes(
     assert subprocess.run(probe, check=False).returncode == 0
     subprocess.run(["touch", "-d", "-10 minutes", str(local)], check=True)
     assert subprocess.run(probe, check=False).returncode != 0
+
+
+def test_an_unedited_secret_cannot_start_the_api(objects: dict[tuple[str, str], Obj]) -> None:
+    """The placeholder token is refused at start: no deployment runs with a published token."""
+    from api.settings import ApiSettings
+    from tasklog.core.errors import ConfigError
+    from tasklog.core.settings import load
+
+    token = objects["Secret", SECRET]["stringData"]["TASKLOG_API_TOKEN"]
+    with pytest.raises(ConfigError, match="TASKLOG_API_TOKEN"):
+        load(ApiSettings, api_token=token).token()
