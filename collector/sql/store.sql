@@ -1,6 +1,7 @@
 -- The collector's batch transaction and bookkeeping. Parameters are always bound (%(name)s).
--- State names are those of tasklog.core.constants (tests/unit/test_constants.py checks each
--- one); whether a state is finished is asked of tasklog_finished() (migration 0003).
+-- States and streams are written :'LOST', :'MARKER': tasklog.core.db.queries puts in the values
+-- of tasklog.core.constants.SQL_NAMES. Whether a state is finished is asked of
+-- tasklog_finished() (migration 0003).
 
 -- name: copy_lines
 COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN
@@ -21,11 +22,11 @@ SELECT last_seq FROM tasks WHERE task_id = %(task_id)s FOR UPDATE
 -- locks the row until the commit, as lock_task does).
 INSERT INTO tasks AS t (task_id, task_name, state, host, worker, pid, parent_id, root_id,
                         retries, args, created_at, started_at, updated_at)
-VALUES (%(task_id)s, %(name)s, 'STARTED', %(host)s, %(worker)s, %(pid)s, %(parent_id)s,
+VALUES (%(task_id)s, %(name)s, :'STARTED', %(host)s, %(worker)s, %(pid)s, %(parent_id)s,
         %(root_id)s, %(retries)s, %(args)s, to_timestamp(%(t)s), to_timestamp(%(t)s), now())
 ON CONFLICT (task_id) DO UPDATE SET
     task_name = EXCLUDED.task_name,
-    state = 'STARTED',
+    state = :'STARTED',
     host = EXCLUDED.host,
     worker = EXCLUDED.worker,
     pid = EXCLUDED.pid,
@@ -68,16 +69,16 @@ UPDATE tasks AS t SET
     traceback = CASE WHEN x.late THEN t.traceback ELSE %(traceback)s END,
     spool_errors = t.spool_errors + %(errors)s,
     lines_omitted = t.lines_omitted + %(omitted)s,
-    progress = CASE WHEN %(state)s = 'SUCCESS' THEN 100 ELSE t.progress END,
+    progress = CASE WHEN %(state)s = :'SUCCESS' THEN 100 ELSE t.progress END,
     updated_at = now()
-FROM (SELECT %(state)s = 'RETRY' AND tasklog_finished(state) AS late
+FROM (SELECT %(state)s = :'RETRY' AND tasklog_finished(state) AS late
       FROM tasks WHERE task_id = %(task_id)s) AS x
 WHERE t.task_id = %(task_id)s
 
 -- name: lose_task
 -- The writer died without an end record.
 UPDATE tasks SET
-    state = 'LOST',
+    state = :'LOST',
     completed_at = now(),
     exc_message = %(reason)s,
     lines_omitted = lines_omitted + %(omitted)s,
@@ -91,7 +92,7 @@ WHERE task_id = %(task_id)s AND seq > %(low)s AND seq <= %(high)s
 
 -- name: insert_marker
 INSERT INTO lines (task_id, seq, ts, stream, level, message)
-VALUES (%(task_id)s, %(seq)s, to_timestamp(%(t)s), 'marker', NULL, %(message)s)
+VALUES (%(task_id)s, %(seq)s, to_timestamp(%(t)s), :'MARKER', NULL, %(message)s)
 ON CONFLICT DO NOTHING
 
 -- name: save_file

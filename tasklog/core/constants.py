@@ -2,7 +2,8 @@
 
 - Task states: Python imports them from here; SQL asks `tasklog_finished(state)` (a function
   created by `collector/migrations/0003_task_states.sql`, checked against these names by
-  `tests/integration/test_states.py`); the browser pages get them in the JSON blob
+  `tests/integration/test_states.py`) and writes a single state ``:'LOST'`` (`SQL_NAMES`,
+  filled in by `tasklog.core.db.queries`); the browser pages get them in the JSON blob
   `api.pages` serves (`page_constants`).
 - The task-id limit, in UTF-8 bytes: the shim refuses to spool a longer id, the collector
   refuses a start record with one, the API and the CLI answer a clear error.
@@ -75,6 +76,16 @@ MARKER = "marker"
 TASK_STREAMS = (STDOUT, STDERR, LOG)
 #: Every stream a stored line may have.
 STREAMS = (*TASK_STREAMS, MARKER)
+
+#: The names a ``.sql`` file may use, written ``:'NAME'`` (psql's quoted-variable syntax):
+#: `tasklog.core.db.queries` puts each one's value in as a quoted literal when it loads them.
+SQL_NAMES: dict[str, str] = {
+    **{state: state for state in STATES},
+    "STDOUT": STDOUT,
+    "STDERR": STDERR,
+    "LOG": LOG,
+    "MARKER": MARKER,
+}
 
 
 def lines_channel(task_id: str) -> str:

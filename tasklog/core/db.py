@@ -22,6 +22,7 @@ from psycopg import conninfo as pg_conninfo
 from psycopg.rows import AsyncRowFactory, RowFactory, TupleRow
 from psycopg_pool import PoolTimeout
 
+from tasklog.core.constants import SQL_NAMES
 from tasklog.core.errors import (
     ConfigError,
     SchemaMissing,
@@ -37,6 +38,8 @@ ConnParam = str | int | None
 R = TypeVar("R")
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+#: A shared name in SQL text: ``:'LOST'`` (never the second colon of a ``::`` cast).
+_SHARED_NAME = re.compile(r"(?<!:):'([A-Z][A-Z_]*)'")
 
 
 @functools.cache
@@ -46,8 +49,21 @@ def queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
     A section runs from its header to the next one; its text is the query.
     """
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
-    parts = _HEADER.split(text)
+    parts = _HEADER.split(render(text))
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def render(text: str) -> str:
+    """SQL text with each shared name ``:'NAME'`` replaced by its value as a quoted literal
+    (`tasklog.core.constants.SQL_NAMES`), so that no ``.sql`` file re-types a state."""
+
+    def literal(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in SQL_NAMES:
+            raise KeyError(f":'{name}' in SQL is not a name of tasklog.core.constants.SQL_NAMES")
+        return "'" + SQL_NAMES[name].replace("'", "''") + "'"
+
+    return _SHARED_NAME.sub(literal, text)
 
 
 def _params(conninfo: str) -> dict[str, object]:

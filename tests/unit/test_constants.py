@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+import pytest
 from celery import states as celery_states
 
-from tasklog.core import constants
-from tasklog.core.constants import ALL_STATES, FINISHED_STATES, STATES
+from tasklog.core import constants, db
+from tasklog.core.constants import ALL_STATES, FINISHED_STATES, SQL_NAMES, STATES
 
 _QUOTED_WORD = re.compile(r"""['"]([A-Z][A-Z_]{3,})['"]""")
+_LITERAL = re.compile(r"(:?)'([^']*)'")
+_COMMENT = re.compile(r"--[^\n]*")
 _STATE_LIST = re.compile(r"IN \(([^)]*)\)")
 #: Quoted upper-case words SQL has that are not task states (trigger operations).
 _SQL_WORDS = {"INSERT", "UPDATE", "DELETE", "TRUNCATE"}
@@ -32,12 +35,41 @@ def test_every_state_a_celery_task_ends_in_is_known_and_finished() -> None:
     assert len(STATES) == len(ALL_STATES)
 
 
-def test_sql_names_only_known_states_and_asks_tasklog_finished_for_the_set() -> None:
-    sql = {
+def _queries() -> dict[str, str]:
+    """Every ``.sql`` file of named queries (loaded by `tasklog.core.db.queries`)."""
+    return {
         **_files("collector.sql", ".sql"),
-        **_files("collector.migrations", ".sql"),
         **_files("api.sql", ".sql"),
+        **_files("tasklog", ".sql"),
+        **_files("tasklog.demo", ".sql"),
     }
+
+
+def test_queries_write_states_and_streams_as_shared_names() -> None:
+    """A state or a stream in a query is ``:'NAME'``, filled in from `SQL_NAMES` at load."""
+    values = set(SQL_NAMES.values()) | set(SQL_NAMES)
+    for name, text in _queries().items():
+        code = _COMMENT.sub("", text)
+        for colon, word in _LITERAL.findall(code):
+            if colon:
+                assert word in SQL_NAMES, f"{name}: :'{word}' is not in SQL_NAMES"
+            else:
+                assert word not in values, f"{name}: '{word}' re-types a shared name"
+        package, _, filename = name.partition("/")
+        loaded = db.queries(package, filename)
+        assert not any(":'" in query for query in loaded.values()), name
+
+
+def test_loaded_queries_hold_the_values_of_the_shared_names() -> None:
+    assert db.render("state = :'LOST' AND stream = :'MARKER' AND x::text = 'y'") == (
+        f"state = '{constants.LOST}' AND stream = '{constants.MARKER}' AND x::text = 'y'"
+    )
+    with pytest.raises(KeyError, match="DONE"):
+        db.render("state = :'DONE'")
+
+
+def test_migrations_name_only_known_states_and_0003_holds_the_finished_set() -> None:
+    sql = _files("collector.migrations", ".sql")
     for name, text in sql.items():
         for word in set(_QUOTED_WORD.findall(text)) - _SQL_WORDS:
             assert word in ALL_STATES, f"{name}: {word!r} is not a state of tasklog.core.constants"
