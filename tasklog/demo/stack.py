@@ -329,8 +329,16 @@ class Supervisor:
         self._watchdog = os.fdopen(write, "wb", buffering=0)
 
     def _tell(self, line: str) -> None:
-        if self._watchdog is not None:
+        if self._watchdog is None:
+            return
+        try:
             self._watchdog.write(line.encode() + b"\n")
+        except OSError:
+            # The watchdog was killed: the children still die with the demo (PDEATHSIG).
+            say("the watchdog process is gone; a SIGKILL of the demo could leave Postgres running")
+            with contextlib.suppress(OSError):
+                self._watchdog.close()
+            self._watchdog = None
 
     def _close_watchdog(self, clean: bool) -> None:
         """Say "done" after a clean stop; else let the watchdog stop what is left."""

@@ -282,3 +282,19 @@ def _environ(pid: int) -> list[bytes]:
         return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return []
+
+
+def test_a_killed_watchdog_does_not_stop_the_demo_from_stopping_everything(
+    procs: ProcessFactory, pg_state_dir: Path, database_url: str, redis_url: str
+) -> None:
+    demo = _demo(procs, pg_state_dir, _given_servers(database_url, redis_url))
+    pids, groups = _everything(demo, pg_state_dir)
+    (watchdog,) = [p for p in pids if b"watchdog" in _cmdline(p)]
+    os.kill(watchdog, signal.SIGKILL)
+    wait_for(lambda: not pids_alive([watchdog]), timeout=10, message="the watchdog gone")
+
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(60) == 0
+    assert "the watchdog process is gone" in demo.log_text()
+    wait_for(lambda: _all_gone(pids, groups), timeout=10, message="everything stopped")
+    assert _registered(pg_state_dir) == {}
