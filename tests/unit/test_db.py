@@ -1,0 +1,54 @@
+"""`tasklog.core.db` without a server: real driver errors of a port nobody listens on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tasklog.core import db
+from tasklog.core.errors import ConfigError, StoreUnavailable
+from tasklog.demo.embedded import free_port
+
+
+def _refused() -> str:
+    return f"postgresql://tasklog:secret@127.0.0.1:{free_port()}/tasklog"
+
+
+def test_connect_to_a_refused_port_is_one_line_without_the_password() -> None:
+    url = _refused()
+    with pytest.raises(StoreUnavailable) as caught:
+        db.connect(url)
+    message = str(caught.value)
+    assert (
+        message
+        == f"TASKLOG_DATABASE_URL: could not connect to {db.where(url)} (connection refused)"
+    )
+    assert "secret" not in message
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+
+
+def test_a_pool_that_never_connects_times_out_in_one_line() -> None:
+    url = _refused()
+
+    async def open_pool() -> None:
+        pool = AsyncConnectionPool(url, min_size=1, open=False)
+        try:
+            with db.translated(url):
+                await pool.open(wait=True, timeout=0.5)
+        finally:
+            await pool.close()
+
+    with pytest.raises(StoreUnavailable) as caught:
+        asyncio.run(open_pool())
+    assert isinstance(caught.value.__cause__, PoolTimeout)
+    assert str(caught.value).startswith(
+        f"TASKLOG_DATABASE_URL: no connection to {db.where(url)} became free in time"
+    )
+
+
+def test_a_malformed_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^TASKLOG_DATABASE_URL: not a Postgres URL"):
+        db.connect("postgresql://x@127.0.0.1:1/x?no_such_option=1")
