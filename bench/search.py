@@ -1,7 +1,7 @@
 """Benchmark 6: search over 10M lines, and what the search indexes cost the collector.
 
 Latency: the database of ``bench api`` (1M tasks, 10M lines in 31 day partitions, cached as
-``tasklog_bench_10m``) with the search indexes of `tasklog.searchindex` (a trigram index per
+``tasklog_bench_10m``) with the search indexes of `collector.searchindex` (a trigram index per
 closed day, the lines' time order; today's partition is scanned), plus rare markers planted
 once in random tasks' lines. ``python -m tasklog api`` serves it and this process times
 sequential ``GET /tasklog/api/search/`` first pages: a rare marker, a common word, a regex
@@ -77,8 +77,8 @@ def latency(args: argparse.Namespace) -> dict[str, Figure]:
     title("search latency at 1M tasks / 10M lines")
     url = with_database(args.database_url, api_latency.DB_NAME)
     api_latency._ensure_database(args.database_url, url, False)
+    from collector import searchindex
     from collector.migrate import migrate
-    from tasklog import searchindex
 
     started = time.monotonic()
     applied = migrate(url)
@@ -223,7 +223,7 @@ class SearchDatabases(Databases):
         self.enabled = enabled
 
     def fresh(self) -> str:
-        from tasklog import searchindex
+        from collector import searchindex
 
         url = super().fresh()
         searchindex.apply(url, self.enabled)

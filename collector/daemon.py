@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from typing import Any
 from watchfiles import awatch
 
 from capture_shim.spool import parse_file_name
-from collector import metrics
+from collector import metrics, searchindex
 from collector.migrate import migrate
 from collector.publish import Publisher
 from collector.quarantine import quarantine
@@ -70,6 +71,7 @@ class Collector:
         self._started_at = datetime.now(UTC)
         self._backlog = (0, 0)
         self._spool_full = False
+        self._indexer: threading.Thread | None = None
         self._spool_space: tuple[int | None, int | None] = (None, None)
         self._snapshot = metrics.Snapshot(counters=self.counters.as_dict(), status=self.status)
         self._metrics = metrics.registry(lambda: self._snapshot)
@@ -473,12 +475,33 @@ class Collector:
             log.warning("cannot write TASKLOG_METRICS_FILE %s: %s", self.settings.metrics_file, exc)
 
     async def _prune(self, store: Store) -> None:
+        self._index_in_background()
         with contextlib.suppress(StoreUnavailable):
             dropped, deleted = await store.prune(self.settings.retention_days)
             if dropped or deleted:
                 log.info(
                     "retention: dropped %d line partitions, deleted %d tasks", len(dropped), deleted
                 )
+
+    def _index_in_background(self) -> None:
+        """Keep the search indexes (`collector.searchindex`) in a thread of their own.
+
+        A closed day's trigram index takes minutes to build on a large day: ingestion must not
+        wait for it. A daemon thread, so a stop does not wait either: Postgres drops a build cut
+        short, and the next round redoes it.
+        """
+        if self._indexer is not None and self._indexer.is_alive():
+            return
+        url, enabled = self.settings.require_database_url(), self.settings.search
+
+        def run() -> None:
+            try:
+                log.info("%s", searchindex.apply(url, enabled))
+            except Exception as exc:  # a thread's exception would only reach stderr
+                log.warning("search index: %s", exc)
+
+        self._indexer = threading.Thread(target=run, name="search-index", daemon=True)
+        self._indexer.start()
 
     def _summary(self, spool: SpoolDir, last: tuple[float, int]) -> tuple[float, int]:
         now, lines = time.monotonic(), self.counters.lines

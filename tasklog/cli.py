@@ -168,7 +168,7 @@ def _migrate(args: argparse.Namespace) -> None:
     settings = _collector_settings()
     applied = migrate(settings.require_database_url())
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
-    from tasklog import searchindex
+    from collector import searchindex
 
     print(searchindex.apply(settings.require_database_url(), settings.search))
 
@@ -190,7 +190,7 @@ def _prune(args: argparse.Namespace) -> None:
 
 
 def _index(args: argparse.Namespace) -> None:
-    from tasklog import searchindex
+    from collector import searchindex
 
     settings = _collector_settings()
     print(searchindex.apply(settings.require_database_url(), settings.search))

@@ -3,7 +3,7 @@
 
 -- Search: pg_trgm makes `message ILIKE '%text%'` and `message ~* 'regex'` an index lookup
 -- instead of a scan of every line. The trigram indexes themselves are built per day once the
--- day is over, off the ingest path (tasklog/searchindex.py: indexing each line as it is stored
+-- day is over, off the ingest path (collector/searchindex.py: indexing each line as it is stored
 -- cost the collector 8x its rate). Creating the extension may need rights the collector's
 -- login lacks: then search still works, by scanning, and `tasklog migrate` says so.
 DO $$

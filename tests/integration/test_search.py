@@ -227,3 +227,51 @@ async def test_closed_days_get_their_index_and_search_off_drops_them(
         assert [m["seq"] for m in found["results"]] == [1], "without the index: a scan"
     out = await asyncio.to_thread(tasklog, database_url, "migrate")
     assert "schema is up to date" in out.stdout and "1 closed days indexed" in out.stdout
+
+
+def _day_index(database_url: str) -> list[tuple[str, bool]]:
+    rows = pg_rows(
+        database_url,
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname LIKE 'lines%%message_trgm' ORDER BY 1",
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_the_collector_keeps_the_day_indexes_itself(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """No timer needed: a collector indexes a day once it is over, in a thread of its own while
+    it stores; with TASKLOG_SEARCH=false it drops them. One session builds at a time."""
+    from capture_shim import spool
+
+    yesterday = pg_rows(database_url, "SELECT (now() AT TIME ZONE 'UTC')::date - 1")[0][0]
+    noon = f"SELECT extract(epoch FROM '{yesterday} 12:00Z'::timestamptz)"
+    stamp = float(pg_rows(database_url, noon)[0][0])
+    start = {"k": spool.START, "v": 1, "t": stamp, "task_id": "late", "name": "demo.late"}
+    start |= {"host": "h", "pid": os.getpid(), "max_lines": 1000}
+    record = json.loads(spool.encode_line(1, spool.STDOUT, f"yesterday's {MARKER}"))
+    record["t"] = stamp
+    end = {"k": spool.END, "t": stamp, "state": "SUCCESS", "runtime": 0.1, "lines": 1}
+    data = spool.encode(start) + (json.dumps(record) + "\n").encode() + spool.encode(end)
+    (spool_dir / spool.file_name("late", os.getpid(), 1)).write_bytes(data)
+    index = f"lines_{yesterday:%Y%m%d}_message_trgm"
+
+    collector = procs.collector(database_url=database_url, spool_dir=spool_dir, ready="following")
+    wait_for(
+        lambda: _day_index(database_url) == [(index, True)],
+        timeout=60,
+        message="yesterday's index built by the collector",
+    )
+    # A second session (`tasklog index`) builds nothing twice: done, or busy with it still.
+    again = tasklog(database_url, "index").stdout
+    assert "(0 built now)" in again or "another session is building" in again
+    collector.terminate()
+
+    procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        env={"TASKLOG_SEARCH": "false"},
+        ready="following",
+    )
+    wait_for(lambda: _day_index(database_url) == [], timeout=60, message="dropped")

@@ -1,5 +1,12 @@
 -- The search indexes (TASKLOG_SEARCH), kept by `tasklog index` and `tasklog migrate`
--- (tasklog/searchindex.py).
+-- (collector/searchindex.py).
+
+-- name: try_lock
+-- Session level: CREATE INDEX CONCURRENTLY runs outside any transaction.
+SELECT pg_try_advisory_lock(hashtext('tasklog-search-index'))
+
+-- name: unlock
+SELECT pg_advisory_unlock(hashtext('tasklog-search-index'))
 
 -- name: trgm_schema
 SELECT n.nspname
