@@ -49,8 +49,8 @@ class Common(BaseSettings):
     log_level: str = Field("INFO", description="Log level of the daemon itself.")
     search: bool = Field(
         True,
-        description="Keep the search indexes (a trigram index per closed day, built by"
-        " `tasklog index` daily and by `tasklog migrate`); off drops them, search scans.",
+        description="Keep the search indexes (a trigram index per closed day, built by the"
+        " collector and `tasklog index`); off drops them, search then scans.",
     )
 
     def require_database_url(self) -> str:
