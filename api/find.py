@@ -66,53 +66,45 @@ class Search:
         """The search in one time window ``[low, high)`` (either end open when None), and its
         parameters."""
         params: dict[str, Any] = {"limit": limit}
-        clauses: list[sql.Composable] = []
         if self.regex:
-            match = sql.SQL("l.message ~* %(pattern)s")
-            span = sql.SQL(Q["span_regex"])
+            match, span = Q["match_regex"], Q["span_regex"]
             params["pattern"] = self.text
         else:
-            match = sql.SQL("l.message ILIKE %(like)s")
-            span = sql.SQL(Q["span_substring"])
+            match, span = Q["match_substring"], Q["span_substring"]
             params["like"] = "%" + like_escape(self.text) + "%"
             params["text"] = self.text
-        # The task's filters: a semi-join, so that the page is still cut right above its sort.
-        task: list[sql.Composable] = []
+        # Each filter given adds its fragment of find.sql and its parameters.
+        task: dict[str, dict[str, Any]] = {}
         if self.states:
-            task.append(sql.SQL("t.state = ANY(%(states)s)"))
-            params["states"] = list(self.states)
+            task["filter_task_states"] = {"states": list(self.states)}
         if self.name is not None:
-            task.append(sql.SQL("t.task_name = %(name)s"))
-            params["name"] = self.name
+            task["filter_task_name"] = {"name": self.name}
         if self.host is not None:
-            task.append(sql.SQL("t.host = %(host)s"))
-            params["host"] = self.host
-        if task:
-            clauses.append(
-                sql.SQL(
-                    "EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = l.task_id AND {})"
-                ).format(sql.SQL(" AND ").join(task))
-            )
+            task["filter_task_host"] = {"host": self.host}
+        line: dict[str, dict[str, Any]] = {}
         if self.streams:
-            clauses.append(sql.SQL("l.stream = ANY(%(streams)s)"))
-            params["streams"] = list(self.streams)
+            line["filter_streams"] = {"streams": list(self.streams)}
         if self.since is not None:
-            clauses.append(sql.SQL("l.ts >= %(since)s"))
-            params["since"] = self.since
+            line["filter_since"] = {"since": self.since}
         if self.until is not None:
-            clauses.append(sql.SQL("l.ts < %(until)s"))
-            params["until"] = self.until
+            line["filter_until"] = {"until": self.until}
         if self.before is not None:
-            clauses.append(sql.SQL("(l.ts, l.task_id, l.seq) < (%(b_ts)s, %(b_id)s, %(b_seq)s)"))
-            params["b_ts"], params["b_id"], params["b_seq"] = self.before
+            b_ts, b_id, b_seq = self.before
+            line["filter_before"] = {"b_ts": b_ts, "b_id": b_id, "b_seq": b_seq}
         if low is not None:
-            clauses.append(sql.SQL("l.ts >= %(w_low)s"))
-            params["w_low"] = low
+            line["filter_window_low"] = {"w_low": low}
         if high is not None:
-            clauses.append(sql.SQL("l.ts < %(w_high)s"))
-            params["w_high"] = high
-        where = sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
-        return sql.SQL(Q["search"]).format(match=match, span=span, where=where), params
+            line["filter_window_high"] = {"w_high": high}
+        clauses: list[sql.Composable] = [sql.SQL(Q[name]) for name in line]
+        if task:
+            # A semi-join, so that the page is still cut right above its sort.
+            task_where = sql.SQL(" AND ").join(sql.SQL(Q[name]) for name in task)
+            clauses.append(sql.SQL(Q["filter_task"]).format(task_where=task_where))
+        for given in (*task.values(), *line.values()):
+            params.update(given)
+        where = sql.SQL(" AND ").join(clauses) if clauses else sql.SQL(Q["filter_none"])
+        match_sql, span_sql = sql.SQL(match), sql.SQL(span)
+        return sql.SQL(Q["search"]).format(match=match_sql, span=span_sql, where=where), params
 
     def windows(self, now: datetime) -> list[tuple[datetime | None, datetime | None]]:
         """The time windows to search, newest first, within ``since``."""

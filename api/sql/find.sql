@@ -1,5 +1,7 @@
 -- Search, runs and workflows (issue 12), loaded by api/find.py; the API and the CLI share them.
 -- {match}, {span} and {where} are fixed fragments composed by psycopg.sql; values are bound.
+-- The match_* and filter_* sections are such fragments (each filter given adds its own,
+-- api/find.py Search.statement): they hold no comment, since they land mid-line.
 
 -- name: search
 -- Newest first, keyset-paged on (ts, task_id, seq). The page is cut in the inner query, right
@@ -23,6 +25,45 @@ SELECT set_config('statement_timeout', %(ms)s, true)
 
 -- name: now
 SELECT now() AS now
+
+-- name: match_substring
+l.message ILIKE %(like)s
+
+-- name: match_regex
+l.message ~* %(pattern)s
+
+-- name: filter_none
+true
+
+-- name: filter_task
+EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = l.task_id AND {task_where})
+
+-- name: filter_task_states
+t.state = ANY(%(states)s)
+
+-- name: filter_task_name
+t.task_name = %(name)s
+
+-- name: filter_task_host
+t.host = %(host)s
+
+-- name: filter_streams
+l.stream = ANY(%(streams)s)
+
+-- name: filter_since
+l.ts >= %(since)s
+
+-- name: filter_until
+l.ts < %(until)s
+
+-- name: filter_before
+(l.ts, l.task_id, l.seq) < (%(b_ts)s, %(b_id)s, %(b_seq)s)
+
+-- name: filter_window_low
+l.ts >= %(w_low)s
+
+-- name: filter_window_high
+l.ts < %(w_high)s
 
 -- name: span_substring
 strpos(lower(l.message), lower(%(text)s)) - 1 AS span_start,
