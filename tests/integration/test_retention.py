@@ -146,5 +146,10 @@ def test_the_collector_prunes_on_its_own_schedule(
         assert pg_rows(
             database_url, "SELECT count(*) FROM tasks WHERE task_id = %s", (f"young-{round_}",)
         ) == [(1,)]
-    assert proc.log_text().count("retention: dropped 1 line partitions, deleted 1 tasks") == 2
+    # The line is logged right after the commit the checks above saw.
+    wait_for(
+        lambda: proc.log_text().count("retention: dropped 1 line partitions, deleted 1 tasks") == 2,
+        timeout=10,
+        message="both prunes logged",
+    )
     assert proc.alive
