@@ -23,7 +23,8 @@ from tasklog.core.messages import LineMessage
 DEFAULT_MAX_LINES = 1000
 #: The largest head+tail bound a start record may ask for.
 MAX_LINES = (1 << 31) - 1
-#: Published line: what the live path sends for a stored line (`tasklog.core.messages`).
+#: Published line: what the live path sends for a stored line (`tasklog.core.messages`,
+#: made by `published` for the watched tasks alone).
 Published = LineMessage
 
 
@@ -90,7 +91,8 @@ class Run:
 class Stored:
     """What a committed batch stored: for the live path and for the files' bookkeeping."""
 
-    lines: dict[str, list[Published]] = field(default_factory=dict)
+    #: The rows stored, per task: the live path makes messages of the watched tasks' alone.
+    lines: dict[str, list[Row]] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     rows: int = 0
@@ -104,6 +106,14 @@ class Plan(NamedTuple):
     advances: list[dict[str, Any]]
     ends: list[dict[str, Any]]
     markers: list[dict[str, Any]]
+
+
+def published(rows: list[Row]) -> list[Published]:
+    """Stored rows as the live path publishes them."""
+    return [
+        {"seq": seq, "ts": ts, "stream": stream, "level": level, "message": message}
+        for _, seq, ts, stream, level, message in rows
+    ]
 
 
 def window(max_lines: object) -> tuple[int, int]:
@@ -143,27 +153,30 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
     markers: list[dict[str, Any]] = []
     for run in runs:
         chunk, head, tail = run.chunk, run.head, run.tail
-        seq_of = run.seq if run.segments else run.seq_base.__add__
+        lines = chunk.lines
         before = run.max_seq
-        after = max([before, *(line.seq for line in chunk.lines)])
+        # A chunk's seqs only go up (the reader refuses any other): its last is its highest.
+        after = max(before, lines[-1].seq) if lines else before
         cutoff = after - tail  # local seqs above head and at or below this are omitted
-        published = stored.lines.setdefault(run.task_id, [])
-        added = 0
-        for line in chunk.lines:
-            if line.seq <= head or line.seq > cutoff:
-                seq = seq_of(line.seq)
-                ts = iso(line.t)
-                rows.append((run.task_id, seq, ts, line.stream, line.level, line.message))
-                published.append(
-                    {
-                        "seq": seq,
-                        "ts": ts,
-                        "stream": line.stream,
-                        "level": line.level,
-                        "message": line.message,
-                    }
-                )
-                added += 1
+        if lines and head < cutoff and not (lines[0].seq > cutoff or lines[-1].seq <= head):
+            lines = [line for line in lines if line.seq <= head or line.seq > cutoff]
+        task_id = run.task_id
+        if run.segments:
+            seq_of = run.seq
+            kept = [
+                (task_id, seq_of(line.seq), iso(line.t), line.stream, line.level, line.message)
+                for line in lines
+            ]
+        else:
+            base = run.seq_base
+            kept = [
+                (task_id, base + line.seq, iso(line.t), line.stream, line.level, line.message)
+                for line in lines
+            ]
+        if kept:
+            rows += kept
+            stored.lines.setdefault(task_id, []).extend(kept)
+        added = len(kept)
         low, high = max(head, before - tail), min(before, cutoff)
         if high > low:
             for a, b in run.seq_ranges(low, high):
@@ -178,7 +191,7 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
             {
                 "task_id": run.task_id,
                 "added": added,
-                "last_seq": seq_of(after),
+                "last_seq": run.seq(after),
                 "progress": fields.percent(progress.get("p")),
                 "progress_message": fields.short_text(progress.get("msg"), fields.TEXT_BYTES),
                 "state": _state(progress.get("state")),
@@ -200,8 +213,6 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
                 }
             )
         run.max_seq = after
-        if not published:
-            del stored.lines[run.task_id]
     return Plan(rows, trims, advances, ends, markers)
 
 

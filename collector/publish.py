@@ -20,9 +20,11 @@ import time
 
 from redis.exceptions import RedisError
 
+from collector.copytext import Row
+from collector.plan import published
 from tasklog import live
 from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
-from tasklog.core.messages import LineMessage, encode, lines_message
+from tasklog.core.messages import encode, lines_message
 
 log = logging.getLogger("tasklog.collector")
 
@@ -55,10 +57,8 @@ class Publisher:
         if self._client is not None:
             await self._client.aclose()
 
-    async def publish(
-        self, lines: dict[str, list[LineMessage]], tasks: list[dict[str, object]]
-    ) -> None:
-        """Lines stored per task (for the watched ones), then the tasks that changed."""
+    async def publish(self, lines: dict[str, list[Row]], tasks: list[dict[str, object]]) -> None:
+        """Rows stored per task (for the watched ones), then the tasks that changed."""
         if self._url is None or not (lines or tasks):
             return
         try:
@@ -71,7 +71,7 @@ class Publisher:
             async with client.pipeline(transaction=False) as pipe:
                 # Lines first: a reader that sees a task finish has already been sent its lines.
                 for task_id in watched:
-                    message = lines_message(task_id, lines[task_id])
+                    message = lines_message(task_id, published(lines[task_id]))
                     pipe.execute_command(command, lines_channel(task_id), encode(message))
                     sent += 1
                 for task in tasks:

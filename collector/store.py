@@ -232,7 +232,8 @@ class Store:
                 assert chunk.start is not None
                 head, tail = window(chunk.start.get("max_lines"))
                 run = Run(chunk, task_id, last_seq[task_id], head, tail, 0)
-            after = max([run.max_seq, *(line.seq for line in chunk.lines)])
+            # A chunk's seqs only go up (the reader refuses any other): its last is its highest.
+            after = max(run.max_seq, chunk.lines[-1].seq) if chunk.lines else run.max_seq
             last_seq[task_id] = run.allocate(last_seq[task_id], after)
             runs.append(run)
         return runs

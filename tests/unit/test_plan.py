@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.plan import Run, Stored, plan
+from collector.plan import Run, Stored, plan, published
 from collector.tail import FileChunk, FileState, Line
 
 
@@ -51,7 +51,15 @@ def test_tail_window_slides_across_batches() -> None:
 def test_published_lines_are_the_stored_ones() -> None:
     stored = Stored()
     rows, *_ = plan([run_of(range(1, 30))], stored)
-    assert [line["seq"] for line in stored.lines["task"]] == stored_seqs(rows)
+    messages = published(stored.lines["task"])
+    assert [line["seq"] for line in messages] == stored_seqs(rows)
+    assert messages[0] == {
+        "seq": 1,
+        "ts": rows[0][2],
+        "stream": "stdout",
+        "level": None,
+        "message": "line 1",
+    }
 
 
 def test_a_run_goes_on_in_place_while_nothing_was_allocated_after_it() -> None:

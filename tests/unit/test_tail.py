@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capture_shim import spool
-from collector.tail import FileState, SpoolDir
+from collector.tail import FileChunk, FileState, SpoolDir, _parse_all, _parse_into
 
 NAME = "task-1.4242.1000.jsonl"
 
@@ -187,3 +187,53 @@ def test_arbitrary_bytes_never_break_read_batch(chunks: list[bytes], max_lines: 
         # Everything up to the last newline is consumed, never past it.
         content = path.read_bytes()
         assert reader.files[NAME].offset == content.rfind(b"\n") + 1
+
+
+_odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.text(alphabet=st.sampled_from("ab\x00\t\\é\ud800"), max_size=20),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@st.composite
+def _line_records(draw: st.DrawFn) -> bytes:
+    """Line records, mostly well formed, some with any value in any field."""
+    rec: dict[str, object] = {
+        "k": spool.LINE,
+        "n": draw(st.integers(min_value=1, max_value=40)),
+        "t": draw(st.floats(min_value=1e9, max_value=2e9)),
+        "s": draw(st.sampled_from([spool.STDOUT, spool.STDERR, spool.LOG])),
+        "m": draw(st.text(max_size=80)),
+    }
+    if draw(st.booleans()):
+        rec["l"] = draw(st.sampled_from(["INFO", "WARNING", "x" * 70, "é"]))
+    for key in draw(st.lists(st.sampled_from(["k", "n", "t", "s", "m", "l"]), max_size=2)):
+        if draw(st.booleans()):
+            rec[key] = draw(_odd_values)
+        else:
+            rec.pop(key, None)
+    return spool.encode(rec)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_line_records(), max_size=30), st.integers(min_value=1, max_value=40))
+def test_the_reader_decides_every_record_as_the_one_record_parser_does(
+    records: list[bytes], line_bytes: int
+) -> None:
+    """The inline check of common line records (`_parse_all`) keeps, changes and refuses
+    exactly what `_parse_into` does, record by record."""
+    state = FileState(name=NAME, inode=1)
+    fast = FileChunk(state=state, end_offset=0, max_line_bytes=line_bytes)
+    used, _ = _parse_all(fast, [r.rstrip(b"\n") for r in records], 0, 10_000)
+    slow = FileChunk(state=state, end_offset=0, max_line_bytes=line_bytes)
+    for record in records:
+        _parse_into(slow, record.rstrip(b"\n"))
+    assert used == sum(len(r) for r in records)
+    assert fast.lines == slow.lines
+    assert [type(line) for line in fast.lines] == [type(line) for line in slow.lines]
+    assert (fast.corrupt, fast.last_seq) == (slow.corrupt, slow.last_seq)
