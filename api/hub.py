@@ -108,6 +108,10 @@ class Subscription:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+        return self.take()
+
+    def take(self) -> list[Item]:
+        """Everything buffered now, without waiting."""
         self._wake.clear()
         items = list(self._items)
         self._items.clear()

@@ -37,10 +37,12 @@ REPLAY_PAGE = 1000
 #: Reconnection delay suggested to browsers, in milliseconds.
 RETRY_MS = 2000
 #: Writes per second an API process aims to stay under across its task streams: a write to a
-#: socket costs ~30 us, and a task printing 100 lines/s is ~100 messages/s per stream. With N
-#: streams open, a stream that was sent news gathers more for N / WRITE_RATE seconds (1 stream:
-#: 50 us; 2,000 streams: 0.1 s) and writes it all at once, up to MAX_LINGER.
-WRITE_RATE = 20_000
+#: socket, with the wake-up of the stream's task around it, costs ~30-60 us, and a task
+#: printing 100 lines/s is ~40 messages/s per stream (a lines and a task message per commit).
+#: With N streams open, a stream that was sent news gathers more for N / WRITE_RATE seconds
+#: (1 stream: 125 us; 2,000 streams: 0.25 s) and writes it all at once, up to MAX_LINGER: at
+#: most ~8,000 writes a second, a quarter of a core, whatever the number of clients.
+WRITE_RATE = 8_000
 MAX_LINGER = 0.25
 
 
@@ -83,8 +85,9 @@ class Stream(EventSourceResponse):
         await self.send(wire.dumps(data), id=None if id is None else str(id), retry=retry)
         metrics.SSE_EVENTS.labels(data["type"]).inc()
 
-    async def lines(self, frames: list[bytes]) -> None:
-        """Send ``new_log`` events framed by `frame`, all in one write.
+    async def lines(self, frames: list[bytes], statuses: int = 0) -> None:
+        """Send events framed by `frame`, all in one write: ``new_log`` events, and
+        `statuses` ``status`` events among them.
 
         aiohttp-sse writes each event on its own (a chunk and a syscall per event per client);
         with thousands of clients that is where the time goes. Same timeout and abort as
@@ -105,14 +108,18 @@ class Stream(EventSourceResponse):
             if transport is not None:
                 transport.abort()
             raise
-        metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames))
+        if statuses:
+            metrics.SSE_EVENTS.labels(wire.STATUS).inc(statuses)
+        if len(frames) > statuses:
+            metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames) - statuses)
 
 
-def frame(data: str, id: int) -> bytes:
+def frame(data: str, id: int | None = None) -> bytes:
     """One event as `EventSourceResponse.send` frames it (default separator), for batching."""
     split = EventSourceResponse.LINE_SEP_EXPR.split
     chunks = "".join(f"data: {chunk}\r\n" for chunk in split(data))
-    return f"id: {id}\r\n{chunks}\r\n".encode()
+    head = "" if id is None else f"id: {id}\r\n"
+    return f"{head}{chunks}\r\n".encode()
 
 
 class _Framed(LinesMessage, total=False):
@@ -161,46 +168,66 @@ class TaskFollower:
                 return
 
     async def on_batch(self, batch: list[Item]) -> None:
-        """Live messages in order; the lines between two other events go out in one write."""
+        """Live messages in order, in one write: the lines, and the status events between
+        them, unless Postgres must be read in between."""
         pending: list[bytes] = []
+        statuses = 0
         for message in batch:
             if message == RESYNC:
                 continue  # `follow` reads Postgres for a batch holding one
             assert not isinstance(message, str)
             if not is_lines(message):
-                await self.stream.lines(pending)
-                pending = []
-                await self.on_task(message)
+                if self._announces_more(message):
+                    await self.stream.lines(pending, statuses)
+                    pending, statuses = [], 0
+                    await self.on_task(message)
+                else:
+                    status = self._status_frame(message)
+                    if status is not None:
+                        pending.append(status)
+                        statuses += 1
                 if self.finished:
-                    return
+                    break
                 continue
             frames = line_frames(message, self.task_id)
             if frames and frames[0][0] > self.last_seq + 1:
-                await self.stream.lines(pending)
-                pending = []
+                await self.stream.lines(pending, statuses)
+                pending, statuses = [], 0
                 await self.replay()  # something was missed (or omitted): Postgres has it all
                 continue
             for seq, data in frames:
                 if seq > self.last_seq:
                     pending.append(data)
                     self.last_seq = seq
-        await self.stream.lines(pending)
+        await self.stream.lines(pending, statuses)
 
     async def on_task(self, task: Mapping[str, object]) -> None:
-        announced = task.get("last_seq")
-        if (announced is None and task.get("status") in FINISHED_STATES) or (
-            isinstance(announced, int) and announced > self.last_seq
-        ):
+        if self._announces_more(task):
             await self.replay()  # lines this stream has not seen are stored: send them first
         await self.send_status(task)
 
+    def _announces_more(self, task: Mapping[str, object]) -> bool:
+        """Whether a task message says lines this stream was not sent are stored."""
+        announced = task.get("last_seq")
+        return (announced is None and task.get("status") in FINISHED_STATES) or (
+            isinstance(announced, int) and announced > self.last_seq
+        )
+
     async def send_status(self, task: Mapping[str, object]) -> None:
-        key = tuple(task.get(name) for name in wire.STATUS_KEYS)
-        if key != self.status:
-            self.status = key
-            await self.stream.event(wire.status_event(task))
+        status = self._status_frame(task)
+        if status is not None:
+            await self.stream.lines([status], statuses=1)
+
+    def _status_frame(self, task: Mapping[str, object]) -> bytes | None:
+        """The status event of a task message if its status changed (else None); notes
+        whether the task finished."""
         if task.get("status") in FINISHED_STATES:
             self.finished = True
+        key = tuple(map(task.get, wire.STATUS_KEYS))
+        if key == self.status:
+            return None
+        self.status = key
+        return frame(wire.dumps(wire.status_event(task)))
 
     async def refresh(self, row: Row | None = None) -> None:
         """Catch up from Postgres alone: the task first (a finished task has all its lines
@@ -219,19 +246,29 @@ class TaskFollower:
         streams: Callable[[], int] = lambda: 1,
     ) -> None:
         # The replay comes first; later, whenever a Postgres read failed, Postgres again.
-        behind, first = True, True
+        behind, first, flowing = True, True, False
         while not self.finished:
             if first:
                 batch, first = [], False
             else:
                 live = hub_live() and not behind
-                batch = await sub.next_batch(
-                    settings.api_sse_resync if live else settings.api_poll_interval
-                )
                 linger = min(MAX_LINGER, streams() / WRITE_RATE)
-                if live and batch and linger >= 0.001:
+                if live and flowing and linger >= 0.001:
+                    # News keeps coming: gather for `linger` and take it all in one wake-up,
+                    # rather than waking at the first message and sleeping again.
                     await asyncio.sleep(linger)
-                    batch += await sub.next_batch(0)
+                    batch = sub.take()
+                    if not batch and not sub.closed and not sub.overflowed:
+                        flowing = False  # a quiet moment: wait for news as below
+                        continue
+                else:
+                    batch = await sub.next_batch(
+                        settings.api_sse_resync if live else settings.api_poll_interval
+                    )
+                    if live and batch and linger >= 0.001:
+                        await asyncio.sleep(linger)
+                        batch += sub.take()
+                flowing = live and bool(batch)
             if sub.closed:
                 return
             if sub.overflowed:

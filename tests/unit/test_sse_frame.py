@@ -24,15 +24,21 @@ class _Captured(EventSourceResponse):
         self.written.append(bytes(data))
 
 
-def _sent(data: str, id: int) -> bytes:
+def _sent(data: str, id: int | None) -> bytes:
     response = _Captured()
-    asyncio.run(response.send(data, id=str(id)))
+    asyncio.run(response.send(data, id=None if id is None else str(id)))
     return b"".join(response.written)
 
 
 @given(st.text(), st.integers(min_value=0, max_value=2**63))
 def test_frame_is_what_send_writes(data: str, id: int) -> None:
     assert frame(data, id) == _sent(data, id)
+
+
+@given(st.text())
+def test_a_frame_without_id_is_what_send_writes(data: str) -> None:
+    # Status events go out in the same write as the lines around them, framed so.
+    assert frame(data) == _sent(data, None)
 
 
 def test_line_frames_are_built_once_and_shared() -> None:
