@@ -75,6 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="record the API with py-spy while the task prints (collapsed stacks)",
     )
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the API of this source tree (PYTHONPATH=DIR), interleaved, same run",
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
 
 
@@ -83,15 +90,22 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
     _raise_fd_limit()
     dbs = Databases(args.database_url)
     figures: dict[str, Figure] = {}
+    sources: dict[str, Path | None] = {"": None}
+    if args.baseline_src is not None:
+        sources["baseline "] = args.baseline_src.resolve()
     try:
         for workers in args.workers:
             for clients in args.clients:
-                results = []
+                results: dict[str, list[dict[str, float]]] = {way: [] for way in sources}
                 for _ in range(args.runs):
-                    with workdir(args.keep) as tmp, children() as procs:
-                        results.append(_run_once(args, clients, workers, tmp, procs, dbs))
-                    _print_run(clients, results[-1])
-                figures.update(_report(clients, workers, results))
+                    # Interleaved, so that both APIs meet the machine in the same moods.
+                    for way, source in sources.items():
+                        with workdir(args.keep) as tmp, children() as procs:
+                            result = _run_once(args, clients, workers, tmp, procs, dbs, source)
+                        results[way].append(result)
+                        _print_run(f"{way}{clients}", result)
+                for way, source in sources.items():
+                    figures.update(_report(clients, workers, results[way], way, source))
     finally:
         dbs.close()
     return figures
@@ -110,6 +124,7 @@ def _run_once(
     tmp: Path,
     procs: list[Child],
     dbs: Databases,
+    source: Path | None = None,
 ) -> dict[str, float]:
     from capture_shim.capture import TaskCapture
     from capture_shim.config import ShimConfig
@@ -130,6 +145,8 @@ def _run_once(
     api_env = {**common, "TASKLOG_API_PORT": str(port), "TASKLOG_LOG_LEVEL": "warning"}
     if args.buffer:
         api_env["TASKLOG_API_CLIENT_BUFFER"] = str(args.buffer)
+    if source is not None:
+        api_env["PYTHONPATH"] = str(source)
     api = Child("api", [python(), "-m", "tasklog", "api", "--workers", str(workers)], api_env, tmp)
     procs.append(api)
     collector.wait_for_log("following", timeout=60)
@@ -309,7 +326,7 @@ def _hist_percentile(hist: list[int], p: float) -> float:
     return float(HIST_MS)
 
 
-def _print_run(clients: int, r: dict[str, float]) -> None:
+def _print_run(clients: str, r: dict[str, float]) -> None:
     row(
         f"{clients} clients, {r['workers']:.0f} API process(es), one run",
         f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, max {r['max_ms']:,.0f} ms; "
@@ -320,13 +337,21 @@ def _print_run(clients: int, r: dict[str, float]) -> None:
     )
 
 
-def _report(clients: int, workers: int, results: list[dict[str, float]]) -> dict[str, Figure]:
+def _report(
+    clients: int,
+    workers: int,
+    results: list[dict[str, float]],
+    way: str = "",
+    source: Path | None = None,
+) -> dict[str, Figure]:
     where = f"{clients} clients, {workers} API process{'es' if workers > 1 else ''}"
+    if source is not None:
+        where = f"baseline API ({source}), {where}"
 
     def fig(key: str, name: str, unit: str) -> Figure:
         return Figure(f"{where}: {name}", unit, [r[key] for r in results])
 
-    tag = f"{clients}" if workers == 1 else f"{clients}_w{workers}"
+    tag = f"{way.strip()}{'_' if way else ''}{clients}" + ("" if workers == 1 else f"_w{workers}")
     out = {
         f"p50_{tag}": fig("p50_ms", "delivery lag p50", "ms"),
         f"p99_{tag}": fig("p99_ms", "delivery lag p99", "ms"),
@@ -338,8 +363,8 @@ def _report(clients: int, workers: int, results: list[dict[str, float]]) -> dict
         if key.startswith("p99"):
             note = f"target: {TARGET_CLIENTS:,} clients with p99 <= {TARGET_P99_S:g} s" + (
                 f": {verdict(figure.median <= TARGET_P99_S * 1000)}"
-                if clients >= TARGET_CLIENTS and workers == 1
-                else " (on one process)"
+                if clients >= TARGET_CLIENTS and workers == 1 and source is None
+                else ""
             )
         row(figure.name, figure.text(0), note)
     complete = all(r["events"] == r["expected"] and r["ended"] == clients for r in results)

@@ -308,10 +308,11 @@ class SpoolDir:
             # Split only about as many records as the batch has room for: a read holds up to
             # 8 MB, and making a bytes object of each record costs as much as parsing a tenth.
             room = max_lines - len(chunk.lines) + _SPLIT_SLACK
-            records = data[pos : cut - 1].split(b"\n", room)
+            records = (data if pos == 0 else data[pos:]).split(b"\n", room)
+            # The last piece is what follows the records split: the unsplit rest, or the
+            # bytes after the last newline (a record still being written, or nothing).
             rest = len(records) > room
-            if rest:
-                records.pop()
+            records.pop()
             used, full = _parse_all(chunk, records, state.offset + pos, max_lines)
             pos += used
             if full or not rest:
