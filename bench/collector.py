@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.common import (
+    REPO_ROOT,
     Child,
     Databases,
     Figure,
@@ -321,8 +322,13 @@ def collect_once(
         env["PYTHONPATH"] = str(source)
     with children() as procs:
         spawned = time.monotonic()
+        # `-m` puts the working directory first on sys.path: for another tree, run in it.
         proc = Child(
-            f"collector-{spool.name}", [python(), "-m", "tasklog", "collector"], env, spool.parent
+            f"collector-{spool.name}",
+            [python(), "-m", "tasklog", "collector"],
+            env,
+            spool.parent,
+            cwd=source or REPO_ROOT,
         )
         procs.append(proc)
         ready = proc.wait_for_log("following", timeout=120)

@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import (
+    REPO_ROOT,
     Child,
     Databases,
     Figure,
@@ -147,7 +148,14 @@ def _run_once(
         api_env["TASKLOG_API_CLIENT_BUFFER"] = str(args.buffer)
     if source is not None:
         api_env["PYTHONPATH"] = str(source)
-    api = Child("api", [python(), "-m", "tasklog", "api", "--workers", str(workers)], api_env, tmp)
+    # `-m` puts the working directory first on sys.path: for another tree, run in it.
+    api = Child(
+        "api",
+        [python(), "-m", "tasklog", "api", "--workers", str(workers)],
+        api_env,
+        tmp,
+        cwd=source or REPO_ROOT,
+    )
     procs.append(api)
     collector.wait_for_log("following", timeout=60)
     wait_for(lambda: _port_open(port), 60, "the API to listen", api)
