@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Figure]:
-    title(f"fan-out: SSE clients on one API process, a task printing {args.rate:g} lines/s")
+    title(f"fan-out: SSE clients on tasklog api, a task printing {args.rate:g} lines/s")
     _raise_fd_limit()
     dbs = Databases(args.database_url)
     figures: dict[str, Figure] = {}
