@@ -4,7 +4,7 @@ The hub holds the tasks channel (task-list changes) at all times, and a task's l
 only while at least one client of this process follows that task: the first follower
 subscribes it, the last one to leave unsubscribes it. No pattern subscription: a process with
 no viewer receives no line at all. Followed tasks are also written to the watched set
-(`tasklog.live`), refreshed every third of `WATCH_TTL`, so the collector publishes their lines
+(`tasklog.core.live`), refreshed every third of `WATCH_TTL`, so the collector publishes their lines
 and nobody else's.
 
 On one Redis that is one connection (SUBSCRIBE/UNSUBSCRIBE). On a Redis Cluster, channels are
@@ -45,8 +45,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from api import metrics
-from tasklog import live
-from tasklog.core import messages
+from tasklog.core import live, messages
 from tasklog.core.constants import (
     LINES_CHANNEL_PREFIX,
     TASKS_CHANNEL,

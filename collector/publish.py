@@ -2,7 +2,7 @@
 
 Postgres is the truth; Redis only carries news. Every task that changed is published on the
 tasks channel (its row, with ``last_seq``); a task's lines are published on its own channel
-only while some API process follows it (the watched set, `tasklog.live`). A viewer never
+only while some API process follows it (the watched set, `tasklog.core.live`). A viewer never
 depends on that: a task row announcing lines it was not sent makes its stream read them from
 Postgres, so a task that became watched a moment ago still gets every line.
 
@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from collector.copytext import Row
 from collector.plan import published
-from tasklog import live
+from tasklog.core import live
 from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
 from tasklog.core.messages import encode, lines_message
 

@@ -41,8 +41,8 @@ from collector.migrate import migrate
 from tasklog.core import db
 from tasklog.core.errors import TasklogError
 from tasklog.core.process import pid_alive
+from tasklog.core.terminal import for_terminal
 from tasklog.demo.embedded import free_port, group_alive, log_tail
-from tasklog.terminal import for_terminal
 
 Q = db.queries("tasklog.demo", "demo.sql")
 #: Lines of a launched task the demo prints at most.

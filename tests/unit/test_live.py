@@ -1,10 +1,10 @@
-"""`tasklog.live`: a cluster node's URL keeps the credentials and TLS of the one given."""
+"""`tasklog.core.live`: a cluster node's URL keeps the credentials and TLS of the one given."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasklog.live import node_url
+from tasklog.core.live import node_url
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`tasklog.terminal`: what a task prints reaches the terminal with its colours and nothing else
+"""`tasklog.core.terminal`: what a task prints reaches the terminal with its colours and nothing
 that a terminal would act on."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasklog.terminal import for_terminal, json_for_terminal
+from tasklog.core.terminal import for_terminal, json_for_terminal
 
 ESC = "\x1b"
 SGR = re.compile(r"\x1b\[[0-9;:]*m")

@@ -18,11 +18,11 @@ from psycopg.rows import dict_row
 
 from api.queries import Row, TaskFilter, statement
 from api.wire import Json, task_json
-from tasklog import runs
+from tasklog.cli import runs
 from tasklog.core import db
 from tasklog.core.constants import FINISHED_STATES, task_id_problem
 from tasklog.core.errors import ConfigError, TasklogError
-from tasklog.terminal import for_terminal, json_for_terminal
+from tasklog.core.terminal import for_terminal, json_for_terminal
 
 #: Lines read per query while printing a log.
 PAGE = 10_000

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from api.find import Q, Search, match_json, one_line
 from tasklog.core import db
 from tasklog.core.errors import TasklogError
-from tasklog.terminal import for_terminal, json_for_terminal
+from tasklog.core.terminal import for_terminal, json_for_terminal
 
 PAGE = 500
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")

@@ -218,8 +218,8 @@ def _states(given: list[str]) -> list[str]:
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from tasklog import read
-    from tasklog.terminal import json_for_terminal
+    from tasklog.cli import read
+    from tasklog.core.terminal import json_for_terminal
 
     url = _collector_settings().require_database_url()
     tasks = read.recent_tasks(url, args.limit, _states(args.state))
@@ -231,13 +231,13 @@ def _tasks(args: argparse.Namespace) -> None:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from tasklog import read
+    from tasklog.cli import read
 
     settings = _collector_settings()
     if (args.task_id is None) == (args.root is None):
         raise ConfigError("logs: give a TASK_ID or --root ROOT_ID (one of them)")
     if args.root is not None:
-        from tasklog.workflow import print_workflow
+        from tasklog.cli.workflow import print_workflow
 
         return print_workflow(
             settings.require_database_url(),
@@ -257,7 +257,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _grep(args: argparse.Namespace) -> int:
     from api.find import Search
-    from tasklog import grep
+    from tasklog.cli import grep
     from tasklog.core.constants import STREAMS
 
     if not args.pattern.strip():

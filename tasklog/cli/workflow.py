@@ -22,7 +22,7 @@ from api.find import WORKFLOW_TASKS_MAX, Q
 from tasklog.core import db
 from tasklog.core.constants import FINISHED_STATES
 from tasklog.core.errors import TasklogError
-from tasklog.terminal import for_terminal, json_for_terminal
+from tasklog.core.terminal import for_terminal, json_for_terminal
 
 PAGE = 1000
 SETTLE = 3.0
