@@ -29,6 +29,7 @@ from watchfiles import awatch
 from capture_shim.spool import parse_file_name
 from collector import metrics, searchindex
 from collector.migrate import migrate
+from collector.plan import Stored
 from collector.publish import Publisher
 from collector.quarantine import quarantine
 from collector.settings import CollectorSettings
@@ -61,6 +62,15 @@ class Counters:
         return dict(vars(self))
 
 
+@dataclasses.dataclass
+class _InFlight:
+    """A batch whose commit is under way, and the offsets rows it drops."""
+
+    batch: Batch
+    forget: list[str]
+    task: asyncio.Task[Stored]
+
+
 class Collector:
     def __init__(self, settings: CollectorSettings) -> None:
         self.settings = settings
@@ -76,6 +86,8 @@ class Collector:
         self._spool_space: tuple[int | None, int | None] = (None, None)
         self._snapshot = metrics.Snapshot(counters=self.counters.as_dict(), status=self.status)
         self._metrics = metrics.registry(lambda: self._snapshot)
+        #: A second connection: a batch is stored on it while the one before commits.
+        self._spare: Store | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,8 +105,10 @@ class Collector:
         ):
             async with (
                 Store(url, settings.host) as store,
+                Store(url, settings.host) as spare,
                 Publisher(settings.redis(), settings.redis_cluster) as publisher,
             ):
+                self._spare = spare
                 await self._main(store, publisher)
 
     async def _main(self, store: Store, publisher: Publisher) -> None:
@@ -213,30 +227,78 @@ class Collector:
     ) -> None:
         """Store everything readable now, batch by batch (`final`: also while stopping).
 
-        While a batch commits, the next one is read and parsed in a thread, from other files
-        only: it needs nothing from the commit under way, and is thrown away if that fails.
+        Two batches are in flight at once, on two connections: while one commits (its
+        write-ahead log flushed to disk, which one COPY of everything would wait for once),
+        the next is already copied on the other connection, and the one after is read and
+        parsed in a thread. A batch holds other files than the one before it; it commits
+        only after that one did (`Store.commit`'s `after`), so results are applied in order,
+        and it rolls back if that one failed: it is then read again, nothing stored twice.
         """
         limits = (self.settings.batch_lines, self.settings.batch_bytes)
+        connections = (store, self._spare or store)
+        turn = 0
         batch = spool.read_batch(*limits)
-        while final or not self._stop.is_set():
-            if not batch and not self._forget:
-                return
-            in_flight = frozenset(chunk.state.name for chunk in batch.chunks)
-            ahead = asyncio.create_task(
-                asyncio.to_thread(spool.read_batch, *limits, in_flight), name="read-ahead"
-            )
-            try:
-                stored = await self._store(store, publisher, spool, batch)
-            finally:
-                following = await ahead
-            if not stored:
-                # Offsets were reloaded: read again from them (the read-ahead is stale).
-                spool.touched(set(spool.files))
-                batch = spool.read_batch(*limits)
-                continue
-            if not batch:
-                return
-            batch = following or spool.read_batch(*limits)
+        behind: _InFlight | None = None
+        current: _InFlight | None = None  # started, and not yet `behind`
+        try:
+            while final or not self._stop.is_set():
+                if not batch and not self._forget:
+                    break
+                forget, self._forget = self._forget, []
+                after = behind.task if behind is not None else None
+                if connections[1] is store and behind is not None:
+                    # One connection only: never two transactions on it at once.
+                    ok = await self._settle(store, publisher, spool, behind, None)
+                    behind, after = None, None
+                    if not ok:
+                        self._forget = forget + self._forget
+                        batch = spool.read_batch(*limits)
+                        continue
+                commit = connections[turn].commit(batch, forget, after=after)
+                turn ^= 1
+                current = _InFlight(batch, forget, asyncio.create_task(commit, name="commit"))
+                if behind is not None and not await self._settle(
+                    store, publisher, spool, behind, current
+                ):
+                    behind = current = None
+                    spool.touched(set(spool.files))
+                    batch = spool.read_batch(*limits)
+                    continue
+                behind, current = current, None
+                if not batch:
+                    break
+                in_flight = frozenset(chunk.state.name for chunk in batch.chunks)
+                batch = await asyncio.to_thread(spool.read_batch, *limits, in_flight)
+        finally:
+            # Interrupted or done: what is in flight commits or fails before anything else
+            # uses the connections.
+            if behind is not None and await self._settle(store, publisher, spool, behind, current):
+                behind = None
+            if current is not None and behind is None:
+                await self._settle(store, publisher, spool, current, None)
+
+    async def _settle(
+        self,
+        store: Store,
+        publisher: Publisher,
+        spool: SpoolDir,
+        done: _InFlight,
+        following: _InFlight | None,
+    ) -> bool:
+        """Wait for a batch's commit and apply it; False if it failed (handled as `_store`
+        handles a failure). `following`, the batch committing after it, then rolls back: it
+        is waited for and its files are read again."""
+        try:
+            stored = await done.task
+        except Exception as exc:
+            if following is not None:
+                with contextlib.suppress(Exception):
+                    await following.task
+                self._forget = following.forget + self._forget
+            await self._failed(store, publisher, spool, done.batch, done.forget, exc)
+            return False
+        await self._stored(publisher, spool, done.batch, stored)
+        return True
 
     async def _store(
         self, store: Store, publisher: Publisher, spool: SpoolDir, batch: Batch
@@ -246,18 +308,37 @@ class Collector:
         forget, self._forget = self._forget, []
         try:
             stored = await store.commit(batch, forget)
-        except RecordRefused as exc:
-            self._forget = forget + self._forget
-            return await self._isolate(store, publisher, spool, batch.chunks, exc)
         except Exception as exc:
-            self._forget = forget + self._forget
-            self.counters.store_failures += 1
-            if not isinstance(exc, StoreUnavailable):
-                log.exception("storing a batch failed; retrying it")
-            files = await self._until_available(store.load_files, first_error=exc)
-            if files is not None:
-                _reload(spool, files)
-            return False
+            return await self._failed(store, publisher, spool, batch, forget, exc)
+        await self._stored(publisher, spool, batch, stored)
+        return True
+
+    async def _failed(
+        self,
+        store: Store,
+        publisher: Publisher,
+        spool: SpoolDir,
+        batch: Batch,
+        forget: list[str],
+        exc: Exception,
+    ) -> bool:
+        """A batch's commit failed: isolate a refused record, or wait for Postgres and
+        reload the offsets from it. True when the batch was stored after all (in parts)."""
+        self._forget = forget + self._forget
+        if isinstance(exc, RecordRefused):
+            return await self._isolate(store, publisher, spool, batch.chunks, exc)
+        self.counters.store_failures += 1
+        if not isinstance(exc, StoreUnavailable):
+            log.error("storing a batch failed; retrying it", exc_info=exc)
+        files = await self._until_available(store.load_files, first_error=exc)
+        if files is not None:
+            _reload(spool, files)
+        return False
+
+    async def _stored(
+        self, publisher: Publisher, spool: SpoolDir, batch: Batch, stored: Stored
+    ) -> None:
+        """A batch committed: move its files' offsets, publish, delete the finished files."""
         ended = spool.commit(batch, stored)
         self.counters.batches += 1
         self.counters.lines += stored.rows
@@ -270,7 +351,6 @@ class Collector:
         await publisher.publish(stored.lines, stored.tasks)
         for state in ended:
             self._remove(spool, state)
-        return True
 
     async def _isolate(
         self,

@@ -120,20 +120,35 @@ class Store:
     # -- the batch transaction --------------------------------------------------------------
 
     async def commit(
-        self, batch: Batch, forget: Iterable[str] = (), *, trial: bool = False
+        self,
+        batch: Batch,
+        forget: Iterable[str] = (),
+        *,
+        trial: bool = False,
+        after: Awaitable[object] | None = None,
     ) -> Stored:
         """Store a batch in one transaction. The files' states are left alone: the caller
         applies the result (`SpoolDir.commit`) once this returned.
 
         `trial`: roll the transaction back at its end; raises as the commit would (to find
-        which record Postgres refuses).
+        which record Postgres refuses). `after`: the commit of the batch before this one, on
+        another connection: awaited just before this one commits, so batches commit in
+        order, and this one rolls back if that one failed.
         """
         return await self._run(
-            functools.partial(self._commit, batch=batch, forget=list(forget), trial=trial)
+            functools.partial(
+                self._commit, batch=batch, forget=list(forget), trial=trial, after=after
+            )
         )
 
     async def _commit(
-        self, conn: Conn, *, batch: Batch, forget: list[str], trial: bool = False
+        self,
+        conn: Conn,
+        *,
+        batch: Batch,
+        forget: list[str],
+        trial: bool = False,
+        after: Awaitable[object] | None = None,
     ) -> Stored:
         await retention.ensure_partitions(
             conn,
@@ -182,6 +197,8 @@ class Store:
                     await cur.execute(Q["changed_tasks"], {"ids": changed})
                     names = [d.name for d in cur.description or ()]
                     stored.tasks = [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+            if after is not None:
+                await after
             if trial:
                 raise psycopg.Rollback()
         return stored
