@@ -210,6 +210,7 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
                     "traceback": fields.short_text(end.get("traceback"), fields.TEXT_BYTES),
                     "errors": fields.count(end.get("errors")),
                     "omitted": omitted,
+                    "first_seq": run.seq(1),
                 }
             )
         run.max_seq = after

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
-from collector import retention
+from collector import fields, retention
 from collector.copytext import copy_text
 from collector.plan import Run, Stored, plan, slices, start_params, state_marker, window
 from collector.tail import Batch, FileChunk, FileState, shown
@@ -158,6 +158,22 @@ class Store:
         stored = Stored()
         async with conn.transaction():
             runs = stored.runs = await self._place(conn, batch.chunks)
+            # Where each new run begins in the task's seqs. The trigger that records a run
+            # (migration 0005) can only guess it from the row's last seq, which a batch holding
+            # two runs of one task (an immediate retry) has not advanced yet when the second
+            # run's start is upserted.
+            firsts = [
+                {
+                    "task_id": run.task_id,
+                    "run": fields.count(start.get("retries")),
+                    "first_seq": run.seq(1),
+                }
+                for run in runs
+                if (start := run.chunk.start) is not None and not run.chunk.state.registered
+            ]
+            if firsts:
+                async with conn.cursor() as cur:
+                    await cur.executemany(Q["run_first_seq"], firsts)
             trims: list[Any] = []
             advances: list[Any] = []
             ends: list[Any] = []
@@ -183,6 +199,7 @@ class Store:
                     await cur.executemany(Q["advance_task"], advances)
                 if ends:
                     await cur.executemany(Q["end_task"], ends)
+                    await cur.executemany(Q["end_run"], ends)
                 if markers:
                     await cur.executemany(Q["insert_marker"], markers)
                 saves = [self._file_row(run) for run in runs]

@@ -58,8 +58,10 @@ UPDATE tasks SET
 WHERE task_id = %(task_id)s
 
 -- name: end_task
--- A RETRY end stored after the retried run finished (the new run started before the old one
--- wrote its end) leaves the final state alone; its counts still add up.
+-- The end of a run that is no longer the task's latest (a later run began after its first seq:
+-- an immediate retry stored in the same batch, or on another host), or a RETRY end stored after
+-- the retried run finished, leaves the task's state alone; its counts still add up. end_run
+-- records it on its own run.
 UPDATE tasks AS t SET
     state = CASE WHEN x.late THEN t.state ELSE %(state)s END,
     completed_at = CASE WHEN x.late THEN t.completed_at ELSE to_timestamp(%(t)s) END,
@@ -71,7 +73,9 @@ UPDATE tasks AS t SET
     lines_omitted = t.lines_omitted + %(omitted)s,
     progress = CASE WHEN %(state)s = :'SUCCESS' THEN 100 ELSE t.progress END,
     updated_at = now()
-FROM (SELECT %(state)s = :'RETRY' AND tasklog_finished(state) AS late
+FROM (SELECT (%(state)s = :'RETRY' AND tasklog_finished(state))
+             OR EXISTS (SELECT 1 FROM task_runs AS r
+                        WHERE r.task_id = %(task_id)s AND r.first_seq > %(first_seq)s) AS late
       FROM tasks WHERE task_id = %(task_id)s) AS x
 WHERE t.task_id = %(task_id)s
 
@@ -132,3 +136,19 @@ ON CONFLICT (host) DO UPDATE SET
     backlog_files = EXCLUDED.backlog_files,
     backlog_bytes = EXCLUDED.backlog_bytes,
     stats = EXCLUDED.stats
+
+-- name: run_first_seq
+-- The seq a new run's lines begin at, as the collector allocated it (tasklog_track_run, in
+-- migration 0005, records the run with a guess from the task's last seq).
+UPDATE task_runs SET first_seq = %(first_seq)s
+WHERE task_id = %(task_id)s AND run = %(run)s
+
+-- name: end_run
+-- A run's end on its own run, found by where its lines begin (a run without lines shares that
+-- seq with the next run: then the trigger's record of the task's latest run stands alone).
+UPDATE task_runs AS r SET
+    state = %(state)s, completed_at = to_timestamp(%(t)s), runtime = %(runtime)s,
+    exc_type = %(exc_type)s, exc_message = %(exc_message)s
+WHERE r.task_id = %(task_id)s AND r.first_seq = %(first_seq)s
+  AND (SELECT count(*) FROM task_runs WHERE task_id = %(task_id)s
+       AND first_seq = %(first_seq)s) = 1
