@@ -205,7 +205,13 @@ class Collector:
 
         async def drain() -> None:
             await self._vanished(store, publisher, spool, spool.scan())
-            await self._drain(store, publisher, spool, final=True)
+            # One pass leaves what a file gained while its batch was in flight (the reader
+            # skips such files): pass again until a pass stores nothing.
+            while True:
+                before = self.counters.batches
+                await self._drain(store, publisher, spool, final=True)
+                if self.counters.batches == before:
+                    break
             await self._orphans(store, publisher, spool, final=True)
 
         try:
@@ -333,6 +339,11 @@ class Collector:
         files = await self._until_available(store.load_files, first_error=exc)
         if files is not None:
             _reload(spool, files)
+            if self._spare is not None:
+                # Nothing runs on it now (a failed batch waits for the one after it), and
+                # its connection most likely went with the outage: open a fresh one on next
+                # use rather than meet a second failure, and a second warning, for the same.
+                await self._spare.close()
         return False
 
     async def _stored(
