@@ -278,3 +278,10 @@ def workdir(keep: bool = False) -> Iterator[Path]:
 
 def python() -> str:
     return sys.executable
+
+
+def solo_worker(queue: str) -> list[str]:
+    """The argv of a solo Celery worker of `bench.celery_app` consuming `queue` only."""
+    celery = [python(), "-m", "celery", "-A", "bench.celery_app", "worker"]
+    quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return [*celery, "-P", "solo", "-l", "info", "-Q", queue, *quiet, "-n", f"{queue}@%h"]
