@@ -1,32 +1,45 @@
 """The distribution as a user gets it: `python -m build`, then the wheel in fresh venvs.
 
 Each extra is installed alone into its own venv, so a dependency that a component imports but
-its extra forgets shows up here and not on a production host.
+its extra forgets shows up here and not on a production host. The shim's C extension
+(`capture_shim._speedups`) is optional: a host without a C compiler still builds and installs,
+and its shim runs in pure Python.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import venv
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.tags import sys_tags
+from packaging.utils import parse_wheel_filename
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["capture_shim", "collector", "api", "tasklog"]
 VERSION = importlib.metadata.version("celery-tasklog")
+SPEEDUPS = f"capture_shim/_speedups{sysconfig.get_config_var('EXT_SUFFIX')}"
+# The compiler setuptools runs unless CC says otherwise.
+HAS_COMPILER = shutil.which(shlex.split(sysconfig.get_config_var("CC") or "cc")[0]) is not None
 
 
-def run(*cmd: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLOG_", "PYTHON"))}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+def run(
+    *cmd: str | Path, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLOG_", "PYTHON"))}
+    env = {**clean, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})}
     return subprocess.run(
         [str(c) for c in cmd],
         capture_output=True,
@@ -60,8 +73,10 @@ class Env:
         self.path = path
         self.bin = path / "bin"
 
-    def python(self, code: str) -> subprocess.CompletedProcess[str]:
-        return run(self.bin / "python", "-c", code, cwd=self.path)
+    def python(
+        self, code: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run(self.bin / "python", "-c", code, cwd=self.path, env=env)
 
     def tasklog(
         self, *args: str, env: dict[str, str] | None = None
@@ -112,20 +127,60 @@ def api_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
     return install(wheel, tmp_path_factory.mktemp("venv-api"), "api")
 
 
+@pytest.fixture(scope="module")
+def wheel_without_compiler(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel a host without a C compiler builds from the sdist (CC names a failing one)."""
+    (sdist,) = dist.glob("*.tar.gz")
+    out = tmp_path_factory.mktemp("dist-nocc")
+    result = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-cache-dir",
+        "--wheel-dir",
+        out,
+        sdist,
+        env={"CC": "/bin/false"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (path,) = out.glob("celery_tasklog-*.whl")
+    return path
+
+
 def source_files(package: str) -> set[str]:
+    # The C source is compiled, not shipped; a .so in the checkout is an editable install's.
     return {
         str(p.relative_to(ROOT))
         for p in (ROOT / package).rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".c", ".so"}
     }
 
 
-def test_build_makes_a_wheel_and_an_sdist(dist: Path) -> None:
+def test_build_makes_a_wheel_for_this_interpreter_and_an_sdist(dist: Path) -> None:
     names = sorted(p.name for p in dist.iterdir())
-    assert names == [
-        f"celery_tasklog-{VERSION}-py3-none-any.whl",
-        f"celery_tasklog-{VERSION}.tar.gz",
-    ]
+    assert len(names) == 2 and names[1] == f"celery_tasklog-{VERSION}.tar.gz", names
+    # The wheel carries a compiled extension: it is for this Python and platform only, e.g.
+    # celery_tasklog-0.1.0-cp311-cp311-linux_x86_64.whl, and pip here takes it.
+    name, version, _build, tags = parse_wheel_filename(names[0])
+    assert (name, str(version)) == ("celery-tasklog", VERSION)
+    (tag,) = tags
+    assert tag.interpreter == f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert tag.platform != "any"
+    assert tag in set(sys_tags())
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler here: the wheel has no _speedups")
+def test_wheel_holds_the_compiled_extension(wheel: Path, base: Env) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert SPEEDUPS in names
+    assert "capture_shim/_speedups.c" not in names
+    result = base.python("import capture_shim._speedups as s; print(s.__file__)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(SPEEDUPS)
 
 
 def test_wheel_holds_every_package_file_and_no_tests(wheel: Path) -> None:
@@ -160,8 +215,14 @@ def test_sdist_holds_the_deployment_files(dist: Path) -> None:
         "systemd/tasklog-api.service",
         "systemd/tasklog.tmpfiles.conf",
         "docs/deploy.md",
+        "capture_shim/_speedups.c",
     ):
         assert path in names, path
+    # Sources only: nothing built, no local environment, no benchmarks (but their README,
+    # which docs/BENCHMARKS.md links to).
+    assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
+    assert not [n for n in names if n.startswith((".venv/", "build/", "dist/"))]
+    assert [n for n in names if n.startswith("bench/")] == ["bench/README.md"]
 
 
 def test_base_install_is_the_shim_alone(base: Env) -> None:
@@ -218,3 +279,31 @@ def test_api_extra(api_env: Env) -> None:
     assert result.returncode == 0, result.stderr
     result = api_env.tasklog("api", "--help")
     assert result.returncode == 0, result.stderr
+
+
+def test_without_a_compiler_the_wheel_installs_and_the_shim_runs_in_pure_python(
+    wheel_without_compiler: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with zipfile.ZipFile(wheel_without_compiler) as zf:
+        assert not [n for n in zf.namelist() if n.endswith(".so")]
+    env = install(wheel_without_compiler, tmp_path_factory.mktemp("venv-nocc"), None)
+    assert not env.has("capture_shim._speedups")
+    spool = tmp_path_factory.mktemp("spool-nocc")
+    code = (
+        "from celery import Celery\n"
+        "from capture_shim import TerminalLoggingTask\n"
+        "app = Celery('nocc', set_as_current=False)\n"
+        "app.conf.task_always_eager = True\n"
+        "@app.task(base=TerminalLoggingTask, name='t.hello')\n"
+        "def hello():\n"
+        "    print('hello from the pure-Python shim')\n"
+        "    return 42\n"
+        "assert hello.apply(task_id='nocc-1').get() == 42\n"
+    )
+    result = env.python(code, env={"TASKLOG_SPOOL_DIR": str(spool)})
+    assert result.returncode == 0, result.stderr
+    (spool_file,) = spool.glob("nocc-1.*.jsonl")
+    records = [json.loads(line) for line in spool_file.read_text().splitlines()]
+    assert records[0]["k"] == "start" and records[0]["task_id"] == "nocc-1"
+    assert [r["m"] for r in records if r["k"] == "line"] == ["hello from the pure-Python shim"]
+    assert records[-1]["k"] == "end" and records[-1]["state"] == "SUCCESS"
