@@ -5,6 +5,10 @@ each write to the capture of the *current task* (a context variable, so the thre
 concurrent tasks never see each other's output) or, outside any task, to the stream that was
 there before. Nothing here may raise into a task: a failed spool write is counted and the text
 goes to the original stream instead.
+
+The line-level work (pieces of lines in, one spool record per line out) is `Lines`, which
+`TaskCapture` extends: ``capture_shim/_speedups.c`` when it was compiled, else its reference in
+Python, `capture_shim.lines` (``TASKLOG_SHIM_SPEEDUPS=false`` chooses the latter).
 """
 
 from __future__ import annotations
@@ -15,45 +19,46 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from capture_shim import spool
-from capture_shim.config import ShimConfig
+from capture_shim.config import ShimConfig, speedups_wanted
+from capture_shim.lines import Gate, Route
 
-_encode_line = spool.encode_line
+if TYPE_CHECKING:
+    from capture_shim.lines import Lines, RouterBase
+else:
+    from capture_shim.lines import Lines, RouterBase
+
+    if speedups_wanted():
+        with contextlib.suppress(ImportError):  # not compiled here: the Python classes
+            from capture_shim._speedups import Lines, RouterBase
+
+__all__ = [
+    "SPEEDUPS",
+    "CaptureLogHandler",
+    "Gate",
+    "Route",
+    "Stats",
+    "StreamRouter",
+    "TaskCapture",
+    "TextOut",
+    "current",
+    "ensure_routing",
+    "host_name",
+    "warn_once",
+]
+
+#: Whether the compiled `Lines` is in use (`capture_shim._speedups`).
+SPEEDUPS: bool = Lines.__module__ == "capture_shim._speedups"
 
 _current: ContextVar[TaskCapture | None] = ContextVar("tasklog_capture", default=None)
-_current_get = _current.get
-_monotonic_ns = time.monotonic_ns
-_os_write = os.write
 _install_lock = threading.Lock()
 #: End records a full spool refused, with their files: retried when the process starts a task.
 _pending_ends: list[tuple[str, bytes]] = []
 _pending_lock = threading.Lock()
 _MAX_PENDING_ENDS = 256
-
-
-#: What Python-level text of a task goes through: (stream, text), ending in `TaskCapture.write`.
-Route = Callable[[str, str], None]
-
-
-class Gate(Protocol):
-    """fd-level capture as a `TaskCapture` sees it: output that may wait in its pipes.
-
-    Before a new line from Python, the capture asks the gate to deliver what is waiting (so
-    output written at fd level before a print is recorded before it), but only when its reader
-    said something is pending or `next_look` has passed: no system call per print.
-    """
-
-    #: The reader thread saw output it has not delivered yet.
-    pending: bool
-    #: `time.monotonic_ns()` after which the pipes are looked at anyway.
-    next_look: int
-
-    def take_in(self) -> None:
-        """Deliver (with `TaskCapture.feed`) whatever the pipes hold now."""
 
 
 class TextOut(Protocol):
@@ -89,19 +94,12 @@ def current() -> TaskCapture | None:
     return _current.get()
 
 
-class StreamRouter:
-    """A stand-in for sys.stdout/sys.stderr that follows the current task."""
+class StreamRouter(RouterBase):
+    """A stand-in for sys.stdout/sys.stderr that follows the current task (``write`` is
+    `RouterBase`'s: the current capture's route, or outside a task the original stream)."""
 
     def __init__(self, original: TextIO, stream: str) -> None:
-        self._original = original
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        cap = _current_get()
-        if cap is None:
-            return self._original.write(text)
-        cap.route(self._stream, text)
-        return len(text)
+        super().__init__(original, stream, _current)
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -183,31 +181,21 @@ def ensure_routing() -> None:
             logging.root.addHandler(_log_handler)
 
 
-class TaskCapture:
-    """The output of one task run, on its way to one spool file."""
+class TaskCapture(Lines):
+    """The output of one task run, on its way to one spool file.
+
+    `Lines` cuts the text into lines and writes their records; this class opens and closes
+    the file, writes the start, progress and end records, and decides where a line goes when
+    the spool cannot take it (`_unwritten`).
+    """
 
     def __init__(self, config: ShimConfig, task_id: str, start: dict[str, Any]) -> None:
+        super().__init__(config.max_line_bytes)
         self.task_id = task_id
         self._config = config
-        self._lock = threading.Lock()
-        #: Per stream, the text of a line not ended yet.
-        self._partial: dict[str, str] = {}
-        #: Lines longer than this many characters may be over the byte limit: measured.
-        self._cut_at = config.max_line_bytes // 4
-        #: A line without its newline is let go past this many characters.
-        self._max_partial = config.max_line_bytes
-        #: fd capture's side, while it runs (`order_with`).
-        self._gate: Gate | None = None
-        #: Streams whose last Python-level write left a line open, no fd output since: the
-        #: rest of that line needs no look at the pipes. Kept only with a gate.
-        self._open: set[str] = set()
-        self._seq = 0
         self._errors = 0
         self._started = time.monotonic()
         self._token: Token[TaskCapture | None] | None = None
-        #: Where the routers send Python-level text: `write`, or what `route_through` set.
-        #: Read it; change it with `route_through`.
-        self.route: Route = self.write
         #: The exception and traceback text, when the task failed (set by a signal).
         self.failure: tuple[BaseException | None, str | None] = (None, None)
         self._spool: spool.SpoolFile | None = None
@@ -227,7 +215,7 @@ class TaskCapture:
             )
             return
         try:
-            self._spool = spool.SpoolFile(config.spool_dir, task_id)
+            self._open_spool(spool.SpoolFile(config.spool_dir, task_id))
         except OSError as exc:
             self._fail("open", exc)
             return
@@ -236,10 +224,23 @@ class TaskCapture:
         ):
             # A file without its start record could never be placed: give it up (unlinking
             # needs no space) and send this task's output to the original streams.
+            file = self._close_spool()
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(file.path)
+
+    def _open_spool(self, file: spool.SpoolFile) -> None:
+        self._spool = file
+        self._fd = file.fd
+
+    def _close_spool(self) -> spool.SpoolFile | None:
+        """Stop writing to the spool file and close it; the file, if there was one."""
+        file, self._spool = self._spool, None
+        self._fd = -1
+        if file is not None:
             with contextlib.suppress(OSError):
-                self._spool.close()
-                os.unlink(self._spool.path)
-            self._spool = None
+                file.close()
+        return file
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -256,11 +257,7 @@ class TaskCapture:
 
     def finish(self, state: str, exc: BaseException | None = None, tb: str | None = None) -> None:
         """Flush partial lines, write the `end` record, close the file."""
-        with self._lock:
-            partial, self._partial = self._partial, {}
-            for stream, text in partial.items():  # a last line without its newline
-                if text:
-                    self._emit_locked(stream, text, None)
+        self.flush_partials()  # a last line without its newline
         end: dict[str, Any] = {
             "k": spool.END,
             "t": time.time(),
@@ -276,26 +273,9 @@ class TaskCapture:
         data = spool.encode(end)
         if not self._put(data) and self._spool is not None:
             _hold_end(self._spool.path, data)
-        if self._spool is not None:
-            try:
-                self._spool.close()
-            except OSError:
-                pass
-            self._spool = None
+        self._close_spool()
 
-    # -- routing and fallback ----------------------------------------------------------------
-
-    def route_through(self, route: Route | None) -> None:
-        """Send Python-level text through `route` (which ends in `write`); None: straight in.
-
-        fd capture puts its ordered path here for the length of its session.
-        """
-        self.route = self.write if route is None else route
-
-    def order_with(self, gate: Gate | None) -> None:
-        """Keep Python-level lines in order with fd-level output `gate` delivers; None: stop."""
-        self._gate = gate
-        self._open.clear()
+    # -- fallback ---------------------------------------------------------------------------
 
     def fallback(self, stream: str) -> TextOut:
         """Where `stream`'s text goes when the spool cannot take it."""
@@ -306,114 +286,7 @@ class TaskCapture:
         previous, self._fallback[stream] = self._fallback[stream], target
         return previous
 
-    # -- output -----------------------------------------------------------------------------
-
-    def write(self, stream: str, text: str) -> None:
-        """Python-level text of the task (`print`, `sys.stdout.write`), any piece of a line.
-
-        One record per line, written when its newline comes: a `print` of several arguments,
-        which writes each piece, the separators and the newline apart, is one record.
-        """
-        gate = self._gate
-        if gate is not None and stream not in self._open:
-            # A new line from Python: what fd capture's pipes hold was written before it.
-            if gate.pending or _monotonic_ns() >= gate.next_look:
-                gate.take_in()
-        partials = self._partial
-        lock = self._lock
-        lock.acquire()
-        try:
-            partial = partials.get(stream)
-            if text != "\n":
-                buf = partial + text if partial else text
-                if "\n" in buf or len(buf) > self._max_partial:
-                    self._take_locked(stream, buf)
-                    if gate is not None and text[-1:] == "\n":
-                        self._open.discard(stream)
-                        return
-                else:
-                    partials[stream] = buf  # a piece of a line: kept until its newline
-                if gate is not None:
-                    self._open.add(stream)
-                return
-            # print's last write, ending the line its first ones began: `_emit_locked`,
-            # inlined, since this runs for every line a task prints.
-            if gate is not None:
-                self._open.discard(stream)
-            partials[stream] = ""
-            line = partial or ""
-            if len(line) > self._cut_at:  # a str of n characters is at most 4n bytes
-                line = self._cut(line)
-            self._seq = seq = self._seq + 1
-            data = _encode_line(seq, stream, line, None)
-            file = self._spool
-            if file is not None:
-                try:
-                    written = _os_write(file.fd, data)
-                    if written != len(data):
-                        file.write_rest(data, written)
-                    return
-                except OSError as exc:
-                    self._fail("write", exc)
-            self._to_fallback(stream, line)
-        finally:
-            lock.release()
-
-    def feed(self, stream: str, text: str) -> None:
-        """Text that comes in order already (fd capture's reader): split into lines as `write`."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._open.discard(stream)
-            partial = self._partial.get(stream)
-            self._take_locked(stream, partial + text if partial else text)
-        finally:
-            lock.release()
-
-    def _take_locked(self, stream: str, buf: str) -> None:
-        """`buf` (the stream's partial line and new text): its lines out, the rest kept."""
-        if "\n" not in buf:
-            # A line without its newline yet; bound it so a progress bar of "\r"s can't
-            # grow forever.
-            if len(buf) > self._max_partial:
-                self._partial[stream] = ""
-                self._emit_locked(stream, buf, None)
-            else:
-                self._partial[stream] = buf
-            return
-        *lines, self._partial[stream] = buf.split("\n")
-        for line in lines:
-            self._emit_locked(stream, line, None)
-
-    def emit(self, stream: str, text: str, level: str | None = None) -> None:
-        """One whole line (a `logging` record's, a marker), in its own record."""
-        with self._lock:
-            self._emit_locked(stream, text, level)
-
-    def _emit_locked(self, stream: str, text: str, level: str | None) -> None:
-        if len(text) > self._cut_at:  # a str of n characters is at most 4n bytes
-            text = self._cut(text)
-        self._seq = seq = self._seq + 1
-        data = _encode_line(seq, stream, text, level)
-        # `_put` inlined: this runs for every line a task prints.
-        file = self._spool
-        if file is not None:
-            try:
-                written = _os_write(file.fd, data)
-                if written != len(data):
-                    file.write_rest(data, written)
-                return
-            except OSError as exc:
-                self._fail("write", exc)
-        self._to_fallback(stream, text)
-
-    def _cut(self, text: str) -> str:
-        limit = self._config.max_line_bytes
-        raw = text.encode("utf-8", "surrogatepass")
-        if len(raw) <= limit:
-            return text
-        kept = raw[:limit].decode("utf-8", "ignore")
-        return f"{kept} … [line cut: {len(raw) - limit} more bytes]"
+    # -- records other than lines -------------------------------------------------------------
 
     def progress(self, percent: float | None, message: str | None, state: str | None) -> None:
         record: dict[str, Any] = {"k": spool.PROGRESS, "t": time.time(), "p": percent}
@@ -421,8 +294,7 @@ class TaskCapture:
             record["msg"] = message
         if state is not None:
             record["state"] = state
-        with self._lock:
-            self._put(spool.encode(record))
+        self._put(spool.encode(record))
 
     # -- failure handling -------------------------------------------------------------------
 
@@ -435,6 +307,20 @@ class TaskCapture:
         except OSError as exc:
             self._fail("write", exc)
             return False
+
+    def _unwritten(
+        self, stream: str, text: str, data: bytes | None, written: int, error: OSError | None
+    ) -> None:
+        file = self._spool
+        if file is not None and data is not None:
+            try:
+                if error is not None:
+                    raise error
+                file.write_rest(data, written)  # a full disk took part of it
+                return
+            except OSError as exc:
+                self._fail("write", exc)
+        self._to_fallback(stream, text)
 
     def _fail(self, what: str, exc: OSError) -> None:
         self._errors += 1

@@ -29,6 +29,11 @@ DOCUMENTED: tuple[tuple[str, str, str], ...] = (
         "Capture fd 1/2 too (subprocesses, C code) in prefork and solo pools.",
     ),
     ("TASKLOG_TEE", "false", "Also echo captured output to the worker's own stdout/stderr."),
+    (
+        "TASKLOG_SHIM_SPEEDUPS",
+        "true",
+        "Use the shim's compiled line writer when it was built; false: the Python one.",
+    ),
 )
 
 
@@ -84,3 +89,8 @@ class ShimConfig:
             capture_fd=_bool("TASKLOG_CAPTURE_FD", True),
             tee=_bool("TASKLOG_TEE", False),
         )
+
+
+def speedups_wanted() -> bool:
+    """Whether to use the compiled line writer if it is there (read once, at import)."""
+    return _bool("TASKLOG_SHIM_SPEEDUPS", True)

@@ -27,18 +27,17 @@ One task (`FdSession`)
     fallback streams are pointed at the kept descriptors for the session: the worker's log stays
     the worker's, and a failing spool cannot feed its fallback text back into the pipe.
 
-    Order: Python-level writes still go straight to the `TaskCapture`. Before a new line from
-    Python, what waits in the pipes is taken in first (under the lock the reader holds while it
-    reads and feeds), but without a system call per print: the session is the capture's `Gate`.
-    The reader raises `pending` as soon as its `poll` returns, and the print path, which reads
-    that flag for free, looks at the pipes itself (`poll(0)`) only when it is up or when
-    `LOOK_EVERY_NS` has passed since the last look. So fd-level output is recorded before a
-    print if the reader had seen it or it was written at least `LOOK_EVERY_NS` (100 µs) before
-    the print; a subprocess the task waited for qualifies, since starting one takes longer.
-    Output written at fd level in the same instant as a print (`os.write(1, …)` right before
-    it, the reader not yet scheduled) may come after it. Prints keep their exact order with
-    each other across streams. Between stdout and stderr written at fd level the order is the
-    order the reader saw them in, as with any two pipes.
+    Order: Python-level writes still go straight to the `TaskCapture`. Before the first piece of
+    a new line from Python, what waits in the pipes is taken in first (under the lock the
+    reader holds while it reads and feeds), so fd-level output written before a `print` is
+    recorded before it, exactly. The session is the capture's `Gate`: output may be waiting if
+    the reader raised `pending` (its `poll` returned; it clears the flag, under the lock, once
+    what it read is delivered) or a pipe is readable (`probe_fd`, an epoll instance holding
+    both pipes, waited on with no timeout; elsewhere than Linux `read_ends` are polled). Data
+    the reader took out of a pipe is covered by the flag, data still in a pipe by the poll: one
+    system call per Python-level line, none for the rest of a line already open. Prints keep
+    their exact order with each other across streams. Between stdout and stderr written at fd
+    level the order is the order the reader saw them in, as with any two pipes.
 
     End: flush the stdio buffers into the pipes, put fd 1/2 back with `dup2` from the kept
     copies (inheritable flag as it was), and wait up to `DETACH_GRACE` seconds for end-of-file.
@@ -65,7 +64,6 @@ import os
 import select
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -76,7 +74,6 @@ from capture_shim.config import ShimConfig
 
 __all__ = [
     "DETACH_GRACE",
-    "LOOK_EVERY_NS",
     "FdSession",
     "FdStats",
     "after_fork_in_child",
@@ -90,9 +87,6 @@ __all__ = [
 
 #: Seconds to wait at a task's end for its pipes to close before detaching a lingering child.
 DETACH_GRACE = 0.5
-#: Nanoseconds after which a new Python-level line looks at the pipes even if the reader said
-#: nothing: the most fd-level output written before a print can be late by (see Order above).
-LOOK_EVERY_NS = 100_000
 
 _STREAMS = {1: spool.STDOUT, 2: spool.STDERR}
 _FD_OF = {spool.STDOUT: 1, spool.STDERR: 2}
@@ -103,6 +97,7 @@ _READS_PER_TURN = 16
 _PIPE_SIZE = 1 << 20
 _SAFE_POOLS = frozenset({"celery.concurrency.prefork:TaskPool", "celery.concurrency.solo:TaskPool"})
 _decoder = codecs.getincrementaldecoder("utf-8")
+_EPOLL = hasattr(select, "epoll")
 
 
 class FdStats:
@@ -246,11 +241,13 @@ class FdSession:
         #: Open read ends → (1 or 2, incremental decoder).
         self._readers: dict[int, tuple[int, Any]] = {}
         self._poller = select.poll()  # the reader thread's
-        self._probe = select.poll()  # the task thread's, under the lock
+        #: The task thread's (`waiting`): an epoll instance on Linux, one system call of
+        #: constant cost however many pipes; a poll object elsewhere.
+        self._probe, self.probe_fd = _new_probe()
         #: The `Gate` the capture reads before a new Python-level line: the reader saw output
-        #: not delivered yet; the time after which the pipes are looked at anyway.
+        #: not delivered yet; the pipes' read ends (`probe_fd` above, -1 without epoll).
         self.pending = False
-        self.next_look = 0
+        self.read_ends: tuple[int, ...] = ()
         self._attached = True
         self._ended = False
         self._closed = threading.Event()  # every read end reached end-of-file
@@ -290,7 +287,8 @@ class FdSession:
                 _quiet(os.close, number)
         for read_end in self._readers:
             self._poller.register(read_end, select.POLLIN)
-            self._probe.register(read_end, select.POLLIN)
+            self._probe.register(read_end, select.EPOLLIN if _EPOLL else select.POLLIN)
+        self.read_ends = tuple(self._readers)
         follow_forks()
         self._redirect_worker_streams()
         self.cap.order_with(self)
@@ -318,13 +316,15 @@ class FdSession:
 
     # -- during -----------------------------------------------------------------------------
 
+    def waiting(self) -> bool:
+        """Whether fd-level output may wait: the reader holds some, or a pipe has some."""
+        return self.pending or bool(self._probe.poll(0))
+
     def take_in(self) -> None:
         """Deliver what the pipes hold now: the capture asks before a new Python-level line."""
         with self._lock:
-            self.next_look = time.monotonic_ns() + LOOK_EVERY_NS
-            if self._readers and self._probe.poll(0):
-                for read_end in list(self._readers):
-                    self._drain(read_end)
+            for read_end in list(self._readers):
+                self._drain(read_end)
             self.pending = False  # all written until now is delivered
 
     def write_tee(self, stream: str, text: str) -> None:
@@ -381,6 +381,7 @@ class FdSession:
 
     def _close_reader(self, read_end: int) -> None:
         fd, decoder = self._readers.pop(read_end)
+        self.read_ends = tuple(self._readers)
         if self._attached:
             text = decoder.decode(b"", True)  # an incomplete character at the very end
             if text:
@@ -410,6 +411,9 @@ class FdSession:
         for stream, target in self._fallback.items():
             self.cap.set_fallback(stream, target)
         self.cap.order_with(None)
+        self.probe_fd = -1
+        if _EPOLL:  # the capture no longer asks `waiting`
+            _quiet(self._probe.close)
         if self.cap.route == self.write_tee:
             self.cap.route_through(None)
         for fd in (1, 2):
@@ -543,6 +547,14 @@ def _flush_stdio() -> None:
         except Exception:
             _libc_fflush = lambda _: 0  # noqa: E731 - no C library to flush
     _quiet(_libc_fflush, None)
+
+
+def _new_probe() -> tuple[Any, int]:
+    """An epoll instance and its descriptor; without epoll a poll object and -1."""
+    if _EPOLL:
+        probe = select.epoll()
+        return probe, probe.fileno()
+    return select.poll(), -1
 
 
 def _grow_pipe(fd: int) -> None:

@@ -52,20 +52,6 @@ def _lines_so_far(spool_dir: Path) -> list[tuple[int, str, str]]:
     return [(r["n"], r["s"], r["m"]) for r in records if r["k"] == spool.LINE][1:]
 
 
-class _CountingPoll:
-    """The task thread's `poll` object, counting its calls."""
-
-    def __init__(self, poll: Any, calls: list[int]) -> None:
-        self._poll, self._calls = poll, calls
-
-    def poll(self, timeout: int) -> Any:
-        self._calls.append(timeout)
-        return self._poll.poll(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._poll, name)
-
-
 def _fd_identity(fd: int) -> tuple[int, int, bool]:
     info = os.fstat(fd)
     return info.st_dev, info.st_ino, os.get_inheritable(fd)
@@ -117,51 +103,36 @@ def test_fd_output_is_captured_in_order_with_python_writes(
     assert all(seq["py before"] < seq[m] < seq["py after"] for m in fd_level)
 
 
-def test_no_system_call_per_print_yet_fd_output_older_than_the_look_interval_comes_first(
-    session: Callable[..., FdSession], spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_fd_output_written_the_instant_before_a_print_comes_first(
+    session: Callable[..., FdSession], spool_dir: Path
 ) -> None:
-    """The print path reads the reader's `pending` flag and the clock, and looks at the pipes
-    itself only when `LOOK_EVERY_NS` has passed: fd output written that long before a print is
-    recorded before it even when the reader thread has not run since (it cannot, here: this
-    thread keeps the GIL)."""
+    """C code writes to fd 1 without letting go of the GIL (PyDLL keeps it), a print follows
+    at once, and no thread switch happens for the whole loop: the reader, woken by the pipe,
+    waits for the GIL in vain. Each fd line must still come before the print after it."""
     sess = session()
-    polls: list[int] = []
-    probe = sess._probe
-    monkeypatch.setattr(sess, "_probe", _CountingPoll(probe, polls))
-    started = time.monotonic_ns()
-    for i in range(1000):  # a loop of prints looks at the pipes once per interval at most
-        sess.cap.route(spool.STDOUT, f"print {i}")
-        sess.cap.route(spool.STDOUT, "\n")
-    intervals = (time.monotonic_ns() - started) // fdcapture.LOOK_EVERY_NS
-    assert len(polls) <= intervals + 1 < 1000, (len(polls), intervals)
-
-    # C code writing without letting go of the GIL (PyDLL keeps it), and no thread switch for
-    # the rest of the test: the reader, woken by the pipe, waits for the GIL in vain.
     libc_write = ctypes.PyDLL(None).write
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1000.0)
     try:
-        libc_write(1, b"fd line\n", 8)
-        deadline = time.monotonic_ns() + fdcapture.LOOK_EVERY_NS
-        while time.monotonic_ns() < deadline:  # no system call that would let the reader run
-            pass
-        assert not sess.pending
-        sess.cap.route(spool.STDOUT, "after\n")
+        for i in range(200):
+            line = f"fd {i}\n".encode()
+            libc_write(1, line, len(line))
+            sess.cap.route(spool.STDOUT, f"py {i}")
+            sess.cap.route(spool.STDOUT, "\n")
     finally:
         sys.setswitchinterval(switch)
     sess.end()
     sess.cap.finish("SUCCESS")
-    assert [m for _, _, m in _lines(spool_dir)][-2:] == ["fd line", "after"]
+    expected = [m for i in range(200) for m in (f"fd {i}", f"py {i}")]
+    assert [m for _, _, m in _lines(spool_dir)] == expected
 
 
-def test_a_childs_output_comes_before_the_next_print_without_the_clock(
-    session: Callable[..., FdSession], spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_childs_output_comes_before_the_next_print(
+    session: Callable[..., FdSession], spool_dir: Path
 ) -> None:
-    monkeypatch.setattr(fdcapture, "LOOK_EVERY_NS", 10**15)  # never by the clock
     sess = session()
-    sess.cap.route(spool.STDOUT, "first\n")  # the first look: the clock starts from here
+    sess.cap.route(spool.STDOUT, "first\n")
     subprocess.run(["sh", "-c", "echo from a child"], check=True)
-    wait_for(lambda: sess.pending or _lines_so_far(spool_dir), timeout=10, message="the reader")
     sess.cap.route(spool.STDOUT, "after the child\n")
     sess.end()
     sess.cap.finish("SUCCESS")

@@ -1,0 +1,216 @@
+"""A task's text, cut into lines, one spool record per line: the shim's hot path, in Python.
+
+`Lines` is what `capture.TaskCapture` is built on. ``capture_shim/_speedups.c`` is the same
+class in C, used when it was compiled (a C compiler at install time) and
+``TASKLOG_SHIM_SPEEDUPS`` is not off; this module is the reference both are tested against
+(``tests/unit/test_speedups.py`` feeds both the same writes and compares the records byte for
+byte), and what runs anywhere else. Change one, change the other.
+
+The rules, the same in both:
+
+* ``write(stream, text)``, Python-level text (`print`, ``sys.stdout.write``), is any piece of a
+  line; a line's record is written when its newline comes, so a `print` of several arguments,
+  which writes each piece, the separators and the newline apart, is one record. Text without
+  a newline is let go as a line of its own once longer than ``max_line_bytes`` characters.
+* ``feed(stream, text)``: text that comes in order already (fd capture's reader), split alike.
+* ``emit(stream, text, level)``: one whole line (a `logging` record's, a marker).
+* A line longer than ``max_line_bytes`` UTF-8 bytes is cut there, with a marker of how much.
+* Order with fd-level output: while a `Gate` is set (`order_with`), before the first piece of a
+  new Python-level line the gate is asked to deliver what its pipes hold, if it says anything
+  waits (`Gate.waiting`), so output written at fd level before a `print` is recorded before it.
+* One ``os.write`` per record on the spool descriptor ``_fd``; what cannot be written that way
+  (no spool, a short write, an error) goes to the subclass's ``_unwritten``.
+
+The C class holds the GIL through all of a call but `Gate.take_in` and ``_unwritten``; this one
+takes a lock instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from capture_shim import spool
+
+__all__ = ["Gate", "Lines", "Route", "RouterBase", "cut"]
+
+_encode_line = spool.encode_line
+_os_write = os.write
+
+#: What Python-level text of a task goes through: (stream, text), ending in `Lines.write`.
+Route = Callable[[str, str], None]
+
+
+class Gate(Protocol):
+    """fd-level capture as `Lines` sees it: output that may wait in its pipes."""
+
+    def waiting(self) -> bool:
+        """Whether fd-level output may be waiting: the reader holds some, or a pipe has some.
+
+        The C class asks the same of the gate's two attributes: ``pending`` true, or one of
+        ``read_ends`` readable (``poll`` with no wait)."""
+
+    def take_in(self) -> None:
+        """Deliver (with `Lines.feed`) whatever the pipes hold now."""
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (whole characters), with how much was cut."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    kept = raw[:limit].decode("utf-8", "ignore")
+    return f"{kept} … [line cut: {len(raw) - limit} more bytes]"
+
+
+class Lines:
+    """The line state of one task run's output and its spool descriptor (see the module)."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        #: The spool file's descriptor, -1 while there is none.
+        self._fd = -1
+        #: The last line's sequence number.
+        self._seq = 0
+        self._max_line_bytes = max_line_bytes
+        #: Lines longer than this many characters may be over the byte limit: measured.
+        self._cut_at = max_line_bytes // 4
+        #: A line without its newline is let go past this many characters.
+        self._max_partial = max_line_bytes
+        #: Per stream, the text of a line not ended yet.
+        self._partial: dict[str, str] = {}
+        #: fd capture's side, while it runs (`order_with`).
+        self._gate: Gate | None = None
+        #: Streams whose last Python-level write left a line open, no fd output since: the
+        #: rest of that line needs no look at the pipes. Kept only with a gate.
+        self._open: set[str] = set()
+        #: Where the routers send Python-level text: `write`, or what `route_through` set.
+        #: Read it; change it with `route_through`.
+        self.route: Route = self.write
+        self._lock = threading.Lock()
+
+    # -- what is wired to what ---------------------------------------------------------------
+
+    def route_through(self, route: Route | None) -> None:
+        """Send Python-level text through `route` (which ends in `write`); None: straight in."""
+        self.route = self.write if route is None else route
+
+    def order_with(self, gate: Gate | None) -> None:
+        """Keep Python-level lines in order with fd-level output `gate` delivers; None: stop."""
+        self._gate = gate
+        self._open.clear()
+
+    # -- text in -------------------------------------------------------------------------------
+
+    def write(self, stream: str, text: str) -> None:
+        """Python-level text of the task, any piece of a line."""
+        gate = self._gate
+        if gate is not None and stream not in self._open and gate.waiting():
+            gate.take_in()  # a new line from Python: what the pipes hold was written before it
+        partials = self._partial
+        lock = self._lock
+        lock.acquire()
+        try:
+            partial = partials.get(stream)
+            if text != "\n":
+                buf = partial + text if partial else text
+                if "\n" in buf or len(buf) > self._max_partial:
+                    self._take(stream, buf)
+                    if gate is not None and text[-1:] == "\n":
+                        self._open.discard(stream)
+                        return
+                else:
+                    partials[stream] = buf  # a piece of a line: kept until its newline
+                if gate is not None:
+                    self._open.add(stream)
+                return
+            # print's last write, ending the line its first ones began.
+            if gate is not None:
+                self._open.discard(stream)
+            partials[stream] = ""
+            self._emit(stream, partial or "", None)
+        finally:
+            lock.release()
+
+    def feed(self, stream: str, text: str) -> None:
+        """Text that comes in order already (fd capture's reader): split into lines as `write`."""
+        with self._lock:
+            self._open.discard(stream)
+            partial = self._partial.get(stream)
+            self._take(stream, partial + text if partial else text)
+
+    def emit(self, stream: str, text: str, level: str | None = None) -> None:
+        """One whole line, in its own record."""
+        with self._lock:
+            self._emit(stream, text, level)
+
+    def flush_partials(self) -> None:
+        """Each stream's line not ended yet, as a line of its own (at the task's end)."""
+        with self._lock:
+            partial, self._partial = self._partial, {}
+            for stream, text in partial.items():
+                if text:
+                    self._emit(stream, text, None)
+
+    # -- inside (lock held) --------------------------------------------------------------------
+
+    def _take(self, stream: str, buf: str) -> None:
+        """`buf` (the stream's partial line and new text): its lines out, the rest kept."""
+        if "\n" not in buf:
+            # A line without its newline yet; bound it so a progress bar of "\r"s can't
+            # grow forever.
+            if len(buf) > self._max_partial:
+                self._partial[stream] = ""
+                self._emit(stream, buf, None)
+            else:
+                self._partial[stream] = buf
+            return
+        *lines, self._partial[stream] = buf.split("\n")
+        for line in lines:
+            self._emit(stream, line, None)
+
+    def _emit(self, stream: str, text: str, level: str | None) -> None:
+        if len(text) > self._cut_at:  # a str of n characters is at most 4n bytes
+            text = cut(text, self._max_line_bytes)
+        self._seq = seq = self._seq + 1
+        data = _encode_line(seq, stream, text, level)
+        if self._fd >= 0:
+            try:
+                written = _os_write(self._fd, data)
+            except OSError as exc:
+                self._unwritten(stream, text, data, 0, exc)
+                return
+            if written != len(data):
+                self._unwritten(stream, text, data, written, None)
+            return
+        self._unwritten(stream, text, None, 0, None)
+
+    def _unwritten(
+        self, stream: str, text: str, data: bytes | None, written: int, error: OSError | None
+    ) -> None:
+        """A line one `os.write` did not store whole: `data` is its record (None without a
+        spool), `written` how much of it the write took, `error` what it raised."""
+        raise NotImplementedError
+
+
+class RouterBase:
+    """What `print` calls inside a task: `sys.stdout`/`sys.stderr`'s ``write`` (see capture).
+
+    Text goes to the current capture's route, or, outside any task, to the stream that was
+    there before.
+    """
+
+    def __init__(self, original: Any, stream: str, current: ContextVar[Any]) -> None:
+        self._original = original
+        self._stream = stream
+        self._current_get = current.get
+
+    def write(self, text: str) -> int:
+        cap = self._current_get()
+        if cap is None:
+            written: int = self._original.write(text)
+            return written
+        cap.route(self._stream, text)
+        return len(text)
