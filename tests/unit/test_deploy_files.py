@@ -374,9 +374,10 @@ def program_settings() -> dict[str, set[str]]:
     from capture_shim.config import ShimConfig
 
     shim = {f"TASKLOG_{f.name.upper()}" for f in dataclasses.fields(ShimConfig)}
-    # capture.py names the host by TASKLOG_HOST; the demo Celery app takes its broker from
-    # TASKLOG_REDIS_URL (tasklog/demo/app.py).
-    out = {"worker": shim | {"TASKLOG_HOST", "TASKLOG_REDIS_URL"}}
+    # capture.py names the host by TASKLOG_HOST and picks its line writer by
+    # TASKLOG_SHIM_SPEEDUPS at import (`config.speedups_wanted`); the demo Celery app takes its
+    # broker from TASKLOG_REDIS_URL (tasklog/demo/app.py).
+    out = {"worker": shim | {"TASKLOG_HOST", "TASKLOG_SHIM_SPEEDUPS", "TASKLOG_REDIS_URL"}}
     for module, cls in (
         ("collector.settings", "CollectorSettings"),
         ("api.settings", "ApiSettings"),
