@@ -8,6 +8,8 @@ styles: one f-string per `print` (two writes to `sys.stdout`) and `print(text, i
   configured by default: in a solo or prefork worker that includes file-descriptor capture
   (fd 1/2 through pipes, `capture_shim/fdcapture.py`);
 * ``Python level only``: the same with ``TASKLOG_CAPTURE_FD=false`` (a second worker);
+* ``Python line writer``: fd capture on, with ``TASKLOG_SHIM_SPEEDUPS=false`` (a third
+  worker): the shim as it runs where no C compiler built ``capture_shim._speedups``;
 * ``floor``: one ``O_APPEND`` ``os.write`` per line of the very record the shim writes for it,
   made beforehand: the least this design (one write per record) can cost;
 * ``seed`` (unless ``--no-seed``): the seed guide's ``DBLogWriter``, one committed INSERT per
@@ -45,6 +47,12 @@ from bench.printing import STYLES
 TARGET_US = 3.0
 TARGET_FLOOR_RATIO = 3.0
 TARGET_RATIO = 100.0
+#: The captured ways: the default, fd capture off, the Python line writer (each its worker).
+WAYS = {
+    "fd": "fd capture on (default)",
+    "python": "Python level only",
+    "pyref": "fd capture on, Python line writer",
+}
 _STYLE_NAMES = {"fstring": 'f-string print (print(f"{text} {i}"))', "multiarg": "print(text, i)"}
 
 
@@ -96,10 +104,10 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
             add("floor", runner.floor(args.lines, i))
             for style in STYLES:
                 add(f"plain:{style}", runner.plain(args.lines, i, style))
-                for way, fd in (("fd", True), ("python", False)):
-                    if fd and args.direct:
+                for way in WAYS:
+                    if way != "python" and args.direct:
                         continue  # in-process: Python level only
-                    add(f"{way}:{style}", runner.captured(args.lines, i, style, fd=fd))
+                    add(f"{way}:{style}", runner.captured(args.lines, i, style, way=way))
             if seed_url is not None:
                 results["seed"].append(runner.seed(args.seed_lines, i, seed_url))
             _clean(spool)
@@ -129,7 +137,7 @@ def report(clock: str, results: dict[str, list[float]]) -> dict[str, Figure]:
         plain = Figure(f"{_STYLE_NAMES[style]}, plain file", "µs/line", us[f"plain:{style}"])
         row(plain.name, plain.text(3), "baseline")
         figures[f"plain:{style}"] = plain
-        for way, label in (("fd", "fd capture on (default)"), ("python", "Python level only")):
+        for way, label in WAYS.items():
             if f"{way}:{style}" not in us:
                 continue
             captured = Figure(f"  captured, {label}", "µs/line", us[f"{way}:{style}"])
@@ -205,7 +213,7 @@ class _Direct:
         self.floor(2000, 99)
         for style in STYLES:
             self.plain(2000, 99, style)
-            self.captured(2000, 99, style, fd=False)
+            self.captured(2000, 99, style, way="python")
         if seed_url is not None:
             self.seed(50, 99, seed_url)
 
@@ -224,7 +232,7 @@ class _Direct:
             return timed_prints_both(count, seed, style)
 
     def captured(
-        self, count: int, seed: int, style: str = "fstring", fd: bool = False
+        self, count: int, seed: int, style: str = "fstring", way: str = "python"
     ) -> tuple[float, float]:
         from bench.printing import timed_prints_both
         from capture_shim.capture import TaskCapture, ensure_routing
@@ -258,7 +266,8 @@ class _InWorker:
     def __init__(self, spool: Path, tmp: Path, redis_url: str) -> None:
         self.spool, self.tmp, self.redis_url = spool, tmp, redis_url
         self.queue = f"tasklog-bench-{secrets.token_hex(4)}"
-        self.queue_py = self.queue + "-py"
+        #: Way -> the queue of the worker that runs it.
+        self.queues = {way: f"{self.queue}-{way}" for way in WAYS}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _InWorker:
@@ -270,7 +279,13 @@ class _InWorker:
         self.app = celery_app.app
         procs = self._stack.enter_context(children())
         env = {"TASKLOG_SPOOL_DIR": str(self.spool), "TASKLOG_BENCH_REDIS_URL": self.redis_url}
-        for queue, extra in ((self.queue, {}), (self.queue_py, {"TASKLOG_CAPTURE_FD": "false"})):
+        extras = {
+            "fd": {},
+            "python": {"TASKLOG_CAPTURE_FD": "false"},
+            "pyref": {"TASKLOG_SHIM_SPEEDUPS": "false"},
+        }
+        for way, queue in self.queues.items():
+            extra = extras[way]
             procs.append(
                 Child(
                     f"worker-{queue}",
@@ -288,14 +303,14 @@ class _InWorker:
         self._stack.close()
 
     def _call(self, name: str, *args: object, queue: str | None = None) -> float:
-        result = self.app.send_task(name, args=args, queue=queue or self.queue)
+        result = self.app.send_task(name, args=args, queue=queue or self.queues["fd"])
         try:
             return float(result.get(timeout=600))
         finally:
             result.forget()
 
     def _call_both(self, name: str, *args: object, queue: str | None = None) -> tuple[float, float]:
-        result = self.app.send_task(name, args=args, queue=queue or self.queue)
+        result = self.app.send_task(name, args=args, queue=queue or self.queues["fd"])
         try:
             wall, cpu = result.get(timeout=600)
             return float(wall), float(cpu)
@@ -307,8 +322,8 @@ class _InWorker:
         self.floor(2000, 99)
         for style in STYLES:
             self.plain(2000, 99, style)
-            self.captured(2000, 99, style)
-            self.captured(2000, 99, style, fd=False)
+            for way in WAYS:
+                self.captured(2000, 99, style, way=way)
         if seed_url is not None:
             self.seed(50, 99, seed_url)
         if time.monotonic() - started > 30:
@@ -321,11 +336,9 @@ class _InWorker:
         return self._call_both("bench.plain", count, seed, str(self.tmp / "plain.txt"), style)
 
     def captured(
-        self, count: int, seed: int, style: str = "fstring", fd: bool = True
+        self, count: int, seed: int, style: str = "fstring", way: str = "fd"
     ) -> tuple[float, float]:
-        return self._call_both(
-            "bench.captured", count, seed, style, queue=self.queue if fd else self.queue_py
-        )
+        return self._call_both("bench.captured", count, seed, style, queue=self.queues[way])
 
     def seed(self, count: int, seed: int, url: str) -> float:
         return self._call("bench.seed_db", count, seed, url)
