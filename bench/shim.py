@@ -10,6 +10,8 @@ styles: one f-string per `print` (two writes to `sys.stdout`) and `print(text, i
 * ``Python level only``: the same with ``TASKLOG_CAPTURE_FD=false`` (a second worker);
 * ``Python line writer``: fd capture on, with ``TASKLOG_SHIM_SPEEDUPS=false`` (a third
   worker): the shim as it runs where no C compiler built ``capture_shim._speedups``;
+* ``baseline`` (with ``--baseline-src DIR``): the default config, run by a fourth worker from
+  that source tree (``PYTHONPATH=DIR``), e.g. a worktree of the commit before a change;
 * ``floor``: one ``O_APPEND`` ``os.write`` per line of the very record the shim writes for it,
   made beforehand: the least this design (one write per record) can cost;
 * ``seed`` (unless ``--no-seed``): the seed guide's ``DBLogWriter``, one committed INSERT per
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench.common import (
+    REPO_ROOT,
     Child,
     Databases,
     Figure,
@@ -66,6 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--direct", action="store_true", help="no Celery worker: drive TaskCapture in this process"
     )
     p.add_argument("--no-seed", action="store_true", help="skip the INSERT-per-line way")
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the default config from this source tree (PYTHONPATH=DIR), same run",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Figure]:
@@ -88,10 +98,14 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
             with psycopg.connect(seed_url, autocommit=True) as conn:
                 conn.execute(SEED_TABLE.encode())
         runner: _Direct | _InWorker
+        ways = dict(WAYS)
         if args.direct:
             runner = _Direct(spool, tmp)
         else:
-            runner = _InWorker(spool, tmp, args.redis_url)
+            baseline = args.baseline_src.resolve() if args.baseline_src else None
+            if baseline is not None:
+                ways["baseline"] = f"fd capture on, baseline ({baseline})"
+            runner = _InWorker(spool, tmp, args.redis_url, baseline)
             stack.enter_context(runner)
         results: dict[str, list[float]] = {"seed": []}
 
@@ -104,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
             add("floor", runner.floor(args.lines, i))
             for style in STYLES:
                 add(f"plain:{style}", runner.plain(args.lines, i, style))
-                for way in WAYS:
+                for way in ways:
                     if way != "python" and args.direct:
                         continue  # in-process: Python level only
                     add(f"{way}:{style}", runner.captured(args.lines, i, style, way=way))
@@ -117,13 +131,15 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
         ("wall", "wall time (what the task waits, other load included)"),
     ):
         print(f"  -- {heading}", flush=True)
-        figures.update(report(clock, results))
+        figures.update(report(clock, results, ways))
     if results["seed"]:
         figures.update(_seed(results, figures, args))
     return figures
 
 
-def report(clock: str, results: dict[str, list[float]]) -> dict[str, Figure]:
+def report(
+    clock: str, results: dict[str, list[float]], ways: dict[str, str] = WAYS
+) -> dict[str, Figure]:
     """The figures of one clock (`cpu` or `wall`), printed, keyed `<clock>:<what>`."""
     us = {
         k[len(clock) + 1 :]: [v / 1000 for v in vs]
@@ -137,7 +153,7 @@ def report(clock: str, results: dict[str, list[float]]) -> dict[str, Figure]:
         plain = Figure(f"{_STYLE_NAMES[style]}, plain file", "µs/line", us[f"plain:{style}"])
         row(plain.name, plain.text(3), "baseline")
         figures[f"plain:{style}"] = plain
-        for way, label in WAYS.items():
+        for way, label in ways.items():
             if f"{way}:{style}" not in us:
                 continue
             captured = Figure(f"  captured, {label}", "µs/line", us[f"{way}:{style}"])
@@ -263,11 +279,14 @@ class _Direct:
 class _InWorker:
     """The same ways as tasks of `bench.celery_app` in solo-pool workers (fd capture on/off)."""
 
-    def __init__(self, spool: Path, tmp: Path, redis_url: str) -> None:
+    def __init__(self, spool: Path, tmp: Path, redis_url: str, baseline: Path | None) -> None:
         self.spool, self.tmp, self.redis_url = spool, tmp, redis_url
+        self.baseline = baseline
         self.queue = f"tasklog-bench-{secrets.token_hex(4)}"
         #: Way -> the queue of the worker that runs it.
         self.queues = {way: f"{self.queue}-{way}" for way in WAYS}
+        if baseline is not None:
+            self.queues["baseline"] = f"{self.queue}-baseline"
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _InWorker:
@@ -284,14 +303,16 @@ class _InWorker:
             "python": {"TASKLOG_CAPTURE_FD": "false"},
             "pyref": {"TASKLOG_SHIM_SPEEDUPS": "false"},
         }
+        if self.baseline is not None:
+            extras["baseline"] = {"PYTHONPATH": str(self.baseline)}
         for way, queue in self.queues.items():
-            extra = extras[way]
             procs.append(
                 Child(
                     f"worker-{queue}",
                     solo_worker(queue),
-                    {**env, **extra},
+                    {**env, **extras[way]},
                     self.tmp,
+                    cwd=self.baseline if way == "baseline" and self.baseline else REPO_ROOT,
                 )
             )
         for worker in procs:
@@ -322,7 +343,7 @@ class _InWorker:
         self.floor(2000, 99)
         for style in STYLES:
             self.plain(2000, 99, style)
-            for way in WAYS:
+            for way in self.queues:
                 self.captured(2000, 99, style, way=way)
         if seed_url is not None:
             self.seed(50, 99, seed_url)
