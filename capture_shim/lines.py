@@ -50,7 +50,8 @@ class Gate(Protocol):
     def waiting(self) -> bool:
         """Whether fd-level output may be waiting: the reader holds some, or a pipe has some.
 
-        The C class asks the same of the gate's two attributes: ``pending`` true, or one of
+        The C class asks the same of the gate's attributes: ``pending`` true, or ``probe_fd``
+        (an epoll instance holding the pipes, -1 without epoll) ready with no wait, else one of
         ``read_ends`` readable (``poll`` with no wait)."""
 
     def take_in(self) -> None:
