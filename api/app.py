@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from api import auth, keys, metrics, openapi, routes, search, sse, views, workflows
 from api.hub import Hub
@@ -111,9 +112,32 @@ async def _stop_streams(app: web.Application) -> None:
         await asyncio.wait([asyncio.ensure_future(s.wait()) for s in streams], timeout=5)
 
 
+class UnparsableRequests(logging.Filter):
+    """A request aiohttp cannot parse (a NUL in a header, a broken request line) is answered
+    400 and logged by aiohttp as an ERROR with a traceback: the client's mistake, not ours.
+    This makes it one WARNING line naming the client and what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            detail = " ".join(str(exc.message).split())  # aiohttp points at the byte on a 2nd line
+            record.msg, record.args = "unparsable request from %s: %s", (client, detail)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_unparsable_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequests) for f in server_log.filters):
+        server_log.addFilter(UnparsableRequests())
+
+
 def create_app(settings: ApiSettings) -> web.Application:
     """The application; a weak `TASKLOG_API_TOKEN` stops it here (`ConfigError`)."""
     settings.token()
+    _quiet_unparsable_requests()
     public = frozenset({PREFIX + "/healthz", PREFIX + "/login"})
     app = web.Application(
         middlewares=[
