@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from api.launch import DEMO_TASKS
-from tasklog.core.constants import FINISHED_STATES, STATES, STREAMS
+from tasklog.core.constants import FINISHED_STATES, STATE_CHARS, STATES, STREAMS
 
 #: The task states this version knows, in the order a run goes through them.
 KNOWN_STATES: tuple[str, ...] = STATES
@@ -62,6 +62,15 @@ State = Annotated[
     Field(
         description="Celery state name: one of the known states, or a custom state the task set"
         " with `update_state(state=...)`"
+    ),
+]
+
+#: A state a filter names: a known one in any case, or a custom one as a task set it.
+StateFilter = Annotated[
+    KnownState | Annotated[str, Field(min_length=1, max_length=STATE_CHARS)],
+    Field(
+        description="A known state (any case), or a custom state a task set with"
+        f" `update_state(state=...)`, as written (at most {STATE_CHARS} characters)"
     ),
 ]
 

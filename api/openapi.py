@@ -143,8 +143,8 @@ OPERATIONS: tuple[Operation, ...] = (
         (
             Param(
                 "state",
-                list[models.KnownState],
-                "Only tasks in these states (comma-separated; any case)",
+                list[models.StateFilter],
+                "Only tasks in these states (comma-separated; known ones in any case)",
             ),
             Param("name", TEXT, "Only tasks of this name"),
             Param("host", TEXT, "Only tasks run on this host"),
@@ -200,8 +200,8 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("regex", bool, "Whether `q` is a regular expression (1, true, yes, on)"),
             Param(
                 "state",
-                list[models.KnownState],
-                "Only lines of tasks in these states (comma-separated; any case)",
+                list[models.StateFilter],
+                "Only lines of tasks in these states (comma-separated; known ones in any case)",
             ),
             Param("name", TEXT, "Only lines of tasks of this name"),
             Param("host", TEXT, "Only lines of tasks run on this host"),

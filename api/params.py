@@ -12,7 +12,13 @@ from typing import NoReturn
 from aiohttp import web
 
 from api.models import Error
-from tasklog.core.constants import ALL_STATES, MAX_TASK_ID_BYTES, STATES, task_id_problem
+from tasklog.core.constants import (
+    MAX_TASK_ID_BYTES,
+    STATE_CHARS,
+    STATES,
+    state_name,
+    task_id_problem,
+)
 
 MAX_TEXT = 255
 MAX_SEQ = 2**63 - 1
@@ -92,11 +98,14 @@ def states(request: web.Request) -> list[str]:
     found: list[str] = []
     for raw in request.query.getall("state", []):
         for item in raw.split(","):
-            state = item.strip().upper()
-            if not state:
+            if not item.strip():
                 continue
-            if state not in ALL_STATES:
-                bad(f"state: expected one of {', '.join(STATES)} (got {item[:40]!r})")
+            state = state_name(item)
+            if state is None:
+                bad(
+                    f"state: expected one of {', '.join(STATES)} (any case), or a custom state"
+                    f" of at most {STATE_CHARS} printable characters (got {item[:40]!r})"
+                )
             found.append(state)
     return found
 

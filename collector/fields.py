@@ -10,6 +10,7 @@ import math
 import time
 
 from capture_shim import spool
+from tasklog.core import constants
 
 #: Record times outside 2000..2100 are clock errors (or garbage); they are clamped.
 EARLIEST = 946684800.0
@@ -65,7 +66,7 @@ LEVEL_BYTES = 64
 #: most ~2700 bytes, and the spool's own task-id bound is this.
 KEY_BYTES = spool.MAX_TASK_ID_BYTES
 #: Task states: Celery's are short; the column is compared and indexed, a longer one is cut.
-STATE_CHARS = 32
+STATE_CHARS = constants.STATE_CHARS
 #: Free text of a record (exception message, traceback, progress message).
 TEXT_BYTES = 1 << 20
 #: Counts from a record (e.g. `errors`) are clamped to this.

@@ -209,11 +209,17 @@ def _config(args: argparse.Namespace) -> None:
 
 def _states(given: list[str]) -> list[str]:
     """``--state`` values (repeated or comma-separated), checked as the API checks them."""
-    from tasklog.core.constants import ALL_STATES, STATES
+    from tasklog.core.constants import STATE_CHARS, STATES, state_name
 
-    states = [s.strip().upper() for value in given for s in value.split(",") if s.strip()]
-    if bad := [s for s in states if s not in ALL_STATES]:
-        raise ConfigError(f"--state: {bad[0]} is not one of {', '.join(STATES)}")
+    states = []
+    for item in (s for value in given for s in value.split(",") if s.strip()):
+        state = state_name(item)
+        if state is None:
+            raise ConfigError(
+                f"--state: {item[:40]!r} is not one of {', '.join(STATES)} (any case), nor a"
+                f" custom state of at most {STATE_CHARS} printable characters"
+            )
+        states.append(state)
     return states
 
 

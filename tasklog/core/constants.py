@@ -61,6 +61,20 @@ STATES = (
     LOST,
 )
 ALL_STATES = frozenset(STATES)
+#: Longest state stored: Celery's are short; a custom one (`update_state` takes any text) is cut.
+STATE_CHARS = 32
+
+
+def state_name(text: str) -> str | None:
+    """A state a user names (a filter): one of `STATES` in any case, as stored; other text of 1
+    to `STATE_CHARS` printable characters as given, a custom state; else None."""
+    text = text.strip()
+    if text.upper() in ALL_STATES:
+        return text.upper()
+    if 0 < len(text) <= STATE_CHARS and text.isprintable():
+        return text
+    return None
+
 
 #: Longest task id, in UTF-8 bytes (bytes, since that is what Postgres indexes: a btree entry
 #: holds at most ~2700 bytes). The spool, the collector, the API and the CLI all apply it.

@@ -94,9 +94,13 @@ def print_bytes(self, hex_bytes: str, stream: str = "stdout") -> int:
 
 
 @app.task(bind=True, name="demo.progress_task")
-def progress_task(self, steps: int = 5, delay: float = 0.2) -> int:
+def progress_task(self, steps: int = 5, delay: float = 0.2, state: str | None = None) -> int:
+    """Progress in `steps` steps; with `state`, through `update_state` in that (custom) state."""
     for step in range(1, steps + 1):
-        progress(100 * step / steps, f"step {step}")
+        if state is None:
+            progress(100 * step / steps, f"step {step}")
+        else:
+            self.update_state(state=state, meta={"progress": 100 * step / steps})
         print(f"step {step}")
         time.sleep(delay)
     return steps

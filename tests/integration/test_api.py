@@ -82,7 +82,8 @@ async def test_list_filters_and_keyset_paging(client: Any, fake: FakeCollector) 
         "/api/tasks/?limit=0",
         "/api/tasks/?limit=501",
         "/api/tasks/?limit=abc",
-        "/api/tasks/?state=DONE",
+        "/api/tasks/?state=" + "X" * 33,  # longer than any stored state
+        "/api/tasks/?state=a%01b",  # not printable
         "/api/tasks/?since=yesterday",
         "/api/tasks/?cursor=garbage",
         "/api/tasks/?name=" + "x" * 300,

@@ -90,3 +90,49 @@ async def test_ignored_and_rejected_tasks_are_finished_for_the_api_and_the_cli(
         "before ignore 2",
         "before ignore 3",
     ]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_custom_state_filters_the_task_list_like_celerys_own(
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+) -> None:
+    """`update_state(state="Downloading")`: the task list filters on it, in the API and the
+    CLI, matched as written; a state name no task could hold is a clear 400 / one line."""
+    procs.collector(
+        database_url=database_url, spool_dir=spool_dir, redis_url=redis_url, ready="following"
+    )
+    procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="solo")
+    task_id = celery_client.send_task(
+        "demo.progress_task", kwargs={"steps": 1, "delay": 120, "state": "Downloading"}
+    ).id
+    await asyncio.to_thread(
+        wait_for,
+        lambda: _state(database_url, task_id) == "Downloading",
+        60,
+        0.1,
+        "the task stored in its custom state",
+    )
+    env = {"TASKLOG_DATABASE_URL": database_url}
+    listed = await asyncio.to_thread(
+        tasklog_cli, "tasks", "--state", "Downloading,FAILURE", "--json", env=env
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(row)["task_id"] for row in listed.stdout.splitlines()] == [task_id]
+    too_long = "X" * 33
+    refused = await asyncio.to_thread(tasklog_cli, "tasks", "--state", too_long, env=env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "custom state of at most 32" in refused.stderr
+
+    async with running_api(api_settings(database_url, redis_url)) as client:
+        response = await client.get(f"{PREFIX}/api/tasks/?state=Downloading")
+        assert response.status == 200, await response.text()
+        assert [row["task_id"] for row in (await response.json())["results"]] == [task_id]
+        response = await client.get(f"{PREFIX}/api/tasks/?state=downloading")  # as written
+        assert (await response.json())["results"] == []
+        response = await client.get(f"{PREFIX}/api/tasks/?state={too_long}")
+        assert response.status == 400
+        assert "custom state of at most 32" in (await response.json())["error"]

@@ -17,7 +17,7 @@ from api.app import create_app
 from api.models import NewLog, StatusEvent, Task
 from api.queries import TASK_COLUMNS
 from api.settings import ApiSettings
-from tasklog.core.constants import ALL_STATES, FINISHED_STATES, STREAMS
+from tasklog.core.constants import ALL_STATES, FINISHED_STATES, STATE_CHARS, STREAMS
 
 PREFIX = "/tasklog"
 #: Routes the document must describe: everything else the router serves is an HTML page.
@@ -53,7 +53,10 @@ def test_the_state_enum_comes_from_the_constants() -> None:
     assert set(known) == ALL_STATES  # IGNORED, REJECTED... as soon as the constants have them
     (list_op,) = [op["get"] for path, op in DOC["paths"].items() if path.endswith("/api/tasks/")]
     (state,) = [p for p in list_op["parameters"] if p["name"] == "state"]
-    assert set(state["schema"]["items"]["enum"]) == ALL_STATES
+    options = state["schema"]["items"]["anyOf"]
+    assert set(next(option["enum"] for option in options if "enum" in option)) == ALL_STATES
+    # and a custom state, as a task set it with update_state (what the store holds at most)
+    assert {"type": "string", "minLength": 1, "maxLength": STATE_CHARS} in options
 
 
 def test_every_operation_documents_what_the_middlewares_answer() -> None:
