@@ -11,12 +11,41 @@ Inside a task, ``capture_shim.progress(42, "halfway")`` records progress, as doe
 ``self.update_state(meta={"progress": 42})`` or ``meta={"current": 3, "total": 7}``.
 Importing the package changes nothing: `install` and `TerminalLoggingTask` connect the hooks
 (`capture_shim.hooks`). This package depends on Celery and the standard library only.
+
+The public names are imported on first use (PEP 562): the collector reads the spool format
+(`capture_shim.spool`) and must not pay for importing Celery to do so.
 """
 
 from __future__ import annotations
 
-from capture_shim.capture import Stats
-from capture_shim.config import ShimConfig
-from capture_shim.hooks import TerminalLoggingTask, install, progress
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from capture_shim.capture import Stats
+    from capture_shim.config import ShimConfig
+    from capture_shim.hooks import TerminalLoggingTask, install, progress
 
 __all__ = ["ShimConfig", "Stats", "TerminalLoggingTask", "install", "progress"]
+
+#: Where each public name lives.
+_HOMES = {
+    "ShimConfig": "capture_shim.config",
+    "Stats": "capture_shim.capture",
+    "TerminalLoggingTask": "capture_shim.hooks",
+    "install": "capture_shim.hooks",
+    "progress": "capture_shim.hooks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # asked once: later lookups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

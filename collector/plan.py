@@ -1,13 +1,15 @@
 """Planning a batch's rows: each run's lines placed at their seqs, bounded to head+tail.
 
 Pure: from the runs of a batch (a file's new records and where its task's seqs continue), the
-rows to COPY and the parameters of the statements that go with them. Nothing here touches the
-database or the files' bookkeeping; `Store.commit` runs the plan in one transaction and
-`SpoolDir.commit` applies its result once that committed.
+lines to COPY (`Rows`: a task's lines and where their seqs start) and the parameters of the
+statements that go with them. Nothing here touches the database or the files' bookkeeping;
+`Store.commit` runs the plan in one transaction and `SpoolDir.commit` applies its result once
+that committed.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -15,8 +17,8 @@ from typing import Any, NamedTuple
 from psycopg.types.json import Jsonb
 
 from collector import fields
-from collector.copytext import Row, iso
-from collector.tail import FileChunk, FileState
+from collector.copydata import Rows, iso
+from collector.tail import FileChunk, FileState, Line
 from tasklog.core.messages import LineMessage
 
 #: A kept run's head+tail bound when its start record gives none (the shim's default).
@@ -64,6 +66,20 @@ class Run:
             if b > a:
                 yield base + a, base + b
 
+    def rows(self, lines: list[Line]) -> Iterator[Rows]:
+        """This run's `lines` (in order) as `Rows`: one per segment of seqs they fall in."""
+        bounds = [(1, self.seq_base), *self.segments]
+        low = 0
+        for i, (_, base) in enumerate(bounds):
+            high = len(lines)
+            if i + 1 < len(bounds):
+                high = bisect_left(lines, bounds[i + 1][0], lo=low, key=_number)
+            if high > low:
+                yield Rows(
+                    self.task_id, base, lines if high - low == len(lines) else lines[low:high]
+                )
+            low = high
+
     def allocate(self, last_seq: int, after: int) -> int:
         """Take the seqs of lines max_seq < n <= after, the task's seqs being allocated up to
         `last_seq`; returns the new last allocated seq (the caller holds the task's row lock).
@@ -91,28 +107,29 @@ class Run:
 class Stored:
     """What a committed batch stored: for the live path and for the files' bookkeeping."""
 
-    #: The rows stored, per task: the live path makes messages of the watched tasks' alone.
-    lines: dict[str, list[Row]] = field(default_factory=dict)
+    #: The lines stored, per task: the live path makes messages of the watched tasks' alone.
+    lines: dict[str, list[Rows]] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     rows: int = 0
 
 
 class Plan(NamedTuple):
-    """The rows to COPY and the parameters of the statements that go with them."""
+    """The lines to COPY and the parameters of the statements that go with them."""
 
-    rows: list[Row]
+    rows: list[Rows]
     trims: list[dict[str, Any]]
     advances: list[dict[str, Any]]
     ends: list[dict[str, Any]]
     markers: list[dict[str, Any]]
 
 
-def published(rows: list[Row]) -> list[Published]:
-    """Stored rows as the live path publishes them."""
+def published(pieces: list[Rows]) -> list[Published]:
+    """Stored lines as the live path publishes them."""
     return [
-        {"seq": seq, "ts": ts, "stream": stream, "level": level, "message": message}
-        for _, seq, ts, stream, level, message in rows
+        {"seq": base + n, "ts": iso(t), "stream": stream, "level": level, "message": message}
+        for _, base, lines in pieces
+        for n, t, stream, level, message in lines
     ]
 
 
@@ -146,7 +163,7 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
     already out of the tail window are never inserted, stored ones that leave it are deleted,
     and the end of the run adds one "N lines omitted" marker where the gap is.
     """
-    rows: list[Row] = []
+    rows: list[Rows] = []
     trims: list[dict[str, Any]] = []
     advances: list[dict[str, Any]] = []
     ends: list[dict[str, Any]] = []
@@ -160,23 +177,11 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
         cutoff = after - tail  # local seqs above head and at or below this are omitted
         if lines and head < cutoff and not (lines[0].seq > cutoff or lines[-1].seq <= head):
             lines = [line for line in lines if line.seq <= head or line.seq > cutoff]
-        task_id = run.task_id
-        if run.segments:
-            seq_of = run.seq
-            kept = [
-                (task_id, seq_of(line.seq), iso(line.t), line.stream, line.level, line.message)
-                for line in lines
-            ]
-        else:
-            base = run.seq_base
-            kept = [
-                (task_id, base + line.seq, iso(line.t), line.stream, line.level, line.message)
-                for line in lines
-            ]
-        if kept:
+        if lines:
+            kept = list(run.rows(lines))
             rows += kept
-            stored.lines.setdefault(task_id, []).extend(kept)
-        added = len(kept)
+            stored.lines.setdefault(run.task_id, []).extend(kept)
+        added = len(lines)
         low, high = max(head, before - tail), min(before, cutoff)
         if high > low:
             for a, b in run.seq_ranges(low, high):
@@ -268,3 +273,7 @@ def _state(value: object) -> str | None:
     """A state name from a record: storable, at most `fields.STATE_CHARS` characters."""
     text = fields.text(value)
     return text[: fields.STATE_CHARS] or None if text is not None else None
+
+
+def _number(line: Line) -> int:
+    return line.seq

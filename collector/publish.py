@@ -20,7 +20,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from collector.copytext import Row
+from collector.copydata import Rows
 from collector.plan import published
 from tasklog.core import live
 from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
@@ -57,8 +57,8 @@ class Publisher:
         if self._client is not None:
             await self._client.aclose()
 
-    async def publish(self, lines: dict[str, list[Row]], tasks: list[dict[str, object]]) -> None:
-        """Rows stored per task (for the watched ones), then the tasks that changed."""
+    async def publish(self, lines: dict[str, list[Rows]], tasks: list[dict[str, object]]) -> None:
+        """Lines stored per task (for the watched ones), then the tasks that changed."""
         if self._url is None or not (lines or tasks):
             return
         try:

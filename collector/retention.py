@@ -6,7 +6,7 @@ Dropping a partition costs the same at any size, where deleting its rows would n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -33,11 +33,16 @@ def partition_day(name: str) -> date | None:
         return None
 
 
-def days_of(times: Iterable[float]) -> set[date]:
+def days_of(times: Sequence[float]) -> set[date]:
     """The UTC days of line times, clamped as `fields.when` clamps (its bounds are midnights)."""
+    if not times:
+        return set()
+    low, high = min(times), max(times)
+    if high // 86400 - low // 86400 <= 1:
+        times = (low, high)  # every time is on the day of one or the other: ask those two alone
     numbers = {t // 86400 for t in times}
-    low, high = EARLIEST // 86400, LATEST // 86400
-    return {_EPOCH_DAY + timedelta(days=int(min(max(n, low), high))) for n in numbers}
+    low_day, high_day = EARLIEST // 86400, LATEST // 86400
+    return {_EPOCH_DAY + timedelta(days=int(min(max(n, low_day), high_day))) for n in numbers}
 
 
 async def ensure_partitions(

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import nullcontext
+from datetime import date
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from collector import fields, retention
-from collector.copytext import copy_text
+from collector import copydata, fields, retention
 from collector.plan import Run, Stored, plan, slices, start_params, state_marker, window
 from collector.tail import Batch, FileChunk, FileState, shown
 from tasklog.core import db
@@ -27,6 +28,8 @@ from tasklog.core.errors import StoreUnavailable, TasklogError
 log = logging.getLogger("tasklog.collector")
 
 Q = db.queries("collector", "sql/store.sql")
+#: A line's time, read in C over a chunk's lines.
+_TIME = operator.attrgetter("t")
 #: Lines planned and sent to COPY at a time (see `_commit`).
 _SLICE_LINES = 2000
 
@@ -150,11 +153,10 @@ class Store:
         trial: bool = False,
         after: Awaitable[object] | None = None,
     ) -> Stored:
-        await retention.ensure_partitions(
-            conn,
-            retention.days_of(line.t for chunk in batch.chunks for line in chunk.lines),
-            self._partitions,
-        )
+        days: set[date] = set()
+        for chunk in batch.chunks:
+            days |= retention.days_of(list(map(_TIME, chunk.lines)))
+        await retention.ensure_partitions(conn, days, self._partitions)
         stored = Stored()
         async with conn.transaction():
             runs = stored.runs = await self._place(conn, batch.chunks)
@@ -180,18 +182,22 @@ class Store:
             markers: list[Any] = []
             any_lines = any(run.chunk.lines for run in runs)
             async with conn.cursor().copy(Q["copy_lines"]) if any_lines else nullcontext() as copy:
+                if copy is not None:
+                    await copy.write(copydata.HEADER)
                 # Slice by slice, each sent before the next is planned: Postgres stores one
                 # while this process prepares the next, on the other core.
                 for runs_slice in slices(runs, _SLICE_LINES):
-                    rows, *statements = plan(runs_slice, stored)
+                    pieces, *statements = plan(runs_slice, stored)
                     for done, more in zip(
                         (trims, advances, ends, markers), statements, strict=True
                     ):
                         done += more
-                    if rows:
+                    if pieces:
                         assert copy is not None
-                        await copy.write(copy_text(rows))
-                    stored.rows += len(rows)
+                        await copy.write(copydata.copy_data(pieces))
+                    stored.rows += sum(len(piece.lines) for piece in pieces)
+                if copy is not None:
+                    await copy.write(copydata.TRAILER)
             async with conn.cursor() as cur:
                 if trims:
                     await cur.executemany(Q["trim_tail"], trims)

@@ -4,7 +4,8 @@
 -- tasklog_finished() (migration 0003).
 
 -- name: copy_lines
-COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN
+-- Binary rows (collector.copydata): Postgres takes the seq and the time as it stores them.
+COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN (FORMAT binary)
 
 -- name: load_files
 SELECT file, inode, "offset", task_id, seq_base, max_seq, head_lines, tail_lines, ended,

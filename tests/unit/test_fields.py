@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.copytext import copy_text
+from collector.copydata import copy_data
 from collector.plan import Run, Stored, plan, start_params, window
 from collector.tail import FileChunk, FileState, _parse_into
 
@@ -111,7 +111,7 @@ def test_every_value_sent_to_postgres_is_storable(raws: list[bytes]) -> None:
     assert 1 <= head <= INT4 and 1 <= tail <= INT4
     run = Run(chunk, "t", 0, head, tail, 0)
     rows, trims, advances, ends, markers = plan([run], Stored())
-    copy_text(rows)  # encodes as UTF-8 or raises
+    copy_data(rows)  # encodes as UTF-8 or raises
     for statement in (*trims, *advances, *ends, *markers):
         for key, value in statement.items():
             assert storable(value), (key, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collector.copydata import Rows, iso
 from collector.plan import Run, Stored, plan, published
 from collector.tail import FileChunk, FileState, Line
 
@@ -17,8 +18,8 @@ def run_of(
     return Run(chunk, "task", base, head, tail, before)
 
 
-def stored_seqs(rows: list[tuple[object, ...]]) -> list[object]:
-    return [row[1] for row in rows]
+def stored_seqs(rows: list[Rows]) -> list[int]:
+    return [base + line.seq for _, base, lines in rows for line in lines]
 
 
 def test_short_run_keeps_every_line_with_its_base() -> None:
@@ -55,7 +56,7 @@ def test_published_lines_are_the_stored_ones() -> None:
     assert [line["seq"] for line in messages] == stored_seqs(rows)
     assert messages[0] == {
         "seq": 1,
-        "ts": rows[0][2],
+        "ts": iso(1_800_000_000.0),
         "stream": "stdout",
         "level": None,
         "message": "line 1",
@@ -88,3 +89,13 @@ def test_the_tail_window_and_marker_follow_the_segments() -> None:
     assert stored_seqs(rows) == [208, 209, 210]
     assert trims == [{"task_id": "task", "low": 202, "high": 205}]  # lines 8-10 leave
     assert markers[0]["seq"] == 201 and ends[0]["omitted"] == 5  # at line 6, in its segment
+
+
+def test_lines_across_segments_are_stored_each_at_its_segments_seq() -> None:
+    run = run_of(range(3, 9), base=100, head=50, tail=50, before=2)
+    run.segments = ((6, 195),)  # lines 1-5 at 101-105, 6 on at 201
+    stored = Stored()
+    rows, *_ = plan([run], stored)
+    assert stored_seqs(rows) == [103, 104, 105, 201, 202, 203]
+    assert [(piece.base, len(piece.lines)) for piece in rows] == [(100, 3), (195, 3)]
+    assert [line["seq"] for line in published(stored.lines["task"])] == stored_seqs(rows)
