@@ -85,7 +85,12 @@ class Collector:
         self._indexer: threading.Thread | None = None
         self._spool_space: tuple[int | None, int | None] = (None, None)
         self._snapshot = metrics.Snapshot(counters=self.counters.as_dict(), status=self.status)
-        self._metrics = metrics.registry(lambda: self._snapshot)
+        # Made only when asked for (a port or a file): prometheus_client costs start-up time.
+        self._metrics = (
+            metrics.registry(lambda: self._snapshot)
+            if settings.metrics_port is not None or settings.metrics_file is not None
+            else None
+        )
         #: A second connection: a batch is stored on it while the one before commits.
         self._spare: Store | None = None
 
@@ -236,9 +241,10 @@ class Collector:
         Two batches are in flight at once, on two connections: while one commits (its
         write-ahead log flushed to disk, which one COPY of everything would wait for once),
         the next is already copied on the other connection, and the one after is read and
-        parsed in a thread. A batch holds other files than the one before it; it commits
-        only after that one did (`Store.commit`'s `after`), so results are applied in order,
-        and it rolls back if that one failed: it is then read again, nothing stored twice.
+        parsed in a thread meanwhile, from other files than those two (their offsets are
+        about to move). A batch commits only after the one before it did (`Store.commit`'s
+        `after`), so results are applied in order, and it rolls back if that one failed: it
+        is then read again, nothing stored twice.
         """
         limits = (self.settings.batch_lines, self.settings.batch_bytes)
         connections = (store, self._spare or store)
@@ -246,8 +252,15 @@ class Collector:
         batch = spool.read_batch(*limits)
         behind: _InFlight | None = None
         current: _InFlight | None = None  # started, and not yet `behind`
+        reading: asyncio.Task[Batch] | None = None  # the next batch, read in a thread
         try:
             while final or not self._stop.is_set():
+                if not batch and behind is not None:
+                    # What is left may all be in the files of the batch in flight, which the
+                    # read skipped: wait for it (or its failure's handling), then read again.
+                    await self._settle(store, publisher, spool, behind, None)
+                    behind = None
+                    batch = spool.read_batch(*limits)
                 if not batch and not self._forget:
                     break
                 forget, self._forget = self._forget, []
@@ -263,21 +276,30 @@ class Collector:
                 commit = connections[turn].commit(batch, forget, after=after)
                 turn ^= 1
                 current = _InFlight(batch, forget, asyncio.create_task(commit, name="commit"))
+                if batch:
+                    in_flight = {chunk.state.name for chunk in batch.chunks}
+                    if behind is not None:
+                        in_flight.update(chunk.state.name for chunk in behind.batch.chunks)
+                    reading = asyncio.create_task(
+                        asyncio.to_thread(spool.read_batch, *limits, in_flight), name="read"
+                    )
                 if behind is not None and not await self._settle(
-                    store, publisher, spool, behind, current
+                    store, publisher, spool, behind, current, reading
                 ):
-                    behind = current = None
-                    spool.touched(set(spool.files))
+                    behind = current = reading = None
+                    spool.touched(set(spool.files))  # what the read ahead took is read again
                     batch = spool.read_batch(*limits)
                     continue
                 behind, current = current, None
-                if not batch:
+                if reading is None:
                     break
-                in_flight = frozenset(chunk.state.name for chunk in batch.chunks)
-                batch = await asyncio.to_thread(spool.read_batch, *limits, in_flight)
+                batch = await reading
+                reading = None
         finally:
-            # Interrupted or done: what is in flight commits or fails before anything else
-            # uses the connections.
+            # Interrupted or done: the reader is done with the spool's bookkeeping, and what is
+            # in flight commits or fails, before anything else uses them or the connections.
+            if reading is not None:
+                await asyncio.wait({reading})
             if behind is not None and await self._settle(store, publisher, spool, behind, current):
                 behind = None
             if current is not None and behind is None:
@@ -290,10 +312,12 @@ class Collector:
         spool: SpoolDir,
         done: _InFlight,
         following: _InFlight | None,
+        reading: asyncio.Task[Batch] | None = None,
     ) -> bool:
         """Wait for a batch's commit and apply it; False if it failed (handled as `_store`
         handles a failure). `following`, the batch committing after it, then rolls back: it
-        is waited for and its files are read again."""
+        is waited for and its files are read again; so is `reading`, the batch being read
+        meanwhile, which is thrown away (the failure's handling changes what is stored)."""
         try:
             stored = await done.task
         except Exception as exc:
@@ -301,6 +325,8 @@ class Collector:
                 with contextlib.suppress(Exception):
                     await following.task
                 self._forget = following.forget + self._forget
+            if reading is not None:
+                await asyncio.wait({reading})
             await self._failed(store, publisher, spool, done.batch, done.forget, exc)
             return False
         await self._stored(publisher, spool, done.batch, stored)
@@ -559,7 +585,7 @@ class Collector:
             spool_size_bytes=self._spool_space[1],
             heartbeat=time.time(),
         )
-        if self.settings.metrics_file is None:
+        if self.settings.metrics_file is None or self._metrics is None:
             return
         try:
             metrics.write(self.settings.metrics_file, self._metrics)

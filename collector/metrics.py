@@ -3,6 +3,8 @@
 The file suits a host with node_exporter's textfile collector (the collector then opens no
 listening socket); the port (TASKLOG_METRICS_PORT) suits Kubernetes, where Prometheus scrapes
 pods. Both show the same snapshot, taken at each heartbeat; the file is rewritten atomically.
+prometheus_client is imported by `registry`, not with this module: a collector without either
+starts without it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from tasklog.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -47,58 +50,67 @@ class Snapshot:
     heartbeat: float | None = None
 
 
-class _Families(Collector):
-    def __init__(self, read: Callable[[], Snapshot]) -> None:
-        self._read = read
+def _families(data: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    def collect(self) -> Iterator[Metric]:
-        data = self._read()
-        for name, doc in _COUNTERS.items():
-            family = CounterMetricFamily(f"tasklog_collector_{name}", doc)
-            family.add_metric([], data.counters.get(name, 0))
-            yield family
-        gauges: list[tuple[str, str, float | None]] = [
-            ("backlog_files", "Spool files with unstored bytes.", data.backlog_files),
-            ("backlog_bytes", "Spool bytes not yet stored.", data.backlog_bytes),
-            ("spool_free_bytes", "Free bytes on the spool's file system.", data.spool_free_bytes),
-            ("spool_size_bytes", "Size of the spool's file system.", data.spool_size_bytes),
-            (
-                "heartbeat_timestamp_seconds",
-                "Unix time of the collector's last heartbeat.",
-                data.heartbeat,
-            ),
-        ]
-        for name, doc, value in gauges:
-            if value is not None:
-                gauge = GaugeMetricFamily(f"tasklog_collector_{name}", doc)
-                gauge.add_metric([], value)
-                yield gauge
-        up = GaugeMetricFamily(
-            "tasklog_collector_up",
-            "1 when storing normally, 0 while waiting for Postgres.",
-            labels=["status"],
-        )
-        up.add_metric([data.status], 1 if data.status == "ok" else 0)
-        yield up
+    for name, doc in _COUNTERS.items():
+        family = CounterMetricFamily(f"tasklog_collector_{name}", doc)
+        family.add_metric([], data.counters.get(name, 0))
+        yield family
+    gauges: list[tuple[str, str, float | None]] = [
+        ("backlog_files", "Spool files with unstored bytes.", data.backlog_files),
+        ("backlog_bytes", "Spool bytes not yet stored.", data.backlog_bytes),
+        ("spool_free_bytes", "Free bytes on the spool's file system.", data.spool_free_bytes),
+        ("spool_size_bytes", "Size of the spool's file system.", data.spool_size_bytes),
+        (
+            "heartbeat_timestamp_seconds",
+            "Unix time of the collector's last heartbeat.",
+            data.heartbeat,
+        ),
+    ]
+    for name, doc, value in gauges:
+        if value is not None:
+            gauge = GaugeMetricFamily(f"tasklog_collector_{name}", doc)
+            gauge.add_metric([], value)
+            yield gauge
+    up = GaugeMetricFamily(
+        "tasklog_collector_up",
+        "1 when storing normally, 0 while waiting for Postgres.",
+        labels=["status"],
+    )
+    up.add_metric([data.status], 1 if data.status == "ok" else 0)
+    yield up
 
 
 def registry(read: Callable[[], Snapshot]) -> CollectorRegistry:
     """A registry whose every scrape reads the snapshot `read` returns."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
+
+    class Families(Collector):
+        def collect(self) -> Iterator[Metric]:
+            return _families(read())
+
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Families(read))
+    reg.register(Families())
     return reg
 
 
 def write(path: Path, reg: CollectorRegistry) -> None:
+    from prometheus_client import write_to_textfile
+
     write_to_textfile(str(path), reg)
 
 
 @contextmanager
-def served(reg: CollectorRegistry, host: str, port: int | None) -> Iterator[None]:
+def served(reg: CollectorRegistry | None, host: str, port: int | None) -> Iterator[None]:
     """Serve `reg` over HTTP on `port` (any path) while the block runs; nothing if None."""
-    if port is None:
+    if port is None or reg is None:
         yield
         return
+    from prometheus_client import start_http_server
+
     try:
         server, thread = start_http_server(port, host, registry=reg)
     except OSError as exc:
