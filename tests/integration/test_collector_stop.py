@@ -19,7 +19,12 @@ from pathlib import Path
 from capture_shim import spool
 from tasklog.demo.embedded import free_port
 from tests.helpers import ProcessFactory, pg_rows, wait_for
-from tests.integration.test_collector_faults import assert_exactly_once, stored_lines, write_backlog
+from tests.integration.test_collector_faults import (
+    assert_exactly_once,
+    stored_lines,
+    wait_all_stored,
+    write_backlog,
+)
 
 #: Batches of 100 lines make a 40,000-line backlog take hundreds of commits.
 SLOW_DRAIN = {"TASKLOG_BATCH_LINES": "100", "TASKLOG_LOG_LEVEL": "INFO"}
@@ -137,3 +142,22 @@ def test_a_busy_metrics_port_is_one_line(
         assert proc.wait(timeout=30) == 2
     assert f"TASKLOG_METRICS_PORT: cannot listen on 127.0.0.1:{port}" in proc.log_text()
     assert "Traceback" not in proc.log_text()
+
+
+def test_a_backlog_in_one_file_drains_without_waiting_for_a_rescan(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """The next batch is read from other files than those in flight: with a single file, the
+    collector lets the batch in flight commit and reads on, rather than sleeping until the
+    next rescan (an hour here) or wake-up for each batch of a backlog nothing writes to."""
+    ids = write_backlog(spool_dir, 1, 3000)
+    env = {
+        "TASKLOG_BATCH_LINES": "100",
+        "TASKLOG_RESCAN_INTERVAL": "3600",
+        "TASKLOG_ORPHAN_TIMEOUT": "3600",
+        "TASKLOG_HEARTBEAT_INTERVAL": "3600",
+    }
+    procs.collector(database_url=database_url, spool_dir=spool_dir, env=env, ready="following")
+    # 30 batches; waiting for a wake-up between them would take far longer than this allows.
+    wait_all_stored(database_url, spool_dir, 3000, timeout=60)
+    assert_exactly_once(database_url, ids, 3000)
