@@ -122,12 +122,8 @@ def test_collector_killed_at_random_moments_while_workers_write(
     rng = random.Random(seed)
     tasks, lines, kills, waiting = 150, 400, 10, 100
     total = (tasks + waiting) * lines
-    # A backlog waiting before the first start, then workers writing through every kill
-    # (paced to last about as long as the kills: ~300 rounds of 8 tasks x 25 lines).
+    # A backlog waiting before the first start, then workers writing through every kill.
     backlog = write_backlog(spool_dir, waiting, lines, prefix="backlog")
-    writer = Writer(spool_dir, tasks, lines, prefix="live", pace=0.03)
-    writers.append(writer)
-    writer.start()
     at_kill: list[tuple[float, int]] = []
     peak_kb = 0
     # How long a start takes on this machine now (imports, migrate, offsets): a loaded machine
@@ -137,6 +133,12 @@ def test_collector_killed_at_random_moments_while_workers_write(
         database_url=database_url, spool_dir=spool_dir, ready="following", env=SMALL_BATCHES
     ).kill()
     startup = time.monotonic() - started
+    # The writing lasts as long as the kills take on average (~300 rounds of 8 tasks x 25
+    # lines): a collector that keeps up with the writers is still mid-ingest at most kills.
+    pace = kills * (0.3 + startup + 1.5) / 2 / 300
+    writer = Writer(spool_dir, tasks, lines, prefix="live", pace=pace)
+    writers.append(writer)
+    writer.start()
     for _ in range(kills):
         proc = procs.collector(database_url=database_url, spool_dir=spool_dir, env=SMALL_BATCHES)
         # From spawn, not from "ready": some kills land in start-up (migrate, load offsets).
