@@ -20,6 +20,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class Collector:
         )
         #: A second connection: a batch is stored on it while the one before commits.
         self._spare: Store | None = None
+        #: The thread that reads and parses the next batch (`_drain`). One thread, not the
+        #: default executor's several: each thread that allocates gets a malloc arena of its
+        #: own, and reads spread over them held ~20 MB more at the peak of a 1 GB backlog.
+        self._reader: ThreadPoolExecutor | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -107,7 +112,9 @@ class Collector:
         with (
             spool_lock(settings.spool_dir, settings.lock_path()),
             metrics.served(self._metrics, settings.metrics_host, settings.metrics_port),
+            ThreadPoolExecutor(1, thread_name_prefix="tasklog-read") as reader,
         ):
+            self._reader = reader
             async with (
                 Store(url, settings.host) as store,
                 Store(url, settings.host) as spare,
@@ -252,7 +259,7 @@ class Collector:
         batch = spool.read_batch(*limits)
         behind: _InFlight | None = None
         current: _InFlight | None = None  # started, and not yet `behind`
-        reading: asyncio.Task[Batch] | None = None  # the next batch, read in a thread
+        reading: asyncio.Future[Batch] | None = None  # the next batch, read in a thread
         try:
             while final or not self._stop.is_set():
                 if not batch and behind is not None:
@@ -280,8 +287,8 @@ class Collector:
                     in_flight = {chunk.state.name for chunk in batch.chunks}
                     if behind is not None:
                         in_flight.update(chunk.state.name for chunk in behind.batch.chunks)
-                    reading = asyncio.create_task(
-                        asyncio.to_thread(spool.read_batch, *limits, in_flight), name="read"
+                    reading = asyncio.get_running_loop().run_in_executor(
+                        self._reader, spool.read_batch, *limits, in_flight
                     )
                 if behind is not None and not await self._settle(
                     store, publisher, spool, behind, current, reading
@@ -312,7 +319,7 @@ class Collector:
         spool: SpoolDir,
         done: _InFlight,
         following: _InFlight | None,
-        reading: asyncio.Task[Batch] | None = None,
+        reading: asyncio.Future[Batch] | None = None,
     ) -> bool:
         """Wait for a batch's commit and apply it; False if it failed (handled as `_store`
         handles a failure). `following`, the batch committing after it, then rolls back: it
