@@ -45,6 +45,14 @@
       tr = newRow(task);
     }
     const c = tr.cells;
+    if (task.root_id && task.root_id !== task.task_id && !c[0].querySelector(".wf-link")) {
+      const wf = document.createElement("a");  // as the page's own rows have it
+      wf.className = "wf-link";
+      wf.href = prefix + "/workflow/" + encodeURIComponent(task.root_id) + "/";
+      wf.title = "its workflow";
+      wf.textContent = "workflow";
+      c[0].append(" ", wf);
+    }
     if (task.task_name) c[1].textContent = task.task_name;
     const badge = c[2].querySelector(".badge");
     badge.textContent = task.status; badge.className = "badge s-" + task.status;

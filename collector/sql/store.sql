@@ -119,7 +119,8 @@ DELETE FROM spool_files WHERE host = %(host)s AND file = %(file)s
 
 -- name: changed_tasks
 SELECT task_id, task_name, state AS status, progress, progress_message, host,
-       started_at, completed_at, runtime, line_count, last_seq, exc_type, exc_message
+       started_at, completed_at, runtime, line_count, last_seq, exc_type, exc_message,
+       parent_id, root_id
 FROM tasks
 WHERE task_id = ANY(%(ids)s)
 

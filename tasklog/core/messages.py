@@ -54,6 +54,9 @@ class TaskMessage(TypedDict):
     last_seq: int
     exc_type: str | None
     exc_message: str | None
+    #: The task that sent this one, and the first task of its workflow (Celery's ids).
+    parent_id: str | None
+    root_id: str | None
 
 
 def lines_message(task_id: str, lines: list[LineMessage]) -> LinesMessage:

@@ -70,6 +70,38 @@ async def test_list_page_shows_progress_moving(
         )
 
 
+async def test_a_workflows_tasks_come_live_with_their_workflow_link(
+    page: Any,
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+) -> None:
+    """Rows that arrive live carry the link to their workflow, as the page's own rows do."""
+    start_pipeline(procs, database_url, redis_url, spool_dir)
+    async with running_api(api_settings(database_url, redis_url)) as client:
+        await page.goto(str(client.make_url(f"{PREFIX}/")))
+        await page.wait_for_selector("#live.on")
+        root = celery_client.send_task(
+            "demo.demo_workflow", kwargs={"width": 2, "lines": 3, "delay": 0.01}
+        ).id
+        href = f"{PREFIX}/workflow/{root}/"
+        links = page.locator(f'tr .wf-link[href="{href}"]')
+        # The root's children (steps and the sum) each get one; the root itself none.
+        await page.wait_for_function(
+            "href => document.querySelectorAll(`tr .wf-link[href='${href}']`).length >= 4",
+            arg=href,
+            timeout=30_000,
+        )
+        assert await page.locator(f'tr[data-task-id="{root}"] .wf-link').count() == 0
+        rows = await links.evaluate_all("els => els.map(e => e.closest('tr').dataset.taskId)")
+        assert len(rows) == len(set(rows))  # one link per row, however many events came
+        await links.first.click()
+        await page.wait_for_selector("#workflow")
+        assert page.url.endswith(href)
+
+
 async def test_log_view_live_escaped_and_coloured(
     page: Any,
     procs: ProcessFactory,
