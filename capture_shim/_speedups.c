@@ -93,13 +93,9 @@ put_text(char *p, PyObject *text)
     return p;
 }
 
-static char *
-put_ascii(char *p, const char *s)
-{
-    size_t n = strlen(s);
-    memcpy(p, s, n);
-    return p + n;
-}
+/* A string literal's bytes, its length known when compiled. */
+#define PUT_LITERAL(p, literal) \
+    (memcpy((p), (literal), sizeof(literal) - 1), (p) + sizeof(literal) - 1)
 
 static char *
 put_uint(char *p, unsigned long long v)
@@ -286,19 +282,19 @@ emit(LinesObject *self, PyObject *stream, PyObject *text, PyObject *level)
     clock_gettime(CLOCK_REALTIME, &now);
     unsigned long long micros =
         (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000;
-    char *p = put_ascii(buf, "{\"k\":\"line\",\"n\":");
+    char *p = PUT_LITERAL(buf, "{\"k\":\"line\",\"n\":");
     p = put_uint(p, (unsigned long long)self->seq);
-    p = put_ascii(p, ",\"t\":");
+    p = PUT_LITERAL(p, ",\"t\":");
     p = put_uint(p, micros);
-    p = put_ascii(p, "e-6,\"s\":\"");
+    p = PUT_LITERAL(p, "e-6,\"s\":\"");
     p = put_text(p, stream);
     if (level != NULL) {
-        p = put_ascii(p, "\",\"l\":\"");
+        p = PUT_LITERAL(p, "\",\"l\":\"");
         p = put_text(p, level);
     }
-    p = put_ascii(p, "\",\"m\":\"");
+    p = PUT_LITERAL(p, "\",\"m\":\"");
     p = put_text(p, text);
-    p = put_ascii(p, "\"}\n");
+    p = PUT_LITERAL(p, "\"}\n");
     Py_ssize_t size = p - buf;
 
     if (self->fd < 0) {
@@ -321,14 +317,21 @@ done:
     return status;
 }
 
-/* `buf` (the stream's partial line and new text): its lines out, the rest kept. */
+/* The stream's partial line and the new text, in one string (new ref). */
+static PyObject *
+joined(PyObject *partial, PyObject *text)
+{
+    if (partial != NULL && PyUnicode_GET_LENGTH(partial) > 0)
+        return PyUnicode_Concat(partial, text);
+    return Py_NewRef(text);
+}
+
+/* `buf` (the stream's partial line and new text, its first newline at `nl`, -1 for none): its
+ * lines out, the rest kept. */
 static int
-take(LinesObject *self, PyObject *stream, PyObject *buf)
+take(LinesObject *self, PyObject *stream, PyObject *buf, Py_ssize_t nl)
 {
     Py_ssize_t n = PyUnicode_GET_LENGTH(buf);
-    Py_ssize_t nl = PyUnicode_FindChar(buf, '\n', 0, n, 1);
-    if (nl == -2)
-        return -1;
     if (nl == -1) {
         if (n > self->max_partial) {
             if (PyDict_SetItem(self->partial, stream, s_empty) < 0)
@@ -462,11 +465,7 @@ lines_write_text(LinesObject *self, PyObject *stream, PyObject *text)
         return -1;
     Py_XINCREF(partial);
     if (!is_newline(text)) {
-        PyObject *buf;
-        if (partial != NULL && PyUnicode_GET_LENGTH(partial) > 0)
-            buf = PyUnicode_Concat(partial, text);
-        else
-            buf = Py_NewRef(text);
+        PyObject *buf = joined(partial, text);
         if (buf == NULL) {
             status = -1;
             goto done;
@@ -476,7 +475,7 @@ lines_write_text(LinesObject *self, PyObject *stream, PyObject *text)
         if (nl == -2)
             status = -1;
         else if (nl >= 0 || n > self->max_partial) {
-            status = take(self, stream, buf);
+            status = take(self, stream, buf, nl);
             Py_ssize_t tn = PyUnicode_GET_LENGTH(text);
             if (status == 0 && gated && tn > 0 && PyUnicode_READ_CHAR(text, tn - 1) == '\n') {
                 status = PySet_Discard(self->open, stream) < 0 ? -1 : 0;
@@ -541,12 +540,11 @@ lines_feed(LinesObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *partial = PyDict_GetItemWithError(self->partial, stream);
     if (partial == NULL && PyErr_Occurred())
         return NULL;
-    PyObject *buf = (partial != NULL && PyUnicode_GET_LENGTH(partial) > 0)
-                        ? PyUnicode_Concat(partial, text)
-                        : Py_NewRef(text);
+    PyObject *buf = joined(partial, text);
     if (buf == NULL)
         return NULL;
-    int status = take(self, stream, buf);
+    Py_ssize_t nl = PyUnicode_FindChar(buf, '\n', 0, PyUnicode_GET_LENGTH(buf), 1);
+    int status = nl == -2 ? -1 : take(self, stream, buf, nl);
     Py_DECREF(buf);
     if (status < 0)
         return NULL;
