@@ -22,7 +22,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 __all__ = [
     "Client",
