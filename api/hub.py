@@ -40,9 +40,9 @@ from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
-from redis.asyncio.retry import Retry
 
 from api import metrics
 from tasklog.core import live, messages
@@ -518,7 +518,7 @@ class _Link:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         with contextlib.suppress(*_ERRORS):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         await self._client.aclose(close_connection_pool=True)
 
     async def _read(self) -> None:
