@@ -58,6 +58,7 @@ class Counters:
         self.store_failures = 0
         self.files_done = 0
         self.quarantined = 0
+        self.times_clamped = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -116,8 +117,8 @@ class Collector:
         ):
             self._reader = reader
             async with (
-                Store(url, settings.host) as store,
-                Store(url, settings.host) as spare,
+                Store(url, settings.host, settings.retention_days) as store,
+                Store(url, settings.host, settings.retention_days) as spare,
                 Publisher(settings.redis(), settings.redis_cluster) as publisher,
             ):
                 self._spare = spare
@@ -387,6 +388,7 @@ class Collector:
         self.counters.batches += 1
         self.counters.lines += stored.rows
         self.counters.corrupt += batch.corrupt
+        self.counters.times_clamped += stored.clamped
         log.debug(
             "batch: %d lines from %d files stored in one transaction",
             stored.rows,

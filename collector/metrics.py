@@ -33,6 +33,7 @@ _COUNTERS = {
     "store_failures": "Batches that failed to commit and were retried.",
     "files_done": "Spool files fully stored and deleted.",
     "quarantined": "Spool files moved aside because Postgres refused one of their records.",
+    "times_clamped": "Record times outside their run's window, clamped into it.",
 }
 
 

@@ -112,6 +112,8 @@ class Stored:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     rows: int = 0
+    #: Times outside their run's window, clamped (`collector.clock`).
+    clamped: int = 0
 
 
 class Plan(NamedTuple):

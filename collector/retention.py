@@ -6,18 +6,16 @@ Dropping a partition costs the same at any size, where deleting its rows would n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from collector.fields import EARLIEST, LATEST
+from collector import clock
 from tasklog.core import db
 
 Q = db.queries("collector", "sql/retention.sql")
-_EPOCH_DAY = date(1970, 1, 1)
 #: Tasks deleted per statement: bounded, so no statement holds locks for long.
 _DELETE_STEP = 10_000
 
@@ -31,18 +29,6 @@ def partition_day(name: str) -> date | None:
         return datetime.strptime(name, "lines_%Y%m%d").date()
     except ValueError:
         return None
-
-
-def days_of(times: Sequence[float]) -> set[date]:
-    """The UTC days of line times, clamped as `fields.when` clamps (its bounds are midnights)."""
-    if not times:
-        return set()
-    low, high = min(times), max(times)
-    if high // 86400 - low // 86400 <= 1:
-        times = (low, high)  # every time is on the day of one or the other: ask those two alone
-    numbers = {t // 86400 for t in times}
-    low_day, high_day = EARLIEST // 86400, LATEST // 86400
-    return {_EPOCH_DAY + timedelta(days=int(min(max(n, low_day), high_day))) for n in numbers}
 
 
 async def ensure_partitions(
@@ -70,16 +56,20 @@ async def ensure_partitions(
 async def prune(
     conn: psycopg.AsyncConnection[Any], retention_days: int, known: set[str]
 ) -> tuple[list[str], int]:
-    """Drop line partitions and delete tasks older than the retention; cheap at any size.
+    """Drop line partitions outside the retention window (older than the retention, or of
+    days still to come) and delete tasks older than it; cheap at any size.
 
     Returns the dropped partitions' names and the number of tasks deleted.
     """
-    cutoff = datetime.now(UTC) - timedelta(days=retention_days)
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(days=retention_days)
+    # A day after now plus the skew a line may have holds nothing honest (`collector.clock`).
+    latest = (now + timedelta(seconds=clock.SKEW)).date()
     dropped = []
     cur = await conn.execute(Q["line_partitions"])
     for (name,) in await cur.fetchall():
         day = partition_day(name)
-        if day is not None and day + timedelta(days=1) <= cutoff.date():
+        if day is not None and (day + timedelta(days=1) <= cutoff.date() or day > latest):
             drop = sql.SQL(Q["drop_partition"]).format(partition=sql.Identifier(name))
             await conn.execute(drop)
             known.discard(name)

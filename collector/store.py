@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import operator
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import nullcontext
-from datetime import date
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from collector import copydata, fields, retention
+from collector import clock, copydata, fields, retention
 from collector.plan import Run, Stored, plan, slices, start_params, state_marker, window
 from collector.tail import Batch, FileChunk, FileState, shown
 from tasklog.core import db
@@ -28,8 +26,6 @@ from tasklog.core.errors import StoreUnavailable, TasklogError
 log = logging.getLogger("tasklog.collector")
 
 Q = db.queries("collector", "sql/store.sql")
-#: A line's time, read in C over a chunk's lines.
-_TIME = operator.attrgetter("t")
 #: Lines planned and sent to COPY at a time (see `_commit`).
 _SLICE_LINES = 2000
 
@@ -56,9 +52,11 @@ class RecordRefused(TasklogError):
 
 
 class Store:
-    def __init__(self, conninfo: str, host: str) -> None:
+    def __init__(self, conninfo: str, host: str, retention_days: int = 30) -> None:
         self._conninfo = conninfo
         self.host = host
+        #: The window a run's start is held to (`collector.clock`).
+        self.retention_days = retention_days
         self._conn: Conn | None = None
         #: Partitions of `lines` known to exist, as far as this connection has seen.
         self._partitions: set[str] = set()
@@ -153,11 +151,12 @@ class Store:
         trial: bool = False,
         after: Awaitable[object] | None = None,
     ) -> Stored:
-        days: set[date] = set()
-        for chunk in batch.chunks:
-            days |= retention.days_of(list(map(_TIME, chunk.lines)))
+        # Times a file chose are held to its run's window first: they choose partitions.
+        known = {day for name in self._partitions if (day := retention.partition_day(name))}
+        days, clamped = clock.hold(batch, known, self.retention_days)
         await retention.ensure_partitions(conn, days, self._partitions)
         stored = Stored()
+        stored.clamped = clamped
         async with conn.transaction():
             runs = stored.runs = await self._place(conn, batch.chunks)
             # Where each new run begins in the task's seqs. The trigger that records a run

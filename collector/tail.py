@@ -66,6 +66,9 @@ class FileState:
     tail: int = 500
     ended: bool = False
     pid: int | None = None
+    #: When the run started (its start record's time, held by `collector.clock`); None when
+    #: the start was stored by an earlier process.
+    started: float | None = None
     size: int = 0
     changed_at: float = field(default_factory=time.monotonic)
 
@@ -360,6 +363,8 @@ class SpoolDir:
         for chunk in batch.chunks:
             state = chunk.state
             state.offset = chunk.end_offset
+            if chunk.start is not None and isinstance(chunk.start.get("t"), float):
+                state.started = chunk.start["t"]
             if chunk.end is not None and state.registered:
                 state.ended = True
                 ended.append(state)

@@ -1,0 +1,176 @@
+"""What one task writes stays inside that task (issue 20): attacks made as a hostile task would
+make them, on a real collector and a real Postgres, while good tasks keep flowing through.
+
+Each test is a row of the fault table in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from capture_shim import spool
+from collector import clock
+from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
+
+QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
+DAY = 86400.0
+
+
+def record(**fields: object) -> bytes:
+    return (json.dumps(fields) + "\n").encode()
+
+
+def start(task_id: str, t: float | None = None, **extra: object) -> bytes:
+    t = time.time() if t is None else t
+    return record(k="start", v=spool.VERSION, t=t, task_id=task_id, name="hostile", **extra)
+
+
+def line(n: int, text: str, t: float | None = None) -> bytes:
+    return record(k="line", n=n, t=time.time() if t is None else t, s="stdout", m=text)
+
+
+def end(state: str = "SUCCESS", t: float | None = None, **extra: object) -> bytes:
+    t = time.time() if t is None else t
+    return record(**{"k": "end", "t": t, "state": state, "errors": 0, **extra})
+
+
+def good_task(task_id: str, lines: int = 3) -> bytes:
+    body = b"".join(line(n, f"{task_id} {n}") for n in range(1, lines + 1))
+    return start(task_id) + body + end()
+
+
+def write(spool_dir: Path, stem: str, data: bytes, ns: int | None = None) -> Path:
+    ns = time.time_ns() if ns is None else ns
+    path = spool_dir / f"{stem}.{os.getpid()}.{ns}{spool.SUFFIX}"
+    path.write_bytes(data)
+    return path
+
+
+def stored(url: str, ids: list[str], lines: int = 3) -> bool:
+    rows = pg_rows(
+        url,
+        "SELECT t.task_id, t.state, count(l.seq) FROM tasks t LEFT JOIN lines l USING (task_id) "
+        "WHERE t.task_id = ANY(%s) GROUP BY 1, 2",
+        (ids,),
+    )
+    return sorted(rows) == [(i, "SUCCESS", lines) for i in sorted(ids)]
+
+
+def stats(url: str) -> dict[str, object]:
+    rows = pg_rows(url, "SELECT stats FROM collectors")
+    return rows[0][0] if rows else {}
+
+
+def partitions(url: str) -> list[str]:
+    return [
+        name
+        for (name,) in pg_rows(
+            url,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'lines' ORDER BY 1",
+        )
+    ]
+
+
+def collector(procs: ProcessFactory, url: str, spool_dir: Path, **env: str) -> Proc:
+    return procs.collector(
+        database_url=url, spool_dir=spool_dir, ready="following", env={**QUICK, **env}
+    )
+
+
+# -- 1. the time bomb --------------------------------------------------------------------------
+
+
+def test_lines_dated_on_3000_days_make_a_bounded_number_of_partitions(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """A 3,000-line file dating each line on another day (2000..2100), and a start record in
+    2099: every line is stored, clamped into the run's window; a handful of partitions."""
+    proc = collector(procs, database_url, spool_dir)
+    write(spool_dir, "good-before", good_task("good-before"))
+    wait_for(lambda: stored(database_url, ["good-before"]), message="a good task stored")
+    before = partitions(database_url)
+
+    now = time.time()
+    bomb = start("bomb", t=4_070_000_000.0, max_lines=10_000) + b"".join(
+        line(n, f"bomb {n}", t=946_684_800.0 + n * 1.1 * DAY) for n in range(1, 3001)
+    )
+    write(spool_dir, "bomb", bomb + end(t=4_100_000_000.0))
+    goods = [f"good-{i}" for i in range(5)]
+    for task_id in goods:
+        write(spool_dir, task_id, good_task(task_id))
+
+    wait_for(lambda: stored(database_url, goods), message="the good tasks stored")
+    wait_for(
+        lambda: (
+            pg_rows(database_url, "SELECT count(*) FROM lines WHERE task_id = 'bomb'") == [(3000,)]
+        ),
+        message="all 3,000 lines of the hostile task stored",
+    )
+    after = partitions(database_url)
+    print(f"\npartitions before the attack {len(before)}, after {len(after)}")
+    assert len(after) - len(before) <= clock.MAX_NEW_PARTITIONS, after
+    low, high, started, completed = pg_rows(
+        database_url,
+        "SELECT min(extract(epoch FROM l.ts)), max(extract(epoch FROM l.ts)), "
+        "extract(epoch FROM t.started_at), extract(epoch FROM t.completed_at) "
+        "FROM lines l JOIN tasks t USING (task_id) WHERE task_id = 'bomb' "
+        "GROUP BY t.started_at, t.completed_at",
+    )[0]
+    ceiling = time.time() + clock.SKEW
+    floor = now - 31 * DAY - clock.SKEW  # the retention window (30 days) and a day
+    assert floor <= float(started) <= ceiling  # the start in 2099 is held to now
+    assert floor <= float(low) <= float(high) <= ceiling
+    assert float(completed) <= ceiling
+    assert float(low) >= float(started) - clock.SKEW
+    wait_for(
+        lambda: int(stats(database_url).get("times_clamped", 0)) >= 3000,  # type: ignore[call-overload]
+        message="clamped times counted",
+    )
+    # Seqs and text untouched: only the dates moved.
+    rows = pg_rows(
+        database_url, "SELECT seq, message FROM lines WHERE task_id = 'bomb' ORDER BY seq"
+    )
+    assert rows == [(n, f"bomb {n}") for n in range(1, 3001)]
+
+    write(spool_dir, "good-after", good_task("good-after"))
+    wait_for(lambda: stored(database_url, ["good-after"]), message="a later task stored")
+    assert proc.alive
+    assert "Traceback" not in proc.log_text()
+
+
+def test_retention_drops_partitions_of_days_still_to_come(database_url: str) -> None:
+    """Partitions an older collector made for far-future days (the time bomb's debris) go at
+    the next prune; today's stays."""
+    today = datetime.now(UTC).date()
+    days = [today, today + timedelta(days=1), today + timedelta(days=3), today.replace(year=2090)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for day in days:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS lines_{day:%Y%m%d} PARTITION OF lines FOR VALUES "
+                f"FROM ('{day} 00:00:00+00') TO ('{day + timedelta(days=1)} 00:00:00+00')"
+            )
+    result = subprocess.run(
+        [sys.executable, "-m", "tasklog", "prune"],
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "TASKLOG_DATABASE_URL": database_url,
+            "TASKLOG_RETENTION_DAYS": "30",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    left = partitions(database_url)
+    assert f"lines_{today:%Y%m%d}" in left
+    assert f"lines_{today + timedelta(days=3):%Y%m%d}" not in left
+    assert f"lines_{today.replace(year=2090):%Y%m%d}" not in left
