@@ -21,6 +21,7 @@ from api.queries import Store
 from api.settings import ApiSettings
 from api.slots import StreamSlots
 from api.throttle import LoginThrottle
+from tasklog.core import supervise
 from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api")
@@ -82,7 +83,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     launcher = Launcher(settings.redis())
     app[keys.STORE], app[keys.HUB], app[keys.LAUNCHER] = store, hub, launcher
     hub_task = asyncio.create_task(hub.run(), name="redis-hub")
-    hub_task.add_done_callback(_hub_died)
+    hub_task.add_done_callback(supervise.stop_on_exit)
     metrics.REDIS_LIVE.set_function(lambda: float(hub.live))
     metrics.REDIS_TASK_CHANNELS.set_function(lambda: float(len(hub.followed())))
     try:
@@ -93,11 +94,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await hub.aclose()
         await launcher.close()
         await store.close()
-
-
-def _hub_died(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the Redis hub stopped: %r; streams poll Postgres", task.exception())
 
 
 async def _stop_streams(app: web.Application) -> None:

@@ -17,11 +17,13 @@ confirm (bounded); when the confirmation comes later than that, the subscription
 `RESYNC` and its stream reads Postgres again.
 
 redis-py's asyncio pub/sub does not come back by itself after an outage, a failover or a slot
-that moved, so `Hub.run` is a reconnect-and-resubscribe loop: each spell of connection is a
-`_Session` that subscribes everything followed and ends at the first error on any of its
-connections. Whenever the connection is lost or comes back, every subscription receives
-`RESYNC`: whatever was published meanwhile is in Postgres, and the stream catches up from
-there.
+that moved, so the hub's link is a reconnect-and-resubscribe loop: each spell of connection is
+a `_Session` that subscribes everything followed and ends at the first error on any of its
+connections. `Hub.run` supervises the link (`tasklog.core.supervise`): an error nobody
+expected is logged once and the link starts again after a backoff, so the hub never stops
+for good while the API runs on. Whenever the connection is lost or comes back, every
+subscription receives `RESYNC`: whatever was published meanwhile is in Postgres, and the
+stream catches up from there.
 
 Each subscription has its own bounded buffer: a client that cannot keep up overflows its own
 buffer and is cut off (it resumes with Last-Event-ID) instead of slowing the others.
@@ -45,7 +47,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from api import metrics
-from tasklog.core import live, messages
+from tasklog.core import live, messages, supervise
 from tasklog.core.constants import (
     LINES_CHANNEL_PREFIX,
     TASKS_CHANNEL,
@@ -265,10 +267,38 @@ class Hub:
     # -- the connection ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, subscribe, dispatch; on any Redis error start over after a backoff."""
+        """The hub's side tasks, supervised: the pub/sub link and the watched-set refresher.
+
+        Each is restarted after a backoff whenever it fails, whatever the failure; while the
+        link is down, `live` is False and `last_error` says why (/healthz: degraded).
+        """
         if self._url is None:
             return
-        self._in_background(self._keep_watched(), "redis-watch-refresh")
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                supervise.restarting(
+                    "the Redis hub's watched-set refresher", self._keep_watched, logger=log
+                ),
+                name="redis-watch-refresh",
+            )
+            group.create_task(
+                supervise.restarting(
+                    "the Redis hub",
+                    self._link,
+                    max_delay=self._retry_max,
+                    on_down=self._link_failed,
+                    logger=log,
+                ),
+                name="redis-hub-link",
+            )
+
+    async def _link(self) -> None:
+        """Connect, subscribe, dispatch; on a Redis error start over after a backoff.
+
+        Redis going away is expected and handled here (one warning per outage); anything else
+        propagates to the supervisor in `run`, which logs it and starts the link again.
+        """
+        assert self._url is not None
         delay = 0.1
         while True:
             try:
@@ -284,17 +314,29 @@ class Hub:
                     log.warning("Redis pub/sub lost (%s); streams poll Postgres meanwhile", exc)
                 self.last_error = str(exc) or type(exc).__name__
             finally:
-                was_live, self.live = self.live, False
-                self.connected_event.clear()
-                for sub in self._every():
-                    sub.covered = sub.task_id is None
+                was_live = self._went_down()
             if was_live:
                 delay = 0.1
-                self._resync_all()
             metrics.HUB_RECONNECTS.inc()
             self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max)
+
+    def _went_down(self) -> bool:
+        """Streams fall back to Postgres until the link holds again; True if it was live."""
+        was_live, self.live = self.live, False
+        self.connected_event.clear()
+        for sub in self._every():
+            sub.covered = sub.task_id is None
+        if was_live:
+            self._resync_all()
+        return was_live
+
+    def _link_failed(self, exc: BaseException) -> None:
+        """The supervisor's word that the link died of an unexpected error: degraded."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        metrics.HUB_RECONNECTS.inc()
+        self.reconnects += 1
 
     def _went_live(self) -> None:
         # Every channel holds: from now on nothing published is missed, and whatever was

@@ -303,7 +303,8 @@ class Health(Contract):
 
     status: Literal["ok", "degraded", "down"] = Field(
         description="ok: Postgres answers, and Redis too when configured; degraded: Redis does"
-        " not (pages poll Postgres); down: Postgres does not"
+        " not, or the API's Redis subscription is down (pages poll Postgres meanwhile); down:"
+        " Postgres does not"
     )
     postgres: PostgresUp | PostgresDown | None = Field(
         default=None, description="Postgres, the source of truth (with the token only)"

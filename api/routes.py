@@ -200,11 +200,13 @@ async def check(app: web.Application) -> Health:
         subscribed=hub.live,
         ok=ping.get("ok"),
         version=ping.get("version"),
-        error=ping.get("error"),
+        error=ping.get("error") or (None if hub.live else hub.last_error),
     )
     status: Literal["ok", "degraded", "down"] = "down"
     if pg.ok:
-        status = "ok" if not hub.configured or redis.ok is True else "degraded"
+        # Degraded while Redis does not answer or the hub's link is down: pages then poll.
+        up = redis.ok is True and hub.live
+        status = "ok" if not hub.configured or up else "degraded"
     return Health(status=status, postgres=pg, redis=redis)
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from api.app import PREFIX, create_app
 from api.auth import is_loopback
 from api.settings import ApiSettings
-from tasklog.core import sdnotify
+from tasklog.core import sdnotify, supervise
 
 log = logging.getLogger("tasklog.api")
 
@@ -89,7 +89,11 @@ async def serve(
         if ready is not None:
             ready()
         sdnotify.ready(f"listening on {host}:{port}")
-        watchdog = asyncio.create_task(sdnotify.watchdog_loop(stop), name="watchdog")
+        watchdog = asyncio.create_task(
+            supervise.restarting("the systemd watchdog", lambda: sdnotify.watchdog_loop(stop)),
+            name="watchdog",
+        )
+        watchdog.add_done_callback(supervise.stop_on_exit)
         await stop.wait()
         log.info("shutting down")
         sdnotify.stopping()

@@ -36,7 +36,7 @@ from collector.quarantine import quarantine
 from collector.settings import CollectorSettings
 from collector.store import RecordRefused, Store
 from collector.tail import Batch, FileChunk, FileState, SpoolDir, shown
-from tasklog.core import __version__, sdnotify
+from tasklog.core import __version__, sdnotify, supervise
 from tasklog.core.errors import ConfigError, StoreUnavailable
 from tasklog.core.process import pid_alive
 
@@ -142,8 +142,25 @@ class Collector:
         )
         self.status = "ok"
         sdnotify.ready()
-        watcher = asyncio.create_task(self._watch(spool), name="watch")
-        watchdog = asyncio.create_task(sdnotify.watchdog_loop(self._stop), name="watchdog")
+        # Side tasks, restarted when they fail (`tasklog.core.supervise`); the rescans below
+        # find every change meanwhile, so a watcher that is down only slows things.
+        watcher = asyncio.create_task(
+            supervise.restarting(
+                f"watching {spool.path}",
+                lambda: self._watch(spool),
+                max_delay=max(5.0, self.settings.rescan_interval),
+                logger=log,
+            ),
+            name="watch",
+        )
+        watchdog = asyncio.create_task(
+            supervise.restarting(
+                "the systemd watchdog", lambda: sdnotify.watchdog_loop(self._stop), logger=log
+            ),
+            name="watchdog",
+        )
+        for task in (watcher, watchdog):
+            task.add_done_callback(supervise.stop_on_exit)
         due = {"scan": 0.0, "orphans": 0.0, "heartbeat": 0.0, "summary": 0.0, "prune": 0.0}
         summary = (time.monotonic(), 0)
         try:
@@ -183,26 +200,23 @@ class Collector:
     # -- the data path ----------------------------------------------------------------------
 
     async def _watch(self, spool: SpoolDir) -> None:
+        """Wake the loop as soon as a spool file changes, until the stop.
+
+        It may fail (inotify limits and the like): its supervisor starts it again, and the
+        rescans every TASKLOG_RESCAN_INTERVAL find everything meanwhile.
+        """
         step = max(1, min(10, self.settings.debounce_ms))
-        try:
-            async for changes in awatch(
-                spool.path,
-                stop_event=self._stop,
-                debounce=self.settings.debounce_ms,
-                step=step,
-                recursive=False,
-                rust_timeout=1000,
-                yield_on_timeout=False,
-            ):
-                spool.touched({Path(path).name for _, path in changes})
-                self._wake.set()
-        except Exception as exc:  # inotify limits and the like: the rescans still find everything
-            log.warning(
-                "cannot watch %s (%s); relying on rescans every %.1fs",
-                spool.path,
-                exc,
-                self.settings.rescan_interval,
-            )
+        async for changes in awatch(
+            spool.path,
+            stop_event=self._stop,
+            debounce=self.settings.debounce_ms,
+            step=step,
+            recursive=False,
+            rust_timeout=1000,
+            yield_on_timeout=False,
+        ):
+            spool.touched({Path(path).name for _, path in changes})
+            self._wake.set()
 
     async def _final_drain(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
         """On stop, store what the spool still holds, for TASKLOG_STOP_DRAIN_TIMEOUT at most.
