@@ -77,6 +77,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         settings.require_database_url(),
         max_size=settings.api_db_pool_size,
         timeout=settings.api_db_wait,
+        search_size=settings.api_search_connections,
     )
     await store.open()
     hub = Hub(settings.redis(), cluster=settings.redis_cluster)

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tasklog.core import db
-from tasklog.core.errors import StoreUnavailable
+from tasklog.core.errors import StoreUnavailable, TasklogError
 
 #: A row as psycopg's dict_row gives it: column name → value of that column's type.
 Row = dict[str, Any]
@@ -99,6 +99,16 @@ class TaskFilter:
         return clauses, {key: value for params in given.values() for key, value in params.items()}
 
 
+class SearchesBusy(TasklogError):
+    """Every search connection stayed busy."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"search: the {size} search connections (TASKLOG_API_SEARCH_CONNECTIONS) are busy;"
+            " try again in a moment"
+        )
+
+
 class Store:
     """Read access to the collector's schema through one async connection pool.
 
@@ -106,7 +116,14 @@ class Store:
     schema is `SchemaMissing` ("run `tasklog migrate`"), a lost server `StoreUnavailable`.
     """
 
-    def __init__(self, conninfo: str, *, max_size: int = 10, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_size: int = 10,
+        timeout: float = 10.0,
+        search_size: int = 2,
+    ) -> None:
         self.conninfo = conninfo
         self.pool = AsyncConnectionPool(
             conninfo,
@@ -117,10 +134,22 @@ class Store:
             kwargs={"autocommit": True, "row_factory": dict_row},
             name="tasklog-api",
         )
+        #: Searches run here alone: however slow their patterns, the pool above stays free
+        #: for the task list, the detail, the streams and the health check.
+        self.search_pool = AsyncConnectionPool(
+            conninfo,
+            min_size=0,
+            max_size=search_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            name="tasklog-api-search",
+        )
 
     async def open(self, timeout: float = 10.0) -> None:
         try:
             await self.pool.open(wait=True, timeout=timeout)
+            await self.search_pool.open()
         except PoolTimeout:
             await self.pool.close(timeout=1.0)
             # The pool only knows it timed out: one direct attempt says why (refused, login…).
@@ -131,6 +160,7 @@ class Store:
             ) from None
 
     async def close(self) -> None:
+        await self.search_pool.close(timeout=5.0)
         await self.pool.close(timeout=5.0)
 
     @asynccontextmanager
@@ -140,6 +170,19 @@ class Store:
             async with self.pool.connection() as conn:
                 # The pool's connections have the dict_row factory (see `__init__`).
                 yield cast("psycopg.AsyncConnection[Row]", conn)
+
+    @asynccontextmanager
+    async def search_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A connection of the search pool; `SearchesBusy` when none frees in time."""
+        try:
+            conn = await self.search_pool.getconn()
+        except PoolTimeout:
+            raise SearchesBusy(self.search_pool.max_size) from None
+        try:
+            with db.translated(self.conninfo):
+                yield cast("psycopg.AsyncConnection[Row]", conn)
+        finally:
+            await self.search_pool.putconn(conn)
 
     async def _all(self, query: sql.Composed, params: Params) -> list[Row]:
         async with self.connection() as conn:

@@ -4,13 +4,18 @@ Parameters: ``q`` (required), ``regex=1``, the task list's filters ``state``, ``
 ``host``, plus ``stream``, ``since``, ``until`` (ISO 8601, on the line's time), ``limit`` and
 ``cursor`` (from the ``next`` link). The body is ``{"results": [match, ...], "next": url|null}``
 with each match shaped as `api.find.match_json` says. A pattern Postgres refuses is a 400
-whose ``error`` is Postgres's message on one line; a search running past the statement
-timeout is a 400 asking for a narrower one.
+whose ``error`` is Postgres's message on one line; a search running past its statement
+timeout (`TASKLOG_API_SEARCH_TIMEOUT`, `TASKLOG_API_REGEX_TIMEOUT` for a regex) is a 400
+asking for a narrower one. Searches run on a small pool of their own
+(`TASKLOG_API_SEARCH_CONNECTIONS`): when every one is busy, a 503 with ``Retry-After``; the
+other routes never wait for them. A client that goes away cancels its search in Postgres.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 import psycopg
@@ -20,14 +25,16 @@ from psycopg.rows import dict_row
 from api import keys, params
 from api.find import MAX_PATTERN, Q, Row, Search, decode_cursor, encode_cursor, match_json, one_line
 from api.models import SearchResults
-from api.queries import Store
+from api.queries import SearchesBusy, Store
 from api.routes import respond
 from tasklog.core import db
 from tasklog.core.constants import ALL_STATES, STREAMS
 
+log = logging.getLogger("tasklog.api")
+
 SEARCH_DEFAULT, SEARCH_MAX = 50, 500
-#: A search may not hold a connection longer than this (a pathological regex on 10M lines).
-STATEMENT_TIMEOUT_MS = 30_000
+#: How often a running search looks whether its client is still there.
+_CLIENT_CHECK = 0.2
 
 
 def search_params(request: web.Request) -> Search:
@@ -63,14 +70,15 @@ def search_params(request: web.Request) -> Search:
     )
 
 
-async def run_search(store: Store, search: Search, limit: int) -> list[Row]:
-    """Up to `limit` matches, newest first, window after window until the page is full."""
+async def run_search(store: Store, search: Search, limit: int, timeout: float) -> list[Row]:
+    """Up to `limit` matches, newest first, window after window until the page is full; on a
+    connection of the search pool, each statement cancelled after `timeout` seconds."""
     found: list[Row] = []
     with db.translated():
         try:
-            async with store.connection() as conn, conn.transaction():
+            async with store.search_connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(Q["statement_timeout"], {"ms": str(STATEMENT_TIMEOUT_MS)})
+                await cur.execute(Q["statement_timeout"], {"ms": str(int(timeout * 1000))})
                 now = (await (await cur.execute(Q["now"])).fetchone() or {})["now"]
                 for low, high in search.windows(now):
                     query, values = search.statement(low, high, limit - len(found))
@@ -82,16 +90,43 @@ async def run_search(store: Store, search: Search, limit: int) -> list[Row]:
             params.bad(f"q: {one_line(str(exc))}")
         except psycopg.errors.QueryCanceled:
             params.bad(
-                f"q: the search took longer than {STATEMENT_TIMEOUT_MS // 1000} s;"
+                f"q: the search took longer than {timeout:g} s;"
                 " narrow it (a longer text, since/until, a task name)"
             )
+        except SearchesBusy as exc:
+            params.error(web.HTTPServiceUnavailable, str(exc), {"Retry-After": "5"})
     return found
+
+
+async def searched(request: web.Request, search: Search, limit: int) -> list[Row]:
+    """`run_search` for a request, cancelled (in Postgres too: psycopg cancels the running
+    statement) as soon as the client goes away; aiohttp would let it run to its timeout."""
+    settings = request.app[keys.SETTINGS]
+    timeout = settings.api_regex_timeout if search.regex else settings.api_search_timeout
+    task = asyncio.create_task(
+        run_search(request.app[keys.STORE], search, limit, timeout), name="search"
+    )
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_CLIENT_CHECK)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                log.info("a search was cancelled: its client went away")
+                # Nobody reads this answer; it only ends the request without a traceback.
+                params.error(web.HTTPBadRequest, "the client went away during its search")
+    finally:
+        if not task.done():
+            task.cancel()
+            # Bounded: psycopg waits for the server to confirm the cancel (5 s at most).
+            await asyncio.wait({task}, timeout=10)
 
 
 async def search_lines(request: web.Request) -> web.Response:
     limit = params.integer(request, "limit", SEARCH_DEFAULT, 1, SEARCH_MAX)
     search = search_params(request)
-    rows = await run_search(request.app[keys.STORE], search, limit + 1)
+    rows = await searched(request, search, limit + 1)
     next_url = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -117,7 +152,7 @@ async def render_page(request: web.Request) -> web.Response:
     if ctx["searched"]:
         try:
             search = search_params(request)
-            rows = await run_search(request.app[keys.STORE], search, SEARCH_DEFAULT + 1)
+            rows = await searched(request, search, SEARCH_DEFAULT + 1)
         except web.HTTPBadRequest as exc:
             ctx["error"] = json.loads(exc.text or "{}").get("error", "bad search")
         else:

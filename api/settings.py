@@ -54,6 +54,23 @@ class ApiSettings(Common):
         " each has its own Postgres pool and Redis subscriptions.",
     )
     api_db_pool_size: int = Field(10, ge=1, description="Postgres connections per API process.")
+    api_search_connections: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="Postgres connections per API process for searches, apart from the pool of"
+        " every other route: searches wait for one of these, never for the others.",
+    )
+    api_search_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds a text search may run in Postgres."
+    )
+    api_regex_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds a regex search may run in Postgres (a pathological pattern is"
+        " cancelled then).",
+    )
     api_db_wait: float = Field(
         5.0,
         gt=0,

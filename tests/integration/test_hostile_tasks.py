@@ -6,19 +6,24 @@ Each test is a row of the fault table in docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import psycopg
 
 from capture_shim import spool
 from collector import clock
 from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
+from tests.integration.api_support import PREFIX, http, start_api
 
 QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
 DAY = 86400.0
@@ -174,3 +179,104 @@ def test_retention_drops_partitions_of_days_still_to_come(database_url: str) -> 
     assert f"lines_{today:%Y%m%d}" in left
     assert f"lines_{today + timedelta(days=3):%Y%m%d}" not in left
     assert f"lines_{today.replace(year=2090):%Y%m%d}" not in left
+
+
+# -- 2. search isolation -----------------------------------------------------------------------
+
+#: Backtracking without end in Postgres's regex engine over a line of a's ending in "ab".
+CATASTROPHIC = r"^(((a+)\3)+)+\1b"
+
+
+async def until_true(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll a blocking `predicate` in a thread (the loop keeps serving the test's clients)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {value!r}")
+        await asyncio.sleep(0.1)
+
+
+def running_regexes(url: str) -> int:
+    rows = pg_rows(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+        ("%message ~*%",),
+    )
+    return int(rows[0][0])
+
+
+async def test_catastrophic_regexes_leave_the_task_list_detail_and_health_answering(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path
+) -> None:
+    """Twice as many catastrophic regex searches as the search pool holds: the list, a task's
+    detail and /healthz answer while they run, a task stored meanwhile is listed, the searches
+    beyond the pool get a 503 with Retry-After, and searches whose clients leave stop in
+    Postgres long before their timeout."""
+    collector(procs, database_url, spool_dir)
+    hostile = start("regex-bait") + line(1, "a" * 60 + "b") + end()
+    write(spool_dir, "regex-bait", hostile)
+    write(spool_dir, "good-0", good_task("good-0"))
+    await until_true(lambda: stored(database_url, ["good-0"]), "a good task stored")
+    _, base = start_api(
+        procs,
+        database_url,
+        redis_url,
+        TASKLOG_API_SEARCH_CONNECTIONS="2",
+        TASKLOG_API_REGEX_TIMEOUT="120",
+        TASKLOG_API_DB_POOL_SIZE="2",
+        TASKLOG_API_DB_WAIT="3",
+    )
+    search = f"{base}{PREFIX}/api/search/"
+    query = {"q": CATASTROPHIC, "regex": "1"}
+    timeout = aiohttp.ClientTimeout(total=180)
+    async with aiohttp.ClientSession(timeout=timeout) as searches, http() as others:
+        held = [
+            asyncio.create_task(searches.get(search, params=query), name=f"search-{i}")
+            for i in range(2)
+        ]
+        await until_true(lambda: running_regexes(database_url) == 2, "2 regexes in Postgres")
+        # Beyond the search pool: refused after TASKLOG_API_DB_WAIT, with a retry hint.
+        async with others.get(search, params=query) as extra:
+            assert extra.status == 503
+            assert extra.headers["Retry-After"] == "5"
+            assert "TASKLOG_API_SEARCH_CONNECTIONS" in (await extra.json())["error"]
+
+        write(spool_dir, "good-1", good_task("good-1"))
+        answered: dict[str, int] = {}
+        for _ in range(5):  # each route several times: none waits for the searches
+            for name, path in (
+                ("list", "/api/tasks/"),
+                ("detail", "/api/tasks/good-0/"),
+                ("health", "/healthz"),
+            ):
+                async with others.get(f"{base}{PREFIX}{path}") as response:
+                    answered[name] = response.status
+                    assert response.status == 200, (name, await response.text())
+
+        async def listed() -> bool:
+            async with others.get(f"{base}{PREFIX}/api/tasks/") as response:
+                body = await response.json()
+            return any(task["task_id"] == "good-1" for task in body["results"])
+
+        deadline = time.monotonic() + 30
+        while not await listed():
+            assert time.monotonic() < deadline, "a task stored during the attack is listed"
+            await asyncio.sleep(0.1)
+        async with others.get(f"{base}{PREFIX}/healthz") as response:
+            assert (await response.json())["status"] in ("ok", "degraded")
+        # All of that happened while the regexes still ran (their timeout is 120 s).
+        assert running_regexes(database_url) == 2
+        assert not any(task.done() for task in held)
+
+        # The searching clients leave: their statements are cancelled in Postgres.
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+    await until_true(
+        lambda: running_regexes(database_url) == 0, "the regexes cancelled in Postgres", 20
+    )
+    assert answered == {"list": 200, "detail": 200, "health": 200}
