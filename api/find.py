@@ -235,6 +235,12 @@ async def workflow_of(pool: AsyncConnectionPool[Any], task: Row | None) -> str |
     return root if rows[0]["n"] > 1 else None
 
 
+async def workflow_roots(pool: AsyncConnectionPool[Any], task_ids: list[str]) -> set[str]:
+    """Those of `task_ids` that are the root of a workflow of more than one task."""
+    rows = await fetch(pool, Q["workflow_roots"], {"task_ids": task_ids})
+    return {row["root_id"] for row in rows}
+
+
 # -- runs of a task ----------------------------------------------------------------------------
 
 

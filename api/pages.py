@@ -9,14 +9,19 @@ each page as a JSON blob (``#tasklog-constants``), which ``static/constants.js``
 
 from __future__ import annotations
 
+import json
+
 import jinja2
 from aiohttp import web
 
 from tasklog.core.constants import (
+    ERROR_LEVELS,
     FINISHED_STATES,
+    LEVELS,
     MARKER,
     PENDING,
     STATES,
+    STREAMS,
     SUCCESS,
     TASK_STREAMS,
     UNSUCCESSFUL_STATES,
@@ -33,7 +38,24 @@ def page_constants() -> dict[str, str | list[str]]:
         "pending": PENDING,
         "streams": list(TASK_STREAMS),
         "marker": MARKER,
+        "levels": list(LEVELS),
+        "error_levels": list(ERROR_LEVELS),
     }
+
+
+#: The names data may bring into a class attribute, by kind: anything else is ``<kind>-other``.
+KNOWN = {"state": STATES, "stream": STREAMS, "level": LEVELS}
+
+
+def css_class(kind: str, value: object) -> str:
+    """The page's class for a state, stream or level: ``state-failure``, ``stream-log``.
+
+    A name from the data never becomes a class of its own: one outside the known set (a custom
+    state, a level of a custom logger) is ``<kind>-other``, so no value can collide with the
+    page's own classes. ``static/constants.js`` (`tasklogClass`) does the same in the browser.
+    """
+    name = str(value) if value is not None else ""
+    return f"{kind}-{name.lower()}" if name in KNOWN[kind] else f"{kind}-other"
 
 
 class Pages:
@@ -47,6 +69,12 @@ class Pages:
             undefined=jinja2.StrictUndefined,
         )
         self.env.filters["when"] = when
+        self.env.filters["css"] = lambda value, kind: css_class(kind, value)
+        self.env.filters["size"] = size
+        self.env.filters["stat"] = stat
+        self.env.globals["stat_labels"] = STAT_LABELS
+        self.env.globals["stat_alarms"] = STAT_ALARMS
+        self.env.globals["stat_shown"] = {key for key, _, _ in STAT_LABELS} | STAT_FIRST
         self.env.globals["constants"] = page_constants()
 
     def render(
@@ -72,3 +100,52 @@ class Pages:
 def when(value: str | None) -> str:
     """An ISO 8601 time as ``2024-05-01 12:00:03`` (UTC), or a dash."""
     return value[:19].replace("T", " ") if value else "—"
+
+
+#: A collector's heartbeat stats as the diagnostic page names them, in its order (after the
+#: backlog and the quarantine, which come first): key, label, unit ("bytes" or "").
+STAT_LABELS = (
+    ("lines", "Lines stored", ""),
+    ("batches", "Batches committed", ""),
+    ("files_done", "Spool files finished", ""),
+    ("store_failures", "Store failures", ""),
+    ("corrupt", "Corrupt records", ""),
+    ("lost", "Lost records", ""),
+    ("vanished", "Spool files vanished", ""),
+    ("truncated", "Spool files truncated", ""),
+    ("skipped_bytes", "Skipped", "bytes"),
+    ("spool_free_bytes", "Spool free space", "bytes"),
+    ("spool_full", "Spool full", ""),
+)
+#: Stats shown in the first rows, with the backlog.
+STAT_FIRST = {"quarantined", "quarantine_dir", "status"}
+#: Stats that are a problem when not zero.
+STAT_ALARMS = {"store_failures", "corrupt", "lost", "vanished", "truncated", "spool_full"}
+
+
+def size(value: object) -> str:
+    """A byte count a person reads: ``0 B``, ``512 B``, ``3.4 MB``."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "—"
+    n = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def stat(value: object, unit: str = "") -> str:
+    """A stat a collector reported, as text: numbers grouped, yes/no, a dash for nothing.
+
+    An older or newer collector may send any JSON: what is not a number, a flag or text is
+    shown as its JSON."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return size(value) if unit == "bytes" else f"{value:,}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)

@@ -19,6 +19,12 @@ async def task_list(request: web.Request) -> web.Response:
     info = await store.server_info()  # before the list: the live stream resumes from here
     rows = await store.list_tasks(filters, routes.TASKS_DEFAULT)
     tasks = [wire.task_json(row) for row in rows]
+    roots = await find.workflow_roots(store.pool, [t["task_id"] for t in tasks])
+    for task in tasks:
+        if task["task_id"] in roots:
+            task["workflow"] = task["task_id"]
+        elif task.get("root_id") and task["root_id"] != task["task_id"]:
+            task["workflow"] = task["root_id"]
     since = info["now"].isoformat() if info else ""
     return request.app[keys.PAGES].render(
         request, "tasks.html", tasks=tasks, query=dict(request.query), since=since, title="Tasks"

@@ -107,6 +107,13 @@ SELECT task_id, coalesce(root_id, task_id) AS root_id
 FROM tasks
 WHERE task_id = ANY(%(task_ids)s)
 
+-- name: workflow_roots
+-- Which of these tasks are the root of a workflow (another task names them as its root): the
+-- task list links them to their workflow as it links the others of the workflow.
+SELECT DISTINCT root_id
+FROM tasks
+WHERE root_id = ANY(%(task_ids)s) AND task_id <> root_id
+
 -- name: workflow_size
 -- 1 for a task alone, 2 for a task with company: whether a page links to a workflow view.
 SELECT count(*) AS n

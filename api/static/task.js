@@ -29,7 +29,7 @@
   function setStatus(task) {
     const badge = document.getElementById("status");
     badge.textContent = task.status;
-    badge.className = "badge s-" + task.status;
+    badge.className = "badge " + window.tasklogClass("state", task.status);
     if (task.task_name) setText("task-name", task.task_name);
     if (task.host) setText("task-host", task.host);
     if (task.started_at) setText("task-started", when(task.started_at));
@@ -56,7 +56,8 @@
     if (line.id <= lastSeq) return;
     lastSeq = line.id;
     const row = document.createElement("div");
-    row.className = "line " + line.stream + (line.level ? " lvl-" + String(line.level).toLowerCase() : "");
+    row.className = "line " + window.tasklogClass("stream", line.stream) +
+      (line.level ? " " + window.tasklogClass("level", line.level) : "");
     row.dataset.seq = line.id;
     row.id = "seq-" + line.id;
     // The "N lines omitted" marker shows and hides with the first stream (stdout).

@@ -30,32 +30,46 @@
     bar.append(fill, pct);
     const msg = document.createElement("div"); msg.className = "pmsg";
     prog.append(bar, msg);
-    tr.append(id, cell("name"), status, prog, cell(), cell("time"), cell("runtime"), cell("lines"));
+    tr.append(id, cell("name"), status, prog, cell("wide-only"), cell("time wide-only"), cell("runtime"),
+      cell("lines wide-only"));
     const empty = body.querySelector("tr.empty");
     if (empty) empty.remove();
     body.insertBefore(tr, body.firstChild);
     return tr;
   }
 
+  function rowOf(taskId) {
+    for (const row of body.rows) if (row.dataset.taskId === taskId) return row;
+    return null;
+  }
+
+  function linkWorkflow(tr, rootId) {
+    const cell = tr.cells[0];
+    if (cell.querySelector(".wf-link")) return;
+    const wf = document.createElement("a");  // as the page's own rows have it
+    wf.className = "wf-link";
+    wf.href = prefix + "/workflow/" + encodeURIComponent(rootId) + "/";
+    wf.title = "its workflow";
+    wf.textContent = "workflow";
+    cell.append(" ", wf);
+  }
+
   function update(task) {
-    let tr = null;
-    for (const row of body.rows) if (row.dataset.taskId === task.task_id) { tr = row; break; }
+    let tr = rowOf(task.task_id);
     if (!tr) {
       if (filtered) return;  // a filtered view shows what the filter found
       tr = newRow(task);
     }
     const c = tr.cells;
-    if (task.root_id && task.root_id !== task.task_id && !c[0].querySelector(".wf-link")) {
-      const wf = document.createElement("a");  // as the page's own rows have it
-      wf.className = "wf-link";
-      wf.href = prefix + "/workflow/" + encodeURIComponent(task.root_id) + "/";
-      wf.title = "its workflow";
-      wf.textContent = "workflow";
-      c[0].append(" ", wf);
+    if (task.root_id && task.root_id !== task.task_id) {
+      // The task and its workflow's root (a chain's first task) both link to the workflow.
+      linkWorkflow(tr, task.root_id);
+      const root = rowOf(task.root_id);
+      if (root) linkWorkflow(root, task.root_id);
     }
     if (task.task_name) c[1].textContent = task.task_name;
     const badge = c[2].querySelector(".badge");
-    badge.textContent = task.status; badge.className = "badge s-" + task.status;
+    badge.textContent = task.status; badge.className = "badge " + window.tasklogClass("state", task.status);
     window.tasklogProgress(c[3].querySelector(".progress"), task.progress, task.status);
     c[3].querySelector(".pmsg").textContent = task.progress_message || "";
     if (task.host) c[4].textContent = task.host;

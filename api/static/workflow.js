@@ -61,7 +61,7 @@
     const row = entry.node.firstChild;
     row.querySelector(".name").textContent = (t.task_name || "?") + " · " + t.task_id.slice(0, 8);
     const badge = row.querySelector(".badge");
-    badge.textContent = t.status; badge.className = "badge s-" + t.status;
+    badge.textContent = t.status; badge.className = "badge " + window.tasklogClass("state", t.status);
     window.tasklogProgress(row.querySelector(".progress"), t.progress, t.status);
     document.getElementById("wf-count").textContent = tasks.size + (tasks.size === 1 ? " task" : " tasks");
   }
@@ -70,7 +70,8 @@
     if (line.id <= (lastSeq.get(line.task_id) || 0)) return;
     lastSeq.set(line.task_id, line.id);
     const row = document.createElement("div");
-    row.className = "line " + line.stream + (line.level ? " lvl-" + String(line.level).toLowerCase() : "");
+    row.className = "line " + window.tasklogClass("stream", line.stream) +
+      (line.level ? " " + window.tasklogClass("level", line.level) : "");
     row.dataset.taskId = line.task_id;
     row.dataset.seq = line.id;
     const time = document.createElement("span");

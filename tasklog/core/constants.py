@@ -91,6 +91,11 @@ TASK_STREAMS = (STDOUT, STDERR, LOG)
 #: Every stream a stored line may have.
 STREAMS = (*TASK_STREAMS, MARKER)
 
+#: The `logging` level names a `log` line usually carries (a custom level may be any short text).
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Levels the log view counts as errors (with every stderr line).
+ERROR_LEVELS = ("ERROR", "CRITICAL")
+
 #: The names a ``.sql`` file may use, written ``:'NAME'`` (psql's quoted-variable syntax):
 #: `tasklog.core.db.queries` puts each one's value in as a quoted literal when it loads them.
 SQL_NAMES: dict[str, str] = {

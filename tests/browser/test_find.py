@@ -173,7 +173,7 @@ async def test_workflow_page_follows_live_and_resumes(
             f"() => document.querySelectorAll('#log .line').length >= {total}", timeout=60_000
         )
         await page.wait_for_function(
-            f"() => document.querySelectorAll('#tree .badge.s-SUCCESS').length === {width + 3}",
+            f"() => document.querySelectorAll('#tree .badge.state-success').length === {width + 3}",
             timeout=30_000,
         )
         seen = await page.evaluate(

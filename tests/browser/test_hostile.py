@@ -135,4 +135,4 @@ async def test_a_page_refused_a_stream_tries_again_and_goes_live(
             # The slot is free once the server sees the holder gone; the page comes back.
             await page.wait_for_selector("#live.on", timeout=20_000)
             await fake.finish("job")
-            await page.wait_for_selector('tr[data-task-id="job"] .badge.s-SUCCESS')
+            await page.wait_for_selector('tr[data-task-id="job"] .badge.state-success')

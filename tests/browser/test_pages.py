@@ -47,8 +47,8 @@ async def test_list_page_shows_progress_moving(
         await page.goto(str(client.make_url(f"{PREFIX}/")))
         await page.wait_for_selector("#live.on")
         # Whether stored before the page, between the page and its stream, or after: shown.
-        await page.wait_for_selector(f'tr[data-task-id="{quick.id}"] .badge.s-SUCCESS')
-        await page.wait_for_selector(f'tr[data-task-id="{failing.id}"] .badge.s-FAILURE')
+        await page.wait_for_selector(f'tr[data-task-id="{quick.id}"] .badge.state-success')
+        await page.wait_for_selector(f'tr[data-task-id="{failing.id}"] .badge.state-failure')
         task = celery_client.send_task("demo.demo_long_task", kwargs={"duration": 6, "steps": 12})
         bar = f'tr[data-task-id="{task.id}"] .progress'
         # The row appears live, then its progress moves forward.
@@ -66,7 +66,7 @@ async def test_list_page_shows_progress_moving(
         )
         await shot(page, "tasklist.png")
         await page.wait_for_selector(
-            f'tr[data-task-id="{task.id}"] .badge.s-SUCCESS', timeout=20_000
+            f'tr[data-task-id="{task.id}"] .badge.state-success', timeout=20_000
         )
 
 
@@ -88,15 +88,18 @@ async def test_a_workflows_tasks_come_live_with_their_workflow_link(
         ).id
         href = f"{PREFIX}/workflow/{root}/"
         links = page.locator(f'tr .wf-link[href="{href}"]')
-        # The root's children (steps and the sum) each get one; the root itself none.
+        # The root's children (steps and the sum) each get one, and so does the root (the
+        # chain's first task), live and when the page is loaded again.
         await page.wait_for_function(
-            "href => document.querySelectorAll(`tr .wf-link[href='${href}']`).length >= 4",
+            "href => document.querySelectorAll(`tr .wf-link[href='${href}']`).length >= 5",
             arg=href,
             timeout=30_000,
         )
-        assert await page.locator(f'tr[data-task-id="{root}"] .wf-link').count() == 0
+        assert await page.locator(f'tr[data-task-id="{root}"] .wf-link').count() == 1
         rows = await links.evaluate_all("els => els.map(e => e.closest('tr').dataset.taskId)")
         assert len(rows) == len(set(rows))  # one link per row, however many events came
+        await page.reload()
+        await page.locator(f'tr[data-task-id="{root}"] .wf-link[href="{href}"]').wait_for()
         await links.first.click()
         await page.wait_for_selector("#workflow")
         assert page.url.endswith(href)
@@ -157,7 +160,7 @@ async def test_log_view_live_escaped_and_coloured(
             )
         ]
         assert seqs == list(range(1, 61))
-        assert await page.locator("#log .line.stderr").count() == 8
+        assert await page.locator("#log .line.stream-stderr").count() == 8
         assert await page.locator("#status").text_content() == "SUCCESS"
         latencies = await page.evaluate("window.latencies")
         live = [x for x in latencies if x >= 0]
