@@ -199,7 +199,7 @@ async def test_workflow_page_follows_live_and_resumes(
         # The task list and the log view link a task to its workflow.
         await page.goto(str(client.make_url(f"{PREFIX}/")))
         links = page.locator(f'#tasks a.wf-link[href="{PREFIX}/workflow/{root}/"]')
-        assert await links.count() == width + 2  # every task of it but the root itself
+        assert await links.count() == width + 3  # every task of it, the root too
         await page.goto(str(client.make_url(f"{PREFIX}/workflow/{root}/")))
         await page.wait_for_selector(f'#log .line[data-task-id="{root}"] a.tid')
         await page.click(f'#log .line[data-task-id="{root}"] a.tid')
