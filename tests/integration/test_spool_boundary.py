@@ -199,8 +199,10 @@ async def test_the_diagnostic_page_shows_quarantined_files(
         assert row["stats"]["quarantined"] == 1
         assert row["stats"]["quarantine_dir"] == str(spool_dir / "quarantine")
         page = await (await client.get(f"{PREFIX}/diagnostic/")).text()
-        assert "<th>Quarantined</th>" in page
-        assert re.search(r'<td class="err" title="[^"]*quarantine">1</td>', page), page
+        # The quarantine comes right after the backlog, marked as a problem, with its directory.
+        assert page.index('class="stat-backlog') < page.index('class="stat-quarantined bad"')
+        quarantine = re.escape(str(spool_dir / "quarantine"))
+        assert re.search(rf"Quarantined</th>\s*<td[^>]*>1 file <span[^>]*>in {quarantine}<", page)
 
 
 def test_a_record_postgres_still_refuses_costs_its_file_alone(
