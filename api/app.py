@@ -73,13 +73,28 @@ def _error(status: int, message: str) -> web.Response:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    store = Store(
+    primary = Store(
         settings.require_database_url(),
         max_size=settings.api_db_pool_size,
         timeout=settings.api_db_wait,
         search_size=settings.api_search_connections,
     )
-    await store.open()
+    await primary.open()
+    store = primary
+    if settings.read_url() != primary.conninfo:
+        store = Store(
+            settings.read_url(),
+            max_size=settings.api_db_pool_size,
+            timeout=settings.api_db_wait,
+            search_size=settings.api_search_connections,
+            setting="TASKLOG_API_READ_URL",
+        )
+        try:
+            await store.open()
+        except BaseException:
+            await primary.close()
+            raise
+    app[keys.PRIMARY] = primary
     hub = Hub(settings.redis(), cluster=settings.redis_cluster)
     launcher = Launcher(settings.redis())
     app[keys.STORE], app[keys.HUB], app[keys.LAUNCHER] = store, hub, launcher
@@ -95,6 +110,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await hub.aclose()
         await launcher.close()
         await store.close()
+        if store is not primary:
+            await primary.close()
 
 
 async def _stop_streams(app: web.Application) -> None:

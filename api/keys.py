@@ -16,7 +16,10 @@ from api.slots import StreamSlots
 from api.throttle import LoginThrottle
 
 SETTINGS = web.AppKey("settings", ApiSettings)
+#: Where the API reads from (TASKLOG_API_READ_URL, else the primary).
 STORE = web.AppKey("store", Store)
+#: The primary (TASKLOG_DATABASE_URL): what a lagging replica does not show yet.
+PRIMARY = web.AppKey("primary", Store)
 HUB = web.AppKey("hub", Hub)
 PAGES = web.AppKey("pages", Pages)
 LAUNCHER = web.AppKey("launcher", Launcher)

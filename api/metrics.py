@@ -28,6 +28,12 @@ SSE_REFUSED = Counter(
     "SSE streams refused with 503 because TASKLOG_API_MAX_STREAMS were open.",
     registry=REGISTRY,
 )
+REPLICA_FILL_INS = Counter(
+    "tasklog_api_replica_fill_ins",
+    "Stream catch-ups that read from the primary the lines a lagging TASKLOG_API_READ_URL"
+    " replica did not show yet.",
+    registry=REGISTRY,
+)
 REQUEST_SECONDS = Histogram(
     "tasklog_api_request_seconds",
     "Latency of HTTP requests (SSE: until the stream's headers are sent).",

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import psycopg
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -123,8 +123,11 @@ class Store:
         max_size: int = 10,
         timeout: float = 10.0,
         search_size: int = 2,
+        setting: str = db.SETTING,
     ) -> None:
         self.conninfo = conninfo
+        #: The variable that gave `conninfo`, named by error messages.
+        self.setting = setting
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -153,10 +156,12 @@ class Store:
         except PoolTimeout:
             await self.pool.close(timeout=1.0)
             # The pool only knows it timed out: one direct attempt says why (refused, login…).
-            probe = await db.aconnect(self.conninfo)
+            with db.translated(self.conninfo, self.setting):
+                probe = await AsyncConnection.connect(self.conninfo, connect_timeout=5)
             await probe.close()
             raise StoreUnavailable(
-                f"{db.SETTING}: could not connect to {db.where(self.conninfo)} within {timeout:g}s"
+                f"{self.setting}: could not connect to {db.where(self.conninfo)} "
+                f"within {timeout:g}s"
             ) from None
 
     async def close(self) -> None:
@@ -166,7 +171,7 @@ class Store:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         """A connection for a few statements; driver errors raised in the block translated."""
-        with db.translated(self.conninfo):
+        with db.translated(self.conninfo, self.setting):
             async with self.pool.connection() as conn:
                 # The pool's connections have the dict_row factory (see `__init__`).
                 yield cast("psycopg.AsyncConnection[Row]", conn)
@@ -179,7 +184,7 @@ class Store:
         except PoolTimeout:
             raise SearchesBusy(self.search_pool.max_size) from None
         try:
-            with db.translated(self.conninfo):
+            with db.translated(self.conninfo, self.setting):
                 yield cast("psycopg.AsyncConnection[Row]", conn)
         finally:
             await self.search_pool.putconn(conn)

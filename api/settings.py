@@ -53,6 +53,12 @@ class ApiSettings(Common):
         description="Processes serving the API's one port (`tasklog api --workers N` overrides);"
         " each has its own Postgres pool and Redis subscriptions.",
     )
+    api_read_url: SecretStr | None = Field(
+        None,
+        description="Postgres URL of a read replica the API reads lists, task pages, search,"
+        " workflows and raw logs from; a live stream fills in from TASKLOG_DATABASE_URL"
+        " what a lagging replica lacks (default: TASKLOG_DATABASE_URL).",
+    )
     api_db_pool_size: int = Field(10, ge=1, description="Postgres connections per API process.")
     api_search_connections: int = Field(
         2,
@@ -97,6 +103,12 @@ class ApiSettings(Common):
         description="Change it (and restart) to log every browser out: login cookies carry it;"
         " rotating TASKLOG_API_TOKEN does the same.",
     )
+
+    def read_url(self) -> str:
+        """Where the API reads from: the replica's URL, else the database URL."""
+        if self.api_read_url is not None:
+            return self.api_read_url.get_secret_value()
+        return self.require_database_url()
 
     def token(self) -> str | None:
         """The API token, or None when the API runs without one; a weak one stops the start."""

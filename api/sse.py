@@ -7,6 +7,10 @@ or below the last sent seq is dropped. A live batch that does not follow the las
 task message announcing a higher ``last_seq``, a Redis outage (`RESYNC`) or a quiet spell all
 lead back to Postgres, the source of truth. A finished status means every line is stored: the
 stream replays what is left, sends ``end`` and closes.
+
+With a read replica (TASKLOG_API_READ_URL) the lines are read from it, and the task row that
+says how far they go from the primary: what the replica does not show yet (it lags) is read
+from the primary, so a stream never skips a line nor ends early.
 """
 
 from __future__ import annotations
@@ -149,16 +153,27 @@ class TaskFollower:
 
     def __init__(self, stream: Stream, request: web.Request, task_id: str, after: int) -> None:
         self.stream = stream
+        #: Where lines are read (a replica, with TASKLOG_API_READ_URL), and the primary, which
+        #: has what the replica may not show yet.
         self.store = request.app[keys.STORE]
+        self.primary = request.app[keys.PRIMARY]
         self.task_id = task_id
         self.last_seq = after
         self.status: tuple[object, ...] | None = None
         self.finished = False
 
-    async def replay(self) -> None:
-        """Send every stored line after the last one sent."""
+    async def replay(self, until: int | None = None) -> None:
+        """Send every stored line after the last one sent; `until`: lines up to that seq are
+        known to be stored (Redis said so, or the primary's task row), and those a lagging
+        replica does not show yet are read from the primary."""
+        await self._replay_from(self.store)
+        if until is not None and self.last_seq < until and self.primary is not self.store:
+            metrics.REPLICA_FILL_INS.inc()
+            await self._replay_from(self.primary)
+
+    async def _replay_from(self, store: Store) -> None:
         while True:
-            rows = await self.store.lines_after(self.task_id, self.last_seq, REPLAY_PAGE)
+            rows = await store.lines_after(self.task_id, self.last_seq, REPLAY_PAGE)
             await self.stream.lines(
                 [frame(wire.dumps(wire.line_json(row, self.task_id)), row["seq"]) for row in rows]
             )
@@ -193,7 +208,8 @@ class TaskFollower:
             if frames and frames[0][0] > self.last_seq + 1:
                 await self.stream.lines(pending, statuses)
                 pending, statuses = [], 0
-                await self.replay()  # something was missed (or omitted): Postgres has it all
+                # Something was missed (or omitted): Postgres has it all, this message too.
+                await self.replay(until=frames[-1][0])
                 continue
             for seq, data in frames:
                 if seq > self.last_seq:
@@ -203,7 +219,13 @@ class TaskFollower:
 
     async def on_task(self, task: Mapping[str, object]) -> None:
         if self._announces_more(task):
-            await self.replay()  # lines this stream has not seen are stored: send them first
+            # Lines this stream has not seen are stored: send them first, all of them (a
+            # finished status ends the stream).
+            announced = task.get("last_seq")
+            if not isinstance(announced, int):
+                row = await self.primary.task_progress(self.task_id)
+                announced = row["last_seq"] if row is not None else None
+            await self.replay(until=announced)
         await self.send_status(task)
 
     def _announces_more(self, task: Mapping[str, object]) -> bool:
@@ -230,11 +252,11 @@ class TaskFollower:
         return frame(wire.dumps(wire.status_event(task)))
 
     async def refresh(self, row: Row | None = None) -> None:
-        """Catch up from Postgres alone: the task first (a finished task has all its lines
-        stored), then its lines, then its state."""
+        """Catch up from Postgres alone: the task first, from the primary (a finished task
+        has all its lines stored), then its lines up to its last seq, then its state."""
         if row is None:
-            row = await self.store.task_progress(self.task_id)
-        await self.replay()
+            row = await self.primary.task_progress(self.task_id)
+        await self.replay(until=row["last_seq"] if row is not None else None)
         if row is not None:
             await self.on_task(wire.task_json(row))
 
@@ -301,7 +323,7 @@ async def _task_stream(request: web.Request) -> web.StreamResponse:
     settings, hub = app[keys.SETTINGS], app[keys.HUB]
     async with hub.subscribe(task_id, settings.api_client_buffer) as sub:
         # The first read happens before the response starts, so a dead Postgres is a 503.
-        row = await app[keys.STORE].task_progress(task_id)
+        row = await app[keys.PRIMARY].task_progress(task_id)
         async with _open(request, sub) as stream:
             follower = TaskFollower(stream, request, task_id, after)
             await stream.event(

@@ -47,8 +47,10 @@ WORKFLOW_TASKS = sql.SQL(Q["workflow_tasks"]).format(
 )
 
 
-async def workflow_tasks(request: web.Request, root_id: str) -> list[Row]:
-    pool = request.app[keys.STORE].pool
+async def workflow_tasks(request: web.Request, root_id: str, *, live: bool = False) -> list[Row]:
+    """The workflow's tasks, from the read replica (`live`: from the primary, as a stream
+    reads, so that a lagging replica never hides what Redis announced)."""
+    pool = request.app[keys.PRIMARY if live else keys.STORE].pool
     params_ = {"root_id": root_id, "limit": WORKFLOW_TASKS_MAX + 1}
     return await fetch(pool, WORKFLOW_TASKS, params_)
 
@@ -92,7 +94,8 @@ class WorkflowFollower:
     def __init__(self, stream: Stream, request: web.Request, root_id: str, cursor: WorkflowCursor):
         self.stream = stream
         self.request = request
-        self.pool = request.app[keys.STORE].pool
+        # The primary: the stream follows what Redis announces, which a replica may lag.
+        self.pool = request.app[keys.PRIMARY].pool
         self.root_id = root_id
         self.cursor = cursor
         self.members: dict[str, Row] = {}
@@ -101,7 +104,8 @@ class WorkflowFollower:
 
     async def refresh_members(self) -> None:
         """Read the workflow's tasks; a task not seen before is announced whole."""
-        for row in (await workflow_tasks(self.request, self.root_id))[:WORKFLOW_TASKS_MAX]:
+        members = await workflow_tasks(self.request, self.root_id, live=True)
+        for row in members[:WORKFLOW_TASKS_MAX]:
             known = row["task_id"] in self.members
             self.members[row["task_id"]] = row
             task = wire.task_json(row)
@@ -198,7 +202,7 @@ async def workflow_stream(request: web.Request) -> web.StreamResponse:
     settings, hub = app[keys.SETTINGS], app[keys.HUB]
     async with hub.subscribe(None, settings.api_client_buffer) as sub:
         # Read before the response starts, so a dead Postgres is a 503.
-        await workflow_tasks(request, root_id)
+        await workflow_tasks(request, root_id, live=True)
         async with _open(request, sub) as stream:
             follower = WorkflowFollower(stream, request, root_id, cursor)
             await stream.event(

@@ -6,7 +6,8 @@ template database per session, cloned for each test (cheap: a file copy).
 
 Per test: `database_url` (a migrated database of its own), `redis_url` (an emptied Redis
 database), `spool_dir`, `procs` (real subprocesses, see tests/helpers.py), `celery_client`,
-`embedded_pg` (a Postgres the test may stop, start and kill), `pg_state_dir`.
+`embedded_pg` (a Postgres the test may stop, start and kill), `pg_state_dir`,
+`replicated_pg` (a primary and a streaming standby) and `pgbouncer` (tests/replication.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from psycopg import sql
 from collector.migrate import migrate
 from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.helpers import ProcessFactory, with_database
+from tests.replication import PgBouncer, ReplicatedPostgres
 
 PROCS_KEY = pytest.StashKey[ProcessFactory]()
 #: The embedded Redis database the tests use; a given TASKLOG_TEST_REDIS_URL chooses its own.
@@ -175,6 +177,54 @@ def embedded_pg(pg_state_dir: Path, request: pytest.FixtureRequest) -> Iterator[
         if factory is not None:
             factory.stop_all()
         server.stop(mode="immediate")
+
+
+@pytest.fixture
+def replicated_pg(
+    pg_state_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ReplicatedPostgres]]:
+    """Makes a primary with a streaming standby (`ReplicatedPostgres`'s arguments:
+    `synchronous`, `apply_delay_ms`), `tasklog` migrated; both stopped at the end."""
+    made: list[ReplicatedPostgres] = []
+
+    def make(*, synchronous: bool, apply_delay_ms: int = 0) -> ReplicatedPostgres:
+        pair = ReplicatedPostgres(
+            pg_state_dir / f"pair{len(made)}",
+            synchronous=synchronous,
+            apply_delay_ms=apply_delay_ms,
+        )
+        made.append(pair)
+        pair.start()
+        return pair
+
+    try:
+        yield make
+    finally:
+        factory = request.node.stash.get(PROCS_KEY, None)
+        if factory is not None:
+            factory.stop_all()
+        for pair in made:
+            pair.stop()
+
+
+@pytest.fixture
+def pgbouncer(pg_state_dir: Path) -> Iterator[Callable[..., PgBouncer]]:
+    """Starts pgbouncer in front of a server port (`PgBouncer`'s arguments); always stopped."""
+    made: list[PgBouncer] = []
+
+    def make(server_port: int, *, pool_mode: str = "transaction") -> PgBouncer:
+        bouncer = PgBouncer(
+            pg_state_dir / f"pgbouncer{len(made)}", server_port, pool_mode=pool_mode
+        )
+        made.append(bouncer)
+        bouncer.start()
+        return bouncer
+
+    try:
+        yield make
+    finally:
+        for bouncer in made:
+            bouncer.stop()
 
 
 @pytest.fixture

@@ -78,9 +78,15 @@ def where(conninfo: str) -> str:
     params = _params(conninfo)
     if not params:
         return "the configured server"
-    host = str(params.get("host") or "localhost")
-    port = str(params.get("port") or "5432")
-    return host if host.startswith("/") else f"{host}:{port}"
+    hosts = str(params.get("host") or "localhost").split(",")
+    ports = str(params.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    # A multi-host URL (failover): each host with its own port, as libpq pairs them.
+    return ",".join(
+        host if host.startswith("/") else f"{host}:{port or '5432'}"
+        for host, port in zip(hosts, ports + [""] * (len(hosts) - len(ports)), strict=False)
+    )
 
 
 def _database(conninfo: str | None) -> str:
@@ -105,18 +111,19 @@ def _reason(exc: BaseException) -> str:
     return cause[:1].lower() + cause[1:]
 
 
-def translate(exc: BaseException, conninfo: str | None = None) -> Exception:
-    """The project's error for a driver error, or `exc` itself when it is about the data."""
+def translate(exc: BaseException, conninfo: str | None = None, setting: str = SETTING) -> Exception:
+    """The project's error for a driver error, or `exc` itself when it is about the data;
+    its message names `setting`, the variable that gave `conninfo`."""
     place = f" to {where(conninfo)}" if conninfo else ""
     if isinstance(exc, PoolTimeout):
-        return StoreUnavailable(f"{SETTING}: no connection{place} became free in time ({exc})")
+        return StoreUnavailable(f"{setting}: no connection{place} became free in time ({exc})")
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
         return SchemaMissing(
-            f"{SETTING}: {_database(conninfo)} has no tasklog schema: run `tasklog migrate`"
+            f"{setting}: {_database(conninfo)} has no tasklog schema: run `tasklog migrate`"
         )
     if isinstance(exc, psycopg.errors.UndefinedFunction | psycopg.errors.UndefinedColumn):
         return SchemaMissing(
-            f"{SETTING}: {_database(conninfo)} has an older tasklog schema ({_reason(exc)}): "
+            f"{setting}: {_database(conninfo)} has an older tasklog schema ({_reason(exc)}): "
             "run `tasklog migrate`"
         )
     if isinstance(exc, psycopg.errors.QueryCanceled):
@@ -125,21 +132,22 @@ def translate(exc: BaseException, conninfo: str | None = None) -> Exception:
         reason = _reason(exc)  # "permission denied for table tasks", usually
         if not reason.startswith("permission denied"):
             reason = f"permission denied ({reason})"
-        return StorePermissionDenied(f"{SETTING}: {reason}")
+        return StorePermissionDenied(f"{setting}: {reason}")
     if isinstance(exc, psycopg.errors.InvalidAuthorizationSpecification):
-        return StorePermissionDenied(f"{SETTING}: login refused ({_reason(exc)})")
+        return StorePermissionDenied(f"{setting}: login refused ({_reason(exc)})")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return StoreUnavailable(f"{SETTING}: could not connect{place} ({_reason(exc)})")
+        return StoreUnavailable(f"{setting}: could not connect{place} ({_reason(exc)})")
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
 @contextmanager
-def translated(conninfo: str | None = None) -> Iterator[None]:
-    """Run a block of driver calls (sync or async code alike), raising the project's errors."""
+def translated(conninfo: str | None = None, setting: str = SETTING) -> Iterator[None]:
+    """Run a block of driver calls (sync or async code alike), raising the project's errors
+    (their messages name `setting`)."""
     try:
         yield
     except (psycopg.Error, PoolTimeout) as exc:
-        error = translate(exc, conninfo)
+        error = translate(exc, conninfo, setting)
         if error is exc:
             raise
         raise error from exc

@@ -52,3 +52,16 @@ def test_a_pool_that_never_connects_times_out_in_one_line() -> None:
 def test_a_malformed_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"^TASKLOG_DATABASE_URL: not a Postgres URL"):
         db.connect("postgresql://x@127.0.0.1:1/x?no_such_option=1")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@db:6432/x", "db:6432"),
+        ("postgresql://u@h1:5001,h2:5002/x?target_session_attrs=read-write", "h1:5001,h2:5002"),
+        ("postgresql://u@h1,h2/x", "h1:5432,h2:5432"),
+        ("host=/run/postgresql dbname=x", "/run/postgresql"),
+    ],
+)
+def test_where_names_every_host_of_a_multi_host_url(url: str, shown: str) -> None:
+    assert db.where(url) == shown

@@ -1,0 +1,183 @@
+"""A primary failover mid-ingest: the primary stopped with `pg_ctl stop -m immediate`, its
+standby promoted, the collector on the libpq multi-host URL. Every line sent is stored exactly
+once on the new primary, with a synchronous standby and with an asynchronous one that missed
+the last commits (TASKLOG_FAILOVER_GRACE on: finished spool files are kept until a standby
+confirms their commit, and re-read when the new primary's offsets are behind)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from capture_shim import spool
+from capture_shim.capture import TaskCapture
+from capture_shim.config import ShimConfig
+from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
+from tests.replication import ReplicatedPostgres
+
+pytestmark = pytest.mark.slow
+
+LINES = 500
+#: Small batches: many commits, so that the stop lands between two of them.
+COLLECTOR_ENV = {"TASKLOG_BATCH_LINES": "1000", "TASKLOG_LOG_LEVEL": "INFO"}
+
+
+class Sender:
+    """Writes spool files as a worker's shim does, and counts what it sent."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.config = ShimConfig(
+            enabled=True,
+            spool_dir=str(spool_dir),
+            max_lines=2 * LINES,
+            max_line_bytes=16384,
+            record_args=False,
+        )
+        self.sent: dict[str, int] = {}
+        self.running: dict[str, TaskCapture] = {}
+
+    def begin(self, task_id: str, lines: int) -> None:
+        cap = TaskCapture(
+            self.config,
+            task_id,
+            {"task_id": task_id, "name": "failover", "max_lines": self.config.max_lines},
+        )
+        self.running[task_id] = cap
+        self.write(task_id, lines)
+
+    def write(self, task_id: str, lines: int) -> None:
+        cap = self.running[task_id]
+        first = self.sent.get(task_id, 0) + 1
+        for i in range(first, first + lines):
+            cap.write(spool.STDOUT, f"{task_id} line {i}\n")
+        self.sent[task_id] = first + lines - 1
+
+    def finish(self, task_id: str, lines: int = 0) -> None:
+        self.write(task_id, lines)
+        self.running.pop(task_id).finish("SUCCESS")
+
+    def tasks(self, prefix: str, count: int) -> None:
+        for t in range(count):
+            self.begin(f"{prefix}-{t}", LINES)
+            self.finish(f"{prefix}-{t}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+
+def stored(url: str) -> int:
+    return int(pg_rows(url, "SELECT count(*) FROM lines")[0][0])
+
+
+def counts(url: str, sender: Sender) -> dict[str, int]:
+    """sent / stored / lost / duplicated, and tasks not SUCCESS with all their lines."""
+    rows = pg_rows(
+        url,
+        "SELECT t.task_id, t.state, t.line_count, count(l.seq), count(DISTINCT l.seq), "
+        "count(*) FILTER (WHERE l.message <> t.task_id || ' line ' || l.seq) "
+        "FROM tasks t LEFT JOIN lines l USING (task_id) GROUP BY 1, 2, 3",
+    )
+    by_task = {row[0]: row[1:] for row in rows}
+    distinct = sum(row[3] for row in by_task.values())
+    return {
+        "sent": sender.total,
+        "stored": sum(row[2] for row in by_task.values()),
+        "lost": sender.total - distinct,
+        "duplicated": sum(row[2] - row[3] for row in by_task.values()),
+        "wrong_text": sum(row[4] for row in by_task.values()),
+        "unfinished": sum(
+            1
+            for task, row in by_task.items()
+            if row[0] != "SUCCESS" or row[1] != sender.sent.get(task)
+        ),
+        "unknown_tasks": len(set(by_task) - set(sender.sent)),
+    }
+
+
+def failover_mid_ingest(
+    pair: ReplicatedPostgres,
+    procs: ProcessFactory,
+    spool_dir: Path,
+    *,
+    before_stop: Callable[[], None],
+    env: dict[str, str],
+) -> tuple[Sender, Proc]:
+    """Tasks stored, then more sent while the primary is stopped and the standby promoted,
+    then more after; returns once the new primary holds them all (or a deadline passes)."""
+    sender = Sender(spool_dir)
+    collector = procs.collector(
+        database_url=pair.url(),
+        spool_dir=spool_dir,
+        ready="following",
+        env={**COLLECTOR_ENV, **env},
+    )
+    # Before: finished tasks and four still running when the primary goes.
+    sender.tasks("before", 20)
+    for r in range(4):
+        sender.begin(f"running-{r}", LINES // 2)
+    first = sender.total
+    wait_for(lambda: stored(pair.primary_url()) >= first, timeout=60, message=f"{first} stored")
+    before_stop()
+
+    # During: the running tasks end, more are sent, and the primary stops mid-way.
+    for r in range(4):
+        sender.finish(f"running-{r}", LINES // 2)
+    sender.tasks("during", 40)
+    some = first + (sender.total - first) // 4
+    wait_for(
+        lambda: stored(pair.primary_url()) >= some,
+        timeout=60,
+        interval=0.005,
+        message=f"{some} stored",
+    )
+    pair.primary.stop(mode="immediate")
+    pair.promote()
+    promoted = time.monotonic()
+
+    # After: the new primary takes the rest.
+    sender.tasks("after", 20)
+    new = pair.standby_url()
+
+    def complete() -> bool:
+        found = counts(new, sender)
+        return found["lost"] == 0 and found["unfinished"] == 0
+
+    try:
+        wait_for(complete, timeout=90, interval=0.2, message="every line on the new primary")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; counts: {counts(new, sender)}") from None
+    print(
+        f"\n{sender.total} lines sent; {first} stored before, primary stopped at "
+        f"{some}+; all on the new primary {time.monotonic() - promoted:.1f}s after promotion"
+    )
+    return sender, collector
+
+
+def test_synchronous_standby_promoted_mid_ingest_keeps_every_line_once(
+    replicated_pg: Callable[..., ReplicatedPostgres], procs: ProcessFactory, spool_dir: Path
+) -> None:
+    pair = replicated_pg(synchronous=True)
+    sender, collector = failover_mid_ingest(
+        pair, procs, spool_dir, before_stop=lambda: None, env={}
+    )
+    found = counts(pair.standby_url(), sender)
+    assert found == {
+        "sent": sender.total,
+        "stored": sender.total,
+        "lost": 0,
+        "duplicated": 0,
+        "wrong_text": 0,
+        "unfinished": 0,
+        "unknown_tasks": 0,
+    }
+    assert collector.alive
+    # Synchronous: nothing to keep, each finished file went once stored.
+    wait_for(
+        lambda: not list(spool_dir.glob("*" + spool.SUFFIX)),
+        timeout=30,
+        message="every spool file deleted",
+    )
