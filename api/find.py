@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import sql
@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from tasklog.core import db
-from tasklog.core.constants import FINISHED_STATES, RETRY
+from tasklog.core.constants import FINISHED_STATES, RETRY, task_id_problem
 
 Row = dict[str, Any]
 
@@ -149,6 +149,17 @@ def match_json(row: Row) -> dict[str, Any]:
     }
 
 
+#: Times a parameter or a cursor may name: beyond them, date arithmetic overflows (year 1)
+#: or Postgres refuses the value (past its timestamptz range once an offset is applied).
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def sane_time(value: datetime) -> bool:
+    """An aware time within `EARLIEST_TIME`..`LATEST_TIME`."""
+    return value.tzinfo is not None and EARLIEST_TIME <= value < LATEST_TIME
+
+
 def encode_cursor(row: Row) -> str:
     raw = json.dumps([row["ts"].isoformat(), row["task_id"], row["seq"]]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -162,7 +173,14 @@ def decode_cursor(raw: str) -> tuple[datetime, str, int]:
         value = datetime.fromisoformat(ts)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValueError(raw) from exc
-    if not isinstance(task_id, str) or not isinstance(seq, int) or value.tzinfo is None:
+    # Each value as the API handed it out: an id Postgres can store (no NUL, no lone
+    # surrogate), a seq that is an integer of bigint (not `true`), a time in range.
+    if (
+        task_id_problem(task_id) is not None
+        or type(seq) is not int
+        or not 0 <= seq < 2**63
+        or not sane_time(value)
+    ):
         raise ValueError(raw)
     return value, task_id, seq
 

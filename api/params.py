@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
+from api.find import sane_time
 from api.models import Error
 from tasklog.core.constants import (
     MAX_TASK_ID_BYTES,
@@ -118,7 +119,10 @@ def timestamp(request: web.Request, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw.strip().replace(" ", "+"))
     except ValueError:
         bad(f"{name}: expected an ISO 8601 time such as 2024-05-01T12:00:00Z (got {raw[:40]!r})")
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not sane_time(value):
+        bad(f"{name}: expected a time between 1970 and 2999 (got {raw[:40]!r})")
+    return value
 
 
 def encode_cursor(created_at: datetime, task_id: str) -> str:
@@ -136,7 +140,7 @@ def cursor(request: web.Request) -> tuple[datetime, str] | None:
         if not printable(created):
             raise ValueError(raw)
         value = datetime.fromisoformat(created)
-        if task_id_problem(tid) is not None or value.tzinfo is None:
+        if task_id_problem(tid) is not None or not sane_time(value):
             raise ValueError(raw)
     except (ValueError, TypeError, binascii.Error):
         bad("cursor: not a cursor this API handed out (use the `next` link as it is)")

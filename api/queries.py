@@ -128,6 +128,9 @@ class Store:
         self.conninfo = conninfo
         #: The variable that gave `conninfo`, named by error messages.
         self.setting = setting
+        # A malformed URL is one line now, not a pool's warning a second quoting it.
+        db.check(conninfo, setting)
+        db.hide_secrets_in_driver_logs(conninfo)
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,

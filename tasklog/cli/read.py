@@ -22,7 +22,7 @@ from tasklog.cli import runs
 from tasklog.core import db
 from tasklog.core.constants import FINISHED_STATES, task_id_problem
 from tasklog.core.errors import ConfigError, TasklogError
-from tasklog.core.terminal import for_terminal, json_for_terminal
+from tasklog.core.terminal import escaped, for_terminal, json_for_terminal
 
 #: Lines read per query while printing a log.
 PAGE = 10_000
@@ -61,9 +61,12 @@ def format_tasks(tasks: list[Json]) -> str:
         progress = "" if task["progress"] is None else f"{task['progress']:.0f}%"
         started = str(task["started_at"] or "")[:19].replace("T", " ")
         runtime = "" if task["runtime"] is None else f"{task['runtime']:.2f}s"
+        # Ids, names and states are chosen by tasks: a terminal must not obey what they hold.
+        task_id = escaped(task["task_id"])[:36]
+        name = escaped(task["task_name"] or "")[:28]
         out.append(
-            f"{task['task_id'][:36]:36}  {(task['task_name'] or '')[:28]:28}  "
-            f"{task['status']:8}  {progress:>4}  {started:19}  {runtime:>8}"
+            f"{task_id:36}  {name:28}  {escaped(task['status']):8}  {progress:>4}  "
+            f"{started:19}  {runtime:>8}"
         )
     return "\n".join(out)
 

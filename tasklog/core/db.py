@@ -10,6 +10,7 @@ refused)"), never a psycopg traceback. Errors that say something about the data 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from tasklog.core.errors import (
     StorePermissionDenied,
     StoreUnavailable,
 )
+from tasklog.core.settings import scrub
 
 #: The variable a user fixes when the database cannot be used.
 SETTING = "TASKLOG_DATABASE_URL"
@@ -113,7 +115,15 @@ def _reason(exc: BaseException) -> str:
 
 def translate(exc: BaseException, conninfo: str | None = None, setting: str = SETTING) -> Exception:
     """The project's error for a driver error, or `exc` itself when it is about the data;
-    its message names `setting`, the variable that gave `conninfo`."""
+    its message names `setting`, the variable that gave `conninfo`, and never holds the
+    connection string's password (a driver may quote it)."""
+    error = _translate(exc, conninfo, setting)
+    if conninfo and error is not exc:
+        error.args = (scrub(str(error), conninfo),)
+    return error
+
+
+def _translate(exc: BaseException, conninfo: str | None, setting: str) -> Exception:
     place = f" to {where(conninfo)}" if conninfo else ""
     if isinstance(exc, PoolTimeout):
         return StoreUnavailable(f"{setting}: no connection{place} became free in time ({exc})")
@@ -192,10 +202,40 @@ async def aconnect(
         return await AsyncConnection.connect(conninfo, autocommit=True, row_factory=row_factory)
 
 
-def _with_params(conninfo: str, params: dict[str, ConnParam]) -> str:
+def _with_params(conninfo: str, params: dict[str, ConnParam], setting: str = SETTING) -> str:
     params.setdefault("connect_timeout", 5)
     try:
         return pg_conninfo.make_conninfo(conninfo, **params)
     except psycopg.ProgrammingError as exc:
-        reason = str(exc).strip()
-        raise ConfigError(f"{SETTING}: not a Postgres URL or conninfo ({reason})") from None
+        reason = scrub(str(exc).strip(), conninfo)
+        raise ConfigError(f"{setting}: not a Postgres URL or conninfo ({reason})") from None
+
+
+def check(conninfo: str, setting: str = SETTING) -> None:
+    """A `ConfigError` (one line, no password) when `conninfo` is not a connection string;
+    for code that hands it to a pool, which would only log warnings, each quoting it."""
+    _with_params(conninfo, {}, setting)
+
+
+class SecretsFilter(logging.Filter):
+    """Masks a connection string's secrets in the records of a driver's logger (psycopg's
+    pool logs each failed attempt with the driver's message, which may quote the URL)."""
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__()
+        self.conninfo = conninfo
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub(message, self.conninfo)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def hide_secrets_in_driver_logs(conninfo: str) -> None:
+    """Install a `SecretsFilter` for `conninfo` on psycopg's loggers (once per conninfo)."""
+    for name in ("psycopg", "psycopg.pool"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, SecretsFilter) and f.conninfo == conninfo for f in logger.filters):
+            logger.addFilter(SecretsFilter(conninfo))

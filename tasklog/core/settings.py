@@ -128,6 +128,39 @@ def _mask_uri(value: str) -> str:
     return f"{scheme}://{before}{question}{query}"
 
 
+def url_secrets(value: str) -> list[str]:
+    """The secrets a connection string holds, as written and percent-decoded, even when it is
+    malformed: a driver's message may quote them, and such a message must be scrubbed."""
+    found: list[str] = []
+    if "://" in value:
+        rest = value.split("://", 1)[1]
+        at = max(_last_at(rest, "?"), _last_at(rest, "/"))
+        if at >= 0:
+            _, colon, password = rest[:at].partition(":")
+            if colon:
+                found.append(password)
+        for param in rest.partition("?")[2].split("&"):
+            key, equals, secret = param.partition("=")
+            if equals and unquote(key).strip().lower() in _SECRET_PARAMS:
+                found.append(secret)
+    else:
+        for match in _CONNINFO_PAIR.finditer(value):
+            if match.group(1).lower() in _SECRET_PARAMS:
+                found.append(match.group(2).strip("'"))
+    found += [unquote(secret) for secret in found]
+    # Longest first, so that a secret holding another is replaced whole.
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def scrub(text: str, conninfo: str) -> str:
+    """`text` with the connection string and each of its secrets masked."""
+    if conninfo and conninfo in text:
+        text = text.replace(conninfo, mask_url(conninfo))
+    for secret in url_secrets(conninfo):
+        text = text.replace(secret, MASK)
+    return text
+
+
 def _last_at(text: str, stop: str) -> int:
     end = text.find(stop)
     return text.rfind("@", 0, len(text) if end < 0 else end)

@@ -54,3 +54,14 @@ def json_for_terminal(json_text: str) -> str:
     escaped form decodes to the very same string, so the JSON stays exact.
     """
     return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escaped(text: str) -> str:
+    """`text` for one cell of a table: every control character (C0, DEL, C1, the escape that
+    starts a terminal sequence included) shown as a visible ``\\xNN`` escape."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -7,6 +7,7 @@ Each test is a row of the fault table in docs/RELIABILITY.md.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import psycopg
 
 from capture_shim import spool
 from collector import clock
-from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
+from tests.helpers import Proc, ProcessFactory, pg_rows, tasklog_cli, wait_for
 from tests.integration.api_support import PREFIX, http, start_api
 
 QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
@@ -35,7 +36,8 @@ def record(**fields: object) -> bytes:
 
 def start(task_id: str, t: float | None = None, **extra: object) -> bytes:
     t = time.time() if t is None else t
-    return record(k="start", v=spool.VERSION, t=t, task_id=task_id, name="hostile", **extra)
+    fields = {"name": "hostile", **extra}
+    return record(k="start", v=spool.VERSION, t=t, task_id=task_id, **fields)
 
 
 def line(n: int, text: str, t: float | None = None) -> bytes:
@@ -280,3 +282,114 @@ async def test_catastrophic_regexes_leave_the_task_list_detail_and_health_answer
         lambda: running_regexes(database_url) == 0, "the regexes cancelled in Postgres", 20
     )
     assert answered == {"list": 200, "detail": 200, "health": 200}
+
+
+# -- 3. smaller ones ---------------------------------------------------------------------------
+
+
+def test_tasklog_tasks_shows_escapes_in_ids_names_and_states_as_text(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """A task whose id, name and state hold terminal sequences (clear the screen, write the
+    clipboard, set the title, a C1 CSI): `tasklog tasks` shows them escaped, the table aligned."""
+    collector(procs, database_url, spool_dir)
+    hostile_id = "evil\x1b]52;c;cm0gLXJmIH4=\x07id"
+    data = (
+        start(hostile_id, name="\x1b[2J\x1b[Hname\x9b31m")
+        + line(1, "hello")
+        + end(state="SUC\x1b]0;pwned\x07")
+    )
+    write(spool_dir, "evil", data)
+    write(spool_dir, "good-0", good_task("good-0"))
+    wait_for(lambda: stored(database_url, ["good-0"]), message="a good task stored")
+    wait_for(
+        lambda: pg_rows(database_url, "SELECT 1 FROM tasks WHERE task_id = %s", (hostile_id,)),
+        message="the hostile task stored",
+    )
+    result = tasklog_cli("tasks", env={"TASKLOG_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert not any(c in out for c in "\x1b\x07\x9b"), repr(out)
+    rows = out.splitlines()
+    assert "evil\\x1b]52;c;cm0gLXJmIH4=\\x07id"[:36] in out
+    assert "\\x1b[2J\\x1b[Hname\\x9b31m" in out
+    assert any(row.startswith("good-0 ") for row in rows)
+    # Every row as wide as the header up to the state column: escapes never shift columns.
+    header = rows[0].index("STATE")
+    assert all(len(row) > header and row[header - 2 : header] == "  " for row in rows[1:])
+
+
+def search_cursor(ts: object, task_id: object, seq: object) -> str:
+    raw = json.dumps([ts, task_id, seq]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_hostile_search_cursors_and_times_are_clear_400s(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path
+) -> None:
+    """Search cursors holding NUL, a lone surrogate, `seq: true`, a time in year 1; `until`,
+    `since` at the ends of the calendar: each a 400 naming the parameter, and the search still
+    works afterwards (before: 500s, and a 503 blaming an older schema)."""
+    collector(procs, database_url, spool_dir)
+    write(spool_dir, "good-0", good_task("good-0"))
+    await until_true(lambda: stored(database_url, ["good-0"]), "a good task stored")
+    api, base = start_api(procs, database_url, redis_url)
+    now = datetime.now(UTC).isoformat()
+    cursors = {
+        "nul in id": search_cursor(now, "a\x00b", 1),
+        "lone surrogate": search_cursor(now, "a\ud800b", 1),
+        "seq true": search_cursor(now, "good-0", True),
+        "seq past bigint": search_cursor(now, "good-0", 2**64),
+        "year 1": search_cursor("0001-01-01T00:00:00+00:00", "good-0", 1),
+        "naive time": search_cursor("2026-01-01T00:00:00", "good-0", 1),
+    }
+    times = {
+        "until": ["0001-01-01T00:00:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"],
+        "since": ["0001-01-01T00:00:00", "9999-12-31T23:59:59"],
+    }
+    search = f"{base}{PREFIX}/api/search/"
+    async with http() as session:
+        for what, cursor in cursors.items():
+            async with session.get(search, params={"q": "good", "cursor": cursor}) as response:
+                body = await response.json()
+                assert response.status == 400, (what, body)
+                assert body["error"].startswith("cursor: "), (what, body)
+        for name, values in times.items():
+            for value in values:
+                async with session.get(search, params={"q": "good", name: value}) as response:
+                    body = await response.json()
+                    assert response.status == 400, (name, value, body)
+                    assert body["error"].startswith(f"{name}: expected a time between"), body
+        async with session.get(
+            f"{base}{PREFIX}/api/tasks/", params={"since": "0001-01-01T00:00:00"}
+        ) as response:
+            assert response.status == 400
+        async with session.get(search, params={"q": "good-0"}) as response:
+            assert response.status == 200
+            assert len((await response.json())["results"]) == 3
+    assert "Traceback" not in api.log_text()
+
+
+MALFORMED_URLS = [
+    "postgresql://tasklog:hunter2-secret@[::1/tasklog",
+    "postgresql://tasklog:hunter2-secret@127.0.0.1:5432/tasklog?sslmode=bogus",
+    "postgresql://tasklog@[::1/tasklog?password=hunter2-secret",
+    "host=[::1 password=hunter2-secret port=x",
+]
+
+
+def test_a_malformed_database_url_never_prints_its_password(tmp_path: Path) -> None:
+    """`tasklog tasks`, `migrate` and `api` with malformed URLs: one line naming the variable,
+    the password masked, no pool warning quoting it."""
+    for url in MALFORMED_URLS:
+        for command in (["tasks"], ["migrate"], ["api"]):
+            result = tasklog_cli(
+                *command,
+                env={"TASKLOG_DATABASE_URL": url, "TASKLOG_API_DB_WAIT": "1"},
+                timeout=60,
+            )
+            out = result.stdout + result.stderr
+            assert result.returncode != 0, (command, url, out)
+            assert "hunter2" not in out, (command, url, out)
+            assert "TASKLOG_DATABASE_URL" in out, (command, url, out)
+            assert "Traceback" not in out, (command, url, out)

@@ -65,3 +65,25 @@ def test_a_malformed_url_is_a_config_error() -> None:
 )
 def test_where_names_every_host_of_a_multi_host_url(url: str, shown: str) -> None:
     assert db.where(url) == shown
+
+
+async def test_pool_warnings_never_quote_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    """psycopg's pool logs every failed attempt with libpq's message, which quotes a malformed
+    URL whole: the filter masks the password in those records."""
+    url = "postgresql://tasklog:hunter2-secret@[::1/tasklog"
+    db.hide_secrets_in_driver_logs(url)
+    pool = AsyncConnectionPool(url, min_size=1, open=False, timeout=0.5, reconnect_timeout=0.5)
+    with caplog.at_level("WARNING", logger="psycopg.pool"):
+        with pytest.raises(PoolTimeout):
+            await pool.open(wait=True, timeout=0.5)
+        await pool.close(timeout=1)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert warnings, "the pool logged its failed attempts"
+    assert all("hunter2" not in w and "********" in w for w in warnings), warnings
+
+
+def test_a_malformed_url_is_one_line_with_the_password_masked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        db.check("postgresql://tasklog:hunter2-secret@[::1/tasklog")
+    assert "hunter2" not in str(caught.value)
+    assert "postgresql://tasklog:********@[::1/tasklog" in str(caught.value)
