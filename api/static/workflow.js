@@ -79,7 +79,7 @@
     time.title = line.timestamp || "";
     const tid = document.createElement("a");
     tid.className = "tid";
-    tid.href = prefix + "/task/" + encodeURIComponent(line.task_id) + "/#seq-" + line.id;
+    tid.href = prefix + "/task/" + encodeURIComponent(line.task_id) + "/#L" + line.id;
     const entry = tasks.get(line.task_id);
     tid.textContent = line.task_id.slice(0, 8);
     tid.title = (entry && entry.task.task_name ? entry.task.task_name + " " : "") + line.task_id;

@@ -76,20 +76,17 @@ async def test_search_page_finds_highlights_and_links_to_the_line(
         await shot(page, "search.png")
         link = page.locator('#matches tr.match[data-seq="55"] a').first
         await link.click()
-        await page.wait_for_selector("#seq-55.target")
-        assert page.url.endswith(f"/task/{marked}/#seq-55")
+        await page.wait_for_selector("#L55.target")
+        assert page.url.endswith(f"/task/{marked}/#L55")
         assert await page.is_checked("#follow") is False
         visible = await page.evaluate(
-            """() => { const log = document.getElementById("log");
-                 const r = document.getElementById("seq-55").getBoundingClientRect();
+            """() => { const log = document.getElementById("logbox");
+                 const r = document.getElementById("L55").getBoundingClientRect();
                  const b = log.getBoundingClientRect();
                  return r.top >= b.top && r.bottom <= b.bottom; }"""
         )
         assert visible
-        assert (
-            await page.locator("#seq-54").is_visible()
-            and await page.locator("#seq-56").is_visible()
-        )
+        assert await page.locator("#L54").is_visible() and await page.locator("#L56").is_visible()
 
 
 async def test_log_view_traceback_and_runs(
