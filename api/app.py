@@ -78,6 +78,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.api_db_pool_size,
         timeout=settings.api_db_wait,
         search_size=settings.api_search_connections,
+        prepare=settings.database_prepared_statements,
     )
     await primary.open()
     store = primary
@@ -88,6 +89,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             timeout=settings.api_db_wait,
             search_size=settings.api_search_connections,
             setting="TASKLOG_API_READ_URL",
+            prepare=settings.database_prepared_statements,
         )
         try:
             await store.open()

@@ -124,6 +124,7 @@ class Store:
         timeout: float = 10.0,
         search_size: int = 2,
         setting: str = db.SETTING,
+        prepare: bool = True,
     ) -> None:
         self.conninfo = conninfo
         #: The variable that gave `conninfo`, named by error messages.
@@ -131,13 +132,16 @@ class Store:
         # A malformed URL is one line now, not a pool's warning a second quoting it.
         db.check(conninfo, setting)
         db.hide_secrets_in_driver_logs(conninfo)
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        if not prepare:  # TASKLOG_DATABASE_PREPARED_STATEMENTS=false (a pooler in between)
+            kwargs["prepare_threshold"] = None
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
             max_size=max_size,
             timeout=timeout,
             open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs=kwargs,
             name="tasklog-api",
         )
         #: Searches run here alone: however slow their patterns, the pool above stays free
@@ -148,7 +152,7 @@ class Store:
             max_size=search_size,
             timeout=timeout,
             open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs=kwargs,
             name="tasklog-api-search",
         )
 

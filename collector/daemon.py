@@ -107,6 +107,7 @@ class Collector:
     async def run(self) -> None:
         settings = self.settings
         url = settings.require_database_url()  # the first thing a misconfigured host needs to hear
+        prepare = settings.database_prepared_statements
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -117,8 +118,8 @@ class Collector:
         ):
             self._reader = reader
             async with (
-                Store(url, settings.host, settings.retention_days) as store,
-                Store(url, settings.host, settings.retention_days) as spare,
+                Store(url, settings.host, settings.retention_days, prepare=prepare) as store,
+                Store(url, settings.host, settings.retention_days, prepare=prepare) as spare,
                 Publisher(settings.redis(), settings.redis_cluster) as publisher,
             ):
                 self._spare = spare

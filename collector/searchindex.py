@@ -5,10 +5,11 @@ Indexing a line's trigrams as it is stored costs the collector 8x its ingest rat
 looks the other days up in their trigram index (``lines_YYYYMMDD_message_trgm``), built once
 the day is over, concurrently, off the ingest path. `apply` does that for every closed day
 still without one. The collector runs it in a thread of its own at start and then every
-TASKLOG_PRUNE_INTERVAL (a session advisory lock lets one collector of a fleet build while the
-others go on); `tasklog index` and `tasklog migrate` run it too. ``lines_ts`` (migration 0005)
-keeps newest-first pages cheap. ``TASKLOG_SEARCH=false`` drops them all: search then scans
-every line.
+TASKLOG_PRUNE_INTERVAL; `tasklog index` and `tasklog migrate` run it too. One session of a
+fleet builds while the others go on: it holds a lease, a row of ``search_index_lease`` (a
+session advisory lock would stay held behind PgBouncer's transaction pooling). ``lines_ts``
+(migration 0005) keeps newest-first pages cheap. ``TASKLOG_SEARCH=false`` drops them all:
+search then scans every line.
 
 pg_trgm ships with Postgres, but creating the extension may need a superuser: without it the
 trigram indexes are skipped with one line saying so, and search still works (by scanning).
@@ -16,16 +17,27 @@ trigram indexes are skipped with one line saying so, and search still works (by 
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from tasklog.core import db
+from tasklog.core.errors import TasklogError
 
 Q = db.queries("collector", "sql/searchindex.sql")
 #: The time order of every day's lines (migration 0005).
 TS = "lines_ts"
+#: How long the lease lasts from its last renewal: past it, a builder that died is replaced.
+LEASE_SECONDS = 3600
+
+
+class LeaseLost(TasklogError):
+    """Another session took the search-index lease."""
 
 
 def apply(conninfo: str, enabled: bool) -> str:
@@ -34,17 +46,24 @@ def apply(conninfo: str, enabled: bool) -> str:
     One session at a time does it (builds take minutes on a large day): another one finds the
     lock taken and says so instead of building the same index twice.
     """
+    holder = {"holder": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"}
     with db.connect(conninfo) as conn, db.translated(conninfo):
-        locked = conn.execute(Q["try_lock"]).fetchone()
-        if not (locked and locked[0]):
+        taken = conn.execute(Q["take_lease"], {**holder, "seconds": LEASE_SECONDS}).fetchone()
+        if taken is None:
             return "search index: another session is building the indexes now"
         try:
-            return _apply(conn, enabled)
+            return _apply(conn, enabled, lambda: _renew(conn, holder))
         finally:
-            conn.execute(Q["unlock"])
+            conn.execute(Q["drop_lease"], holder)
 
 
-def _apply(conn: psycopg.Connection[Any], enabled: bool) -> str:
+def _renew(conn: psycopg.Connection[Any], holder: dict[str, str]) -> None:
+    """Before each build: the lease runs for LEASE_SECONDS more (a build never takes that)."""
+    if conn.execute(Q["take_lease"], {**holder, "seconds": LEASE_SECONDS}).fetchone() is None:
+        raise LeaseLost("the search-index lease expired and another session took it")
+
+
+def _apply(conn: psycopg.Connection[Any], enabled: bool, renew: Callable[[], None]) -> str:
     conn.execute(Q["drop_parent_index"])
     days = conn.execute(Q["day_partitions"]).fetchall()
     if not enabled:
@@ -68,6 +87,7 @@ def _apply(conn: psycopg.Connection[Any], enabled: bool) -> str:
         if valid is False:  # a build that was interrupted leaves an invalid index
             conn.execute(sql.SQL(Q["drop_day_index"]).format(index=name))
         if valid is not True:
+            renew()
             statement = sql.SQL(Q["create_day_index"]).format(
                 index=name, partition=sql.Identifier(partition), ops=ops
             )

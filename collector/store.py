@@ -52,9 +52,13 @@ class RecordRefused(TasklogError):
 
 
 class Store:
-    def __init__(self, conninfo: str, host: str, retention_days: int = 30) -> None:
+    def __init__(
+        self, conninfo: str, host: str, retention_days: int = 30, *, prepare: bool = True
+    ) -> None:
         self._conninfo = conninfo
         self.host = host
+        #: TASKLOG_DATABASE_PREPARED_STATEMENTS (off behind a transaction-pooling PgBouncer).
+        self._prepare = prepare
         #: The window a run's start is held to (`collector.clock`).
         self.retention_days = retention_days
         self._conn: Conn | None = None
@@ -70,7 +74,9 @@ class Store:
     async def connect(self) -> Conn:
         if self._conn is None or self._conn.closed:
             self._conn = await db.aconnect(
-                self._conninfo, application_name=f"tasklog-collector@{self.host}"
+                self._conninfo,
+                application_name=f"tasklog-collector@{self.host}",
+                prepare=self._prepare,
             )
             self._partitions.clear()
         return self._conn

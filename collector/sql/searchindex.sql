@@ -1,12 +1,17 @@
 -- The search indexes (TASKLOG_SEARCH), kept by `tasklog index` and `tasklog migrate`
 -- (collector/searchindex.py).
 
--- name: try_lock
--- Session level: CREATE INDEX CONCURRENTLY runs outside any transaction.
-SELECT pg_try_advisory_lock(hashtext('tasklog-search-index'))
+-- name: take_lease
+-- A row, not a lock held by the session: CREATE INDEX CONCURRENTLY runs outside any
+-- transaction, and behind a transaction-pooling PgBouncer a session is no one connection.
+INSERT INTO search_index_lease AS l (holder, until)
+VALUES (%(holder)s, now() + make_interval(secs => %(seconds)s))
+ON CONFLICT (singleton) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+    WHERE l.until < now() OR l.holder = EXCLUDED.holder
+RETURNING holder
 
--- name: unlock
-SELECT pg_advisory_unlock(hashtext('tasklog-search-index'))
+-- name: drop_lease
+DELETE FROM search_index_lease WHERE holder = %(holder)s
 
 -- name: trgm_schema
 SELECT n.nspname

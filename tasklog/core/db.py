@@ -35,6 +35,8 @@ from tasklog.core.settings import scrub
 #: The variable a user fixes when the database cannot be used.
 SETTING = "TASKLOG_DATABASE_URL"
 
+#: Executions of a statement after which psycopg prepares it (psycopg's own default).
+PREPARE_THRESHOLD = 5
 #: A libpq connection parameter's value (``connect_timeout=5``, ``application_name="x"``).
 ConnParam = str | int | None
 R = TypeVar("R")
@@ -174,32 +176,49 @@ def connect(
 ) -> Connection[R] | Connection[TupleRow]:
     """A synchronous autocommit connection, or one line saying why there is none.
 
-    `params` are libpq's (``application_name``; ``connect_timeout`` is 5 unless given).
+    `params` are libpq's (``application_name``; ``connect_timeout`` is 5 unless given). It
+    prepares no statement: the short sessions that use it (the command line, migrations, the
+    index builder) gain nothing from it, and they work behind any pooler.
     """
     conninfo = _with_params(conninfo, params)
     with translated(conninfo):
         if row_factory is None:
-            return psycopg.connect(conninfo, autocommit=True)
-        return psycopg.connect(conninfo, autocommit=True, row_factory=row_factory)
+            return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
+        return psycopg.connect(
+            conninfo, autocommit=True, row_factory=row_factory, prepare_threshold=None
+        )
 
 
 @overload
 async def aconnect(
-    conninfo: str, *, row_factory: AsyncRowFactory[R], **params: ConnParam
+    conninfo: str, *, row_factory: AsyncRowFactory[R], prepare: bool = True, **params: ConnParam
 ) -> AsyncConnection[R]: ...
 @overload
 async def aconnect(
-    conninfo: str, *, row_factory: None = None, **params: ConnParam
+    conninfo: str, *, row_factory: None = None, prepare: bool = True, **params: ConnParam
 ) -> AsyncConnection[TupleRow]: ...
 async def aconnect(
-    conninfo: str, *, row_factory: AsyncRowFactory[R] | None = None, **params: ConnParam
+    conninfo: str,
+    *,
+    row_factory: AsyncRowFactory[R] | None = None,
+    prepare: bool = True,
+    **params: ConnParam,
 ) -> AsyncConnection[R] | AsyncConnection[TupleRow]:
-    """An async autocommit connection, or one line saying why there is none (as `connect`)."""
+    """An async autocommit connection, or one line saying why there is none (as `connect`).
+
+    `prepare`: psycopg prepares what it runs often (TASKLOG_DATABASE_PREPARED_STATEMENTS);
+    off behind a pooler that keeps no prepared statement across transactions.
+    """
     conninfo = _with_params(conninfo, params)
+    threshold = PREPARE_THRESHOLD if prepare else None
     with translated(conninfo):
         if row_factory is None:
-            return await AsyncConnection.connect(conninfo, autocommit=True)
-        return await AsyncConnection.connect(conninfo, autocommit=True, row_factory=row_factory)
+            return await AsyncConnection.connect(
+                conninfo, autocommit=True, prepare_threshold=threshold
+            )
+        return await AsyncConnection.connect(
+            conninfo, autocommit=True, row_factory=row_factory, prepare_threshold=threshold
+        )
 
 
 def _with_params(conninfo: str, params: dict[str, ConnParam], setting: str = SETTING) -> str:

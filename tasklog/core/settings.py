@@ -34,6 +34,11 @@ class Common(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="Postgres URL (postgresql://user:pass@host:5432/db); required."
     )
+    database_prepared_statements: bool = Field(
+        True,
+        description="Let the collector and the API prepare the statements they run often; false"
+        " behind PgBouncer in transaction pooling without max_prepared_statements (< 1.21).",
+    )
     redis_url: SecretStr | None = Field(
         None, description="Redis URL for live updates (redis://host:6379/0); optional."
     )
