@@ -159,17 +159,42 @@ class CaptureLogHandler(logging.Handler):
 _log_handler = CaptureLogHandler()
 
 
+def _call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+    """`logging.Logger.callHandlers`, and the capture's handler for a record that never gets
+    to the root logger's handlers: a logger on its way does not propagate (Celery's
+    `get_task_logger` loggers hang below ``celery.task``, which does not)."""
+    _original_call_handlers(self, record)
+    if _current.get() is None:
+        return
+    logger: logging.Logger | None = self
+    while logger is not None:
+        if not logger.propagate:
+            if logger is not logging.root and record.levelno >= _log_handler.level:
+                _log_handler.handle(record)
+            return
+        logger = logger.parent  # type: ignore[assignment]
+
+
+_original_call_handlers = logging.Logger.callHandlers
+
+
 def ensure_routing() -> None:
     """Put the routers and the log handler in place, again if someone replaced them.
 
     Celery swaps sys.stdout for its logging proxy and clears the root logger's handlers when a
     worker starts, after an app module (and so `install`) was imported; this runs at each task
     start to follow such changes. Cheap when nothing changed.
+
+    A record of a logger that does not propagate (``celery.task``'s, below which
+    `get_task_logger` puts a task's logger, or the application's own) never reaches the root's
+    handlers: `logging.Logger.callHandlers` is wrapped to hand it to the capture (once: only
+    a record that stopped short of the root).
     """
     if (
         isinstance(sys.stdout, StreamRouter)
         and isinstance(sys.stderr, StreamRouter)
         and _log_handler in logging.root.handlers
+        and logging.Logger.callHandlers is _call_handlers
     ):
         return
     with _install_lock:
@@ -179,6 +204,8 @@ def ensure_routing() -> None:
             sys.stderr = StreamRouter(sys.stderr, spool.STDERR)
         if _log_handler not in logging.root.handlers:
             logging.root.addHandler(_log_handler)
+        if logging.Logger.callHandlers is not _call_handlers:
+            logging.Logger.callHandlers = _call_handlers  # type: ignore[method-assign]
 
 
 class TaskCapture(Lines):
@@ -273,6 +300,13 @@ class TaskCapture(Lines):
         data = spool.encode(end)
         if not self._put(data) and self._spool is not None:
             _hold_end(self._spool.path, data)
+        self._close_spool()
+
+    def abandon(self) -> None:
+        """Flush partial lines and close the file without an end record (see
+        `hooks._on_postrun`): the collector finalizes the run once its writer is gone, unless
+        the worker's main process appends the end first (`capture_shim.verdict`)."""
+        self.flush_partials()
         self._close_spool()
 
     # -- fallback ---------------------------------------------------------------------------

@@ -21,12 +21,13 @@ from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    task_received,
     task_revoked,
     worker_init,
     worker_process_init,
 )
 
-from capture_shim import fdcapture, spool
+from capture_shim import fdcapture, spool, verdict
 from capture_shim.capture import Stats, TaskCapture, current, ensure_routing, host_name, warn_once
 from capture_shim.config import ShimConfig
 from tasklog.core import constants as states
@@ -41,6 +42,8 @@ _process_hooks = False
 _task_signals = False
 #: The apps `install` was called for, with the config read then (by id: apps need not hash).
 _installed: dict[int, tuple[Celery, ShimConfig]] = {}
+#: This process is a prefork pool child: its main process may speak for its runs.
+_pool_child = False
 
 
 # -- connecting -------------------------------------------------------------------------------
@@ -56,6 +59,11 @@ def connect_process_hooks() -> None:
         # Signals are process-wide and these handlers live for the process: strong references.
         worker_init.connect(_on_worker_init, weak=False)
         worker_process_init.connect(_on_worker_process_init, weak=False)
+        # What the main process learns of runs in its pool children (`capture_shim.verdict`),
+        # and what a task's own process learns of its failure.
+        task_received.connect(_on_received, weak=False)
+        task_failure.connect(_on_failure, weak=False)
+        task_revoked.connect(_on_revoked, weak=False)
         fdcapture.follow_forks()
 
 
@@ -73,9 +81,7 @@ def install(app: Celery) -> None:
         if not _task_signals:
             _task_signals = True
             task_prerun.connect(_on_prerun, weak=False)
-            task_failure.connect(_on_failure, weak=False)
             task_postrun.connect(_on_postrun, weak=False)
-            task_revoked.connect(_on_revoked, weak=False)
     original = app.Task.update_state
 
     def update_state(
@@ -106,6 +112,8 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 
 def _on_worker_process_init(**_: Any) -> None:
+    global _pool_child
+    _pool_child = True
     fdcapture.set_pool_child()
 
 
@@ -115,6 +123,19 @@ def _on_worker_process_init(**_: Any) -> None:
 def _config_for(task: Any) -> ShimConfig | None:
     entry = _installed.get(id(getattr(task, "app", None)))
     return None if entry is None or entry[0] is not task.app else entry[1]
+
+
+def _captured_config(task: Any) -> ShimConfig | None:
+    """The config under which `task`'s runs are captured: its app's, or its own class's."""
+    config = _config_for(task)
+    if config is None and isinstance(task, TerminalLoggingTask):
+        config = ShimConfig.from_env()
+        return config if config.enabled else None
+    return config
+
+
+def _on_received(request: Any = None, **_: Any) -> None:
+    verdict.received(request)
 
 
 def _on_prerun(
@@ -139,9 +160,17 @@ def _on_failure(
     einfo: Any = None,
     **_: Any,
 ) -> None:
+    if exception is None or task_id is None:
+        return
     cap = current()
-    if cap is not None and cap.task_id == task_id and exception is not None:
+    if cap is not None and cap.task_id == task_id:
         cap.failure = (exception, getattr(einfo, "traceback", None))
+        return
+    # Sent by the worker's main process about a run in a pool child (hard time limit, lost
+    # worker): the child could not write this end itself.
+    config = _captured_config(sender)
+    if config is not None:
+        _guard(verdict.failed, config, task_id, exception, getattr(einfo, "traceback", None))
 
 
 def _on_postrun(
@@ -149,19 +178,53 @@ def _on_postrun(
     task_id: str | None = None,
     task: Any = None,
     state: str | None = None,
+    retval: Any = None,
     **_: Any,
 ) -> None:
     cap = current()
     if cap is None or cap.task_id != task_id:
         return
+    if state is None:
+        # The task did not return or raise an Exception: SystemExit from billiard's SIGTERM
+        # handler (hard time limit, revoke with terminate) or the task's own sys.exit. Only the
+        # worker's main process knows which: it writes the end (`capture_shim.verdict`); a
+        # run nobody speaks for is LOST once this process is gone.
+        _guard(_abandon, cap)
+        return
     exc, tb = cap.failure
-    _guard(_end, cap, state or states.SUCCESS, exc, tb)
+    if state == states.REJECTED and not getattr(retval, "requeue", True):
+        # Reject(requeue=False): Celery records a FAILURE with the Reject (issue 4222).
+        state, exc, tb = states.FAILURE, retval, None
+    _guard(_end, cap, state, exc, tb)
 
 
-def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    task_id = getattr(request, "id", None)
+    if not isinstance(task_id, str):
+        return
     cap = current()
-    if cap is not None and request is not None and cap.task_id == getattr(request, "id", None):
+    if cap is not None and cap.task_id == task_id:
         _guard(_end, cap, states.REVOKED, None, None)
+        return
+    config = _captured_config(sender)
+    if config is not None:
+        _guard(
+            verdict.revoked,
+            config,
+            task_id,
+            getattr(sender, "name", None),
+            request,
+            terminated=bool(terminated),
+            expired=bool(expired),
+            signum=signum,
+        )
 
 
 # -- TerminalLoggingTask: one task at a time --------------------------------------------------
@@ -197,11 +260,17 @@ class TerminalLoggingTask(Task):  # type: ignore[misc]
         except Ignore:
             _guard(_end, cap, states.IGNORED, None, None)
             raise
-        except Reject:
-            _guard(_end, cap, states.REJECTED, None, None)
+        except Reject as exc:
+            if exc.requeue:
+                _guard(_end, cap, states.REJECTED, None, None)
+            else:  # Celery records a FAILURE with the Reject
+                _guard(_end, cap, states.FAILURE, exc, None)
             raise
-        except BaseException as exc:
+        except Exception as exc:
             _guard(_end, cap, states.FAILURE, exc, traceback.format_exc())
+            raise
+        except BaseException:  # SystemExit: see _on_postrun
+            _guard(_abandon, cap)
             raise
         _guard(_end, cap, states.SUCCESS, None, None)
         return result
@@ -230,6 +299,8 @@ def _begin(config: ShimConfig, task: Any, task_id: str, args: Any, kwargs: Any) 
         "retries": getattr(request, "retries", 0) or 0,
         "max_lines": config.max_lines,
     }
+    if _pool_child:  # the collector waits a while for the main process's verdict
+        start["ppid"] = os.getppid()
     if config.record_args:
         start["args"] = list(args or ())
         start["kwargs"] = dict(kwargs or {})
@@ -248,6 +319,15 @@ def _end(cap: TaskCapture, state: str, exc: BaseException | None, tb: str | None
     try:
         fdcapture.end(cap)  # first: what the pipes still hold comes before the end record
         cap.finish(state, exc, tb)
+    finally:
+        cap.deactivate()
+
+
+def _abandon(cap: TaskCapture) -> None:
+    """Stop capturing `cap` without an end record: its outcome is not this process's to say."""
+    try:
+        fdcapture.end(cap)
+        cap.abandon()
     finally:
         cap.deactivate()
 

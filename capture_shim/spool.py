@@ -18,14 +18,16 @@ integer microseconds with an exponent, ``1764551234123456e-6``):
     ``host``, ``pid``, ``worker``, ``parent_id``, ``root_id`` (null when not a task id the
     spool could carry), ``retries``, ``max_lines``
     (head+tail bound the collector applies), ``args``/``kwargs`` (only when
-    ``TASKLOG_RECORD_ARGS`` is on).
+    ``TASKLOG_RECORD_ARGS`` is on), ``ppid`` (only in a prefork pool child: its worker's main
+    process, which may append the run's end when the child is killed, `capture_shim.verdict`).
 ``line``
     ``n`` per-run sequence number 1, 2, 3…, ``s`` stream (``stdout``, ``stderr``, ``log``),
     ``m`` the text without its newline, ``l`` the level name for ``log`` lines (any text: a
     custom logging level may be named anything).
 ``progress``
     ``p`` percent 0-100 or null, ``msg`` optional text, ``state`` optional Celery state.
-``end`` (last record of a file)
+``end`` (last record of a file; written by the run's process, or by its worker's main process
+when the run was killed: `capture_shim.verdict`)
     ``state`` (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``, ``IGNORED``, ``REJECTED``:
     names of `tasklog.core.constants`), ``runtime`` seconds,
     ``exc_type``, ``exc_message``, ``traceback``, ``lines`` (lines written), ``errors``

@@ -534,6 +534,13 @@ class Collector:
             pid = writer_pid(state.name)
             if pid is not None and pid_alive(pid):
                 continue
+            if (
+                not final
+                and state.parent_pid is not None
+                and now - state.changed_at < PARENT_GRACE
+                and pid_alive(state.parent_pid)
+            ):
+                continue  # a pool child's worker may still write its end (capture_shim.verdict)
             if not state.registered:
                 self._remove(spool, state)  # the writer died before its start record
                 continue
@@ -731,6 +738,12 @@ def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:
         spool.files[name] = fresh
     spool.scan()
     spool.touched(set(spool.files))
+
+
+#: Seconds a dead pool child's run waits for its worker's main process to write its end (a
+#: hard time limit, a revoke, a lost child: Celery's verdict) before it is LOST. Billiard notices
+#: a child killed by SIGKILL some seconds after the fact.
+PARENT_GRACE = 30.0
 
 
 def writer_pid(name: str) -> int | None:

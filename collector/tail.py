@@ -69,6 +69,8 @@ class FileState:
     #: When the run started (its start record's time, held by `collector.clock`); None when
     #: the start was stored by an earlier process.
     started: float | None = None
+    #: The writer's worker main process, when the writer is a pool child (start record `ppid`).
+    parent_pid: int | None = None
     size: int = 0
     changed_at: float = field(default_factory=time.monotonic)
 
@@ -365,6 +367,9 @@ class SpoolDir:
             state.offset = chunk.end_offset
             if chunk.start is not None and isinstance(chunk.start.get("t"), float):
                 state.started = chunk.start["t"]
+            if chunk.start is not None:
+                ppid = chunk.start.get("ppid")
+                state.parent_pid = ppid if type(ppid) is int and 1 < ppid < 1 << 31 else None
             if chunk.end is not None and state.registered:
                 state.ended = True
                 ended.append(state)
