@@ -172,7 +172,7 @@ def _call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
             if logger is not logging.root and record.levelno >= _log_handler.level:
                 _log_handler.handle(record)
             return
-        logger = logger.parent  # type: ignore[assignment]
+        logger = logger.parent
 
 
 _original_call_handlers = logging.Logger.callHandlers

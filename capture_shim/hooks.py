@@ -4,7 +4,13 @@ Nothing here runs at import. `install(app)` connects the task signals for one ap
 `TerminalLoggingTask` connects what it needs when a task class is made from it. Both connect
 the process-wide hooks once per process (`connect_process_hooks`): `worker_init` and
 `worker_process_init` (which pool runs the tasks: fd capture only where one task owns the
-process) and the at-fork hook of fd capture. Connecting twice connects nothing more.
+process), the at-fork hook of fd capture, and `task_received`, `task_failure` and
+`task_revoked`, which the worker's main process sends about runs its pool children could not
+end themselves (`capture_shim.verdict`). Connecting twice connects nothing more.
+
+The state of a run's end is Celery's: `task_postrun`'s state, except that ``Reject(requeue=False)``
+is a FAILURE (as Celery records it) and a run that left by `SystemExit` (billiard's SIGTERM
+handler) has no end of its own.
 """
 
 from __future__ import annotations

@@ -123,9 +123,11 @@ def ignored_task(self, lines: int = 2) -> None:
 
 @app.task(bind=True, name="demo.rejected_task")
 def rejected_task(self) -> None:
-    """Prints a line, then refuses its message for good (`raise Reject(requeue=False)`)."""
+    """Prints a line, then rejects its message (`raise Reject(requeue=True)`). The demo
+    acknowledges a message before its task runs (task_acks_late=False): Celery does not run
+    it again, and the run stays REJECTED. (`Reject(requeue=False)` is Celery's FAILURE.)"""
     print("before reject")
-    raise Reject("refused by the demo", requeue=False)
+    raise Reject("rejected by the demo", requeue=True)
 
 
 @app.task(bind=True, name="demo.retry_task", max_retries=1, default_retry_delay=0)

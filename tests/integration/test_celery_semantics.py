@@ -11,8 +11,8 @@ import os
 import re
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from celery import Celery
 
 from tasklog.core.constants import FAILURE, IGNORED, LOST, REJECTED, RETRY, REVOKED, SUCCESS
-from tests.helpers import ProcessFactory, Proc, pg_rows, wait_for
+from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
 
 #: Generous: two cores shared with other work, and a worker forks its pool first.
 DEADLINE = 60
@@ -283,6 +283,10 @@ def _revoked_known(client: Celery, task_id: str) -> bool:
 # -- redeliveries --------------------------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    reason="issue 24: a redelivery under the same id and retries is merged into one run",
+    strict=True,
+)
 def test_a_rejection_with_requeue_then_its_redelivery_keep_both_outcomes(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, client: Celery
 ) -> None:
@@ -298,6 +302,10 @@ def test_a_rejection_with_requeue_then_its_redelivery_keep_both_outcomes(
     assert runs(database_url, task_id) == [REJECTED, SUCCESS]
 
 
+@pytest.mark.xfail(
+    reason="issue 24: a redelivery under the same id and retries is merged into one run",
+    strict=True,
+)
 def test_an_acks_late_task_of_a_crashed_worker_is_lost_then_redelivered(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, client: Celery
 ) -> None:

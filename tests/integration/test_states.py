@@ -1,6 +1,7 @@
 """Task states have one owner (`tasklog.core.constants`): SQL, the API and the CLI agree with it.
 
-The user-visible case: a task that ends with `raise Ignore()` (or `raise Reject()`) is over. It
+The user-visible case: a task that ends with `raise Ignore()` (or `raise Reject(requeue=True)`,
+its message acknowledged already) is over. It
 is stored IGNORED (REJECTED), the API reports it finished and filters on its state, its stream
 ends, and `tasklog logs -f` returns.
 """
