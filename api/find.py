@@ -9,9 +9,10 @@ SQL. The JSON shape of a search match, shared by the API and ``tasklog grep --js
 
 ``match`` is the first matched span of ``message`` in characters, end exclusive.
 
-A search walks back in time windows (the newest day, the week before it, then the rest) and
-stops as soon as a page is full: a common word fills its first page from the newest
-partition alone; a rare marker costs one trigram-index lookup per window.
+A search walks back in time windows and stops as soon as a page is full: the newest day cut
+along its trigram slices (`tasklog.core.trigram`: the minutes not indexed yet are scanned, every
+other window is one partial-index lookup), the week before it, then the rest (a day index per
+partition). A common word fills its first page from the newest minutes alone.
 """
 
 from __future__ import annotations
@@ -22,22 +23,22 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from tasklog.core import db
+from tasklog.core import db, trigram
 from tasklog.core.constants import FINISHED_STATES, RETRY, task_id_problem
 
 Row = dict[str, Any]
 
 Q = db.queries("api", "sql/find.sql")
 MAX_PATTERN = 1000
-#: How far back each successive search window reaches from the newest end.
-WINDOWS = (timedelta(days=1), timedelta(days=7))
+#: How far back each window reaches below the days cut along their slices (then: the rest).
+WINDOWS = (timedelta(days=7),)
 #: Every task of a workflow shown at most (a workflow of more is cut, and says so).
 WORKFLOW_TASKS_MAX = 5000
 
@@ -91,11 +92,14 @@ class Search:
         if self.before is not None:
             b_ts, b_id, b_seq = self.before
             line["filter_before"] = {"b_ts": b_ts, "b_id": b_id, "b_seq": b_seq}
-        if low is not None:
-            line["filter_window_low"] = {"w_low": low}
-        if high is not None:
-            line["filter_window_high"] = {"w_high": high}
         clauses: list[sql.Composable] = [sql.SQL(Q[name]) for name in line]
+        # The window's ends are literals: Postgres then sees that a window lies inside a slice
+        # of the day and may use the slice's partial index (a bound value would let a generic
+        # plan of a prepared statement skip it).
+        if low is not None:
+            clauses.append(sql.SQL(Q["filter_window_low"]).format(w_low=sql.Literal(low)))
+        if high is not None:
+            clauses.append(sql.SQL(Q["filter_window_high"]).format(w_high=sql.Literal(high)))
         if task:
             # A semi-join, so that the page is still cut right above its sort.
             task_where = sql.SQL(" AND ").join(sql.SQL(Q[name]) for name in task)
@@ -106,23 +110,71 @@ class Search:
         match_sql, span_sql = sql.SQL(match), sql.SQL(span)
         return sql.SQL(Q["search"]).format(match=match_sql, span=span_sql, where=where), params
 
-    def windows(self, now: datetime) -> list[tuple[datetime | None, datetime | None]]:
-        """The time windows to search, newest first, within ``since``."""
+    def windows(
+        self, now: datetime, indexes: Sequence[str] = ()
+    ) -> list[tuple[datetime | None, datetime | None]]:
+        """The time windows to search, newest first, within ``since``.
+
+        `indexes` names the valid trigram indexes (`tasklog.core.trigram`). The day of the top
+        and the day before, unless a day index covers them, are cut along their slices, so
+        that each window lies inside one slice (Postgres uses its partial index) or between
+        them (scanned: the newest minutes, or what is not indexed yet). Older days go in two
+        windows (the week before, then the rest), one day index per partition.
+        """
         top = now
         if self.until is not None:
             top = min(top, self.until)
         if self.before is not None:
             top = min(top, self.before[0])
-        out: list[tuple[datetime | None, datetime | None]] = []
-        high: datetime | None = None
-        for reach in WINDOWS:
-            low = top - reach
-            if self.since is not None and low <= self.since:
+        days: set[date] = set()
+        slices: list[trigram.Slice] = []
+        for name in indexes:
+            parsed = trigram.parse(name)
+            if isinstance(parsed, trigram.Slice):
+                slices.append(parsed)
+            elif parsed is not None:
+                days.add(parsed)
+        # Lines stamped after now (a worker's clock ahead) are still found.
+        out: list[tuple[datetime | None, datetime | None]] = [(top, None)] if top == now else []
+        floor = self.since
+        cursor = top
+        for _ in range(2):
+            day = (cursor - timedelta(microseconds=1)).astimezone(UTC).date()  # below cursor
+            if day in days or (floor is not None and cursor <= floor):
                 break
-            out.append((low, high))
-            high = low
-        out.append((None, high))
+            bottom = trigram.midnight(day)
+            if floor is not None:
+                bottom = max(bottom, floor)
+            out += _cover(bottom, cursor, slices)
+            cursor = bottom
+        if floor is not None and cursor <= floor:
+            return out or [(None, None)]
+        for reach in WINDOWS:
+            low = cursor - reach
+            if floor is not None and low <= floor:
+                break
+            out.append((low, cursor))
+            cursor = low
+        out.append((None, cursor))
         return out
+
+
+def _cover(
+    bottom: datetime, top: datetime, slices: Sequence[trigram.Slice]
+) -> list[tuple[datetime | None, datetime | None]]:
+    """Windows from `top` down to `bottom`, each inside one slice (the widest there is) or
+    in a gap between them."""
+    out: list[tuple[datetime | None, datetime | None]] = []
+    cursor = top
+    while cursor > bottom:
+        around = [s.low for s in slices if s.low < cursor <= s.high]
+        if around:
+            low = max(bottom, min(around))
+        else:
+            low = max([bottom, *(s.high for s in slices if s.high < cursor)])
+        out.append((low, cursor))
+        cursor = low
+    return out
 
 
 def like_escape(text: str) -> str:

@@ -79,8 +79,8 @@ async def run_search(store: Store, search: Search, limit: int, timeout: float) -
             async with store.search_connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(Q["statement_timeout"], {"ms": str(int(timeout * 1000))})
-                now = (await (await cur.execute(Q["now"])).fetchone() or {})["now"]
-                for low, high in search.windows(now):
+                clock = await (await cur.execute(Q["now"])).fetchone() or {}
+                for low, high in search.windows(clock["now"], clock["indexes"]):
                     query, values = search.statement(low, high, limit - len(found))
                     await cur.execute(query, values)
                     found += await cur.fetchall()

@@ -299,6 +299,7 @@ def collect_once(
     lines: int,
     link: bool = True,
     source: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """One collector run over a copy of the spool (of the code in `source` if given):
     throughput from spawn and from "following", start-up, peak RSS, CPU per line."""
@@ -320,6 +321,7 @@ def collect_once(
         env["TASKLOG_REDIS_URL"] = args.redis_url
     if source is not None:
         env["PYTHONPATH"] = str(source)
+    env.update(extra_env or {})
     with children() as procs:
         spawned = time.monotonic()
         # `-m` puts the working directory first on sys.path: for another tree, run in it.

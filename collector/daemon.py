@@ -36,7 +36,7 @@ from collector.quarantine import quarantine
 from collector.settings import CollectorSettings
 from collector.store import RecordRefused, Store
 from collector.tail import Batch, FileChunk, FileState, SpoolDir, shown
-from tasklog.core import __version__, sdnotify, supervise
+from tasklog.core import __version__, sdnotify, supervise, trigram
 from tasklog.core.errors import ConfigError, StoreUnavailable
 from tasklog.core.process import pid_alive
 
@@ -163,6 +163,7 @@ class Collector:
         for task in (watcher, watchdog):
             task.add_done_callback(supervise.stop_on_exit)
         due = {"scan": 0.0, "orphans": 0.0, "heartbeat": 0.0, "summary": 0.0, "prune": 0.0}
+        due["index"] = 0.0
         summary = (time.monotonic(), 0)
         try:
             while not self._stop.is_set():
@@ -183,6 +184,11 @@ class Collector:
                 if now >= due["prune"]:
                     await self._prune(store)
                     due["prune"] = now + self.settings.prune_interval
+                if now >= due["index"]:
+                    # Right after each slice of the open day ends (tasklog.core.trigram).
+                    self._index_in_background()
+                    step = trigram.SLICE.total_seconds()
+                    due["index"] = now + step - time.time() % step + 2.0
                 if now >= due["summary"]:
                     summary = self._summary(spool, summary)
                     due["summary"] = now + self.settings.summary_interval
@@ -624,7 +630,6 @@ class Collector:
             log.warning("cannot write TASKLOG_METRICS_FILE %s: %s", self.settings.metrics_file, exc)
 
     async def _prune(self, store: Store) -> None:
-        self._index_in_background()
         with contextlib.suppress(StoreUnavailable):
             dropped, deleted = await store.prune(self.settings.retention_days)
             if dropped or deleted:
@@ -633,7 +638,8 @@ class Collector:
                 )
 
     def _index_in_background(self) -> None:
-        """Keep the search indexes (`collector.searchindex`) in a thread of their own.
+        """Keep the search indexes (`collector.searchindex`) in a thread of their own: at start
+        and after each slice of the open day ends.
 
         A closed day's trigram index takes minutes to build on a large day: ingestion must not
         wait for it. A daemon thread, so a stop does not wait either: Postgres drops a build cut

@@ -1,11 +1,15 @@
-"""The search indexes: a trigram index per closed day, and the lines' time order.
+"""The search indexes: trigram indexes built off the ingest path, and the lines' time order.
 
 Indexing a line's trigrams as it is stored costs the collector 8x its ingest rate
-(docs/BENCHMARKS.md), so the open day is never indexed: a search scans today's partition and
-looks the other days up in their trigram index (``lines_YYYYMMDD_message_trgm``), built once
-the day is over, concurrently, off the ingest path. `apply` does that for every closed day
-still without one. The collector runs it in a thread of its own at start and then every
-TASKLOG_PRUNE_INTERVAL; `tasklog index` and `tasklog migrate` run it too. One session of a
+(docs/BENCHMARKS.md), so no trigram index is ever written per stored line. Instead:
+
+- the open day is indexed in slices (`tasklog.core.trigram`): each hour once it is over, and
+  the hour under way in slices of five minutes as each one ends, every slice a partial index of
+  today's partition built concurrently; a search scans only the minutes since the last slice;
+- a day that is over gets one index (``lines_YYYYMMDD_message_trgm``), then its slices go.
+
+`apply` brings the indexes up to date. The collector runs it in a thread of its own at start
+and after every slice; `tasklog index` and `tasklog migrate` run it too. One session of a
 fleet builds while the others go on: it holds a lease, a row of ``search_index_lease`` (a
 session advisory lock would stay held behind PgBouncer's transaction pooling). ``lines_ts``
 (migration 0005) keeps newest-first pages cheap. ``TASKLOG_SEARCH=false`` drops them all:
@@ -21,12 +25,13 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from tasklog.core import db
+from tasklog.core import db, trigram
 from tasklog.core.errors import TasklogError
 
 Q = db.queries("collector", "sql/searchindex.sql")
@@ -40,7 +45,7 @@ class LeaseLost(TasklogError):
     """Another session took the search-index lease."""
 
 
-def apply(conninfo: str, enabled: bool) -> str:
+def apply(conninfo: str, enabled: bool, now: datetime | None = None) -> str:
     """Make the indexes match `enabled`; returns one sentence saying what holds now.
 
     One session at a time does it (builds take minutes on a large day): another one finds the
@@ -52,7 +57,7 @@ def apply(conninfo: str, enabled: bool) -> str:
         if taken is None:
             return "search index: another session is building the indexes now"
         try:
-            return _apply(conn, enabled, lambda: _renew(conn, holder))
+            return _apply(conn, enabled, lambda: _renew(conn, holder), now)
         finally:
             conn.execute(Q["drop_lease"], holder)
 
@@ -63,13 +68,21 @@ def _renew(conn: psycopg.Connection[Any], holder: dict[str, str]) -> None:
         raise LeaseLost("the search-index lease expired and another session took it")
 
 
-def _apply(conn: psycopg.Connection[Any], enabled: bool, renew: Callable[[], None]) -> str:
+def _apply(
+    conn: psycopg.Connection[Any],
+    enabled: bool,
+    renew: Callable[[], None],
+    now: datetime | None,
+) -> str:
     conn.execute(Q["drop_parent_index"])
     days = conn.execute(Q["day_partitions"]).fetchall()
+    slices = [(name, valid) for name, valid in conn.execute(Q["slice_indexes"]).fetchall()]
     if not enabled:
         for _partition, index, _closed, valid in days:
             if valid is not None:
                 conn.execute(sql.SQL(Q["drop_day_index"]).format(index=sql.Identifier(index)))
+        for name, _valid in slices:
+            conn.execute(sql.SQL(Q["drop_day_index"]).format(index=sql.Identifier(name)))
         conn.execute(Q["drop_ts_index"])
         return "search indexes off (TASKLOG_SEARCH=false): search scans every line"
     conn.execute(Q["create_ts_index"])
@@ -79,7 +92,12 @@ def _apply(conn: psycopg.Connection[Any], enabled: bool, renew: Callable[[], Non
             "search: pg_trgm is not installed and this login may not create it (a superuser"
             " runs CREATE EXTENSION pg_trgm, then tasklog migrate); search scans every line"
         )
+    if now is None:
+        now = conn.execute(Q["now"]).fetchone()[0]  # type: ignore[index]
+    today = trigram.midnight(now.astimezone(UTC).date())
+    sliced = _slice_today(conn, ops, today, now, slices, renew)
     built = 0
+    indexed: set[date] = set()
     for partition, index, closed, valid in days:
         if not closed:
             continue
@@ -93,11 +111,90 @@ def _apply(conn: psycopg.Connection[Any], enabled: bool, renew: Callable[[], Non
             )
             conn.execute(statement)
             built += 1
+        indexed.add(datetime.strptime(partition, "lines_%Y%m%d").date())
+    # A day's slices go once its day index is there.
+    for name, _valid in conn.execute(Q["slice_indexes"]).fetchall():
+        parsed = trigram.parse(name)
+        if isinstance(parsed, trigram.Slice) and parsed.low.date() in indexed:
+            conn.execute(sql.SQL(Q["drop_day_index"]).format(index=sql.Identifier(name)))
     closed_days = sum(1 for day in days if day[2])
     return (
-        f"search index: {closed_days} closed days indexed ({built} built now),"
-        " today's lines scanned"
+        f"search index: {closed_days} closed days indexed ({built} built now);"
+        f" today indexed up to {sliced[0]:%H:%M} UTC in {sliced[1]} slices"
+        f" ({sliced[2]} built now), later lines scanned"
     )
+
+
+def _slice_today(
+    conn: psycopg.Connection[Any],
+    ops: sql.Composable,
+    today: datetime,
+    now: datetime,
+    existing: list[tuple[str, bool]],
+    renew: Callable[[], None],
+) -> tuple[datetime, int, int]:
+    """Index the open day in slices: each hour that is over, then the hour under way up to the
+    last `trigram.SLICE` that is over; drop the slices an hour's index now covers.
+
+    A slice with no line yet is not built (nothing to find; a late line there is scanned).
+    Returns how far today is indexed, the number of slices and how many were built now.
+    """
+    partition = sql.Identifier(f"lines_{today:%Y%m%d}")
+    valid: set[trigram.Slice] = set()
+    for name, ok in existing:
+        parsed = trigram.parse(name)
+        if not isinstance(parsed, trigram.Slice) or parsed.low < today:
+            continue
+        if ok:
+            valid.add(parsed)
+        else:  # an interrupted build
+            conn.execute(sql.SQL(Q["drop_day_index"]).format(index=sql.Identifier(name)))
+    hour = trigram.floor(now, trigram.HOUR)
+    wanted = [trigram.Slice(low, low + trigram.HOUR) for low in _steps(today, hour, trigram.HOUR)]
+    done = max([hour, *(s.high for s in valid if s.low >= hour)])
+    if (end := trigram.floor(now, trigram.SLICE)) > done:
+        wanted.append(trigram.Slice(done, end))
+    built = 0
+    if conn.execute(Q["partition_exists"], {"name": f"lines_{today:%Y%m%d}"}).fetchone():
+        for piece in wanted:
+            if piece in valid or any(s.low <= piece.low and piece.high <= s.high for s in valid):
+                continue
+            if not _has_lines(conn, partition, piece):
+                continue
+            renew()
+            conn.execute(
+                sql.SQL(Q["create_slice_index"]).format(
+                    index=sql.Identifier(piece.name),
+                    partition=partition,
+                    ops=ops,
+                    low=sql.Literal(piece.low),
+                    high=sql.Literal(piece.high),
+                )
+            )
+            valid.add(piece)
+            built += 1
+    for piece in sorted(valid):
+        if any(s != piece and s.low <= piece.low and piece.high <= s.high for s in valid):
+            conn.execute(sql.SQL(Q["drop_day_index"]).format(index=sql.Identifier(piece.name)))
+            valid.discard(piece)
+    upto = max([today, *(s.high for s in valid)])
+    return upto, len(valid), built
+
+
+def _steps(low: datetime, high: datetime, step: timedelta) -> list[datetime]:
+    out = []
+    while low < high:
+        out.append(low)
+        low += step
+    return out
+
+
+def _has_lines(conn: psycopg.Connection[Any], partition: sql.Composable, piece: Any) -> bool:
+    found = conn.execute(
+        sql.SQL(Q["slice_has_lines"]).format(partition=partition),
+        {"low": piece.low, "high": piece.high},
+    ).fetchone()
+    return found is not None
 
 
 def _trgm_ops(conn: psycopg.Connection[Any]) -> sql.Composable | None:

@@ -24,7 +24,16 @@ ORDER BY l.ts DESC, l.task_id DESC, l.seq DESC
 SELECT set_config('statement_timeout', %(ms)s, true)
 
 -- name: now
-SELECT now() AS now
+-- The time, and the valid trigram indexes of `lines` (a day's, a slice's: tasklog/core/trigram.py
+-- names them), by which a search cuts its time windows.
+SELECT now() AS now,
+       ARRAY(
+           SELECT c.relname::text
+           FROM pg_index AS i
+           JOIN pg_class AS c ON c.oid = i.indexrelid
+           WHERE c.relname >= 'lines_' AND c.relname < 'lines`' AND right(c.relname, 5) = '_trgm'
+             AND i.indisvalid
+       ) AS indexes
 
 -- name: match_substring
 l.message ILIKE %(like)s
@@ -60,10 +69,10 @@ l.ts < %(until)s
 (l.ts, l.task_id, l.seq) < (%(b_ts)s, %(b_id)s, %(b_seq)s)
 
 -- name: filter_window_low
-l.ts >= %(w_low)s
+l.ts >= {w_low}
 
 -- name: filter_window_high
-l.ts < %(w_high)s
+l.ts < {w_high}
 
 -- name: span_substring
 strpos(lower(l.message), lower(%(text)s)) - 1 AS span_start,

@@ -58,3 +58,26 @@ DROP INDEX IF EXISTS lines_ts
 -- A trigram index on the whole partitioned table (0005 made one before it was measured) puts
 -- every line's trigrams on the ingest path: 8x slower. Days are indexed once closed instead.
 DROP INDEX IF EXISTS lines_message_trgm
+
+-- name: now
+SELECT now()
+
+-- name: slice_indexes
+-- The slices' partial trigram indexes (tasklog/core/trigram.py names them) and their state.
+SELECT c.relname, i.indisvalid
+FROM pg_index AS i
+JOIN pg_class AS c ON c.oid = i.indexrelid
+WHERE c.relname ~ '^lines_[0-9]{8}_[0-9]{4}_[0-9]{4}_trgm$'
+
+-- name: partition_exists
+SELECT 1 FROM pg_class WHERE relname = %(name)s AND relkind = 'r'
+
+-- name: slice_has_lines
+SELECT 1 FROM {partition} WHERE ts >= %(low)s AND ts < %(high)s LIMIT 1
+
+-- name: create_slice_index
+-- A slice of the open day: a partial index, so the lines after it (the day goes on) cost the
+-- collector nothing but the test of its predicate; a late line inside it is indexed as usual.
+-- CONCURRENTLY: the collector goes on writing to the partition meanwhile.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {partition} USING gin (message {ops})
+WHERE ts >= {low} AND ts < {high}

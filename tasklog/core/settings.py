@@ -54,8 +54,9 @@ class Common(BaseSettings):
     log_level: str = Field("INFO", description="Log level of the daemon itself.")
     search: bool = Field(
         True,
-        description="Keep the search indexes (a trigram index per closed day, built by the"
-        " collector and `tasklog index`); off drops them, search then scans.",
+        description="Keep the search indexes (trigram indexes of each closed day and of today's"
+        " hours and five-minute slices, built by the collector and `tasklog index`); off drops"
+        " them, search then scans.",
     )
 
     def require_database_url(self) -> str:

@@ -4,10 +4,12 @@ the real collector stored."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +176,8 @@ async def test_search_api_and_grep(
 async def test_closed_days_get_their_index_and_search_off_drops_them(
     database_url: str, redis_url: str
 ) -> None:
-    """The open day is never indexed (ingest stays fast); a day that is over gets its trigram
-    index from `tasklog index` (and `migrate`, `prune`); TASKLOG_SEARCH=false drops them."""
+    """A day that is over gets its trigram index from `tasklog index` (and `migrate`, the
+    collector); TASKLOG_SEARCH=false drops them."""
     days = pg_rows(
         database_url,
         "SELECT (now() AT TIME ZONE 'UTC')::date - 3, (now() AT TIME ZONE 'UTC')::date",
@@ -209,10 +211,15 @@ async def test_closed_days_get_their_index_and_search_off_drops_them(
 
     assert trigram_indexes() == [("lines_ts", True)], "the migration indexes no day"
     out = await asyncio.to_thread(tasklog, database_url, "index")
-    assert out.stdout.strip() == (
-        "search index: 1 closed days indexed (1 built now), today's lines scanned"
-    )
-    assert trigram_indexes() == [(f"{past}_message_trgm", True), ("lines_ts", True)]
+    assert out.stdout.startswith("search index: 1 closed days indexed (1 built now); today")
+    # Today's one line is in the hour under way: no slice of today covers it yet (or, if
+    # a slice just ended, the one that does), the old day has its index.
+    built = trigram_indexes()
+    assert [i for i in built if not i[0].startswith(today)] == [
+        (f"{past}_message_trgm", True),
+        ("lines_ts", True),
+    ]
+    assert len(built) <= 3
     again = await asyncio.to_thread(tasklog, database_url, "index")
     assert "(0 built now)" in again.stdout
     async with running_api(api_settings(database_url, redis_url)) as client:
@@ -275,3 +282,132 @@ async def test_the_collector_keeps_the_day_indexes_itself(
         ready="following",
     )
     wait_for(lambda: _day_index(database_url) == [], timeout=60, message="dropped")
+
+
+async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: str) -> None:
+    """Today's lines get trigram indexes as the day goes (each hour once over, the hour under way
+    in five-minute slices), a search window inside a slice uses its index, a line stored late
+    is found through the index already built, and lines on either side of an hour's or the
+    day's boundary are found once each."""
+    import psycopg
+
+    from api.find import Search
+    from collector import searchindex
+    from tasklog.core import trigram
+
+    today = pg_rows(database_url, "SELECT (now() AT TIME ZONE 'UTC')::date")[0][0]
+    yesterday = today - timedelta(days=1)
+    d = f"{today:%Y%m%d}"
+    for day in (yesterday, today):
+        pg_rows(
+            database_url,
+            f"CREATE TABLE lines_{day:%Y%m%d} PARTITION OF lines FOR VALUES FROM"
+            f" ('{day} 00:00+00') TO ('{day + timedelta(days=1)} 00:00+00')",
+        )
+    # 30,000 ordinary lines over today's first 13 hours, so that the planner sees a real table.
+    pg_rows(
+        database_url,
+        "INSERT INTO tasks (task_id, task_name, state) VALUES ('noise', 'demo.n', 'SUCCESS'),"
+        " ('marked', 'demo.m', 'SUCCESS')",
+    )
+    pg_rows(
+        database_url,
+        "INSERT INTO lines (task_id, seq, ts, stream, message)"
+        " SELECT 'noise', i, %s::timestamptz + i * interval '1.5 s', 'stdout',"
+        "        'processing item ' || i || ' ' || md5(i::text)"
+        " FROM generate_series(1, 30000) AS i",
+        (f"{today} 00:00:00+00",),
+    )
+    planted = {
+        "needle-hour": f"{today} 03:15:00+00",
+        "needle-slice": f"{today} 12:02:00+00",
+        "needle-tail": f"{today} 12:06:00+00",
+        "edge-before": f"{today} 03:59:59.999999+00",
+        "edge-after": f"{today} 04:00:00+00",
+        "edge-yesterday": f"{yesterday} 23:59:59.999999+00",
+        "edge-midnight": f"{today} 00:00:00+00",
+    }
+
+    def plant(seq: int, marker: str, ts: str) -> None:
+        pg_rows(
+            database_url,
+            "INSERT INTO lines (task_id, seq, ts, stream, message)"
+            " VALUES ('marked', %s, %s, 'stdout', %s)",
+            (seq, ts, f"the {marker} line of {MARKER}"),
+        )
+
+    for seq, (marker, ts) in enumerate(planted.items(), 1):
+        plant(seq, marker, ts)
+    pg_rows(database_url, "ANALYZE lines")
+
+    def slices() -> list[str]:
+        rows = pg_rows(
+            database_url,
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indisvalid AND right(c.relname, 5) = '_trgm' ORDER BY 1",
+        )
+        return [r[0] for r in rows]
+
+    clock = datetime.fromisoformat(f"{today}T12:07:30+00:00")
+    said = await asyncio.to_thread(searchindex.apply, database_url, True, clock)
+    assert "today indexed up to 12:05 UTC in 13 slices (13 built now)" in said
+    hours = [f"lines_{d}_{h:02d}00_{h + 1:02d}00_trgm" for h in range(12)]
+    assert slices() == [
+        f"lines_{yesterday:%Y%m%d}_message_trgm",
+        *hours,
+        f"lines_{d}_1200_1205_trgm",
+    ]
+
+    # Stored after its hour's index was built: found through that index all the same.
+    plant(100, "needle-late", f"{today} 03:30:00+00")
+    planted["needle-late"] = f"{today} 03:30:00+00"
+
+    def window_of(moment: datetime) -> tuple[datetime | None, datetime | None]:
+        windows = Search("x").windows(clock, slices())
+        # Contiguous, newest first, no overlap: every line is looked at once.
+        assert windows[0] == (clock, None)
+        for (low, _), (_, high) in itertools.pairwise(windows):
+            assert low == high
+        [window] = [
+            w
+            for w in windows
+            if (w[0] is None or w[0] <= moment) and (w[1] is None or moment < w[1])
+        ]
+        return window
+
+    def plan(marker: str, ts: str) -> str:
+        low, high = window_of(datetime.fromisoformat(ts.replace("+00", "+00:00")))
+        query, values = Search(marker).statement(low, high, 51)
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(b"EXPLAIN " + query.as_bytes(conn), values).fetchall()
+        return "\n".join(r[0] for r in rows)
+
+    assert f"lines_{d}_0300_0400_trgm" in plan("needle-late", planted["needle-late"])
+    assert f"lines_{d}_0300_0400_trgm" in plan("edge-before", planted["edge-before"])
+    assert f"lines_{d}_0400_0500_trgm" in plan("edge-after", planted["edge-after"])
+    # (200 lines: Postgres may as well read them by time; the window is the slice's.)
+    assert window_of(datetime.fromisoformat(f"{today}T12:02:00+00:00")) == (
+        datetime.fromisoformat(f"{today}T12:00:00+00:00"),
+        datetime.fromisoformat(f"{today}T12:05:00+00:00"),
+    )
+    assert "_trgm" not in plan("needle-tail", planted["needle-tail"]), "the newest minutes: scanned"
+
+    async with running_api(api_settings(database_url, redis_url)) as client:
+        for marker, ts in planted.items():
+            body = await (await client.get(f"{PREFIX}/api/search/?q={marker}")).json()
+            assert [datetime.fromisoformat(m["timestamp"]) for m in body["results"]] == [
+                datetime.fromisoformat(ts.replace("+00", "+00:00"))
+            ], marker
+        every = await (await client.get(f"{PREFIX}/api/search/?q={MARKER}&limit=500")).json()
+        assert sorted(m["message"].split()[1] for m in every["results"]) == sorted(planted)
+
+    # The hour is over: it gets its own index, and its five-minute slice goes.
+    later = datetime.fromisoformat(f"{today}T13:00:40+00:00")
+    said = await asyncio.to_thread(searchindex.apply, database_url, True, later)
+    assert "today indexed up to 13:00 UTC in 13 slices (1 built now)" in said
+    assert f"lines_{d}_1200_1300_trgm" in slices()
+    assert f"lines_{d}_1200_1205_trgm" not in slices()
+    assert trigram.parse(f"lines_{d}_1200_1300_trgm") == trigram.Slice(
+        datetime.fromisoformat(f"{today}T12:00:00+00:00"),
+        datetime.fromisoformat(f"{today}T13:00:00+00:00"),
+    )
