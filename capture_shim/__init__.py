@@ -9,8 +9,11 @@ Two ways in::
 
 Inside a task, ``capture_shim.progress(42, "halfway")`` records progress, as does
 ``self.update_state(meta={"progress": 42})`` or ``meta={"current": 3, "total": 7}``.
-Importing the package changes nothing: `install` and `TerminalLoggingTask` connect the hooks
-(`capture_shim.hooks`). This package depends on Celery and the standard library only.
+Importing the package captures nothing: `install` and `TerminalLoggingTask` connect the hooks
+(`capture_shim.hooks`). In a process that has imported Celery already, it connects one check to
+`worker_init`: a worker whose app was never given to `install` (and has no
+`TerminalLoggingTask`) says once, on its stderr, that nothing of it is captured. This package
+depends on Celery and the standard library only.
 
 The public names are imported on first use (PEP 562): the collector reads the spool format
 (`capture_shim.spool`) and must not pay for importing Celery to do so.
@@ -19,6 +22,7 @@ The public names are imported on first use (PEP 562): the collector reads the sp
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,3 +53,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+def _check_worker(sender: Any = None, **_: Any) -> None:
+    """`worker_init`: warn when the worker's app is not captured (`hooks.check_installed`)."""
+    try:
+        importlib.import_module("capture_shim.hooks").check_installed(getattr(sender, "app", None))
+    except Exception:
+        pass  # a check: never in the worker's way
+
+
+# Only where Celery is there already: the collector reads `capture_shim.spool` without Celery.
+if "celery" in sys.modules:
+    importlib.import_module("celery.signals").worker_init.connect(_check_worker, weak=False)

@@ -38,7 +38,7 @@ from capture_shim.capture import Stats, TaskCapture, current, ensure_routing, ho
 from capture_shim.config import ShimConfig
 from tasklog.core import constants as states
 
-__all__ = ["TerminalLoggingTask", "connect_process_hooks", "install", "progress"]
+__all__ = ["TerminalLoggingTask", "check_installed", "connect_process_hooks", "install", "progress"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -115,6 +115,30 @@ def progress(percent: float | None, message: str | None = None) -> None:
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     fdcapture.set_pool(getattr(sender, "pool_cls", None))
+    check_installed(getattr(sender, "app", None))
+
+
+def check_installed(app: Any) -> None:
+    """At a worker's start: warn once when nothing of its app is captured.
+
+    The app the worker runs was never given to `install` and has no `TerminalLoggingTask`
+    (under ``celery.contrib.pytest``, `install` called on ``celery_app`` where the worker runs
+    ``celery_session_app``; or a project that imports `capture_shim` and forgot the call).
+    """
+    if app is None or id(app) in _installed:
+        return
+    if not ShimConfig.from_env().enabled:
+        return
+    tasks = getattr(app, "tasks", {})
+    if any(isinstance(task, TerminalLoggingTask) for task in list(tasks.values())):
+        return
+    others = ", ".join(repr(getattr(a, "main", None) or "?") for a, _ in _installed.values())
+    warn_once(
+        "not-installed",
+        f"this worker's app {getattr(app, 'main', None) or '?'!r} was never given to "
+        "capture_shim.install() and has no TerminalLoggingTask task: its tasks' output is not "
+        "captured" + (f" (installed: {others})" if others else ""),
+    )
 
 
 def _on_worker_process_init(**_: Any) -> None:
@@ -157,6 +181,10 @@ def _on_prerun(
     config = _config_for(task)
     if config is not None:
         _guard(_begin, config, task, task_id, args, kwargs)
+    elif not isinstance(task, TerminalLoggingTask):
+        # install() was called for another app than this task's (celery.contrib.pytest's
+        # celery_app where the session worker runs celery_session_app)
+        _guard(check_installed, getattr(task, "app", None))
 
 
 def _on_failure(
