@@ -7,11 +7,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from capture_shim import spool
 from capture_shim.capture import TaskCapture
 from capture_shim.config import ShimConfig
+from collector.tail import SpoolDir
 from tasklog.demo.embedded import EmbeddedPostgres
 from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
 
@@ -73,6 +74,56 @@ def assert_exactly_once(url: str, ids: list[str], lines: int) -> None:
         url, "SELECT state, line_count, last_seq, count(*) FROM tasks GROUP BY 1, 2, 3"
     ) == [("SUCCESS", lines, lines, len(ids))]
     assert pg_rows(url, "SELECT count(*) FROM spool_files WHERE NOT ended") == [(0,)]
+
+
+def spool_file(spool_dir: Path, task_id: str) -> Path:
+    """The one spool file of a task's run."""
+    (path,) = spool_dir.glob(f"{spool.safe_name(task_id)}.*{spool.SUFFIX}")
+    return path
+
+
+def keep_at_kill(path: Path, keep_dir: Path) -> Path:
+    """A hard link to a spool file, taken just before its writer is killed: the same inode,
+    so after the kill it holds exactly what the file held then, even once the collector has
+    deleted the file's name."""
+    keep_dir.mkdir(exist_ok=True)
+    os.link(path, keep_dir / path.name)
+    return keep_dir / path.name
+
+
+class Held(NamedTuple):
+    """What a spool file holds: (seq, stream, message) of each line record, and its end."""
+
+    lines: list[tuple[int, str, str]]
+    end: dict[str, Any] | None
+
+
+def held_in(keep_dir: Path) -> dict[str, Held]:
+    """What each spool file in `keep_dir` holds, per task id, read by the collector's own
+    reader (`collector.tail`), not by a parser of the test's."""
+    reader = SpoolDir(keep_dir, {})
+    reader.scan()
+    found: dict[str, Held] = {}
+    task_of: dict[str, str] = {}
+    while batch := reader.read_batch(max_lines=10_000, max_bytes=1 << 24):
+        for chunk in batch.chunks:
+            assert chunk.corrupt == 0, chunk.state.name
+            if chunk.start is not None:
+                task_of[chunk.state.name] = chunk.start["task_id"]
+            held = found.setdefault(task_of[chunk.state.name], Held([], None))
+            held.lines.extend((line.seq, line.stream, line.message) for line in chunk.lines)
+            if chunk.end is not None:
+                found[task_of[chunk.state.name]] = held._replace(end=chunk.end)
+        reader.commit(batch)
+    return found
+
+
+def stored_of(url: str, task_id: str) -> list[tuple[int, str, str]]:
+    return pg_rows(
+        url,
+        "SELECT seq, stream, message FROM lines WHERE task_id = %s ORDER BY seq",
+        (task_id,),
+    )
 
 
 def collector(procs: ProcessFactory, url: str, spool_dir: Path, **env: str) -> Proc:
@@ -174,8 +225,15 @@ def test_collector_waits_for_postgres_at_start(
 
 
 def test_worker_child_killed_mid_task_fails_as_worker_lost_with_its_lines(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+    tmp_path: Path,
 ) -> None:
+    """The stored lines are exactly those the task's spool file held at the kill (none lost,
+    none twice), and its end is the one the worker's main process wrote for the child."""
     procs.collector(
         database_url=database_url,
         spool_dir=spool_dir,
@@ -188,18 +246,16 @@ def test_worker_child_killed_mid_task_fails_as_worker_lost_with_its_lines(
         "demo.demo_long_task", kwargs={"duration": 60, "steps": 120}
     ).id
 
-    def lines() -> list[tuple[int, str]]:
-        return pg_rows(
-            database_url,
-            "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq",
-            (task_id,),
-        )
-
-    wait_for(lambda: len(lines()) >= 3, timeout=30, message="three lines stored")
+    wait_for(
+        lambda: len(stored_of(database_url, task_id)) >= 3,
+        timeout=30,
+        message="three lines stored",
+    )
     ((pid, state),) = pg_rows(
         database_url, "SELECT pid, state FROM tasks WHERE task_id = %s", (task_id,)
     )
     assert state in ("STARTED", "PROGRESS")
+    keep_at_kill(spool_file(spool_dir, task_id), tmp_path / "at-kill")
     os.kill(pid, signal.SIGKILL)
 
     # The worker's main process is alive: Celery's verdict (FAILURE, WorkerLostError) is the
@@ -214,17 +270,22 @@ def test_worker_child_killed_mid_task_fails_as_worker_lost_with_its_lines(
         timeout=60,
         message="task FAILURE WorkerLostError",
     )
-    kept = lines()
-    assert kept[0] == (1, "Processing for 60 seconds")
-    assert kept[1:] == [(i + 1, f"step {i}/120") for i in range(1, len(kept))]
-    ((message,),) = pg_rows(
-        database_url, "SELECT exc_message FROM tasks WHERE task_id = %s", (task_id,)
+    # The link holds the child's lines up to the kill, then the end its main process wrote.
+    held = held_in(tmp_path / "at-kill")
+    assert list(held) == [task_id]
+    kept = stored_of(database_url, task_id)
+    assert kept == held[task_id].lines
+    assert held[task_id].end is not None and held[task_id].end["state"] == "FAILURE"
+    assert kept[0] == (1, "stdout", "Processing for 60 seconds")
+    assert kept[1:] == [(i + 1, "stdout", f"step {i}/120") for i in range(1, len(kept))]
+    ((message, count),) = pg_rows(
+        database_url, "SELECT exc_message, line_count FROM tasks WHERE task_id = %s", (task_id,)
     )
-    assert "SIGKILL" in message
+    assert "SIGKILL" in message and count == len(kept)
     wait_for(
         lambda: not list(spool_dir.glob("*" + spool.SUFFIX)),
         timeout=10,
-        message="the lost task's spool file removed",
+        message="the task's spool file removed",
     )
 
 
@@ -306,10 +367,15 @@ def test_late_retry_end_does_not_override_the_final_state(
 
 
 def test_threads_worker_killed_with_tasks_in_flight_loses_each_with_its_lines(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, celery_client: Any
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    celery_client: Any,
+    tmp_path: Path,
 ) -> None:
     """SIGKILL of a threads-pool worker: one process ran every task, each in its own spool
-    file; each task becomes LOST with every line stored before the kill."""
+    file; each task becomes LOST with exactly the lines its file held at the kill."""
     procs.collector(
         database_url=database_url,
         spool_dir=spool_dir,
@@ -323,20 +389,15 @@ def test_threads_worker_killed_with_tasks_in_flight_loses_each_with_its_lines(
         for _ in range(3)
     ]
 
-    def lines(task_id: str) -> list[tuple[int, str]]:
-        return pg_rows(
-            database_url,
-            "SELECT seq, message FROM lines WHERE task_id = %s ORDER BY seq",
-            (task_id,),
-        )
-
     wait_for(
-        lambda: all(len(lines(task_id)) >= 3 for task_id in ids),
+        lambda: all(len(stored_of(database_url, task_id)) >= 3 for task_id in ids),
         timeout=30,
         message="three lines of each task stored",
     )
     pids = {row[0] for row in pg_rows(database_url, "SELECT pid FROM tasks")}
     assert pids == {worker.pid}  # the threads pool: every task in the main process
+    for task_id in ids:
+        keep_at_kill(spool_file(spool_dir, task_id), tmp_path / "at-kill")
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(10)
 
@@ -345,9 +406,12 @@ def test_threads_worker_killed_with_tasks_in_flight_loses_each_with_its_lines(
         timeout=30,
         message="every task LOST",
     )
+    held = held_in(tmp_path / "at-kill")
+    assert sorted(held) == sorted(ids)
     for task_id in ids:
-        kept = lines(task_id)
-        assert kept == [(n, f"line {n}") for n in range(1, len(kept) + 1)], task_id
+        kept = stored_of(database_url, task_id)
+        assert kept == held[task_id].lines and held[task_id].end is None, task_id
+        assert kept == [(n, "stdout", f"line {n}") for n in range(1, len(kept) + 1)], task_id
         ((message, count),) = pg_rows(
             database_url,
             "SELECT exc_message, line_count FROM tasks WHERE task_id = %s",
