@@ -269,7 +269,8 @@ async def test_catastrophic_regexes_leave_the_task_list_detail_and_health_answer
             assert time.monotonic() < deadline, "a task stored during the attack is listed"
             await asyncio.sleep(0.1)
         async with others.get(f"{base}{PREFIX}/healthz") as response:
-            assert (await response.json())["status"] in ("ok", "degraded")
+            assert response.status == 200
+            assert (await response.json())["status"] == "ok"
         # All of that happened while the regexes still ran (their timeout is 120 s).
         assert running_regexes(database_url) == 2
         assert not any(task.done() for task in held)

@@ -87,7 +87,9 @@ async def test_viewer_through_the_cluster_gets_every_line_with_a_node_restarted(
     )
     count = 1500
     async with http() as session:
-        health = await (await session.get(f"{base}{PREFIX}/healthz")).json()
+        response = await session.get(f"{base}{PREFIX}/healthz")
+        health = await response.json()
+        assert response.status == 200 and health["status"] == "ok"
         assert health["redis"]["ok"] is True and health["redis"]["subscribed"] is True
         async with follow(session, base, task_id) as stream:
             events = await stream.until(lambda e: e.type == "connected")
