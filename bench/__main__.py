@@ -1,4 +1,4 @@
-"""``python -m bench [shim|collector|latency|fanout|api|all] [options]``: run the benchmarks."""
+"""``python -m bench SUITE [options]`` (``python -m bench --help`` lists them): run benchmarks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ import platform
 import subprocess
 from types import ModuleType
 
-from bench import api_latency, collector, fanout, fleet, latency, livepath, prune, search, shim
+from bench import (
+    api_latency,
+    collector,
+    fanout,
+    fleet,
+    latency,
+    livepath,
+    prune,
+    search,
+    shim,
+    topology,
+)
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 SUITES: dict[str, ModuleType] = {
@@ -21,6 +32,7 @@ SUITES: dict[str, ModuleType] = {
     "search": search,
     "livepath": livepath,
     "fleet": fleet,
+    "topology": topology,
 }
 
 

@@ -43,12 +43,14 @@ class ReplicatedPostgres:
         synchronous: bool,
         apply_delay_ms: int = 0,
         timeout: float = 60.0,
+        fast: bool = True,
     ) -> None:
         self.root = root
         self.synchronous = synchronous
         self.apply_delay_ms = apply_delay_ms
-        self.primary = EmbeddedPostgres(root / "primary", fast=True, timeout=timeout)
-        self.standby = EmbeddedPostgres(root / "standby", fast=True, timeout=timeout)
+        # fast: fsync off (tests); the benchmarks keep it on.
+        self.primary = EmbeddedPostgres(root / "primary", fast=fast, timeout=timeout)
+        self.standby = EmbeddedPostgres(root / "standby", fast=fast, timeout=timeout)
         self.timeout = timeout
 
     # -- URLs -------------------------------------------------------------------------------
@@ -69,11 +71,15 @@ class ReplicatedPostgres:
 
     # -- life -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start_primary_alone(self) -> None:
+        """The primary, `tasklog` migrated, and no standby (a baseline)."""
         self.primary.start()
         with psycopg.connect(self.primary.url(), autocommit=True, connect_timeout=10) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
         migrate(self.primary.url(DATABASE))
+
+    def start(self) -> None:
+        self.start_primary_alone()
         self._base_backup()
         self.standby.start()
         if self.synchronous:

@@ -125,12 +125,18 @@ def test_only_the_collector_the_api_and_migrate_read_the_secret(
     (migrate,) = pod(objects, "Job", "tasklog-migrate")["containers"]
     assert secret_keys(worker) == set()
     assert secret_keys(collector) == {"TASKLOG_DATABASE_URL", "TASKLOG_REDIS_URL"}
-    assert secret_keys(api) == {"TASKLOG_DATABASE_URL", "TASKLOG_REDIS_URL", "TASKLOG_API_TOKEN"}
+    assert secret_keys(api) == {
+        "TASKLOG_DATABASE_URL",
+        "TASKLOG_API_READ_URL",
+        "TASKLOG_REDIS_URL",
+        "TASKLOG_API_TOKEN",
+    }
     assert secret_keys(migrate) == {"TASKLOG_DATABASE_URL"}
     assert worker_pod.get("automountServiceAccountToken") is False
     # The ConfigMap every container may read holds nothing secret.
     config = objects["ConfigMap", "tasklog-config"]["data"]
-    assert not {"TASKLOG_DATABASE_URL", "TASKLOG_REDIS_URL", "TASKLOG_API_TOKEN"} & set(config)
+    secrets = {"TASKLOG_DATABASE_URL", "TASKLOG_API_READ_URL", "TASKLOG_REDIS_URL"}
+    assert not {*secrets, "TASKLOG_API_TOKEN"} & set(config)
 
 
 def test_settings_given_to_tasklog_containers_are_real_settings(
