@@ -117,6 +117,11 @@ async def loopback_host(request: web.Request, handler: Handler) -> web.StreamRes
     """
     settings = request.app[keys.SETTINGS]
     given = request.headers.get("Host")
+    try:
+        request.url  # noqa: B018  (the URL is built from Host: links and redirects need it)
+    except ValueError:
+        shown = (given or "")[:100]
+        params.bad(f"Host {shown!r} is not a host name (and port) this API can answer to")
     # No browser omits Host: a request without one is no rebinding page's.
     if settings.api_token is None and not settings.api_insecure_bind and given is not None:
         name = host_name(given)

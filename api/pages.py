@@ -10,6 +10,7 @@ each page as a JSON blob (``#tasklog-constants``), which ``static/constants.js``
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
@@ -58,6 +59,12 @@ def css_class(kind: str, value: object) -> str:
     return f"{kind}-{name.lower()}" if name in KNOWN[kind] else f"{kind}-other"
 
 
+def segment(value: object) -> str:
+    """Text quoted for one path segment or query value of a link: Jinja's own `urlencode`
+    leaves ``/`` (and an id holding one would name another path)."""
+    return quote(str(value), safe="")
+
+
 class Pages:
     def __init__(self, prefix: str, demo_launch: bool = False, login: bool = False) -> None:
         self.prefix = prefix
@@ -69,6 +76,7 @@ class Pages:
             undefined=jinja2.StrictUndefined,
         )
         self.env.filters["when"] = when
+        self.env.filters["urlencode"] = segment
         self.env.filters["css"] = lambda value, kind: css_class(kind, value)
         self.env.filters["size"] = size
         self.env.filters["stat"] = stat

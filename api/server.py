@@ -75,6 +75,9 @@ async def serve(
         handle_signals=False,
         shutdown_timeout=settings.api_shutdown_timeout,
         access_log=None,
+        # A client that goes away ends its handler at once: a stream frees its slot then, not
+        # at its next heartbeat, and a search is cancelled in Postgres.
+        handler_cancellation=True,
     )
     await runner.setup()
     try:

@@ -38,7 +38,7 @@ from collector.store import RecordRefused, Store
 from collector.tail import Batch, FileChunk, FileState, SpoolDir, shown
 from tasklog.core import __version__, sdnotify, supervise, trigram
 from tasklog.core.errors import ConfigError, StoreUnavailable
-from tasklog.core.process import pid_alive
+from tasklog.core.process import pid_alive, runs_as
 
 log = logging.getLogger("tasklog.collector")
 
@@ -538,7 +538,7 @@ class Collector:
             if not final and now - state.changed_at < self.settings.orphan_timeout:
                 continue
             pid = writer_pid(state.name)
-            if pid is not None and pid_alive(pid):
+            if pid is not None and _writing(pid, state):
                 continue
             if (
                 not final
@@ -750,6 +750,13 @@ def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:
 #: hard time limit, a revoke, a lost child: Celery's verdict) before it is LOST. Billiard notices
 #: a child killed by SIGKILL some seconds after the fact.
 PARENT_GRACE = 30.0
+
+
+def _writing(pid: int, state: FileState) -> bool:
+    """Whether the process a file's name gives may still write it: alive, and running as the
+    file's owner. A name is chosen by whoever wrote the file: one naming pid 1 (or any long-lived
+    process of another user) would otherwise never be finalized, and stay in memory."""
+    return pid_alive(pid) and (state.uid is None or runs_as(pid, state.uid))
 
 
 def writer_pid(name: str) -> int | None:

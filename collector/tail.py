@@ -66,6 +66,8 @@ class FileState:
     tail: int = 500
     ended: bool = False
     pid: int | None = None
+    #: The file's owner: only a process of this user can be its writer (`Collector._orphans`).
+    uid: int | None = None
     #: When the run started (its start record's time, held by `collector.clock`); None when
     #: the start was stored by an earlier process.
     started: float | None = None
@@ -230,6 +232,7 @@ class SpoolDir:
                 "spool file %s was replaced; reading the new one from its start", shown(name)
             )
             state = self.files[name] = FileState(name=name, inode=inode)
+        state.uid = st.st_uid
         if st.st_size != state.size:
             state.size = st.st_size
             state.changed_at = time.monotonic()

@@ -23,3 +23,14 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc (macOS): trust kill()
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def runs_as(pid: int, uid: int) -> bool:
+    """Whether `pid` runs as `uid` (the owner of its /proc entry); True where /proc is
+    missing (then only `pid_alive` can be asked)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == uid
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import psycopg
+import pytest
 
 from capture_shim import spool
 from collector import clock
@@ -394,3 +396,167 @@ def test_a_malformed_database_url_never_prints_its_password(tmp_path: Path) -> N
             assert "hunter2" not in out, (command, url, out)
             assert "TASKLOG_DATABASE_URL" in out, (command, url, out)
             assert "Traceback" not in out, (command, url, out)
+
+
+def test_files_naming_pid_1_as_their_writer_are_finalized(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """200 files of a worker's user naming pid 1 (init, alive forever) as their writer: each is
+    LOST once idle past TASKLOG_ORPHAN_TIMEOUT and leaves the spool, its line kept (before:
+    never finalized; 60,000 of them grew the collector to 318 MB). A file naming a live
+    process of its own user is left alone."""
+    worker_uid = 65534 if os.geteuid() == 0 else os.geteuid()  # a user that does not run pid 1
+    if os.geteuid() != 0 and os.stat("/proc/1").st_uid == worker_uid:
+        pytest.skip("this user runs pid 1: no other user's process to name")
+    collector(procs, database_url, spool_dir, TASKLOG_ORPHAN_TIMEOUT="1")
+    forged = [f"forged-{i}" for i in range(200)]
+    for task_id in forged:
+        path = spool_dir / f"{task_id}.1.{time.time_ns()}{spool.SUFFIX}"
+        path.write_bytes(start(task_id) + line(1, f"{task_id} 1"))
+        if os.geteuid() == 0:
+            os.chown(path, worker_uid, -1)
+    mine = write(spool_dir, "running", start("running") + line(1, "running 1"))  # our own pid
+    write(spool_dir, "good-0", good_task("good-0"))
+    wait_for(lambda: stored(database_url, ["good-0"]), message="a good task stored")
+    wait_for(
+        lambda: (
+            pg_rows(
+                database_url,
+                "SELECT count(*) FILTER (WHERE state = 'LOST'), sum(line_count) FROM tasks "
+                "WHERE task_id = ANY(%s)",
+                (forged,),
+            )
+            == [(200, 200)]
+        ),
+        timeout=60,
+        message="the 200 forged files' tasks LOST with their line",
+    )
+    wait_for(
+        lambda: not list(spool_dir.glob("forged-*")), message="the forged files leave the spool"
+    )
+    assert mine.exists()
+    assert pg_rows(database_url, "SELECT state FROM tasks WHERE task_id = 'running'") == [
+        ("STARTED",)
+    ]
+
+
+async def test_a_stream_slot_is_free_as_soon_as_its_client_leaves(
+    procs: ProcessFactory, database_url: str, redis_url: str
+) -> None:
+    """One stream slot, heartbeats a minute apart: a client that opens a stream and leaves
+    frees the slot at once (before: at the next heartbeat), ten times in a row."""
+    api, base = start_api(
+        procs,
+        database_url,
+        redis_url,
+        TASKLOG_API_MAX_STREAMS="1",
+        TASKLOG_API_SSE_HEARTBEAT="60",
+    )
+    url = f"{base}{PREFIX}/sse/tasks/"
+    started = time.monotonic()
+    for _ in range(10):
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                assert response.status == 200
+                await response.content.readline()  # the stream is open
+        # The client is gone (session closed): the next one gets the slot, without waiting
+        # for a heartbeat (60 s), within a short deadline.
+        deadline = time.monotonic() + 20
+        while True:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}{PREFIX}/sse/test/?count=1&interval_ms=10") as r:
+                    if r.status == 200:
+                        await r.read()
+                        break
+                    assert r.status == 503
+            assert time.monotonic() < deadline, "the slot was not freed"
+            await asyncio.sleep(0.05)
+    assert time.monotonic() - started < 60  # never a heartbeat's wait
+    assert "Traceback" not in api.log_text()
+
+
+async def test_links_to_ids_holding_a_slash_reach_their_task(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path
+) -> None:
+    """Tasks whose ids (and workflow root) hold `/` and `..`: every link the task list and
+    search pages serve for them reaches that task's own page (before: `urlencode` kept `/`,
+    and the links named other paths: 404s, or another task)."""
+    collector(procs, database_url, spool_dir)
+    ids = ["a/b", "../../tasklog/api/tasks/x", "c/./d/"]
+    for n, task_id in enumerate(ids):
+        data = start(task_id, root_id="root/one") + line(1, f"slash line {n}") + end()
+        write(spool_dir, f"slash-{n}", data)
+    write(spool_dir, "good-0", good_task("good-0"))
+    await until_true(lambda: stored(database_url, ["good-0"]), "a good task stored")
+    await until_true(
+        lambda: (
+            pg_rows(database_url, "SELECT count(*) FROM tasks WHERE task_id = ANY(%s)", (ids,))
+            == [(3,)]
+        ),
+        "the slashed tasks stored",
+    )
+    _, base = start_api(procs, database_url, redis_url)
+    async with http() as session:
+        pages = {}
+        for page in ("/", "/search/?q=slash+line"):
+            async with session.get(f"{base}{PREFIX}{page}") as response:
+                assert response.status == 200
+                pages[page] = await response.text()
+        for page, html in pages.items():
+            for task_id in ids:
+                href = f"{PREFIX}/task/{quote(task_id, safe='')}/"
+                assert f'href="{href}' in html, (page, task_id)
+                async with session.get(base + href) as response:
+                    assert response.status == 200, (page, task_id)
+                    text = await response.text()
+                    assert f'data-sse="{PREFIX}/sse/task/{quote(task_id, safe="")}/"' in text
+        wf = f"{PREFIX}/workflow/{quote('root/one', safe='')}/"
+        assert f'href="{wf}"' in pages["/"]
+        async with session.get(base + wf) as response:
+            assert response.status == 200
+        async with session.get(f"{base}{PREFIX}/api/tasks/{quote(ids[0], safe='')}/") as r:
+            assert (await r.json())["task_id"] == "a/b"
+
+
+async def raw_get(base: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A GET written by hand (a client library would refuse these Host values)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(f"GET {path} HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+async def test_an_odd_host_header_with_a_valid_token_is_a_400(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path
+) -> None:
+    """Host values yarl cannot make a URL of (`a:b:c`, a port past 65535 or negative, a bare
+    IPv6 address), with a valid token, on the list (which builds a `next` link), a page, search,
+    health and a stream: a 400 naming the Host, never a 500 and a traceback."""
+    token = "trust-token-0123456789abcdef"
+    collector(procs, database_url, spool_dir)
+    for i in range(3):
+        write(spool_dir, f"good-{i}", good_task(f"good-{i}"))
+    await until_true(lambda: stored(database_url, ["good-0", "good-1", "good-2"]), "stored")
+    api, base = start_api(procs, database_url, redis_url, TASKLOG_API_TOKEN=token)
+    bearer = {"Authorization": f"Bearer {token}"}
+    paths = [
+        "/api/tasks/?limit=1",
+        "/",
+        "/api/search/?q=good&limit=1",
+        "/healthz",
+        "/sse/test/?count=1",
+    ]
+    for host in ("a:b:c", "x:99999", "::1", "1.2.3.4:-1", "[::1]:80x"):
+        for path in paths:
+            status, body = await raw_get(base, PREFIX + path, {"Host": host, **bearer})
+            assert status == 400, (host, path, body)
+            assert b"is not a host name" in body, (host, path, body)
+    # A normal Host still works, and the next link is there.
+    status, body = await raw_get(base, f"{PREFIX}/api/tasks/?limit=1", {"Host": "h", **bearer})
+    assert status == 200 and json.loads(body)["next"], body
+    assert "Traceback" not in api.log_text()

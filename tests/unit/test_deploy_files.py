@@ -706,7 +706,11 @@ def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> No
             assert condition == "service_completed_successfully" or name == "launch", name
     for service in services.values():
         for volume in service.get("volumes", []):
-            assert volume.split(":")[0] in compose["volumes"], volume
+            source = volume.split(":")[0]
+            if source.startswith("./"):  # a file of deploy/, mounted read-only
+                assert (DEPLOY / source).is_file() and volume.endswith(":ro"), volume
+            else:
+                assert source in compose["volumes"], volume
     assert "127.0.0.1:8000:8000" in services["api"]["ports"]
 
 
@@ -846,3 +850,30 @@ def test_healthcheck_fails_when_nothing_listens(health_server: ThreadingHTTPServ
     health_server.shutdown()
     health_server.server_close()
     assert healthcheck(port) == 1
+
+
+def test_the_examples_give_the_api_the_read_only_login_of_docs_deploy(
+    compose: dict[str, Any],
+) -> None:
+    """The API's example login is tasklog_api, never the schema owner's, and the compose
+    demo's Postgres creates it with the very statements docs/deploy.md gives (issue 20)."""
+    api_url = env_example("api.env.example")["TASKLOG_DATABASE_URL"]
+    owner_url = env_example("collector.env.example")["TASKLOG_DATABASE_URL"]
+    assert api_url is not None and api_url.startswith("postgresql://tasklog_api:")
+    assert owner_url is not None and owner_url.startswith("postgresql://tasklog:")
+    postgres = compose["services"]["postgres"]
+    assert (
+        "./postgres-init.sql:/docker-entrypoint-initdb.d/10-tasklog-api.sql:ro"
+        in (postgres["volumes"])
+    )
+    init = (DEPLOY / "postgres-init.sql").read_text()
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    block = docs[docs.index("## Secrets") :].split("```sql\n", 1)[1].split("```", 1)[0]
+
+    def statements(text: str) -> list[str]:
+        lines = [line for line in text.splitlines() if not line.startswith("--")]
+        parts = " ".join(lines).split(";")
+        return [" ".join(p.split()) for p in parts if p.strip()]
+
+    documented = [s.replace("PASSWORD '…'", "PASSWORD 'tasklog_api'") for s in statements(block)]
+    assert statements(init) == documented

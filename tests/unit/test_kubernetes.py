@@ -125,12 +125,19 @@ def test_only_the_collector_the_api_and_migrate_read_the_secret(
     (migrate,) = pod(objects, "Job", "tasklog-migrate")["containers"]
     assert secret_keys(worker) == set()
     assert secret_keys(collector) == {"TASKLOG_DATABASE_URL", "TASKLOG_REDIS_URL"}
+    # The API reads its own, read-only login (docs/deploy.md, "Secrets"), never the owner's.
     assert secret_keys(api) == {
-        "TASKLOG_DATABASE_URL",
+        "TASKLOG_API_DATABASE_URL",
         "TASKLOG_API_READ_URL",
         "TASKLOG_REDIS_URL",
         "TASKLOG_API_TOKEN",
     }
+    api_url = next(e for e in api["env"] if e["name"] == "TASKLOG_DATABASE_URL")
+    assert api_url["valueFrom"]["secretKeyRef"]["key"] == "TASKLOG_API_DATABASE_URL"
+    urls = objects["Secret", "tasklog-secrets"]["stringData"]
+    assert urls["TASKLOG_API_DATABASE_URL"].startswith("postgresql://tasklog_api:")
+    assert urls["TASKLOG_API_READ_URL"].startswith("postgresql://tasklog_api:")
+    assert urls["TASKLOG_DATABASE_URL"].startswith("postgresql://tasklog:")
     assert secret_keys(migrate) == {"TASKLOG_DATABASE_URL"}
     assert worker_pod.get("automountServiceAccountToken") is False
     # The ConfigMap every container may read holds nothing secret.
