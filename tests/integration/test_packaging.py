@@ -17,11 +17,14 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tomllib
 import venv
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.tags import sys_tags
 from packaging.utils import parse_wheel_filename
 
@@ -193,10 +196,67 @@ def test_wheel_holds_every_package_file_and_no_tests(wheel: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
     # PEP 561: each package says it is typed, so a user's mypy checks calls into it.
     assert {f"{package}/py.typed" for package in PACKAGES} <= names
-    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     licenses = [n for n in names if "/licenses/" in n or n.endswith("/LICENSE")]
     assert licenses, "LICENSE must ship in the wheel"
-    assert metadata
+
+
+def requirements_by_extra(requires: list[str], extras: list[str]) -> dict[str, set[str]]:
+    """Requires-Dist lines per extra ("" for the base install), each without its marker."""
+    found: dict[str, set[str]] = {name: set() for name in ["", *extras]}
+    for line in requires:
+        req = Requirement(line)
+        marker, req.marker = req.marker, None
+        owners = [""] if marker is None else [x for x in found if marker.evaluate({"extra": x})]
+        assert len(owners) == 1, line  # each line belongs to exactly one extra, or to none
+        found[owners[0]].add(str(req))
+    return found
+
+
+def test_wheel_metadata_says_what_pyproject_declares(wheel: Path) -> None:
+    """What pip and PyPI read: the name, version, Python, license, every extra with exactly
+    its requirements, and the `tasklog` command."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    with zipfile.ZipFile(wheel) as zf:
+        (info,) = {n.split("/")[0] for n in zf.namelist() if n.endswith(".dist-info/METADATA")}
+        metadata = Parser().parsestr(zf.read(f"{info}/METADATA").decode())
+        entry_points = zf.read(f"{info}/entry_points.txt").decode()
+        license_text = zf.read(f"{info}/licenses/LICENSE").decode()
+    assert metadata["Name"] == "celery-tasklog" == project["name"]
+    assert metadata["Version"] == VERSION == project["version"]
+    assert metadata["Summary"] == project["description"]
+    assert metadata["Requires-Python"] == ">=3.11" == project["requires-python"]
+    assert metadata["License-Expression"] == "MIT" == project["license"]
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert license_text == (ROOT / "LICENSE").read_text() and "MIT License" in license_text
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert metadata.get_payload().strip() == (ROOT / "README.md").read_text().strip()
+
+    extras = ["collector", "api", "demo", "dev"]
+    assert metadata.get_all("Provides-Extra") == extras == list(project["optional-dependencies"])
+    declared = {"": project["dependencies"], **project["optional-dependencies"]}
+    by_extra = requirements_by_extra(metadata.get_all("Requires-Dist"), extras)
+    assert by_extra == {x: {str(Requirement(r)) for r in reqs} for x, reqs in declared.items()}
+    # A worker host gets Celery alone; each daemon's extra brings what it imports.
+    assert by_extra[""] == {"celery>=5.3"}
+    assert {Requirement(r).name for r in by_extra["collector"]} >= {
+        "psycopg",
+        "psycopg-pool",
+        "redis",
+        "watchfiles",
+        "pydantic-settings",
+        "orjson",
+    }
+    assert {Requirement(r).name for r in by_extra["api"]} >= {
+        "aiohttp",
+        "aiohttp-sse",
+        "jinja2",
+        "psycopg",
+        "redis",
+        "pydantic-settings",
+    }
+    assert by_extra["demo"] >= {"celery-tasklog[api,collector]"}
+
+    assert entry_points.split() == ["[console_scripts]", "tasklog", "=", "tasklog.cli:main"]
 
 
 def test_sdist_holds_the_deployment_files(dist: Path) -> None:
