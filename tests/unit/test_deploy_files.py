@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -215,12 +216,39 @@ def scratch_root() -> Iterator[Path]:
         shutil.rmtree(root)
 
 
+@pytest.fixture
+def host_tasklog_user() -> Iterator[int]:
+    """The host's user `tasklog`, made for the test when the host has none (and removed after).
+
+    systemd-tmpfiles resolves the user an ACL names through the host's own user database, even
+    under --root, as on a real host where systemd-sysusers made it first.
+    """
+    try:
+        existing: int | None = pwd.getpwnam("tasklog").pw_uid
+    except KeyError:
+        existing = None
+    if existing is not None:
+        yield existing
+        return
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("no host user tasklog, and no root (or useradd) to make one for the test")
+    made = run(
+        "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+        "--uid", str(SCRATCH_UID["tasklog"]), "tasklog",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    try:
+        yield pwd.getpwnam("tasklog").pw_uid
+    finally:
+        run("userdel", "tasklog")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to the test users needs root")
 @pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="no systemd-tmpfiles")
 def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else(
-    scratch_root: Path,
+    scratch_root: Path, host_tasklog_user: int
 ) -> None:
-    uid = SCRATCH_UID
+    uid = {**SCRATCH_UID, "tasklog": host_tasklog_user}
     (scratch_root / "etc").mkdir()
     (scratch_root / "etc/passwd").write_text(f"tasklog:x:{uid['tasklog']}:{uid['tasklog']}::/:/\n")
     (scratch_root / "etc/group").write_text(f"tasklog:x:{uid['tasklog']}:\n")
@@ -266,11 +294,13 @@ def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else
     assert spooled.st_gid == uid["tasklog"], "setgid directory: the file joins group tasklog"
     assert stat.S_IMODE(spooled.st_mode) == 0o640, "the worker's umask 077 must not apply"
 
-    # Another worker user of the same group cannot delete, rename or replace that file (the
-    # sticky bit), nor write into it; it still writes its own.
+    # Another worker user of the same group cannot read that file (the default ACL: the
+    # collector's user reads, the group does not), delete, rename or replace it (the sticky
+    # bit), nor write into it; it still writes its own.
     result = as_user("worker2", write.replace("t.jsonl", "u.jsonl"), [uid["tasklog"]])
     assert result.returncode == 0, result.stderr
     for attack in (
+        "open(os.path.join(sys.argv[1], 't.jsonl')).read()",
         "os.unlink(os.path.join(sys.argv[1], 't.jsonl'))",
         "os.rename(os.path.join(sys.argv[1], 't.jsonl'), os.path.join(sys.argv[1], 'x'))",
         "os.rename(os.path.join(sys.argv[1], 'u.jsonl'), os.path.join(sys.argv[1], 't.jsonl'))",
@@ -294,7 +324,14 @@ def test_tmpfiles_spool_lets_the_worker_write_the_collector_read_and_nobody_else
         assert "PermissionError" in result.stderr or "IsADirectoryError" in result.stderr, attack
     assert quarantine.is_dir()
 
-    # The collector's user reads and deletes it, and the other worker's.
+    # The writer itself reads its file back; the collector's user reads and deletes it, and
+    # the other worker's.
+    result = as_user(
+        "worker",
+        "import os, sys; open(os.path.join(sys.argv[1], 't.jsonl')).read()",
+        [uid["tasklog"]],
+    )
+    assert result.returncode == 0, result.stderr
     result = as_user(
         "tasklog", "import os, sys; os.unlink(os.path.join(sys.argv[1], 'u.jsonl'))", []
     )
