@@ -166,13 +166,13 @@ class Store:
         async with conn.transaction():
             runs = stored.runs = await self._place(conn, batch.chunks)
             # Where each new run begins in the task's seqs. The trigger that records a run
-            # (migration 0005) can only guess it from the row's last seq, which a batch holding
+            # (migration 0007) can only guess it from the row's last seq, which a batch holding
             # two runs of one task (an immediate retry) has not advanced yet when the second
             # run's start is upserted.
             firsts = [
                 {
                     "task_id": run.task_id,
-                    "run": fields.count(start.get("retries")),
+                    "t": fields.moment(start.get("t")),
                     "first_seq": run.seq(1),
                 }
                 for run in runs

@@ -141,9 +141,11 @@ ON CONFLICT (host) DO UPDATE SET
 
 -- name: run_first_seq
 -- The seq a new run's lines begin at, as the collector allocated it (tasklog_track_run, in
--- migration 0005, records the run with a guess from the task's last seq).
+-- migration 0007, records the run with a guess from the task's last seq). The run is the one
+-- its start record began: two deliveries of one task may share their `retries`, never their
+-- start time.
 UPDATE task_runs SET first_seq = %(first_seq)s
-WHERE task_id = %(task_id)s AND run = %(run)s
+WHERE task_id = %(task_id)s AND started_at = to_timestamp(%(t)s)
 
 -- name: end_run
 -- A run's end on its own run, found by where its lines begin (a run without lines shares that

@@ -1,9 +1,10 @@
 """A task's runs and its exception on the terminal (`tasklog logs`).
 
-A retried task keeps one row and one seq numbering across its runs; `task_runs` (migration
-0005) says where each run starts. When a task ran more than once, each run's lines follow a
-header naming the run, its host, its state and its runtime; as JSON, each line carries its
-``run``. A task that failed ends with its exception and traceback, marked as such.
+A retried task keeps one row and one seq numbering across its runs; `task_runs` (migrations
+0005, 0007: a run per delivery) says where each run starts. When a task ran more than once,
+each run's lines follow a header naming the run, its host, its state and its runtime; as JSON,
+each line carries its ``run``. A task that failed ends with its exception and traceback,
+marked as such.
 """
 
 from __future__ import annotations

@@ -179,6 +179,8 @@ def test_every_ending_in_the_tasks_own_process_is_stored_as_celery_says(
         f"replace {sent['replace']} before",
         f"ok {sent['replace']} printed",
     ]
+    # Every delivery is its own run: the replaced run and the one that replaced it.
+    assert runs(database_url, sent["replace"]) == [IGNORED, SUCCESS]
 
 
 def test_a_soft_time_limit_is_the_tasks_own_failure(
@@ -283,10 +285,6 @@ def _revoked_known(client: Celery, task_id: str) -> bool:
 # -- redeliveries --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="issue 24: a redelivery under the same id and retries is merged into one run",
-    strict=True,
-)
 def test_a_rejection_with_requeue_then_its_redelivery_keep_both_outcomes(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, client: Celery
 ) -> None:
@@ -302,10 +300,6 @@ def test_a_rejection_with_requeue_then_its_redelivery_keep_both_outcomes(
     assert runs(database_url, task_id) == [REJECTED, SUCCESS]
 
 
-@pytest.mark.xfail(
-    reason="issue 24: a redelivery under the same id and retries is merged into one run",
-    strict=True,
-)
 def test_an_acks_late_task_of_a_crashed_worker_is_lost_then_redelivered(
     procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, client: Celery
 ) -> None:
