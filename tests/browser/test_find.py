@@ -164,7 +164,23 @@ async def test_workflow_page_follows_live_and_resumes(
             "() => document.querySelectorAll('#log .line').length >= 20", timeout=30_000
         )
         await page.evaluate("window.tasklogWorkflow.drop()")
-        await asyncio.sleep(0.5)  # lines keep being stored meanwhile (what the resume must fetch)
+        shown = await page.evaluate("() => document.querySelectorAll('#log .line').length")
+
+        def stored_count() -> int:
+            rows = pg_rows(
+                database_url,
+                "SELECT count(*) FROM lines l JOIN tasks t USING (task_id) WHERE t.root_id = %s",
+                (root,),
+            )
+            return int(rows[0][0])
+
+        # Lines keep being stored meanwhile (what the resume must fetch), and none reaches the
+        # dropped page.
+        await asyncio.to_thread(
+            wait_for, lambda: stored_count() >= shown + 10, 30, 0.05, "lines stored while away"
+        )
+        assert await page.evaluate("() => document.querySelectorAll('#log .line').length") == shown
+        assert shown < total
         await page.evaluate("window.tasklogWorkflow.resume()")
         await page.wait_for_function(
             f"() => document.querySelectorAll('#log .line').length >= {total}", timeout=60_000

@@ -93,6 +93,28 @@ def warnings_about(proc: Proc, text: str) -> list[str]:
     return [entry for entry in proc.log_text().splitlines() if text in entry]
 
 
+def after_rescans(url: str, spool_dir: Path, count: int = 2) -> None:
+    """Return once the collector has rescanned the whole spool directory `count` times from
+    now on. Each time, a probe's file is deleted before its end: the watcher cannot say which
+    file went, only a rescan finds it gone, and then the collector makes its task LOST."""
+    for i in range(count):
+        task_id = f"rescan-probe-{i}"
+        path = write(spool_dir, task_id, time.time_ns(), start(task_id) + line(1, "probe"))
+        wait_for(
+            lambda t=task_id: (
+                pg_rows(url, "SELECT count(*) FROM lines WHERE task_id = %s", (t,)) == [(1,)]
+            ),
+            message=f"{task_id}'s line stored",
+        )
+        path.unlink()
+        wait_for(
+            lambda t=task_id: (
+                pg_rows(url, "SELECT state FROM tasks WHERE task_id = %s", (t,)) == [("LOST",)]
+            ),
+            message=f"rescan {i + 1} finding {task_id}'s file gone",
+        )
+
+
 # -- values Postgres would refuse, among good tasks --------------------------------------------
 
 #: Each kind of bad record the issue names, and what the collector stores of it instead.
@@ -282,7 +304,7 @@ def test_symlinks_and_fifos_in_the_spool_are_never_read(
     # Responsive: a task written now is stored now (a blocked read would stop everything).
     write(spool_dir, "later", 99, good_task("later"))
     wait_for(lambda: stored_good(database_url, ["later"]), timeout=10, message="later stored")
-    time.sleep(0.5)  # a few rescans: each entry is still warned about only once
+    after_rescans(database_url, spool_dir)  # each entry is still warned about only once
     assert pg_rows(database_url, "SELECT count(*) FROM tasks WHERE task_id = 'secret'") == [(0,)]
     assert pg_rows(database_url, "SELECT count(*) FROM lines WHERE message LIKE '%SECRET%'") == [
         (0,)
@@ -409,7 +431,7 @@ def test_a_quarantine_others_may_write_is_not_used(
     proc = collector(procs, database_url, spool_dir, TASKLOG_QUARANTINE_DIR=str(shared))
     wait_for(lambda: stored_good(database_url, good), message="the six good tasks stored")
     wait_for(lambda: stats(database_url).get("quarantined") == 1, message="counted")
-    time.sleep(0.6)  # three rescans
+    after_rescans(database_url, spool_dir)
     (warning,) = warnings_about(proc, "quarantined")
     assert "left in place" in warning and "others may write it" in warning
     assert os.listdir(shared) == [] and b"odd-\xfe.1.2.jsonl" in os.listdir(bytes(spool_dir))
