@@ -18,6 +18,7 @@ from bench import (
     prune,
     search,
     shim,
+    steps,
     topology,
 )
 from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
@@ -26,6 +27,7 @@ SUITES: dict[str, ModuleType] = {
     "shim": shim,
     "collector": collector,
     "latency": latency,
+    "steps": steps,
     "fanout": fanout,
     "prune": prune,
     "api": api_latency,

@@ -42,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load", type=float, default=10_000, help="background lines/s (0: none)")
     p.add_argument("--runs", type=int, default=3, help="tasks per phase")
     p.add_argument("--no-sse", action="store_true", help="measure the Postgres row only")
+    p.add_argument(
+        "--collector-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the collector (e.g. TASKLOG_DEBOUNCE_MS=50), repeatable",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Figure]:
@@ -70,7 +77,12 @@ def _run(
         "TASKLOG_SPOOL_DIR": str(spool),
         "TASKLOG_HOST": "bench",
     }
-    collector = Child("collector", [python(), "-m", "tasklog", "collector"], common, tmp)
+    extra = dict(item.split("=", 1) for item in args.collector_env)
+    if extra:
+        row("collector settings", " ".join(f"{k}={v}" for k, v in extra.items()))
+    collector = Child(
+        "collector", [python(), "-m", "tasklog", "collector"], {**common, **extra}, tmp
+    )
     procs.append(collector)
     port = free_port()
     sse_url = None

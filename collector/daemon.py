@@ -212,7 +212,10 @@ class Collector:
         It may fail (inotify limits and the like): its supervisor starts it again, and the
         rescans every TASKLOG_RESCAN_INTERVAL find everything meanwhile.
         """
-        step = max(1, min(10, self.settings.debounce_ms))
+        # watchfiles yields once no change came for one `step` (or after `debounce` of steady
+        # changes): the step is the delay a lone print waits here (10 ms made 17 of the 19 ms
+        # from print to browser, docs/BENCHMARKS.md).
+        step = max(1, min(10, self.settings.debounce_ms // 10))
         async for changes in awatch(
             spool.path,
             stop_event=self._stop,

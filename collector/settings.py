@@ -23,7 +23,11 @@ class CollectorSettings(Common):
         16 << 20, ge=1 << 16, description="Most spool bytes read for one transaction."
     )
     debounce_ms: int = Field(
-        50, ge=1, le=5000, description="Longest wait grouping file changes before a batch."
+        10,
+        ge=1,
+        le=5000,
+        description="Longest wait grouping file changes before a batch; the watcher looks for"
+        " changes every tenth of it (at least 1 ms, polling costs ~2.7% of a core at 1 ms).",
     )
     rescan_interval: float = Field(
         2.0, gt=0, description="Seconds between full scans of the spool dir (misses no file)."
