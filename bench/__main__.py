@@ -15,6 +15,7 @@ from bench import (
     fleet,
     latency,
     livepath,
+    pertask,
     prune,
     search,
     shim,
@@ -25,6 +26,7 @@ from bench.common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 SUITES: dict[str, ModuleType] = {
     "shim": shim,
+    "pertask": pertask,
     "collector": collector,
     "latency": latency,
     "steps": steps,

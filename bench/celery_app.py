@@ -61,3 +61,10 @@ def ticks(count: int, interval: float) -> int:
         if pause > 0:
             time.sleep(pause)
     return count
+
+
+@app.task(name="bench.trivial", base=TerminalLoggingTask)
+def trivial(i: int) -> int:
+    """Celery's `test_large_group` shape: a task that does nearly nothing (one printed line)."""
+    print("trivial", i)
+    return i

@@ -1,0 +1,154 @@
+"""Per-task cost: 1,000 trivial tasks with and without capture, and the collector's CPU per task.
+
+Two prefork workers of `bench/celery_app.py` (2 processes each) on their own queues, on this
+host: one with ``TASKLOG_ENABLED=false`` (no capture: the baseline), one capturing into a spool
+that a collector on this host stores into a fresh database. Run by run, interleaved, a group of
+``--tasks`` trivial tasks (`bench.trivial`, one printed line each: Celery's ``test_large_group``
+shape) goes to one worker and the time until the group's results are all in is taken; for the
+captured runs, until the collector has also stored every task's end. The collector's CPU time
+(user + system, /proc) over a captured run, divided by the tasks, is its CPU per task file; so
+is Postgres's (the backends serving the collector, from /proc).
+
+Target: the captured wall time at most 10% above the baseline's (``--target``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+from bench.common import (
+    Child,
+    Databases,
+    Figure,
+    children,
+    python,
+    row,
+    scalar,
+    title,
+    verdict,
+    wait_for,
+    workdir,
+)
+
+TARGET = 1.10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks per group (1000)")
+    parser.add_argument("--runs", type=int, default=5, help="groups per configuration (5)")
+    parser.add_argument("--target", type=float, default=TARGET, help="captured/plain bound")
+
+
+def _worker(queue: str, redis_url: str, env: dict[str, str], log_dir: Path) -> Child:
+    argv = [python(), "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
+            "-c", "2", "-l", "warning", "-Q", queue, "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-n", f"{queue}@%h"]  # fmt: skip
+    return Child(queue, argv, {"TASKLOG_BENCH_REDIS_URL": redis_url, **env}, log_dir)
+
+
+def _postgres_cpu(database: str) -> float:
+    """CPU seconds of the Postgres backends serving `database` (the collector's connections;
+    /proc of the server's processes must be readable, as it is on one host as root)."""
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        ]
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _ended(database: str) -> int:
+    return int(scalar(database, "SELECT count(*) FROM tasks WHERE completed_at IS NOT NULL"))
+
+
+def run(args: argparse.Namespace) -> None:
+    from celery import Celery, group
+
+    title(f"Per-task cost: {args.tasks} trivial tasks, with and without capture")
+    client = Celery("bench-client", broker=args.redis_url, backend=args.redis_url)
+    databases = Databases(args.database_url)
+    plain_s: list[float] = []
+    captured_s: list[float] = []
+    collector_cpu: list[float] = []
+    postgres_cpu: list[float] = []
+    try:
+        with workdir() as work, children() as started:
+            spool = work / "spool"
+            spool.mkdir()
+            database = databases.fresh()
+            collector = Child(
+                "collector",
+                [python(), "-m", "tasklog", "collector"],
+                {
+                    "TASKLOG_DATABASE_URL": database,
+                    "TASKLOG_SPOOL_DIR": str(spool),
+                    "TASKLOG_HOST": "bench-pertask",
+                    "TASKLOG_LOCK_DIR": str(work),
+                },
+                work,
+            )
+            started.append(collector)
+            collector.wait_for_log("following")
+            off = _worker("pertask-off", args.redis_url, {"TASKLOG_ENABLED": "false"}, work)
+            on = _worker("pertask-on", args.redis_url, {"TASKLOG_SPOOL_DIR": str(spool)}, work)
+            started += [off, on]
+            for queue in ("pertask-off", "pertask-on"):  # warm: pools forked, app loaded
+                client.send_task("bench.trivial", args=(0,), queue=queue).get(timeout=120)
+            stored = 0
+            for _ in range(args.runs):
+                for queue in ("pertask-off", "pertask-on"):
+                    sig = group(
+                        client.signature("bench.trivial", args=(i,), queue=queue)
+                        for i in range(args.tasks)
+                    )
+                    cpu0, pg0 = collector.cpu_seconds(), _postgres_cpu(database)
+                    began = time.monotonic()
+                    result = sig.apply_async()
+                    result.get(timeout=600)
+                    if queue == "pertask-on":
+                        stored += args.tasks
+                        wait_for(
+                            lambda want=stored + 1: _ended(database) >= want,  # + the warm-up
+                            600,
+                            "every task's end stored",
+                            collector,
+                        )
+                        captured_s.append(time.monotonic() - began)
+                        collector_cpu.append(collector.cpu_seconds() - cpu0)
+                        postgres_cpu.append(_postgres_cpu(database) - pg0)
+                    else:
+                        plain_s.append(time.monotonic() - began)
+                    result.forget()
+    finally:
+        databases.close()
+        client.close()
+    plain, captured = Figure("plain", "s", plain_s), Figure("captured", "s", captured_s)
+    ratios = [c / p for c, p in zip(captured_s, plain_s, strict=True)]
+    per_task_ms = Figure("collector", "ms", [c / args.tasks * 1000 for c in collector_cpu])
+    pg_ms = Figure("postgres", "ms", [c / args.tasks * 1000 for c in postgres_cpu])
+    row("no capture (TASKLOG_ENABLED=false)", plain.text())
+    row("captured, until every end is stored", captured.text())
+    ratio = statistics.median(ratios)
+    row(
+        "captured / no capture",
+        f"{ratio:.2f}x (runs {min(ratios):.2f}-{max(ratios):.2f})",
+        f"target <= {args.target:.2f}x {verdict(ratio <= args.target)}",
+    )
+    row("collector CPU per task file", per_task_ms.text(3))
+    row("Postgres CPU per task file", pg_ms.text(3), "the collector's backends")
