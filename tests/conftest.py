@@ -28,7 +28,7 @@ from psycopg import sql
 
 from collector.migrate import migrate
 from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.helpers import ProcessFactory, with_database
+from tests.helpers import REQUIRE_TOOLS, ProcessFactory, required, with_database
 from tests.replication import PgBouncer, ReplicatedPostgres
 
 PROCS_KEY = pytest.StashKey[ProcessFactory]()
@@ -43,7 +43,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     factory = item.stash.get(PROCS_KEY, None)
     if factory is not None and factory.procs and report.failed and report.when != "teardown":
         report.sections.append(("process logs", factory.report()))
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and required(REQUIRE_TOOLS)
+        and item.get_closest_marker("optional") is None
+    ):
+        # CI installs every tool a test needs: there a skip means a group did not run.
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped ({reason}), and {REQUIRE_TOOLS}=1 lets no test skip"
     return report
+
+
+def pytest_report_header() -> str:
+    """One line on the shim's C speedups: without them the shim is slower, not broken."""
+    try:
+        from capture_shim import _speedups  # noqa: F401
+    except ImportError:
+        return (
+            "capture_shim._speedups: not built (no C compiler or Python headers at install;"
+            " apt-get install gcc python3-dev, then reinstall): the shim runs in pure Python"
+        )
+    return "capture_shim._speedups: built"
 
 
 # -- servers (session) -----------------------------------------------------------------------
@@ -89,6 +112,18 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of the Redis database the tests use (db 1 of the embedded server)."""
     given = os.environ.get("TASKLOG_TEST_REDIS_URL")
     if given:
+        # The tests empty their database between tests: it must be theirs alone.
+        client = redis.Redis.from_url(given)
+        try:
+            keys = client.dbsize()
+        finally:
+            client.close()
+        if keys:
+            pytest.exit(
+                f"TASKLOG_TEST_REDIS_URL: {given} holds {keys} keys; the tests empty their"
+                " database between tests, so name one nobody else uses",
+                returncode=4,
+            )
         yield given
         return
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
@@ -144,7 +179,8 @@ def database_url(
 
 @pytest.fixture
 def redis_url(redis_server_url: str) -> str:
-    """URL of a Redis database emptied before the test (tests run one at a time)."""
+    """URL of a Redis database emptied before the test (tests run one at a time; the database
+    is the tests' own: `redis_server_url` checks that it was empty to begin with)."""
     client = redis.Redis.from_url(redis_server_url)
     try:
         client.flushdb()

@@ -36,6 +36,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+#: Set by .ci/run ("1" means on, any other value off): a browser test that cannot run fails
+#: instead of skipping (REQUIRE_BROWSER), and so does any other test (REQUIRE_TOOLS) unless it
+#: is marked `optional` (tests/conftest.py).
+REQUIRE_BROWSER = "TASKLOG_REQUIRE_BROWSER"
+REQUIRE_TOOLS = "TASKLOG_REQUIRE_TOOLS"
+
+
+def required(variable: str) -> bool:
+    """Whether `variable` (REQUIRE_BROWSER or REQUIRE_TOOLS) is on: "1" means on."""
+    return os.environ.get(variable) == "1"
+
+
 def wait_for(
     predicate: Callable[[], T],
     timeout: float = 20,

@@ -9,15 +9,15 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.helpers import REQUIRE_BROWSER, required
+
 CHROMIUM = (
     os.environ.get("TASKLOG_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 )
-#: Set by .ci/run: there a browser test that cannot run is a failure, not a skip.
-REQUIRE_BROWSER = "TASKLOG_REQUIRE_BROWSER"
 
 
 def unavailable(reason: str) -> NoReturn:
-    if os.environ.get(REQUIRE_BROWSER) == "1":
+    if required(REQUIRE_BROWSER):
         pytest.fail(f"{reason}, and {REQUIRE_BROWSER}=1 (CI) does not let browser tests skip")
     pytest.skip(reason)
 
