@@ -14,10 +14,8 @@ import pytest
 from psycopg import sql
 
 from tests.browser import scene
-from tests.helpers import with_database
+from tests.helpers import REQUIRE_BROWSER, required, with_database
 from tests.integration.api_support import PREFIX, api_settings, running_api
-
-from tests.helpers import REQUIRE_BROWSER, required
 
 CHROMIUM = (
     os.environ.get("TASKLOG_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -42,7 +42,7 @@ class Screen:
     name: str
     path: str
     ready: str  # a selector present once the page has settled
-    mask: tuple[str, ...] = ()  # what moves on its own: server-side ages, versions, ports
+    mask: tuple[str, ...] = ()  # what moves on its own: ages, versions, settings, ports
     guarded: bool = False
 
 
@@ -59,7 +59,7 @@ SCREENS = [
         "diagnostic",
         "/diagnostic/",
         "#collectors",
-        mask=("#postgres p", ".stat-heartbeat td", "#versions dd", "#settings dd"),
+        mask=("#postgres p", ".stat-heartbeat td", "#versions dl", "#settings dl"),
     ),
     Screen("login", "/login", "form.login", guarded=True),
 ]
