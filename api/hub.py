@@ -57,6 +57,8 @@ from tasklog.core.constants import (
 )
 
 log = logging.getLogger("tasklog.api.hub")
+#: Seconds between two warnings about dropped messages.
+DROP_WARNING_INTERVAL = 60.0
 
 #: Pushed to every subscription when the Redis connection is lost or restored.
 RESYNC: Final = "resync"
@@ -136,6 +138,9 @@ class Hub:
         self._retry_max = retry_max
         self._by_task: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
+        #: Messages dropped since the last warning, and when that was (`_drop`).
+        self._dropped = 0
+        self._drop_warned = -DROP_WARNING_INTERVAL
         self._session: _Session | None = None
         self._background: set[asyncio.Task[None]] = set()
         #: True while subscribed: streams may rely on pushes; otherwise they poll Postgres.
@@ -360,6 +365,24 @@ class Hub:
                 if not sub._waiting:
                     sub.push(RESYNC)  # its replay ran before the channel held: read again
 
+    def _drop(self, kind: str) -> None:
+        """A message that is not what the collector publishes: dropped before it reaches any
+        stream, counted, and warned about once a minute at most (whoever publishes it may
+        publish many; its content is never logged)."""
+        metrics.HUB_DROPPED.labels(kind).inc()
+        self._dropped += 1
+        now = time.monotonic()
+        if now >= self._drop_warned + DROP_WARNING_INTERVAL:
+            self._drop_warned = now
+            log.warning(
+                "dropped %d Redis message(s) on tasklog's channels that are not the collector's"
+                " (last on the %s channel); is anything else publishing there? (see the Redis"
+                " ACL in docs/deploy.md)",
+                self._dropped,
+                kind,
+            )
+            self._dropped = 0
+
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         name = channel.decode("utf-8", "replace")
         if name == TASKS_CHANNEL:
@@ -373,8 +396,8 @@ class Hub:
         if not subs:
             return  # unsubscribed a moment ago: not even parsed
         payload = messages.decode_lines(data)
-        if payload is None:
-            log.warning("ignoring a lines message of another shape: %.80r", data)
+        if payload is None or payload["task_id"] != task_id:
+            self._drop("lines")
             return
         for sub in subs:
             sub.push(payload)
@@ -383,7 +406,7 @@ class Hub:
         metrics.HUB_MESSAGES.labels("tasks").inc()
         payload = messages.decode_task(data)
         if payload is None:
-            log.warning("ignoring a task message of another shape: %.80r", data)
+            self._drop("tasks")
             return
         for sub in self._all:
             sub.push(payload)

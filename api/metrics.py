@@ -43,6 +43,12 @@ REQUEST_SECONDS = Histogram(
 HUB_MESSAGES = Counter(
     "tasklog_api_redis_messages", "Messages received from Redis.", ["channel"], registry=REGISTRY
 )
+HUB_DROPPED = Counter(
+    "tasklog_api_redis_dropped",
+    "Messages on tasklog's Redis channels dropped as not the collector's (checked field by field).",
+    ["channel"],
+    registry=REGISTRY,
+)
 HUB_RECONNECTS = Counter(
     "tasklog_api_redis_reconnects",
     "Times the Redis subscription was re-established.",

@@ -82,7 +82,9 @@ async def run_search(store: Store, search: Search, limit: int, timeout: float) -
                 clock = await (await cur.execute(Q["now"])).fetchone() or {}
                 for low, high in search.windows(clock["now"], clock["indexes"]):
                     query, values = search.statement(low, high, limit - len(found))
-                    await cur.execute(query, values)
+                    # Never prepared: a generic plan, blind to the pattern, could read a whole
+                    # hour by time where the slice's trigram index finds a rare text at once.
+                    await cur.execute(query, values, prepare=False)
                     found += await cur.fetchall()
                     if len(found) >= limit:
                         break

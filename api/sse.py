@@ -192,6 +192,15 @@ class TaskFollower:
                 continue  # `follow` reads Postgres for a batch holding one
             assert not isinstance(message, str)
             if not is_lines(message):
+                if message.get("status") in FINISHED_STATES:
+                    # The stream ends on Postgres's word alone: whoever can publish on Redis
+                    # cannot end it (nor show a finished state) while the task runs.
+                    await self.stream.lines(pending, statuses)
+                    pending, statuses = [], 0
+                    await self.refresh()
+                    if self.finished:
+                        break
+                    continue
                 if self._announces_more(message):
                     await self.stream.lines(pending, statuses)
                     pending, statuses = [], 0

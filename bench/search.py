@@ -78,9 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tail-minutes",
         type=float,
         default=6.0,
-        help="minutes of lines not indexed yet (one slice and a build's lag) at 10M lines/day",
+        help="minutes of lines not indexed yet (a slice and a build's lag), at --today-lines a day",
     )
     p.add_argument("--rebuild", action="store_true", help="make the open-day database again")
+    p.add_argument("--open-db", default="tl_bench_search", help="the open-day database's name")
     p.add_argument("--skip-open-day", action="store_true", help="not the open-day search")
     p.add_argument("--skip-30m", action="store_true", help="not the 31-day database of bench api")
     p.add_argument("--requests", type=int, default=100, help="timed searches per kind per run")
@@ -108,7 +109,6 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
 
 # -- the open day ------------------------------------------------------------------------------
 
-OPEN_DB = "tl_bench_search"
 TARGET_COMMON_P99_MS = 50.0
 NAMES = ["app.tasks.send_email", "app.tasks.sync_orders", "billing.invoice", "etl.load_day"]
 
@@ -120,7 +120,7 @@ def open_day(args: argparse.Namespace) -> dict[str, Figure]:
     The baseline of the same run is what main did before: today's lines in one scanned window.
     """
     title(f"search over the open day: {args.today_lines:,} lines today")
-    url = with_database(args.database_url, OPEN_DB)
+    url = with_database(args.database_url, args.open_db)
     _ensure_open_day(args, url)
     markers = json.loads(scalar(url, "SELECT value FROM bench_meta WHERE key = 'markers'"))
     tail = _add_tail(url, args)
@@ -168,11 +168,11 @@ def open_day(args: argparse.Namespace) -> dict[str, Figure]:
 
 
 def _add_tail(url: str, args: argparse.Namespace) -> int:
-    """As many lines as `--tail-minutes` of a 10M-line day hold, stored after the last slice
-    built: what a search scans at worst (a slice's length plus the time its build takes)."""
+    """As many lines as `--tail-minutes` of a day of `--today-lines` hold, stored after the last
+    slice built: what a search scans at worst (a slice's length plus the time its build takes)."""
     import psycopg
 
-    count = int(args.tail_minutes * 10_000_000 / 1440)
+    count = int(args.tail_minutes * args.today_lines / 1440)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute("DELETE FROM lines WHERE task_id = 'bench-tail'")
@@ -298,7 +298,7 @@ def _ensure_open_day(args: argparse.Namespace, url: str) -> None:
     wanted = f"{args.today_lines}/{args.past_lines}"
     with psycopg.connect(args.database_url, autocommit=True) as admin:
         exists = admin.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (OPEN_DB,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (args.open_db,)
         ).fetchone()
         if exists and not args.rebuild:
             try:
@@ -308,13 +308,14 @@ def _ensure_open_day(args: argparse.Namespace, url: str) -> None:
             except psycopg.Error:
                 made = day = today = None
             if made == wanted and day == today:
-                print(f"  reusing {OPEN_DB} ({wanted}; --rebuild to make it again)", flush=True)
+                again = "--rebuild to make it again"
+                print(f"  reusing {args.open_db} ({wanted}; {again})", flush=True)
                 started = time.monotonic()
                 print(f"  {searchindex.apply(url, True)}", flush=True)
                 print(f"  ({time.monotonic() - started:.0f}s)", flush=True)
                 return
-        admin.execute(f'DROP DATABASE IF EXISTS "{OPEN_DB}" WITH (FORCE)'.encode())
-        admin.execute(f'CREATE DATABASE "{OPEN_DB}"'.encode())
+        admin.execute(f'DROP DATABASE IF EXISTS "{args.open_db}" WITH (FORCE)'.encode())
+        admin.execute(f'CREATE DATABASE "{args.open_db}"'.encode())
     migrate(url)
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -337,7 +338,7 @@ def _ensure_open_day(args: argparse.Namespace, url: str) -> None:
         )
         conn.execute("VACUUM ANALYZE lines")
         conn.execute("VACUUM ANALYZE tasks")
-    print(f"  made {OPEN_DB} ({time.monotonic() - started:.0f}s)", flush=True)
+    print(f"  made {args.open_db} ({time.monotonic() - started:.0f}s)", flush=True)
     started = time.monotonic()
     print(f"  {searchindex.apply(url, True)} ({time.monotonic() - started:.0f}s)", flush=True)
 

@@ -8,7 +8,8 @@ Two ways in::
     def job(): ...
 
 Inside a task, ``capture_shim.progress(42, "halfway")`` records progress, as does
-``self.update_state(meta={"progress": 42})`` or ``meta={"current": 3, "total": 7}``.
+``self.update_state(meta={"progress": 42})`` or ``meta={"current": 3, "total": 7}``;
+``with capture_shim.group("Title"):`` folds the block's lines under a title in the log view.
 Importing the package captures nothing: `install` and `TerminalLoggingTask` connect the hooks
 (`capture_shim.hooks`). In a process that has imported Celery already, it connects one check to
 `worker_init`: a worker whose app was never given to `install` (and has no
@@ -28,15 +29,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from capture_shim.capture import Stats
     from capture_shim.config import ShimConfig
+    from capture_shim.groups import group
     from capture_shim.hooks import TerminalLoggingTask, install, progress
 
-__all__ = ["ShimConfig", "Stats", "TerminalLoggingTask", "install", "progress"]
+__all__ = ["ShimConfig", "Stats", "TerminalLoggingTask", "group", "install", "progress"]
 
 #: Where each public name lives.
 _HOMES = {
     "ShimConfig": "capture_shim.config",
     "Stats": "capture_shim.capture",
     "TerminalLoggingTask": "capture_shim.hooks",
+    "group": "capture_shim.groups",
     "install": "capture_shim.hooks",
     "progress": "capture_shim.hooks",
 }

@@ -174,6 +174,7 @@ class Collector:
                     await self._unstorable(spool)
                     due["scan"] = now + self.settings.rescan_interval
                 await self._drain(store, publisher, spool)
+                await self._forged(store, publisher, spool)
                 now = time.monotonic()
                 if now >= due["orphans"]:
                     await self._orphans(store, publisher, spool)
@@ -409,6 +410,8 @@ class Collector:
     ) -> None:
         """A batch committed: move its files' offsets, publish, delete the finished files."""
         ended = spool.commit(batch, stored)
+        for state in stored.refused:
+            spool.forged[state.name] = "it claims a task that already succeeded or failed"
         self.counters.batches += 1
         self.counters.lines += stored.rows
         self.counters.corrupt += batch.corrupt
@@ -487,6 +490,24 @@ class Collector:
                 shown(name),
                 where,
             )
+
+    async def _forged(self, store: Store, publisher: Publisher, spool: SpoolDir) -> None:
+        """Files that claim a task they may not speak for (another task's id than their
+        name's, or a new run of a task that already succeeded or failed under that same
+        delivery): moved aside, the task they claim left as it is."""
+        while spool.forged:
+            name, why = spool.forged.popitem()
+            state = spool.files.get(name)
+            if state is None:
+                continue
+            if state.registered:
+                # Its own task's run, stored before: the run is finalized as LOST.
+                await self._quarantine(store, publisher, spool, state, why)
+                continue
+            where = quarantine(spool.path, name, self.settings.quarantine_path())
+            spool.drop(state)
+            self.counters.quarantined += 1
+            log.warning("spool file %s quarantined, %s: %s", shown(name), where, why)
 
     def _remove(self, spool: SpoolDir, state: FileState) -> None:
         """A file whose end is stored is deleted; its offsets row goes with the next batch."""

@@ -114,6 +114,8 @@ class Stored:
     rows: int = 0
     #: Times outside their run's window, clamped (`collector.clock`).
     clamped: int = 0
+    #: Files whose start claims a settled task (`Store._place`): set aside, nothing stored.
+    refused: list[FileState] = field(default_factory=list)
 
 
 class Plan(NamedTuple):

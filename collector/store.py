@@ -164,7 +164,7 @@ class Store:
         stored = Stored()
         stored.clamped = clamped
         async with conn.transaction():
-            runs = stored.runs = await self._place(conn, batch.chunks)
+            runs = stored.runs = await self._place(conn, batch.chunks, stored)
             # Where each new run begins in the task's seqs. The trigger that records a run
             # (migration 0007) can only guess it from the row's last seq, which a batch holding
             # two runs of one task (an immediate retry) has not advanced yet when the second
@@ -231,7 +231,7 @@ class Store:
                 raise psycopg.Rollback()
         return stored
 
-    async def _place(self, conn: Conn, chunks: list[FileChunk]) -> list[Run]:
+    async def _place(self, conn: Conn, chunks: list[FileChunk], stored: Stored) -> list[Run]:
         """Give each chunk its task and its seqs; new runs are upserted as STARTED.
 
         Seqs come from the task's `last_seq`, read under the row's lock (held to the commit),
@@ -259,10 +259,21 @@ class Store:
                 chunk.lines.clear()
                 continue
             placed.append((chunk, task_id))
-        last_seq = await _lock_tasks(conn, starts)
+        last_seq, refused = await _lock_tasks(conn, starts)
         runs: list[Run] = []
         for chunk, task_id in placed:
             state = chunk.state
+            if chunk.start is not None and id(chunk.start) in refused:
+                log.warning(
+                    "spool file %s claims task %s, which already succeeded or failed under the"
+                    " same delivery; its %d lines are not stored and the file is set aside",
+                    shown(state.name),
+                    shown(task_id),
+                    len(chunk.lines),
+                )
+                stored.refused.append(state)
+                chunk.lines.clear()
+                continue
             if state.registered:
                 run = Run(
                     chunk,
@@ -353,26 +364,36 @@ class Store:
         )
 
 
-async def _lock_tasks(conn: Conn, starts: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+async def _lock_tasks(
+    conn: Conn, starts: dict[str, list[dict[str, Any]]]
+) -> tuple[dict[str, int], set[int]]:
     """Lock the row of every task in `starts` (upserting those with new runs as STARTED), in
-    task-id order and in one round trip; returns each one's last allocated seq."""
-    cursors = []
+    task-id order and in one round trip; returns each one's last allocated seq, and the ids
+    (`id()`) of the start records refused: new runs of a settled task (`start_task`)."""
+    cursors: list[tuple[str, dict[str, Any] | None, psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline():
         for task_id in sorted(starts):
             if not starts[task_id]:
                 cur = conn.cursor()
                 await cur.execute(Q["lock_task"], {"task_id": task_id})
-                cursors.append((task_id, cur))
+                cursors.append((task_id, None, cur))
             for start in starts[task_id]:
                 cur = conn.cursor()
                 await cur.execute(Q["start_task"], start_params(start))
-                cursors.append((task_id, cur))
+                cursors.append((task_id, start, cur))
     found: dict[str, int] = {}
-    for task_id, cur in cursors:
+    refused: set[int] = set()
+    for task_id, claim, cur in cursors:
         row = await cur.fetchone()
+        if row is None and claim is not None:
+            # The settled task's row is locked all the same (ON CONFLICT locks the row it
+            # leaves alone); its seqs are read as lock_task reads them.
+            refused.add(id(claim))
+            locked = await conn.execute(Q["lock_task"], {"task_id": task_id})
+            row = await locked.fetchone()
         # No row: a task deleted by retention while its run went on; its seqs start afresh.
         found[task_id] = max(found.get(task_id, 0), row[0] if row else 0)
-    return found
+    return found, refused
 
 
 def _flat(segments: tuple[tuple[int, int], ...]) -> list[int]:

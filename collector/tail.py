@@ -115,6 +115,9 @@ class FileChunk:
     progress: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     corrupt: int = 0
+    #: Why this file cannot speak for the task it claims (a start record naming another task
+    #: than the file's name): the file is quarantined, nothing of it stored.
+    forged: str | None = None
     #: Highest per-run seq read so far: a line must go beyond it (see `_parse_into`).
     last_seq: int = 0
     max_line_bytes: int = DEFAULT_LINE_BYTES
@@ -155,6 +158,9 @@ class SpoolDir:
         self.unstorable: set[str] = set()
         #: (name, inode) of entries refused as not regular files, each warned about once.
         self._refused: set[tuple[str, int]] = set()
+        #: Files whose records claim another task than their name: name -> why (the daemon
+        #: moves them aside).
+        self.forged: dict[str, str] = {}
         #: Names never to read again in this process (quarantined, or failed to be).
         self._ignored: set[str] = set()
         self._dirty: set[str] = set(known)
@@ -277,6 +283,10 @@ class SpoolDir:
             chunk = self._read(state, max_lines - batch.lines, max_bytes - batch.bytes)
             if chunk is None:
                 self._unmark(name, state, seen)
+                continue
+            if chunk.forged is not None:
+                self.forged[name] = chunk.forged
+                self._unmark(name, state, state.size)
                 continue
             batch.chunks.append(chunk)
             batch.lines += len(chunk.lines)
@@ -510,6 +520,12 @@ def _parse_into(chunk: FileChunk, raw: bytes, offset: int = 0) -> bool:
         if kind == spool.START:
             if rec.get("v") != spool.VERSION or spool.task_id_problem(rec.get("task_id")):
                 raise ValueError("bad start record")  # an id Postgres could not store or index
+            # A file speaks only for the task its name names (the shim names it so): a start
+            # record claiming another task would write over that task's outcome.
+            parsed = spool.parse_file_name(chunk.state.name)
+            if parsed is None or parsed.stem != spool.safe_name(rec["task_id"]):
+                chunk.forged = "its start record claims a task its file name does not name"
+                return False
             chunk.start = rec
         elif kind == spool.PROGRESS:
             chunk.progress = rec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "free_port",
     "pg_rows",
     "pids_alive",
+    "socket_addresses",
     "tasklog_cli",
     "wait_for",
     "with_database",
@@ -97,6 +99,42 @@ def with_database(url: str, dbname: str) -> str:
         return psycopg.conninfo.make_conninfo(url, dbname=dbname)
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(dbname)))
+
+
+def socket_addresses(pids: Iterable[int]) -> set[str]:
+    """The local address of every TCP socket the processes `pids` hold, written as Redis's
+    CLIENT LIST writes a client's ``addr`` (``127.0.0.1:50312``, ``[::1]:50312``); Linux only.
+
+    What tells this test's own Redis clients from those of every other process on a shared
+    server: a connection is theirs when its client end is one of these sockets."""
+    addresses = set()
+    for pid in pids:
+        inodes = set()
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+        for table in ("tcp", "tcp6"):
+            try:
+                rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if fields[9] not in inodes:
+                    continue
+                hex_ip, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_ip)  # 32-bit words in host (little-endian) order
+                ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+                port = int(hex_port, 16)
+                if isinstance(ip, ipaddress.IPv6Address):
+                    addresses.add(f"[{ip}]:{port}")
+                    if ip.ipv4_mapped is not None:
+                        ip = ip.ipv4_mapped
+                addresses.add(f"{ip}:{port}")
+    return addresses
 
 
 _TAIL_LINES = 40

@@ -50,7 +50,8 @@
   let current = -1;           // index in matches
   let appended = false;
   let frame = 0;
-  let scrolling = false;      // a scroll the view made itself
+  let scrolledTo = -1;        // the scrollTop the view set itself (its scroll event is no user's)
+  let anchor = null;          // an entry revealed, held in place while lines arrive below it
   const cache = new Map();
 
   // -- model -----------------------------------------------------------------------------
@@ -245,7 +246,11 @@
   function render(depth = 0) {
     const total = offsets[view.length];
     log.style.height = total + "px";
-    if (appended && follow.checked) { scrolling = true; box.scrollTop = box.scrollHeight; }
+    if (appended && follow.checked) scrollTo(box.scrollHeight);
+    else if (anchor) {
+      const i = view.indexOf(anchor);
+      if (i >= 0) scrollTo(Math.max(0, offsets[i] - box.clientHeight / 3));
+    }
     appended = false;
     count.textContent = lines + (lines === 1 ? " line" : " lines");
     if (!view.length) { log.replaceChildren(); log.style.paddingTop = "0px"; return; }
@@ -265,7 +270,14 @@
       el.classList.toggle("current", e === now);
       rows.push(el);
     }
-    log.replaceChildren(...rows);
+    // Rows already there stay (a focused line number or fold button keeps its focus).
+    const keep = new Set(rows);
+    for (const child of Array.from(log.children)) if (!keep.has(child)) child.remove();
+    let next = log.firstChild;
+    for (const el of rows) {
+      if (el === next) next = next.nextSibling;
+      else log.insertBefore(el, next);
+    }
     // Rows are one text line high unless they wrap: measure those on screen once.
     let changed = false;
     for (let i = first; i <= last; i++) {
@@ -309,9 +321,7 @@
     const i = view.indexOf(e);
     if (i < 0) return;
     follow.checked = false;
-    scrolling = true;
-    log.style.height = offsets[view.length] + "px";  // else the scroll stops at the old end
-    box.scrollTop = Math.max(0, offsets[i] - box.clientHeight / 3);
+    anchor = e;  // until the reader scrolls: a replay still adding lines may not move it
     render();
   }
 
@@ -399,12 +409,20 @@
     recount(); cache.clear(); schedule();
   });
   timeMode.addEventListener("change", () => { cache.clear(); schedule(); });
+  function scrollTo(y) {
+    log.style.height = offsets[view.length] + "px";  // else the scroll stops at the old end
+    box.scrollTop = y;
+    scrolledTo = box.scrollTop;
+  }
+
   box.addEventListener("scroll", () => {
-    if (scrolling) scrolling = false;
-    else follow.checked = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
+    if (box.scrollTop !== scrolledTo) {  // the reader's own scroll
+      anchor = null;
+      follow.checked = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
+    }
     schedule();
   });
-  follow.addEventListener("change", () => { if (follow.checked) { appended = true; schedule(); } });
+  follow.addEventListener("change", () => { if (follow.checked) { anchor = null; appended = true; schedule(); } });
   filter.addEventListener("input", rebuild);
   for (const toggle of document.querySelectorAll(".stream-toggle")) {
     toggle.addEventListener("change", () => {

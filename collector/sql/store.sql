@@ -44,6 +44,10 @@ ON CONFLICT (task_id) DO UPDATE SET
     exc_message = NULL,
     traceback = NULL,
     updated_at = now()
+-- A task that succeeded or failed is settled: a run that does not come after it (Celery
+-- numbers a retry's run higher; a redelivery follows LOST, REJECTED, IGNORED, RETRY) is not
+-- a run of it but a file claiming it. It changes nothing, and no row comes back.
+WHERE NOT (t.state IN (:'SUCCESS', :'FAILURE') AND t.retries >= EXCLUDED.retries)
 RETURNING last_seq
 
 -- name: advance_task
@@ -152,7 +156,7 @@ WHERE task_id = %(task_id)s AND started_at = to_timestamp(%(t)s)
 -- seq with the next run: then the trigger's record of the task's latest run stands alone).
 UPDATE task_runs AS r SET
     state = %(state)s, completed_at = to_timestamp(%(t)s), runtime = %(runtime)s,
-    exc_type = %(exc_type)s, exc_message = %(exc_message)s
+    exc_type = %(exc_type)s, exc_message = %(exc_message)s, traceback = %(traceback)s
 WHERE r.task_id = %(task_id)s AND r.first_seq = %(first_seq)s
   AND (SELECT count(*) FROM task_runs WHERE task_id = %(task_id)s
        AND first_seq = %(first_seq)s) = 1

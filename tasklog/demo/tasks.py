@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from celery.exceptions import Ignore, Reject
 
-from capture_shim import TerminalLoggingTask, progress
+from capture_shim import TerminalLoggingTask, group, progress
 from tasklog.core.constants import PROGRESS, STARTED
 from tasklog.demo.app import app
 
@@ -33,6 +33,19 @@ def demo_long_task(self, duration: float = 60, steps: int = 20) -> str:
 def demo_failing_task(self) -> None:
     print("About to fail")
     raise Exception("Demo failure")
+
+
+@app.task(base=TerminalLoggingTask, bind=True, name="demo.grouped_steps")
+def grouped_steps(self, steps: int = 3, fail: bool = False) -> int:
+    """Each step's lines in a CI-style group (`capture_shim.group`); with `fail`, the last step
+    raises inside its group."""
+    for i in range(1, steps + 1):
+        with group(f"step {i}"):
+            print(f"step {i}: working")
+            if fail and i == steps:
+                raise ValueError(f"step {i} failed")
+            print(f"step {i}: done")
+    return steps
 
 
 @app.task(base=TerminalLoggingTask, bind=True, name="demo.demo_quick_task")

@@ -2,7 +2,8 @@
 
 Which process serves a stream shows in Redis: each API process holds one pub/sub connection
 (named `tasklog-api` in CLIENT LIST) with the tasks channel and the channels of the tasks its
-own clients follow.
+own clients follow. Only the connections of the API processes this test started are counted
+(by their sockets' addresses and the test's database number): a shared Redis holds others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import pytest
 import redis
 
 from api.hub import CLIENT_NAME
-from tests.helpers import Proc, ProcessFactory, free_port, pids_alive, wait_for
+from tests.helpers import (
+    Proc,
+    ProcessFactory,
+    free_port,
+    pids_alive,
+    socket_addresses,
+    wait_for,
+)
 from tests.integration.api_support import PREFIX, SSEReader, http, seqs
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -48,14 +56,16 @@ def start_workers(procs: ProcessFactory, database_url: str, redis_url: str) -> t
     return proc, f"http://127.0.0.1:{port}"
 
 
-def api_connections(redis_url: str) -> list[int]:
-    """Per API process: how many channels its pub/sub connection holds."""
+def api_connections(redis_url: str, api: Proc) -> list[int]:
+    """Per process of `api`: how many channels its pub/sub connection holds."""
     client = redis.Redis.from_url(redis_url)
     try:
+        db = str(client.connection_pool.connection_kwargs.get("db", 0))
+        ours = socket_addresses([api.pid, *api.children()])
         return sorted(
             int(c["sub"])
             for c in client.client_list(_type="pubsub")
-            if c.get("name") == CLIENT_NAME
+            if c.get("name") == CLIENT_NAME and c["addr"] in ours and c["db"] == db
         )
     finally:
         client.close()
@@ -76,7 +86,7 @@ async def test_three_workers_serve_every_stream_and_page(
     assert len(api.children()) == WORKERS
     await asyncio.to_thread(
         wait_for,
-        lambda: api_connections(redis_url) == [1] * WORKERS,
+        lambda: api_connections(redis_url, api) == [1] * WORKERS,
         20,
         message="every API process to subscribe the tasks channel",
     )
@@ -85,14 +95,14 @@ async def test_three_workers_serve_every_stream_and_page(
         # Streams for tasks not sent yet (they wait as PENDING), each on a connection of its
         # own, until every process serves some: the kernel spreads connections over them.
         streams: list[tuple[str, aiohttp.ClientResponse]] = []
-        while min(api_connections(redis_url)) < 2 or len(streams) < 2 * WORKERS:
-            assert len(streams) < 40, f"connections not spread: {api_connections(redis_url)}"
+        while min(api_connections(redis_url, api)) < 2 or len(streams) < 2 * WORKERS:
+            assert len(streams) < 40, f"connections not spread: {api_connections(redis_url, api)}"
             task_id = str(uuid.uuid4())
             response = await session.get(f"{base}{PREFIX}/sse/task/{task_id}/")
             assert response.status == 200
             streams.append((task_id, response))
             await SSEReader(response).until(lambda e: e.type == "connected")
-        spread = api_connections(redis_url)
+        spread = api_connections(redis_url, api)
         for task_id, _ in streams:
             celery_client.send_task(
                 "demo.print_lines", kwargs={"count": count, "delay": 0.002}, task_id=task_id

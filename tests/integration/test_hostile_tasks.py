@@ -22,11 +22,12 @@ from urllib.parse import quote
 import aiohttp
 import psycopg
 import pytest
+import redis.asyncio
 
 from capture_shim import spool
 from collector import clock
 from tests.helpers import Proc, ProcessFactory, pg_rows, tasklog_cli, wait_for
-from tests.integration.api_support import PREFIX, http, start_api
+from tests.integration.api_support import PREFIX, follow, http, start_api
 
 QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
 DAY = 86400.0
@@ -302,7 +303,7 @@ def test_tasklog_tasks_shows_escapes_in_ids_names_and_states_as_text(
         + line(1, "hello")
         + end(state="SUC\x1b]0;pwned\x07")
     )
-    write(spool_dir, "evil", data)
+    write(spool_dir, spool.safe_name(hostile_id), data)
     write(spool_dir, "good-0", good_task("good-0"))
     wait_for(lambda: stored(database_url, ["good-0"]), message="a good task stored")
     wait_for(
@@ -485,7 +486,7 @@ async def test_links_to_ids_holding_a_slash_reach_their_task(
     ids = ["a/b", "../../tasklog/api/tasks/x", "c/./d/"]
     for n, task_id in enumerate(ids):
         data = start(task_id, root_id="root/one") + line(1, f"slash line {n}") + end()
-        write(spool_dir, f"slash-{n}", data)
+        write(spool_dir, spool.safe_name(task_id), data)
     write(spool_dir, "good-0", good_task("good-0"))
     await until_true(lambda: stored(database_url, ["good-0"]), "a good task stored")
     await until_true(
@@ -560,3 +561,179 @@ async def test_an_odd_host_header_with_a_valid_token_is_a_400(
     status, body = await raw_get(base, f"{PREFIX}/api/tasks/?limit=1", {"Host": "h", **bearer})
     assert status == 200 and json.loads(body)["next"], body
     assert "Traceback" not in api.log_text()
+
+
+# -- 5. identity -------------------------------------------------------------------------------
+
+
+def task_row(url: str, task_id: str) -> dict[str, Any]:
+    rows = pg_rows(url, "SELECT * FROM tasks WHERE task_id = %s", (task_id,), dicts=True)
+    return rows[0]
+
+
+def runs_of(url: str, task_id: str) -> list[dict[str, Any]]:
+    return pg_rows(
+        url,
+        "SELECT run, retries, state, host, exc_type, exc_message, traceback, root_id "
+        "FROM task_runs WHERE task_id = %s ORDER BY run",
+        (task_id,),
+        dicts=True,
+    )
+
+
+def test_a_file_speaks_only_for_its_own_task_and_runs_are_append_only(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """A task fails; then a file named for another task claims it, and a file named for it
+    claims a new run of the same delivery ending SUCCESS: both are quarantined and the failure
+    stands whole. A genuine retry (retries 1) then becomes the task's current state, and the
+    failed run keeps its outcome, exception, traceback, host and root."""
+    collector(procs, database_url, spool_dir)
+    failed = (
+        start("victim", host="host-a", root_id="root-1", retries=0)
+        + line(1, "victim 1")
+        + end(state="FAILURE", exc_type="ValueError", exc_message="boom", traceback="TB-1")
+    )
+    write(spool_dir, "victim", failed)
+    wait_for(
+        lambda: (
+            pg_rows(database_url, "SELECT state FROM tasks WHERE task_id = 'victim'")
+            == [("FAILURE",)]
+        ),
+        message="the victim's failure stored",
+    )
+    forged_success = start("victim", host="evil", root_id="evil-root", retries=0)
+    forged_success += line(1, "forged") + end(state="SUCCESS")
+    write(spool_dir, "someone-else", forged_success)  # a name that is not the victim's
+    write(spool_dir, "victim", forged_success)  # the victim's name, the same delivery
+    goods = [f"good-{i}" for i in range(4)]
+    for task_id in goods:
+        write(spool_dir, task_id, good_task(task_id))
+    wait_for(lambda: stored(database_url, goods), message="the good tasks stored")
+    quarantine = spool_dir / "quarantine"
+    wait_for(
+        lambda: len(list(quarantine.glob("*" + spool.SUFFIX))) == 2,
+        message="both forged files quarantined",
+    )
+    victim = task_row(database_url, "victim")
+    assert (victim["state"], victim["exc_type"], victim["exc_message"]) == (
+        "FAILURE",
+        "ValueError",
+        "boom",
+    )
+    assert (victim["traceback"], victim["host"], victim["root_id"]) == ("TB-1", "host-a", "root-1")
+    assert pg_rows(
+        database_url, "SELECT seq, message FROM lines WHERE task_id = 'victim' ORDER BY seq"
+    ) == [(1, "victim 1")]
+
+    retry = start("victim", host="host-b", root_id="root-1", retries=1) + line(1, "retry 1")
+    write(spool_dir, "victim", retry + end(state="SUCCESS"))
+    wait_for(
+        lambda: (
+            pg_rows(database_url, "SELECT state FROM tasks WHERE task_id = 'victim'")
+            == [("SUCCESS",)]
+        ),
+        message="the genuine retry is the task's current state",
+    )
+    runs = runs_of(database_url, "victim")
+    assert [(r["run"], r["retries"], r["state"], r["host"]) for r in runs] == [
+        (0, 0, "FAILURE", "host-a"),
+        (1, 1, "SUCCESS", "host-b"),
+    ]
+    first = runs[0]
+    assert (first["exc_type"], first["exc_message"], first["traceback"], first["root_id"]) == (
+        "ValueError",
+        "boom",
+        "TB-1",
+        "root-1",
+    )
+    assert pg_rows(
+        database_url, "SELECT seq, message FROM lines WHERE task_id = 'victim' ORDER BY seq"
+    ) == [(1, "victim 1"), (2, "retry 1")]
+    assert int(stats(database_url).get("quarantined", 0)) == 2  # type: ignore[call-overload]
+
+
+# -- 6. the live path --------------------------------------------------------------------------
+
+
+async def test_forged_redis_messages_never_reach_a_stream_nor_end_it(
+    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path
+) -> None:
+    """While a task runs and a viewer follows it, a real Redis client publishes on tasklog's
+    channels: a lines message whose line is `1`, lines of another task, garbage, and a
+    finished status for the running task. The viewer gets none of it: every real line once, in
+    order, and `end` only after Postgres has the task's real end. One warning in the API log."""
+    collector(procs, database_url, spool_dir, TASKLOG_REDIS_URL=redis_url)
+    running = write(spool_dir, "live", start("live") + line(1, "live 1") + line(2, "live 2"))
+    await until_true(
+        lambda: (
+            pg_rows(database_url, "SELECT last_seq FROM tasks WHERE task_id = 'live'") == [(2,)]
+        ),
+        "the running task's first lines",
+    )
+    api, base = start_api(procs, database_url, redis_url)
+    forger = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        async with http() as session, follow(session, base, "live") as viewer:
+            events = await viewer.until(lambda e: e.type == "new_log" and e.id == "2")
+            await until_true(
+                lambda: asyncio.run(_numsub(redis_url, "tasklog:lines:live")) > 0,
+                "the API subscribed the task's channel",
+            )
+            forged = [
+                ("tasklog:lines:live", b'{"task_id": "live", "lines": [1]}'),
+                ("tasklog:lines:live", b'{"task_id": "other", "lines": []}'),
+                ("tasklog:lines:live", b"not json at all"),
+                (
+                    "tasklog:lines:live",
+                    json.dumps(
+                        {
+                            "task_id": "live",
+                            "lines": [
+                                {"seq": 3, "ts": "x", "stream": "stdout", "message": "fake"},
+                                {"seq": True, "ts": "x", "stream": "stdout", "message": "f"},
+                            ],
+                        }
+                    ).encode(),
+                ),
+                (
+                    "tasklog:tasks",
+                    json.dumps(
+                        {"task_id": "live", "status": "SUCCESS", "last_seq": 2, "line_count": 2}
+                    ).encode(),
+                ),
+                ("tasklog:tasks", b'{"task_id": "live", "status": "SUCCESS", "progress": "x"}'),
+            ]
+            for channel, data in forged:
+                await forger.publish(channel, data)
+            # The collector's own news still flows: the task's next line, then its end.
+            with running.open("ab") as f:
+                f.write(line(3, "live 3"))
+            events += await viewer.until(lambda e: e.type == "new_log" and e.id == "3")
+            assert not [e for e in events if e.type == "end"], "ended by a forged status"
+            assert [e.data.get("message") for e in events if e.type == "new_log"] == [
+                "live 1",
+                "live 2",
+                "live 3",
+            ]
+            with running.open("ab") as f:
+                f.write(end())
+            rest = await viewer.until(lambda e: e.type == "end")
+            state = pg_rows(database_url, "SELECT state FROM tasks WHERE task_id = 'live'")
+            assert state == [("SUCCESS",)]
+            assert not [e for e in rest if e.type == "new_log"]
+    finally:
+        await forger.aclose()
+    warnings = [entry for entry in api.log_text().splitlines() if "dropped" in entry]
+    assert len(warnings) == 1, warnings
+    assert "fake" not in api.log_text()
+    assert "Traceback" not in api.log_text()
+
+
+async def _numsub(redis_url: str, channel: str) -> int:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        (_, count), *_ = await client.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        await client.aclose()

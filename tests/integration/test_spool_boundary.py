@@ -243,7 +243,7 @@ def test_a_record_postgres_still_refuses_costs_its_file_alone(
         "ALTER TABLE lines ADD CONSTRAINT refuse_line CHECK (message <> 'SENSITIVE-3')",
     )
     # Refused at its start: the task is never stored.
-    at_start = record(k="start", v=1, t=T0, task_id="at-start", name="SENSITIVE-1") + line(1, "x")
+    at_start = record(k="start", v=1, t=T0, task_id="bad", name="SENSITIVE-1") + line(1, "x")
     good = among_good_tasks(spool_dir, at_start + end())
     # Refused at its end, its start and lines stored in an earlier batch: the task is LOST
     # with the lines it had.
@@ -266,7 +266,7 @@ def test_a_record_postgres_still_refuses_costs_its_file_alone(
     quarantined = sorted(os.listdir(spool_dir / "quarantine"))
     assert [name.split(".")[0] for name in quarantined] == ["at-line", "bad", "late"]
     assert pg_rows(
-        database_url, "SELECT count(*) FROM tasks WHERE task_id IN ('at-start', 'at-line')"
+        database_url, "SELECT count(*) FROM tasks WHERE task_id IN ('bad', 'at-line')"
     ) == [(0,)]
     ((state, message),) = pg_rows(
         database_url, "SELECT state, exc_message FROM tasks WHERE task_id = 'late'"
