@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,11 +24,13 @@ import aiohttp
 import psycopg
 import pytest
 import redis.asyncio
+import redis.exceptions
+from celery import Celery
 
 from capture_shim import spool
 from collector import clock
-from tests.helpers import Proc, ProcessFactory, pg_rows, tasklog_cli, wait_for
-from tests.integration.api_support import PREFIX, follow, http, start_api
+from tests.helpers import REPO_ROOT, Proc, ProcessFactory, free_port, pg_rows, tasklog_cli, wait_for
+from tests.integration.api_support import PREFIX, follow, http, metric, start_api
 
 QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
 DAY = 86400.0
@@ -737,3 +740,75 @@ async def _numsub(redis_url: str, channel: str) -> int:
         return int(count)
     finally:
         await client.aclose()
+
+
+ACL_FILE = REPO_ROOT / "deploy" / "redis-users.acl"
+
+
+async def test_the_brokers_redis_user_cannot_publish_on_tasklogs_channels(
+    procs: ProcessFactory, database_url: str, spool_dir: Path, tmp_path: Path
+) -> None:
+    """One real Redis 7 with deploy/redis-users.acl, broker and live path together: a Celery
+    worker runs on the broker's user, the collector and the API on tasklog's, and a viewer gets
+    a task's lines through Redis; the broker's credentials cannot publish (or subscribe) on
+    tasklog's channels, tasklog's cannot touch Celery's queues."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server binary (apt-get install redis-server)")
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    acl.write_text(ACL_FILE.read_text())
+    procs.start(
+        "redis-acl",
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--aclfile", str(acl)],
+        ready="Ready to accept connections",
+    )
+    broker = f"redis://celery:change-me-too@127.0.0.1:{port}/0"
+    tasklog = f"redis://tasklog:change-me@127.0.0.1:{port}/0"
+
+    as_broker = redis.asyncio.Redis.from_url(broker)
+    as_tasklog = redis.asyncio.Redis.from_url(tasklog)
+    try:
+        for channel in ("tasklog:tasks", "tasklog:lines:any-task"):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await as_broker.publish(channel, b'{"task_id": "x", "status": "SUCCESS"}')
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await as_broker.execute_command("SUBSCRIBE", channel)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await as_tasklog.lpush("celery", b"forged task message")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await as_tasklog.publish("/0.celery.pidbox", b"x")
+        anonymous = redis.asyncio.Redis(host="127.0.0.1", port=port)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await anonymous.ping()
+        await anonymous.aclose()
+    finally:
+        await as_broker.aclose()
+        await as_tasklog.aclose()
+
+    # The real thing on those users: a worker, its collector, the API, a viewer.
+    procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        redis_url=tasklog,
+        ready="following",
+        env=QUICK,
+    )
+    procs.worker(redis_url=broker, spool_dir=spool_dir, pool="solo", concurrency=1)
+    api, base = start_api(procs, database_url, tasklog)
+    app = Celery(broker=broker, backend=broker)
+    try:
+        async with http() as session:
+            result = app.send_task("demo.print_lines", args=(200,), kwargs={"text": "acl"})
+            seen: list[int] = []
+            async with follow(session, base, result.id) as viewer:
+                events = await viewer.until(lambda e: e.type == "end", timeout=90)
+                seen = [int(e.id) for e in events if e.type == "new_log" and e.id]
+            assert await asyncio.to_thread(result.get, timeout=60) == 200
+            assert seen == list(range(1, 201))
+            assert (
+                await metric(session, base, 'tasklog_api_redis_messages_total{channel="tasks"}') > 0
+            )
+    finally:
+        app.close()
+    assert "NOPERM" not in api.log_text()
