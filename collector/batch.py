@@ -39,6 +39,10 @@ class FileState:
     parent_pid: int | None = None
     size: int = 0
     changed_at: float = field(default_factory=time.monotonic)
+    #: The batch this file was last read into (0: never), and when the collector first saw it:
+    #: what orders the files of a batch (`SpoolDir.read_batch`), never anything in the name.
+    served: int = 0
+    seen_at: float = field(default_factory=time.monotonic)
 
     @property
     def registered(self) -> bool:

@@ -31,6 +31,10 @@ log = logging.getLogger("tasklog.collector")
 
 #: A record longer than this without a newline is corrupt; it is skipped, not waited for.
 MAX_RECORD_BYTES = 8 << 20
+#: The smallest share of a batch a file is given: with thousands of files waiting, a batch
+#: holds fewer of them rather than a few lines of each (the next batch serves the others).
+MIN_SHARE_LINES = 256
+MIN_SHARE_BYTES = 64 << 10
 #: Records split beyond a batch's room for lines (start, progress and end records).
 _SPLIT_SLACK = 16
 #: Opening a spool file: never through a link, never waiting on a FIFO's writer.
@@ -65,6 +69,8 @@ class SpoolDir:
         #: Names never to read again in this process (quarantined, or failed to be).
         self._ignored: set[str] = set()
         self._dirty: set[str] = set(known)
+        #: Batches read so far (`FileState.served` numbers them).
+        self._batches = 0
         # A batch may be read in a thread while the loop notes changes: a file must not be
         # unmarked by the reader just after the loop marked it for growing.
         self._marks = threading.Lock()
@@ -170,18 +176,32 @@ class SpoolDir:
         """The next batch from the stored offsets, leaving out the files in `skip` (those of a
         batch being committed, whose offsets are about to move)."""
         batch = Batch()
-        # Oldest files first (names end in the writer's start time), so a backlog drains in order.
-        for name in sorted(self._dirty, key=_start_ns):
-            if batch.lines >= max_lines or batch.bytes >= max_bytes:
-                break
-            if name in skip:
-                continue
+        self._batches += 1
+        waiting: list[FileState] = []
+        for name in list(self._dirty):
             state = self.files.get(name)
             if state is None or state.size <= state.offset:
                 self._unmark(name, state, state.offset if state else 0)
-                continue
+            elif name not in skip:
+                waiting.append(state)
+        # Fair: the files least recently served first (a new task's file before any backlog),
+        # then in the order the collector found them; a name buys nothing. Each file gets its
+        # share of the batch, so many backlogs drain side by side and a new file's lines wait
+        # for one batch at most.
+        waiting.sort(key=_turn)
+        share_lines = max(max_lines // max(len(waiting), 1), MIN_SHARE_LINES)
+        share_bytes = max(max_bytes // max(len(waiting), 1), MIN_SHARE_BYTES)
+        for state in waiting:
+            if batch.lines >= max_lines or batch.bytes >= max_bytes:
+                break
+            name = state.name
             seen = state.size
-            chunk = self._read(state, max_lines - batch.lines, max_bytes - batch.bytes)
+            state.served = self._batches
+            chunk = self._read(
+                state,
+                min(share_lines, max_lines - batch.lines),
+                min(share_bytes, max_bytes - batch.bytes),
+            )
             if chunk is None:
                 self._unmark(name, state, seen)
                 continue
@@ -307,9 +327,8 @@ class SpoolDir:
         state.ended = True
 
 
-def _start_ns(name: str) -> int:
-    parsed = spool.parse_file_name(name)
-    return 0 if parsed is None else parsed.ns
+def _turn(state: FileState) -> tuple[int, float]:
+    return state.served, state.seen_at
 
 
 def _kind(mode: int) -> str:

@@ -31,6 +31,7 @@ from capture_shim import spool
 from collector import clock
 from tests.helpers import REPO_ROOT, Proc, ProcessFactory, free_port, pg_rows, tasklog_cli, wait_for
 from tests.integration.api_support import PREFIX, follow, http, metric, start_api
+from tests.integration.test_collector_faults import write_backlog
 
 QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
 DAY = 86400.0
@@ -812,3 +813,55 @@ async def test_the_brokers_redis_user_cannot_publish_on_tasklogs_channels(
     finally:
         app.close()
     assert "NOPERM" not in api.log_text()
+
+
+# -- 7. fairness -------------------------------------------------------------------------------
+
+
+def backlog_counts(url: str, ids: list[str]) -> dict[str, int]:
+    rows = pg_rows(
+        url, "SELECT task_id, count(*) FROM lines WHERE task_id = ANY(%s) GROUP BY 1", (ids,)
+    )
+    return {task_id: int(n) for task_id, n in rows}
+
+
+def test_a_new_task_is_stored_while_big_backlogs_drain_and_names_buy_nothing(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """Three 100,000-line backlogs (one named with ns=0, which used to go first, whole) are
+    drained side by side; a task written meanwhile is stored while they still drain; every
+    line of all of them stored once."""
+    lines = 100_000
+    ids = write_backlog(spool_dir, tasks=3, lines=lines, prefix="backlog")
+    first = next(spool_dir.glob("backlog-2.*"))
+    stem, pid, _, suffix = first.name.split(".", 3)
+    first.rename(spool_dir / f"{stem}.{pid}.0.{suffix}")  # the name that bought priority
+    collector(procs, database_url, spool_dir, TASKLOG_BATCH_LINES="3000")
+    wait_for(
+        lambda: sum(backlog_counts(database_url, ids).values()) > 0,
+        timeout=60,
+        message="the backlogs begin to drain",
+    )
+    written = time.monotonic()
+    write(spool_dir, "newcomer", good_task("newcomer"))
+    wait_for(lambda: stored(database_url, ["newcomer"]), timeout=60, message="the new task")
+    waited = time.monotonic() - written
+    counts = backlog_counts(database_url, ids)
+    print(f"\nnew task stored {waited:.2f}s after it was written; backlogs then: {counts}")
+    # Stored while the backlogs still drained, and they drained side by side: none of them,
+    # the ns=0 one included, went first alone.
+    assert sum(counts.values()) < 3 * lines
+    assert all(counts.get(task_id, 0) > 0 for task_id in ids), counts
+    assert max(counts.values()) < lines, counts
+    wait_for(
+        lambda: backlog_counts(database_url, ids) == dict.fromkeys(ids, lines),
+        timeout=180,
+        message="every backlog line stored",
+    )
+    per_task = pg_rows(
+        database_url,
+        "SELECT task_id, count(DISTINCT seq), min(seq), max(seq) FROM lines "
+        "WHERE task_id = ANY(%s) GROUP BY 1 ORDER BY 1",
+        (ids,),
+    )
+    assert per_task == [(task_id, lines, 1, lines) for task_id in sorted(ids)]
