@@ -1,7 +1,9 @@
 """Launching the demo tasks from the browser, as the seed's demo views did.
 
-Tasks are sent by name through a Celery app of our own (broker: TASKLOG_REDIS_URL, as in
-`demo.app`), so the API never imports the demo code or installs the capture shim.
+Which tasks and arguments are launchable is `tasklog.core.demo_tasks`'s (the demo registers
+its tasks under those names; a unit test holds the two together). Tasks are sent by name
+through a Celery app of our own (broker: TASKLOG_REDIS_URL, as in `demo.app`), so the API never
+imports the demo code or installs the capture shim.
 """
 
 from __future__ import annotations
@@ -11,24 +13,7 @@ import asyncio
 from celery import Celery
 
 from tasklog.core.constants import STDERR, STDOUT
-
-#: The demo tasks a browser may launch, with the keyword arguments it may set.
-DEMO_TASKS: dict[str, dict[str, type]] = {
-    "demo.demo_long_task": {"duration": float, "steps": int},
-    "demo.demo_failing_task": {},
-    "demo.demo_quick_task": {},
-    "celery_tasklog.tasks.timed_print_task": {"duration": float},
-    "demo.print_text": {"text": str, "stream": str},
-    "demo.demo_workflow": {"width": int, "lines": int, "delay": float},
-}
-
-LIMITS: dict[str, tuple[float, float]] = {
-    "duration": (0.1, 3600),
-    "steps": (1, 1000),
-    "width": (1, 20),
-    "lines": (1, 1000),
-    "delay": (0, 10),
-}
+from tasklog.core.demo_tasks import DEMO_TASKS, LIMITS
 
 
 def check_kwargs(name: str, kwargs: object) -> str | None:

@@ -40,8 +40,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from api.launch import DEMO_TASKS
 from tasklog.core.constants import FINISHED_STATES, STATE_CHARS, STATES, STREAMS
+from tasklog.core.demo_tasks import DEMO_TASKS
 
 #: The task states this version knows, in the order a run goes through them.
 KNOWN_STATES: tuple[str, ...] = STATES

@@ -23,7 +23,7 @@ from pydantic.json_schema import (
 )
 
 from api import auth, keys, models, params, routes, search
-from api.find import MAX_PATTERN
+from api.lookups import MAX_PATTERN
 from tasklog.core import __version__
 from tasklog.core.constants import MAX_TASK_ID_BYTES
 

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from api.find import sane_time
+from api.lookups import sane_time
 from api.models import Error
 from tasklog.core.constants import (
     MAX_TASK_ID_BYTES,

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from api import auth, find, keys, metrics, params
-from api.launch import DEMO_TASKS, check_kwargs
+from api import auth, keys, lookups, metrics, params
+from api.launch import check_kwargs
 from api.models import (
     ApiProcess,
     CollectorReport,
@@ -33,6 +33,7 @@ from api.models import (
 )
 from api.queries import TaskFilter
 from tasklog.core import __version__
+from tasklog.core.demo_tasks import DEMO_TASKS
 from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.api")
@@ -96,7 +97,7 @@ async def get_task(request: web.Request) -> web.Response:
                 **row,
                 "logs": [Line.from_row(line) for line in lines],
                 "log_count": row["line_count"],
-                "runs": await find.runs(store.pool, task_id),
+                "runs": await lookups.runs(store.pool, task_id),
                 "next": next_url,
             }
         )

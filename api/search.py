@@ -3,7 +3,7 @@
 Parameters: ``q`` (required), ``regex=1``, the task list's filters ``state``, ``name``,
 ``host``, plus ``stream``, ``since``, ``until`` (ISO 8601, on the line's time), ``limit`` and
 ``cursor`` (from the ``next`` link). The body is ``{"results": [match, ...], "next": url|null}``
-with each match shaped as `api.find.match_json` says. A pattern Postgres refuses is a 400
+with each match shaped as `api.lookups.match_json` says. A pattern Postgres refuses is a 400
 whose ``error`` is Postgres's message on one line; a search running past its statement
 timeout (`TASKLOG_API_SEARCH_TIMEOUT`, `TASKLOG_API_REGEX_TIMEOUT` for a regex) is a 400
 asking for a narrower one. Searches run on a small pool of their own
@@ -23,7 +23,16 @@ from aiohttp import web
 from psycopg.rows import dict_row
 
 from api import keys, params
-from api.find import MAX_PATTERN, Q, Row, Search, decode_cursor, encode_cursor, match_json, one_line
+from api.lookups import (
+    MAX_PATTERN,
+    Q,
+    Row,
+    Search,
+    decode_cursor,
+    encode_cursor,
+    match_json,
+    one_line,
+)
 from api.models import SearchResults
 from api.queries import SearchesBusy, Store
 from api.routes import respond

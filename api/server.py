@@ -62,7 +62,7 @@ async def serve(
     sock: socket.socket | None = None,
     ready: Callable[[], object] | None = None,
 ) -> None:
-    """Serve until `stop` (or SIGTERM/SIGINT); on `sock` when given (`api.workers` shares
+    """Serve until `stop` (or SIGTERM/SIGINT); on `sock` when given (`api.multiprocess` shares
     one listening socket between processes), calling `ready` once it accepts."""
     app = create_app(settings)  # a weak token stops here, before anything listens
     stop = stop or asyncio.Event()

@@ -7,8 +7,8 @@ import logging
 
 from aiohttp import web
 
-from api import auth, find, keys, params, routes, search, wire, workflows
-from api.launch import DEMO_TASKS
+from api import auth, keys, lookups, params, routes, search, wire, workflows
+from tasklog.core.demo_tasks import DEMO_TASKS
 
 log = logging.getLogger("tasklog.api")
 
@@ -19,7 +19,7 @@ async def task_list(request: web.Request) -> web.Response:
     info = await store.server_info()  # before the list: the live stream resumes from here
     rows = await store.list_tasks(filters, routes.TASKS_DEFAULT)
     tasks = [wire.task_json(row) for row in rows]
-    roots = await find.workflow_roots(store.pool, [t["task_id"] for t in tasks])
+    roots = await lookups.workflow_roots(store.pool, [t["task_id"] for t in tasks])
     for task in tasks:
         if task["task_id"] in roots:
             task["workflow"] = task["task_id"]
@@ -35,7 +35,7 @@ async def task_view(request: web.Request) -> web.Response:
     task_id = params.task_id(request)
     row = await request.app[keys.STORE].get_task(task_id)
     task = wire.task_json(row) if row else None
-    workflow = await find.workflow_of(request.app[keys.STORE].pool, row)
+    workflow = await lookups.workflow_of(request.app[keys.STORE].pool, row)
     return request.app[keys.PAGES].render(
         request, "task.html", task_id=task_id, task=task, workflow=workflow, title=f"Task {task_id}"
     )

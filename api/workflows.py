@@ -25,8 +25,8 @@ from aiohttp_sse import EventSourceResponse
 from psycopg import sql
 
 from api import keys, params, wire
-from api.find import WORKFLOW_TASKS_MAX, Q, WorkflowCursor, fetch
 from api.hub import RESYNC, Hub, Subscription
+from api.lookups import WORKFLOW_TASKS_MAX, Q, WorkflowCursor, fetch
 from api.models import Task, Workflow
 from api.queries import TASK_COLUMNS, Row
 from api.routes import respond

@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tasklog.demo.embedded import EmbeddedRedis, free_port
+    from tasklog.demo.embedded import free_port
+    from tasklog.demo.embedded_redis import EmbeddedRedis
 
     scenarios = [int(n) for n in args.followed.split(",")]
     if max(scenarios) > args.tasks:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from api.find import Q, Search
+from api.lookups import Q, Search
 from bench import api_latency
 from bench.collector import collect_once, copy_rows, fill_spool, psql_copy
 from bench.common import (

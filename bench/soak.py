@@ -335,7 +335,8 @@ def _count_stored(database_url: str, ids: list[str], lines: int, report: Report)
 def servers(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
     """A migrated database URL and a Redis URL: given ones, or embedded servers."""
     from collector.migrate import migrate
-    from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
+    from tasklog.demo.embedded_postgres import EmbeddedPostgres
+    from tasklog.demo.embedded_redis import EmbeddedRedis
 
     with ExitStack() as stack:
         if args.database_url:

@@ -206,6 +206,7 @@ cut(PyObject *text, Py_ssize_t limit)
     Py_DECREF(raw);
     if (kept == NULL)
         return NULL;
+    /* tasklog.core.constants.CUT_NOTE after the ellipsis (test_speedups compares them). */
     PyObject *note = PyUnicode_FromFormat(" [line cut: %zd more bytes]", size - limit);
     PyObject *result = NULL;
     if (note != NULL) {

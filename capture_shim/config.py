@@ -11,6 +11,8 @@ import os
 import warnings
 from dataclasses import dataclass
 
+from tasklog.core.constants import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_LINES
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -20,8 +22,16 @@ DEFAULT_SPOOL_DIR = "/var/spool/tasklog"
 DOCUMENTED: tuple[tuple[str, str, str], ...] = (
     ("TASKLOG_ENABLED", "true", "Capture task output at all; false costs next to nothing."),
     ("TASKLOG_SPOOL_DIR", DEFAULT_SPOOL_DIR, "Directory the shim writes spool files to."),
-    ("TASKLOG_MAX_LINES", "1000", "Lines kept per task run: the first half and the last half."),
-    ("TASKLOG_MAX_LINE_BYTES", "16384", "Longest line kept; longer ones are cut with a marker."),
+    (
+        "TASKLOG_MAX_LINES",
+        str(DEFAULT_MAX_LINES),
+        "Lines kept per task run: the first half and the last half.",
+    ),
+    (
+        "TASKLOG_MAX_LINE_BYTES",
+        str(DEFAULT_MAX_LINE_BYTES),
+        "Longest line kept; longer ones are cut with a marker.",
+    ),
     ("TASKLOG_RECORD_ARGS", "false", "Store task args and kwargs (they may hold secrets)."),
     (
         "TASKLOG_CAPTURE_FD",
@@ -83,8 +93,8 @@ class ShimConfig:
         return cls(
             enabled=_bool("TASKLOG_ENABLED", True),
             spool_dir=os.environ.get("TASKLOG_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
-            max_lines=_int("TASKLOG_MAX_LINES", 1000, 2),
-            max_line_bytes=_int("TASKLOG_MAX_LINE_BYTES", 16384, 64),
+            max_lines=_int("TASKLOG_MAX_LINES", DEFAULT_MAX_LINES, 2),
+            max_line_bytes=_int("TASKLOG_MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES, 64),
             record_args=_bool("TASKLOG_RECORD_ARGS", False),
             capture_fd=_bool("TASKLOG_CAPTURE_FD", True),
             tee=_bool("TASKLOG_TEE", False),

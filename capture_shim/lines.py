@@ -34,6 +34,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 from capture_shim import spool
+from tasklog.core.constants import cut_note
 
 __all__ = ["Gate", "Lines", "Route", "RouterBase", "cut"]
 
@@ -64,7 +65,7 @@ def cut(text: str, limit: int) -> str:
     if len(raw) <= limit:
         return text
     kept = raw[:limit].decode("utf-8", "ignore")
-    return f"{kept} … [line cut: {len(raw) - limit} more bytes]"
+    return kept + cut_note(len(raw) - limit)
 
 
 class Lines:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 
 from collector import fields
-from collector.tail import Batch, FileChunk, Line
+from collector.batch import Batch, FileChunk, Line
 
 #: How far a time may lie outside its run's window (clocks of hosts disagree a little).
 SKEW = 300.0
@@ -70,7 +70,7 @@ def _hold_chunk(chunk: FileChunk, floor: float, ceiling: float) -> int:
     clamped = 0
     state = chunk.state
     if chunk.start is not None:
-        t = fields.moment(chunk.start.get("t"))
+        t = fields.record_time(chunk.start.get("t"))
         held = min(max(t, floor), ceiling)
         clamped += held != t
         chunk.start["t"] = held
@@ -88,7 +88,7 @@ def _hold_chunk(chunk: FileChunk, floor: float, ceiling: float) -> int:
                     clamped += 1
     for record in (chunk.progress, chunk.end):
         if record is not None and "t" in record:
-            t = fields.moment(record.get("t"))
+            t = fields.record_time(record.get("t"))
             held = min(max(t, low), ceiling)
             clamped += held != t
             record["t"] = held

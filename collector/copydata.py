@@ -4,7 +4,7 @@ the live path carries.
 Binary rows cost both sides less than text: Postgres takes the seq and the time as the 8 bytes
 it stores instead of parsing digits and a timestamp, and this process packs two integers
 instead of formatting an ISO time and escaping text. The rows are made straight from the
-parsed lines (`collector.tail.Line`), one buffer per slice, with no tuple per row between:
+parsed lines (`collector.batch.Line`), one buffer per slice, with no tuple per row between:
 one write instead of a `write_row` per line. Text is clean already (valid UTF-8, no NUL:
 `collector.fields`).
 """
@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from struct import Struct
 from typing import NamedTuple
 
-from collector.fields import EARLIEST, LATEST, when
-from collector.tail import Line
+from collector.batch import Line
+from collector.fields import EARLIEST, LATEST, clamped_time
 
 #: What binary COPY data starts with: the signature, no flags, no header extension.
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
@@ -43,10 +43,10 @@ class Rows(NamedTuple):
 
 
 def micros(t: float) -> int:
-    """A line's time in Unix microseconds, clamped to 2000..2100 (`fields.when`): the time
+    """A line's time in Unix microseconds, clamped to 2000..2100 (`fields.clamped_time`): the time
     stored, and the one `iso` shows."""
     if not EARLIEST <= t <= LATEST:
-        t = when(t)
+        t = clamped_time(t)
     return int(t * 1_000_000 + 0.5)
 
 
@@ -85,7 +85,7 @@ def copy_data(pieces: list[Rows]) -> bytes:
                 stream, level = line_stream, line_level
                 pack, middle = _packer(stream, level)
             if not EARLIEST <= t <= LATEST:  # `micros`, inline: this runs for every line
-                t = when(t)
+                t = clamped_time(t)
             ts = int(t * 1_000_000 + 0.5) - _PG_EPOCH_US
             text = message.encode()
             out += (start, pack(base + n, 8, ts, middle, len(text)), text)

@@ -10,58 +10,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import gc
-import hashlib
 import logging
 import os
 import signal
-import stat
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from watchfiles import awatch
 
 from capture_shim.spool import parse_file_name
-from collector import metrics, searchindex
+from collector import metrics
+from collector.batch import Batch, FileChunk, FileState, shown
+from collector.housekeeping import Counters, Housekeeping
+from collector.lock import spool_lock
 from collector.migrate import migrate
-from collector.plan import Stored
 from collector.publish import Publisher
 from collector.quarantine import quarantine
 from collector.settings import CollectorSettings
 from collector.store import RecordRefused, Store
-from collector.tail import Batch, FileChunk, FileState, SpoolDir, shown
+from collector.stored import Stored
+from collector.tail import SpoolDir
 from tasklog.core import __version__, sdnotify, supervise, trigram
-from tasklog.core.errors import ConfigError, StoreUnavailable
+from tasklog.core.errors import StoreUnavailable
 from tasklog.core.process import pid_alive, runs_as
 
 log = logging.getLogger("tasklog.collector")
-
-#: Below this much free space the spool counts as full (a record or two would not fit).
-SPOOL_LOW_BYTES = 64 << 10
-
-
-class Counters:
-    """What the collector did since it started (heartbeat stats and metrics)."""
-
-    def __init__(self) -> None:
-        self.lines = 0
-        self.batches = 0
-        self.corrupt = 0
-        self.lost = 0
-        self.vanished = 0
-        self.store_failures = 0
-        self.files_done = 0
-        self.quarantined = 0
-        self.times_clamped = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 @dataclasses.dataclass
@@ -77,22 +53,10 @@ class Collector:
     def __init__(self, settings: CollectorSettings) -> None:
         self.settings = settings
         self.counters = Counters()
-        self.status = "starting"
+        self.house = Housekeeping(settings, self.counters)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._forget: list[str] = []
-        self._started_at = datetime.now(UTC)
-        self._backlog = (0, 0)
-        self._spool_full = False
-        self._indexer: threading.Thread | None = None
-        self._spool_space: tuple[int | None, int | None] = (None, None)
-        self._snapshot = metrics.Snapshot(counters=self.counters.as_dict(), status=self.status)
-        # Made only when asked for (a port or a file): prometheus_client costs start-up time.
-        self._metrics = (
-            metrics.registry(lambda: self._snapshot)
-            if settings.metrics_port is not None or settings.metrics_file is not None
-            else None
-        )
         #: A second connection: a batch is stored on it while the one before commits.
         self._spare: Store | None = None
         #: The thread that reads and parses the next batch (`_drain`). One thread, not the
@@ -113,7 +77,7 @@ class Collector:
             loop.add_signal_handler(sig, self.stop)
         with (
             spool_lock(settings.spool_dir, settings.lock_path()),
-            metrics.served(self._metrics, settings.metrics_host, settings.metrics_port),
+            metrics.served(self.house.metrics, settings.metrics_host, settings.metrics_port),
             ThreadPoolExecutor(1, thread_name_prefix="tasklog-read") as reader,
         ):
             self._reader = reader
@@ -141,7 +105,7 @@ class Collector:
             self.settings.host,
             len(files),
         )
-        self.status = "ok"
+        self.house.status = "ok"
         sdnotify.ready()
         # Side tasks, restarted when they fail (`tasklog.core.supervise`); the rescans below
         # find every change meanwhile, so a watcher that is down only slows things.
@@ -180,24 +144,24 @@ class Collector:
                     await self._orphans(store, publisher, spool)
                     due["orphans"] = now + min(5.0, self.settings.orphan_timeout / 2)
                 if now >= due["heartbeat"]:
-                    await self._heartbeat(store, spool)
+                    await self.house.heartbeat(store, spool)
                     due["heartbeat"] = now + self.settings.heartbeat_interval
                 if now >= due["prune"]:
-                    await self._prune(store)
+                    await self.house.prune(store)
                     due["prune"] = now + self.settings.prune_interval
                 if now >= due["index"]:
                     # Right after each slice of the open day ends (tasklog.core.trigram).
-                    self._index_in_background()
+                    self.house.index_in_background()
                     step = trigram.SLICE.total_seconds()
                     due["index"] = now + step - time.time() % step + 2.0
                 if now >= due["summary"]:
-                    summary = self._summary(spool, summary)
+                    summary = self.house.summary(spool, summary)
                     due["summary"] = now + self.settings.summary_interval
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, min(due.values()) - now))
             await self._final_drain(store, publisher, spool)
         finally:
-            self.status = "stopping"
+            self.house.status = "stopping"
             sdnotify.stopping()
             self._stop.set()
             for task in (watcher, watchdog):
@@ -585,121 +549,6 @@ class Collector:
             await publisher.publish({}, [task] if task else [])
             self._remove(spool, state)
 
-    # -- housekeeping -----------------------------------------------------------------------
-
-    async def _heartbeat(self, store: Store, spool: SpoolDir) -> None:
-        self._backlog = files, nbytes = spool.backlog()
-        free = self._spool_free()
-        with contextlib.suppress(StoreUnavailable):
-            await store.heartbeat(
-                {
-                    "spool_dir": str(self.settings.spool_dir),
-                    "pid": os.getpid(),
-                    "version": __version__,
-                    "started_at": self._started_at,
-                    "backlog_files": files,
-                    "backlog_bytes": nbytes,
-                    "stats": {
-                        **self.counters.as_dict(),
-                        "status": self.status,
-                        "truncated": spool.truncated,
-                        "skipped_bytes": spool.skipped_bytes,
-                        "spool_free_bytes": free,
-                        "spool_full": self._spool_full,
-                        "quarantine_dir": str(self.settings.quarantine_path()),
-                    },
-                }
-            )
-        self._report()
-
-    def _spool_free(self) -> int | None:
-        """Free bytes on the spool's file system; warns once when workers can't write."""
-        try:
-            st = os.statvfs(self.settings.spool_dir)
-        except OSError:
-            return None
-        free = st.f_bavail * st.f_frsize
-        self._spool_space = (free, st.f_blocks * st.f_frsize)
-        full = free < SPOOL_LOW_BYTES
-        if full and not self._spool_full:
-            log.warning(
-                "spool file system of %s is full (%d bytes free): workers cannot spool, their "
-                "output goes to their own streams",
-                self.settings.spool_dir,
-                free,
-            )
-        elif self._spool_full and not full:
-            log.info("spool file system has room again (%d bytes free)", free)
-        self._spool_full = full
-        return free
-
-    def _report(self) -> None:
-        """Tell systemd and the metrics (file and port) how things stand."""
-        files, nbytes = self._backlog
-        sdnotify.status(f"{self.status}; {self.counters.lines} lines stored; backlog {files} files")
-        self._snapshot = metrics.Snapshot(
-            counters=self.counters.as_dict(),
-            status=self.status,
-            backlog_files=files,
-            backlog_bytes=nbytes,
-            spool_free_bytes=self._spool_space[0],
-            spool_size_bytes=self._spool_space[1],
-            heartbeat=time.time(),
-        )
-        if self.settings.metrics_file is None or self._metrics is None:
-            return
-        try:
-            metrics.write(self.settings.metrics_file, self._metrics)
-        except OSError as exc:
-            log.warning("cannot write TASKLOG_METRICS_FILE %s: %s", self.settings.metrics_file, exc)
-
-    async def _prune(self, store: Store) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            dropped, deleted = await store.prune(self.settings.retention_days)
-            if dropped or deleted:
-                log.info(
-                    "retention: dropped %d line partitions, deleted %d tasks", len(dropped), deleted
-                )
-
-    def _index_in_background(self) -> None:
-        """Keep the search indexes (`collector.searchindex`) in a thread of their own: at start
-        and after each slice of the open day ends.
-
-        A closed day's trigram index takes minutes to build on a large day: ingestion must not
-        wait for it. A daemon thread, so a stop does not wait either: Postgres drops a build cut
-        short, and the next round redoes it.
-        """
-        if self._indexer is not None and self._indexer.is_alive():
-            return
-        url, enabled = self.settings.require_database_url(), self.settings.search
-
-        def run() -> None:
-            try:
-                log.info("%s", searchindex.apply(url, enabled))
-            except Exception as exc:  # a thread's exception would only reach stderr
-                log.warning("search index: %s", exc)
-
-        self._indexer = threading.Thread(target=run, name="search-index", daemon=True)
-        self._indexer.start()
-
-    def _summary(self, spool: SpoolDir, last: tuple[float, int]) -> tuple[float, int]:
-        now, lines = time.monotonic(), self.counters.lines
-        since, before = last
-        files, nbytes = spool.backlog()
-        if lines != before or files:
-            log.info(
-                "stored %d lines in %.0fs (%.0f lines/s); backlog %d files, %d bytes; "
-                "%d corrupt records skipped, %d tasks lost so far",
-                lines - before,
-                now - since,
-                (lines - before) / max(now - since, 1e-9),
-                files,
-                nbytes,
-                self.counters.corrupt,
-                self.counters.lost,
-            )
-        return now, lines
-
     async def _until_available(self, fn: Any, first_error: BaseException | None = None) -> Any:
         """Call `fn` until Postgres answers, backing off; None if asked to stop meanwhile."""
         delay = 0.2
@@ -714,13 +563,13 @@ class Collector:
                 else:
                     if warned:
                         log.info("Postgres reachable again; resuming from stored offsets")
-                    self.status = "ok"
+                    self.house.status = "ok"
                     return result
             if not warned:
                 log.warning("Postgres unavailable (%s); retrying with backoff", error)
                 warned = True
-            self.status = "waiting for postgres"
-            self._report()
+            self.house.status = "waiting for postgres"
+            self.house.report()
             error = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -786,53 +635,6 @@ def _writing(pid: int, state: FileState) -> bool:
 def writer_pid(name: str) -> int | None:
     parsed = parse_file_name(name)
     return None if parsed is None else parsed.pid
-
-
-@contextlib.contextmanager
-def spool_lock(spool_dir: Path, lock_dir: Path) -> Iterator[None]:
-    """One collector per spool directory: a second one would store every line twice.
-
-    The lock lives outside the spool (whose writers must not be able to take or replace it),
-    named from the spool directory's real path: two collectors given one directory under two
-    names still exclude each other.
-    """
-    if not spool_dir.is_dir():
-        raise ConfigError(f"TASKLOG_SPOOL_DIR: {spool_dir} is not a directory")
-    if not lock_dir.is_dir():
-        raise ConfigError(f"TASKLOG_LOCK_DIR: {lock_dir} is not a directory")
-    path = lock_dir / lock_name(spool_dir)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"TASKLOG_LOCK_DIR: cannot open {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            # In a shared temp dir, another user could have made it first to hold it.
-            raise ConfigError(
-                f"TASKLOG_LOCK_DIR: {path} is not a regular file of this user; "
-                "remove it or set TASKLOG_LOCK_DIR to a directory of the collector's own"
-            )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ConfigError(
-                f"another collector (pid {other}) already follows {spool_dir}; "
-                "run one collector per spool directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def lock_name(spool_dir: Path) -> str:
-    """The lock file's name for a spool directory, from its real path."""
-    real = os.path.realpath(spool_dir).encode("utf-8", "surrogateescape")
-    return f"tasklog-collector-{hashlib.sha256(real).hexdigest()[:24]}.lock"
 
 
 async def serve(settings: CollectorSettings) -> None:

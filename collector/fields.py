@@ -50,14 +50,14 @@ def percent(value: object) -> float | None:
     return None if result is None else min(max(result, 0.0), 100.0)
 
 
-def when(t: float) -> float:
+def clamped_time(t: float) -> float:
     """A Unix time clamped to 2000..2100."""
     return min(max(t, EARLIEST), LATEST)
 
 
-def moment(value: object) -> float:
+def record_time(value: object) -> float:
     """A record's time field: clamped, or now when it has none."""
-    return when(number(value) or time.time())
+    return clamped_time(number(value) or time.time())
 
 
 #: Level names are short ("WARNING", a custom "AUDIT"); a longer one is cut.
@@ -90,10 +90,10 @@ def cut_line(message: str, limit: int) -> str:
     if len(raw) <= limit + _CUT_NOTE_BYTES:
         return message
     kept = raw[:limit].decode("utf-8", "ignore")
-    return f"{kept} … [line cut: {len(raw) - limit} more bytes]"
+    return kept + constants.cut_note(len(raw) - limit)
 
 
-#: Room for the note the shim appends to a line it cut (" … [line cut: N more bytes]").
+#: Room for the note the shim appends to a line it cut (`constants.CUT_NOTE`).
 _CUT_NOTE_BYTES = 48
 
 

@@ -1,33 +1,30 @@
 """Planning a batch's rows: each run's lines placed at their seqs, bounded to head+tail.
 
-Pure: from the runs of a batch (a file's new records and where its task's seqs continue), the
+From the runs of a batch (a file's new records and where its task's seqs continue), the
 lines to COPY (`Rows`: a task's lines and where their seqs start) and the parameters of the
 statements that go with them. Nothing here touches the database or the files' bookkeeping;
 `Store.commit` runs the plan in one transaction and `SpoolDir.commit` applies its result once
-that committed.
+that committed. The one change `plan` makes is to the runs it is given, the batch's pending
+placements: each run's `max_seq` moves to its last line's (and `Run.allocate`, called by
+`Store._place`, moves its seqs).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from psycopg.types.json import Jsonb
 
 from collector import fields
-from collector.copydata import Rows, iso
-from collector.tail import FileChunk, FileState, Line
-from tasklog.core.messages import LineMessage
+from collector.batch import FileChunk, FileState, Line
+from collector.copydata import Rows
+from tasklog.core.constants import DEFAULT_MAX_LINES
 
-#: A kept run's head+tail bound when its start record gives none (the shim's default).
-DEFAULT_MAX_LINES = 1000
 #: The largest head+tail bound a start record may ask for.
 MAX_LINES = (1 << 31) - 1
-#: Published line: what the live path sends for a stored line (`tasklog.core.messages`,
-#: made by `published` for the watched tasks alone).
-Published = LineMessage
 
 
 @dataclass
@@ -103,21 +100,6 @@ class Run:
         return base + after
 
 
-@dataclass
-class Stored:
-    """What a committed batch stored: for the live path and for the files' bookkeeping."""
-
-    #: The lines stored, per task: the live path makes messages of the watched tasks' alone.
-    lines: dict[str, list[Rows]] = field(default_factory=dict)
-    tasks: list[dict[str, Any]] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
-    rows: int = 0
-    #: Times outside their run's window, clamped (`collector.clock`).
-    clamped: int = 0
-    #: Files whose start claims a settled task (`Store._place`): set aside, nothing stored.
-    refused: list[FileState] = field(default_factory=list)
-
-
 class Plan(NamedTuple):
     """The lines to COPY and the parameters of the statements that go with them."""
 
@@ -126,15 +108,6 @@ class Plan(NamedTuple):
     advances: list[dict[str, Any]]
     ends: list[dict[str, Any]]
     markers: list[dict[str, Any]]
-
-
-def published(pieces: list[Rows]) -> list[Published]:
-    """Stored lines as the live path publishes them."""
-    return [
-        {"seq": base + n, "ts": iso(t), "stream": stream, "level": level, "message": message}
-        for _, base, lines in pieces
-        for n, t, stream, level, message in lines
-    ]
 
 
 def window(max_lines: object) -> tuple[int, int]:
@@ -160,7 +133,7 @@ def slices(runs: list[Run], lines: int) -> Iterator[list[Run]]:
         yield group
 
 
-def plan(runs: list[Run], stored: Stored) -> Plan:
+def plan(runs: list[Run]) -> Plan:
     """The rows to COPY and the statements that go with them, applying the head+tail bound.
 
     A run keeps its first `head` lines and its last `tail` lines: lines of this batch that are
@@ -182,9 +155,7 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
         if lines and head < cutoff and not (lines[0].seq > cutoff or lines[-1].seq <= head):
             lines = [line for line in lines if line.seq <= head or line.seq > cutoff]
         if lines:
-            kept = list(run.rows(lines))
-            rows += kept
-            stored.lines.setdefault(run.task_id, []).extend(kept)
+            rows += run.rows(lines)
         added = len(lines)
         low, high = max(head, before - tail), min(before, cutoff)
         if high > low:
@@ -212,7 +183,7 @@ def plan(runs: list[Run], stored: Stored) -> Plan:
                 {
                     "task_id": run.task_id,
                     "state": _state(end["state"]) or "",
-                    "t": fields.moment(end.get("t")),
+                    "t": fields.record_time(end.get("t")),
                     "runtime": fields.number(end.get("runtime")),
                     "exc_type": fields.short_text(end.get("exc_type"), fields.KEY_BYTES),
                     "exc_message": fields.short_text(end.get("exc_message"), fields.TEXT_BYTES),
@@ -231,7 +202,7 @@ def marker(task_id: str, seq: int, omitted: int, t: object) -> dict[str, Any]:
     return {
         "task_id": task_id,
         "seq": seq,
-        "t": fields.moment(t),
+        "t": fields.record_time(t),
         "message": f"… {omitted} lines omitted "
         "(TASKLOG_MAX_LINES keeps the first and last lines) …",
     }
@@ -269,7 +240,7 @@ def start_params(start: dict[str, Any]) -> dict[str, Any]:
         "root_id": fields.short_text(start.get("root_id"), key),
         "retries": fields.count(start.get("retries")),
         "args": args,
-        "t": fields.moment(start.get("t")),
+        "t": fields.record_time(start.get("t")),
     }
 
 

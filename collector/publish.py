@@ -20,11 +20,10 @@ import time
 
 from redis.exceptions import RedisError
 
-from collector.copydata import Rows
-from collector.plan import published
+from collector.copydata import Rows, iso
 from tasklog.core import live
 from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
-from tasklog.core.messages import encode, lines_message
+from tasklog.core.messages import LineMessage, encode, lines_message
 
 log = logging.getLogger("tasklog.collector")
 
@@ -45,7 +44,8 @@ class Publisher:
         #: task id -> (watched, monotonic time the answer expires)
         self._watched: dict[str, tuple[bool, float]] = {}
         self.down = False
-        self.published = 0
+        #: Batches whose news reached Redis.
+        self.rounds = 0
         #: Redis messages sent (lines and task messages), for the live-path figures.
         self.messages = 0
         self.failures = 0
@@ -71,7 +71,7 @@ class Publisher:
             async with client.pipeline(transaction=False) as pipe:
                 # Lines first: a reader that sees a task finish has already been sent its lines.
                 for task_id in watched:
-                    message = lines_message(task_id, published(lines[task_id]))
+                    message = lines_message(task_id, line_messages(lines[task_id]))
                     pipe.execute_command(command, lines_channel(task_id), encode(message))
                     sent += 1
                 for task in tasks:
@@ -88,7 +88,7 @@ class Publisher:
         if self.down:
             self.down = False
             log.info("Redis reachable again, live updates resumed")
-        self.published += 1
+        self.rounds += 1
         self.messages += sent
 
     async def _watched_among(self, client: live.Client, task_ids: list[str]) -> set[str]:
@@ -104,3 +104,12 @@ class Publisher:
                 followed = score is not None and float(score) > deadline
                 self._watched[task_id] = (followed, now + WATCH_CACHE)
         return {t for t in task_ids if self._watched[t][0]}
+
+
+def line_messages(pieces: list[Rows]) -> list[LineMessage]:
+    """Stored lines as the live path sends them (`tasklog.core.messages.LineMessage`)."""
+    return [
+        {"seq": base + n, "ts": iso(t), "stream": stream, "level": level, "message": message}
+        for _, base, lines in pieces
+        for n, t, stream, level, message in lines
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field
 
 from capture_shim.config import DEFAULT_SPOOL_DIR
+from tasklog.core.constants import DEFAULT_MAX_LINE_BYTES
 from tasklog.core.settings import Common
 
 
@@ -59,7 +60,7 @@ class CollectorSettings(Common):
         description="Seconds spent at stop storing what the spool holds (0: stop at once).",
     )
     max_line_bytes: int = Field(
-        16384,
+        DEFAULT_MAX_LINE_BYTES,
         ge=64,
         description="Longest line the collector keeps (the shim's cap: a file written by "
         "anything else is held to it too).",

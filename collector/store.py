@@ -18,8 +18,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from collector import clock, copydata, fields, retention
-from collector.plan import Run, Stored, plan, slices, start_params, state_marker, window
-from collector.tail import Batch, FileChunk, FileState, shown
+from collector.batch import Batch, FileChunk, FileState, shown
+from collector.plan import Run, plan, slices, start_params, state_marker, window
+from collector.stored import Stored
 from tasklog.core import db
 from tasklog.core.errors import StoreUnavailable, TasklogError
 
@@ -172,7 +173,7 @@ class Store:
             firsts = [
                 {
                     "task_id": run.task_id,
-                    "t": fields.moment(start.get("t")),
+                    "t": fields.record_time(start.get("t")),
                     "first_seq": run.seq(1),
                 }
                 for run in runs
@@ -192,7 +193,7 @@ class Store:
                 # Slice by slice, each sent before the next is planned: Postgres stores one
                 # while this process prepares the next, on the other core.
                 for runs_slice in slices(runs, _SLICE_LINES):
-                    pieces, *statements = plan(runs_slice, stored)
+                    pieces, *statements = plan(runs_slice)
                     for done, more in zip(
                         (trims, advances, ends, markers), statements, strict=True
                     ):
@@ -200,7 +201,9 @@ class Store:
                     if pieces:
                         assert copy is not None
                         await copy.write(copydata.copy_data(pieces))
-                    stored.rows += sum(len(piece.lines) for piece in pieces)
+                    for piece in pieces:
+                        stored.lines.setdefault(piece.task_id, []).append(piece)
+                        stored.rows += len(piece.lines)
                 if copy is not None:
                     await copy.write(copydata.TRAILER)
             async with conn.cursor() as cur:

@@ -7,78 +7,38 @@ stops at the batch bounds. Nothing here touches the database: offsets advance on
 
 The spool directory is a trust boundary: anyone who can write it can put anything there. Only
 regular files whose inode is the one listed are read (opened without following a link and
-without blocking), every field is validated and made storable (`collector.fields`) before it
+without blocking), every record is checked and made storable (`collector.records`) before it
 leaves here, and raw record content is never logged.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import stat
 import threading
 import time
 from collections.abc import Set
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-import orjson
 
 from capture_shim import spool
-from collector import fields
-
-if TYPE_CHECKING:
-    from collector.plan import Stored
+from collector.batch import Batch, FileChunk, FileState, shown
+from collector.records import parse_records
+from collector.stored import Stored
+from tasklog.core.constants import DEFAULT_MAX_LINE_BYTES
 
 log = logging.getLogger("tasklog.collector")
 
 #: A record longer than this without a newline is corrupt; it is skipped, not waited for.
 MAX_RECORD_BYTES = 8 << 20
-#: The shim's default TASKLOG_MAX_LINE_BYTES.
-DEFAULT_LINE_BYTES = 16384
-#: Highest per-run seq `n` accepted: far beyond any real run (a line a microsecond for 12
-#: days), and far below bigint and the 2**53 a browser can hold once a run's base is added.
-MAX_RUN_SEQ = 1 << 40
-_STREAMS = frozenset({spool.STDOUT, spool.STDERR, spool.LOG})
-_NUMBER = (int, float)
+#: The smallest share of a batch a file is given: with thousands of files waiting, a batch
+#: holds fewer of them rather than a few lines of each (the next batch serves the others).
+MIN_SHARE_LINES = 256
+MIN_SHARE_BYTES = 64 << 10
 #: Records split beyond a batch's room for lines (start, progress and end records).
 _SPLIT_SLACK = 16
 #: Opening a spool file: never through a link, never waiting on a FIFO's writer.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-@dataclass
-class FileState:
-    """What the collector knows of one spool file. `offset` is the stored (committed) end."""
-
-    name: str
-    inode: int
-    offset: int = 0
-    task_id: str | None = None
-    seq_base: int = 0
-    #: Where the run's seqs continue elsewhere: (first n, base) after the first segment.
-    segments: tuple[tuple[int, int], ...] = ()
-    max_seq: int = 0
-    head: int = 500
-    tail: int = 500
-    ended: bool = False
-    pid: int | None = None
-    #: The file's owner: only a process of this user can be its writer (`Collector._orphans`).
-    uid: int | None = None
-    #: When the run started (its start record's time, held by `collector.clock`); None when
-    #: the start was stored by an earlier process.
-    started: float | None = None
-    #: The writer's worker main process, when the writer is a pool child (start record `ppid`).
-    parent_pid: int | None = None
-    size: int = 0
-    changed_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def registered(self) -> bool:
-        return self.task_id is not None
 
 
 def inode_of(st: os.stat_result) -> int:
@@ -87,69 +47,14 @@ def inode_of(st: os.stat_result) -> int:
     return ino - (1 << 64) if ino >= 1 << 63 else ino
 
 
-def shown(name: str) -> str:
-    """A file name for a log line: a name is chosen by whoever wrote the spool directory, so
-    one holding control characters or undecodable bytes is shown escaped."""
-    return name if name.isprintable() and name.isascii() else ascii(name)
-
-
-class Line(NamedTuple):
-    """A line record's values, checked and storable. A tuple: the reader makes a million of
-    them a second, and `tuple.__new__` costs a fraction of a class's `__init__`."""
-
-    seq: int  # the run's own sequence number n; `Run.seq` places it among the task's
-    t: float
-    stream: str
-    level: str | None
-    message: str
-
-
-@dataclass
-class FileChunk:
-    """The new records of one file in a batch."""
-
-    state: FileState
-    end_offset: int
-    start: dict[str, Any] | None = None
-    lines: list[Line] = field(default_factory=list)
-    progress: dict[str, Any] | None = None
-    end: dict[str, Any] | None = None
-    corrupt: int = 0
-    #: Why this file cannot speak for the task it claims (a start record naming another task
-    #: than the file's name): the file is quarantined, nothing of it stored.
-    forged: str | None = None
-    #: Highest per-run seq read so far: a line must go beyond it (see `_parse_into`).
-    last_seq: int = 0
-    max_line_bytes: int = DEFAULT_LINE_BYTES
-
-
-@dataclass
-class Batch:
-    chunks: list[FileChunk] = field(default_factory=list)
-    lines: int = 0
-    bytes: int = 0
-    corrupt: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.chunks)
-
-    @classmethod
-    def of(cls, chunks: list[FileChunk]) -> Batch:
-        """A batch of some chunks of another (to commit a part of it)."""
-        return cls(
-            chunks=chunks,
-            lines=sum(len(chunk.lines) for chunk in chunks),
-            bytes=sum(chunk.end_offset - chunk.state.offset for chunk in chunks),
-            corrupt=sum(chunk.corrupt for chunk in chunks),
-        )
-
-
 class SpoolDir:
+    """The spool directory's files and how far each is stored (see the module)."""
+
     def __init__(
         self,
         path: Path,
         known: dict[str, FileState],
-        max_line_bytes: int = DEFAULT_LINE_BYTES,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.path = path
         self.files = known
@@ -164,6 +69,8 @@ class SpoolDir:
         #: Names never to read again in this process (quarantined, or failed to be).
         self._ignored: set[str] = set()
         self._dirty: set[str] = set(known)
+        #: Batches read so far (`FileState.served` numbers them).
+        self._batches = 0
         # A batch may be read in a thread while the loop notes changes: a file must not be
         # unmarked by the reader just after the loop marked it for growing.
         self._marks = threading.Lock()
@@ -269,18 +176,32 @@ class SpoolDir:
         """The next batch from the stored offsets, leaving out the files in `skip` (those of a
         batch being committed, whose offsets are about to move)."""
         batch = Batch()
-        # Oldest files first (names end in the writer's start time), so a backlog drains in order.
-        for name in sorted(self._dirty, key=_start_ns):
-            if batch.lines >= max_lines or batch.bytes >= max_bytes:
-                break
-            if name in skip:
-                continue
+        self._batches += 1
+        waiting: list[FileState] = []
+        for name in list(self._dirty):
             state = self.files.get(name)
             if state is None or state.size <= state.offset:
                 self._unmark(name, state, state.offset if state else 0)
-                continue
+            elif name not in skip:
+                waiting.append(state)
+        # Fair: the files least recently served first (a new task's file before any backlog),
+        # then in the order the collector found them; a name buys nothing. Each file gets its
+        # share of the batch, so many backlogs drain side by side and a new file's lines wait
+        # for one batch at most.
+        waiting.sort(key=_turn)
+        share_lines = max(max_lines // max(len(waiting), 1), MIN_SHARE_LINES)
+        share_bytes = max(max_bytes // max(len(waiting), 1), MIN_SHARE_BYTES)
+        for state in waiting:
+            if batch.lines >= max_lines or batch.bytes >= max_bytes:
+                break
+            name = state.name
             seen = state.size
-            chunk = self._read(state, max_lines - batch.lines, max_bytes - batch.bytes)
+            state.served = self._batches
+            chunk = self._read(
+                state,
+                min(share_lines, max_lines - batch.lines),
+                min(share_bytes, max_bytes - batch.bytes),
+            )
             if chunk is None:
                 self._unmark(name, state, seen)
                 continue
@@ -331,7 +252,7 @@ class SpoolDir:
             # bytes after the last newline (a record still being written, or nothing).
             rest = len(records) > room
             records.pop()
-            used, full = _parse_all(chunk, records, state.offset + pos, max_lines)
+            used, full = parse_records(chunk, records, state.offset + pos, max_lines)
             pos += used
             if full or not rest:
                 break
@@ -406,154 +327,8 @@ class SpoolDir:
         state.ended = True
 
 
-def _start_ns(name: str) -> int:
-    parsed = spool.parse_file_name(name)
-    return 0 if parsed is None else parsed.ns
-
-
-def _parse_all(
-    chunk: FileChunk, records: list[bytes], offset: int, max_lines: int
-) -> tuple[int, bool]:
-    """Parse records into the chunk until it holds `max_lines` lines; returns the bytes used
-    (each record with its newline) and whether the chunk is full.
-
-    The common record, a well-formed line of ASCII text, is checked inline: the same checks as
-    `_parse_into`, without a call, an exception frame and a class instance per line. Anything
-    else (other kinds, text to clean or cut, a value out of range, a record orjson refuses)
-    goes to `_parse_into`, which decides exactly as before.
-    """
-    lines = chunk.lines
-    append = lines.append
-    new = tuple.__new__
-    loads = orjson.loads
-    streams = _STREAMS
-    limit = chunk.max_line_bytes
-    last = chunk.last_seq
-    pos = 0
-    for raw in records:
-        start = pos
-        pos += len(raw) + 1
-        try:
-            rec = loads(raw)
-        except ValueError:
-            rec = None
-        if type(rec) is dict and rec.get("k") == "line":
-            seq = rec.get("n")
-            t = rec.get("t")
-            message = rec.get("m")
-            stream = rec.get("s")
-            level = rec.get("l")
-            if (
-                type(seq) is int
-                and last < seq <= MAX_RUN_SEQ
-                and type(stream) is str
-                and stream in streams
-                and type(message) is str
-                and message.isascii()
-                and len(message) <= limit
-                and "\x00" not in message
-                and type(t) is float
-                and -_FINITE < t < _FINITE
-                and (level is None or _plain(level, fields.LEVEL_BYTES))
-            ):
-                append(new(Line, (seq, t, stream, level, message)))
-                chunk.last_seq = last = seq
-                if len(lines) >= max_lines:
-                    return pos, True
-                continue
-        if _parse_into(chunk, raw, offset + start):
-            last = chunk.last_seq
-            if len(lines) >= max_lines:
-                return pos, True
-    return pos, False
-
-
-def _plain(value: object, limit: int) -> bool:
-    """ASCII text without NUL, at most `limit` bytes: storable as it is (`fields` would keep
-    it unchanged)."""
-    return type(value) is str and value.isascii() and "\x00" not in value and len(value) <= limit
-
-
-#: Beyond any finite float: `-_FINITE < t < _FINITE` is False for NaN and the infinities.
-_FINITE = float("inf")
-
-
-def _parse_into(chunk: FileChunk, raw: bytes, offset: int = 0) -> bool:
-    """Add one record to the chunk; returns True for a line record. Bad records are counted.
-
-    Every value kept is checked and made storable here or in `collector.fields`: whatever a
-    file holds, nothing read from it can make Postgres refuse a batch.
-    """
-    try:
-        rec = _loads(raw)
-        kind = rec["k"]
-        if kind == spool.LINE:
-            message = rec["m"]
-            stream = rec["s"]
-            seq = rec["n"]
-            t = rec["t"]
-            if (
-                type(seq) is not int
-                or not chunk.last_seq < seq <= MAX_RUN_SEQ  # seqs only go up: none is reused
-                or stream not in _STREAMS
-                or not isinstance(message, str)
-                or not isinstance(t, _NUMBER)
-                or not math.isfinite(t)
-            ):
-                raise ValueError("bad line record")
-            level = rec.get("l")
-            if "\x00" in message or not message.isascii():  # else clean already
-                message = fields.clean_text(message)
-            if len(message) > chunk.max_line_bytes // 4:  # a str of n chars: at most 4n bytes
-                message = fields.cut_line(message, chunk.max_line_bytes)
-            chunk.lines.append(
-                Line(
-                    seq,
-                    float(t),
-                    stream,
-                    fields.short_text(level, fields.LEVEL_BYTES),
-                    message,
-                )
-            )
-            chunk.last_seq = seq
-            return True
-        if kind == spool.START:
-            if rec.get("v") != spool.VERSION or spool.task_id_problem(rec.get("task_id")):
-                raise ValueError("bad start record")  # an id Postgres could not store or index
-            # A file speaks only for the task its name names (the shim names it so): a start
-            # record claiming another task would write over that task's outcome.
-            parsed = spool.parse_file_name(chunk.state.name)
-            if parsed is None or parsed.stem != spool.safe_name(rec["task_id"]):
-                chunk.forged = "its start record claims a task its file name does not name"
-                return False
-            chunk.start = rec
-        elif kind == spool.PROGRESS:
-            chunk.progress = rec
-        elif kind == spool.END:
-            if not isinstance(rec.get("state"), str):
-                raise ValueError("bad end record")
-            chunk.end = rec
-        else:
-            raise ValueError("unknown record kind")
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
-        chunk.corrupt += 1
-        if chunk.corrupt == 1:
-            # Where and why, never the record itself: it may hold what a task printed.
-            log.warning(
-                "spool file %s: skipped a corrupt record at byte %d (%s)",
-                shown(chunk.state.name),
-                offset,
-                _why(exc),
-            )
-    return False
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, KeyError):
-        return "a field is missing"
-    if isinstance(exc, ValueError) and str(exc).startswith("bad "):
-        return str(exc)
-    return "not a JSON record" if isinstance(exc, ValueError) else type(exc).__name__
+def _turn(state: FileState) -> tuple[int, float]:
+    return state.served, state.seen_at
 
 
 def _kind(mode: int) -> str:
@@ -568,12 +343,3 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
-
-
-def _loads(raw: bytes) -> Any:
-    # orjson reads a record in a tenth of the time; what it refuses (a lone surrogate escape,
-    # NaN, a huge int) goes to the standard library, so a record means what it always meant.
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)

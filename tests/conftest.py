@@ -27,7 +27,8 @@ import redis
 from psycopg import sql
 
 from collector.migrate import migrate
-from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
+from tasklog.demo.embedded_redis import EmbeddedRedis
 from tests.helpers import REQUIRE_TOOLS, ProcessFactory, required, with_database
 from tests.replication import PgBouncer, ReplicatedPostgres
 

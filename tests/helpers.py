@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
-from tasklog.demo.embedded import free_port, group_alive, pid_alive
+from tasklog.core.process import pid_alive
+from tasklog.demo.embedded import free_port, group_alive
 
 __all__ = [
     "REPO_ROOT",

@@ -23,7 +23,8 @@ from typing import Any, Self
 import psycopg
 
 from collector.migrate import migrate
-from tasklog.demo.embedded import HOST, EmbeddedPostgres, free_port, log_tail
+from tasklog.demo.embedded import HOST, free_port, log_tail
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
 from tests.helpers import pg_rows, wait_for
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
@@ -249,7 +250,7 @@ class PgBouncer:
         if os.geteuid() == 0:
             import pwd
 
-            from tasklog.demo.embedded import PG_SYSTEM_USER
+            from tasklog.demo.embedded_postgres import PG_SYSTEM_USER
 
             entry = pwd.getpwnam(PG_SYSTEM_USER)
             for path in (self.dir, users, ini):

@@ -154,7 +154,7 @@ def _api(args: argparse.Namespace) -> None:
     _logging(settings.log_level)
     workers = args.workers or settings.api_workers
     if workers > 1:
-        from api.workers import run as run_workers
+        from api.multiprocess import run as run_workers
 
         run_workers(settings, workers)
     else:
@@ -261,7 +261,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _grep(args: argparse.Namespace) -> int:
-    from api.find import Search
+    from api.lookups import Search
     from tasklog.cli import grep
     from tasklog.core.constants import STREAMS
 

@@ -1,6 +1,6 @@
 """`tasklog grep PATTERN`: the API's search from the terminal, straight from Postgres.
 
-Runs the very queries of ``GET /tasklog/api/search/`` (`api.find`). Prints one match per line,
+Runs the very queries of ``GET /tasklog/api/search/`` (`api.lookups`). Prints one match per line,
 newest first: time, task id, task name, seq and the line with the match in bold red when the
 output is a terminal; ``--json`` prints one object per match, shaped as the API's. Exits 1
 when nothing matched, as grep does.
@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from api.find import Q, Search, match_json, one_line
+from api.lookups import Q, Search, match_json, one_line
 from tasklog.core import db
 from tasklog.core.errors import TasklogError
 from tasklog.core.terminal import for_terminal, json_for_terminal

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from api.find import Q, runs_json
+from api.lookups import Q, runs_json
 from tasklog.core.terminal import for_terminal, json_for_terminal
 
 __all__ = ["Q", "Sections", "print_exception"]

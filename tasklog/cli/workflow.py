@@ -1,7 +1,7 @@
 """`tasklog logs --root ROOT_ID`: the merged lines of a workflow's tasks, in time order.
 
 Each line carries its task id (and, as JSON, ``task_id``), read with the queries of the API's
-workflow stream (`api.find`): every task is followed from its own last seq, so nothing is
+workflow stream (`api.lookups`): every task is followed from its own last seq, so nothing is
 printed twice or skipped, whichever host stored what first. With ``--follow`` it ends once
 every task of the workflow has finished and no new one joined for `SETTLE` seconds (a chord's
 body starts only after its header tasks end).
@@ -18,7 +18,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from api.find import WORKFLOW_TASKS_MAX, Q
+from api.lookups import WORKFLOW_TASKS_MAX, Q
 from tasklog.core import db
 from tasklog.core.constants import FINISHED_STATES
 from tasklog.core.errors import TasklogError

@@ -96,6 +96,22 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Levels the log view counts as errors (with every stderr line).
 ERROR_LEVELS = ("ERROR", "CRITICAL")
 
+#: TASKLOG_MAX_LINES's default: lines kept per task run, the first half and the last half (the
+#: shim writes it in each start record; the collector applies it to a start record without one).
+DEFAULT_MAX_LINES = 1000
+#: TASKLOG_MAX_LINE_BYTES's default: the longest line kept, in UTF-8 bytes (the shim's and the
+#: collector's setting).
+DEFAULT_MAX_LINE_BYTES = 16384
+#: What ends a line cut at TASKLOG_MAX_LINE_BYTES, after the bytes kept ({} is how many bytes
+#: were cut). `capture_shim/_speedups.c` writes the same text (its `cut`; a unit test compares).
+CUT_NOTE = " … [line cut: {} more bytes]"
+
+
+def cut_note(cut_bytes: int) -> str:
+    """The note a cut line ends with, saying how many bytes were cut."""
+    return CUT_NOTE.format(cut_bytes)
+
+
 #: The names a ``.sql`` file may use, written ``:'NAME'`` (psql's quoted-variable syntax):
 #: `tasklog.core.db.queries` puts each one's value in as a quoted literal when it loads them.
 SQL_NAMES: dict[str, str] = {

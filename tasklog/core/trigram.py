@@ -1,5 +1,5 @@
 """The names of the search's trigram indexes: the collector builds them (`collector.searchindex`),
-the search picks its time windows by them (`api.find`), so the names are a contract of both.
+the search picks its time windows by them (`api.lookups`), so the names are a contract of both.
 
 - ``lines_YYYYMMDD_message_trgm``: a whole day's lines, built once the day is over;
 - ``lines_YYYYMMDD_HHMM_HHMM_trgm``: a slice of a day (UTC, end exclusive, ``2400`` for the

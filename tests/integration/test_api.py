@@ -112,7 +112,7 @@ async def test_unknown_task_route_and_method_are_json_4xx(client: Any) -> None:
         assert (await response.json())["status"] == status
     response = await client.delete(f"{PREFIX}/api/tasks/")
     assert response.status == 405 and (await response.json())["error"]
-    # The demo launcher is off outside `tasklog demo` (tests/integration/test_doors.py).
+    # The demo launcher is off outside `tasklog demo` (test_api_access_and_bounds.py).
     response = await client.post(f"{PREFIX}/api/launch/", json={"task": "os.system"})
     assert response.status == 404 and (await response.json())["status"] == 404
     response = await client.get(PREFIX + "/sse/task/x/", headers={"Last-Event-ID": "abc"})

@@ -13,7 +13,7 @@ from capture_shim import spool
 from capture_shim.capture import TaskCapture
 from capture_shim.config import ShimConfig
 from collector.tail import SpoolDir
-from tasklog.demo.embedded import EmbeddedPostgres
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
 from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
 
 #: Small batches make many commits, so that a kill lands between two of them.

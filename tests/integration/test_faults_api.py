@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tasklog.demo.embedded import EmbeddedRedis
+from tasklog.demo.embedded_redis import EmbeddedRedis
 from tests.helpers import Proc, ProcessFactory, free_port, pg_rows, wait_for
 from tests.integration.api_support import (
     PREFIX,

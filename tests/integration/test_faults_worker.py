@@ -21,7 +21,7 @@ import pytest
 from capture_shim import spool
 from capture_shim.capture import TaskCapture
 from capture_shim.config import ShimConfig
-from tasklog.demo.embedded import EmbeddedPostgres
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
 from tests.helpers import ProcessFactory, pg_rows, wait_for
 from tests.integration.test_collector_faults import (
     SMALL_BATCHES,

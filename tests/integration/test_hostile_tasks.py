@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,11 +24,14 @@ import aiohttp
 import psycopg
 import pytest
 import redis.asyncio
+import redis.exceptions
+from celery import Celery
 
 from capture_shim import spool
 from collector import clock
-from tests.helpers import Proc, ProcessFactory, pg_rows, tasklog_cli, wait_for
-from tests.integration.api_support import PREFIX, follow, http, start_api
+from tests.helpers import REPO_ROOT, Proc, ProcessFactory, free_port, pg_rows, tasklog_cli, wait_for
+from tests.integration.api_support import PREFIX, follow, http, metric, start_api
+from tests.integration.test_collector_faults import write_backlog
 
 QUICK = {"TASKLOG_HEARTBEAT_INTERVAL": "0.2", "TASKLOG_RESCAN_INTERVAL": "0.2"}
 DAY = 86400.0
@@ -737,3 +741,127 @@ async def _numsub(redis_url: str, channel: str) -> int:
         return int(count)
     finally:
         await client.aclose()
+
+
+ACL_FILE = REPO_ROOT / "deploy" / "redis-users.acl"
+
+
+async def test_the_brokers_redis_user_cannot_publish_on_tasklogs_channels(
+    procs: ProcessFactory, database_url: str, spool_dir: Path, tmp_path: Path
+) -> None:
+    """One real Redis 7 with deploy/redis-users.acl, broker and live path together: a Celery
+    worker runs on the broker's user, the collector and the API on tasklog's, and a viewer gets
+    a task's lines through Redis; the broker's credentials cannot publish (or subscribe) on
+    tasklog's channels, tasklog's cannot touch Celery's queues."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server binary (apt-get install redis-server)")
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    acl.write_text(ACL_FILE.read_text())
+    procs.start(
+        "redis-acl",
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--aclfile", str(acl)],
+        ready="Ready to accept connections",
+    )
+    broker = f"redis://celery:change-me-too@127.0.0.1:{port}/0"
+    tasklog = f"redis://tasklog:change-me@127.0.0.1:{port}/0"
+
+    as_broker = redis.asyncio.Redis.from_url(broker)
+    as_tasklog = redis.asyncio.Redis.from_url(tasklog)
+    try:
+        for channel in ("tasklog:tasks", "tasklog:lines:any-task"):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await as_broker.publish(channel, b'{"task_id": "x", "status": "SUCCESS"}')
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await as_broker.execute_command("SUBSCRIBE", channel)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await as_tasklog.lpush("celery", b"forged task message")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await as_tasklog.publish("/0.celery.pidbox", b"x")
+        anonymous = redis.asyncio.Redis(host="127.0.0.1", port=port)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await anonymous.ping()
+        await anonymous.aclose()
+    finally:
+        await as_broker.aclose()
+        await as_tasklog.aclose()
+
+    # The real thing on those users: a worker, its collector, the API, a viewer.
+    procs.collector(
+        database_url=database_url,
+        spool_dir=spool_dir,
+        redis_url=tasklog,
+        ready="following",
+        env=QUICK,
+    )
+    procs.worker(redis_url=broker, spool_dir=spool_dir, pool="solo", concurrency=1)
+    api, base = start_api(procs, database_url, tasklog)
+    app = Celery(broker=broker, backend=broker)
+    try:
+        async with http() as session:
+            result = app.send_task("demo.print_lines", args=(200,), kwargs={"text": "acl"})
+            seen: list[int] = []
+            async with follow(session, base, result.id) as viewer:
+                events = await viewer.until(lambda e: e.type == "end", timeout=90)
+                seen = [int(e.id) for e in events if e.type == "new_log" and e.id]
+            assert await asyncio.to_thread(result.get, timeout=60) == 200
+            assert seen == list(range(1, 201))
+            assert (
+                await metric(session, base, 'tasklog_api_redis_messages_total{channel="tasks"}') > 0
+            )
+    finally:
+        app.close()
+    assert "NOPERM" not in api.log_text()
+
+
+# -- 7. fairness -------------------------------------------------------------------------------
+
+
+def backlog_counts(url: str, ids: list[str]) -> dict[str, int]:
+    rows = pg_rows(
+        url, "SELECT task_id, count(*) FROM lines WHERE task_id = ANY(%s) GROUP BY 1", (ids,)
+    )
+    return {task_id: int(n) for task_id, n in rows}
+
+
+def test_a_new_task_is_stored_while_big_backlogs_drain_and_names_buy_nothing(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """Three 100,000-line backlogs (one named with ns=0, which used to go first, whole) are
+    drained side by side; a task written meanwhile is stored while they still drain; every
+    line of all of them stored once."""
+    lines = 100_000
+    ids = write_backlog(spool_dir, tasks=3, lines=lines, prefix="backlog")
+    first = next(spool_dir.glob("backlog-2.*"))
+    stem, pid, _, suffix = first.name.split(".", 3)
+    first.rename(spool_dir / f"{stem}.{pid}.0.{suffix}")  # the name that bought priority
+    collector(procs, database_url, spool_dir, TASKLOG_BATCH_LINES="3000")
+    wait_for(
+        lambda: sum(backlog_counts(database_url, ids).values()) > 0,
+        timeout=60,
+        message="the backlogs begin to drain",
+    )
+    written = time.monotonic()
+    write(spool_dir, "newcomer", good_task("newcomer"))
+    wait_for(lambda: stored(database_url, ["newcomer"]), timeout=60, message="the new task")
+    waited = time.monotonic() - written
+    counts = backlog_counts(database_url, ids)
+    print(f"\nnew task stored {waited:.2f}s after it was written; backlogs then: {counts}")
+    # Stored while the backlogs still drained, and they drained side by side: none of them,
+    # the ns=0 one included, went first alone.
+    assert sum(counts.values()) < 3 * lines
+    assert all(counts.get(task_id, 0) > 0 for task_id in ids), counts
+    assert max(counts.values()) < lines, counts
+    wait_for(
+        lambda: backlog_counts(database_url, ids) == dict.fromkeys(ids, lines),
+        timeout=180,
+        message="every backlog line stored",
+    )
+    per_task = pg_rows(
+        database_url,
+        "SELECT task_id, count(DISTINCT seq), min(seq), max(seq) FROM lines "
+        "WHERE task_id = ANY(%s) GROUP BY 1 ORDER BY 1",
+        (ids,),
+    )
+    assert per_task == [(task_id, lines, 1, lines) for task_id in sorted(ids)]

@@ -11,7 +11,10 @@ import pytest
 import redis
 
 from capture_shim import spool
-from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, pid_alive
+from tasklog.core.process import pid_alive
+from tasklog.demo.embedded import EmbeddedServerError
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
+from tasklog.demo.embedded_redis import EmbeddedRedis
 from tests.helpers import ProcessFactory, pg_rows, wait_for
 
 

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from api.hub import CLIENT_NAME
 from tasklog.core.constants import LINES_CHANNEL_PREFIX, TASKS_CHANNEL, lines_channel
-from tasklog.demo.embedded import EmbeddedRedis
+from tasklog.demo.embedded_redis import EmbeddedRedis
 from tests.helpers import Proc, ProcessFactory, free_port, pg_rows, socket_addresses
 from tests.integration.api_support import follow, http, metric, seqs, start_api
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tasklog.demo.embedded import EmbeddedPostgres
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
 from tests.helpers import ProcessFactory, pg_rows, tasklog_cli, wait_for
 from tests.integration.api_support import PREFIX, follow, http, seqs, start_api
 from tests.replication import PgBouncer

@@ -291,7 +291,7 @@ async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: s
     day's boundary are found once each."""
     import psycopg
 
-    from api.find import Search
+    from api.lookups import Search
     from collector import searchindex
     from tasklog.core import trigram
 

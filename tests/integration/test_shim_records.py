@@ -12,7 +12,8 @@ from typing import Any
 
 from capture_shim import spool
 from collector import fields
-from collector.tail import FileChunk, SpoolDir
+from collector.batch import FileChunk
+from collector.tail import SpoolDir
 from tests.helpers import ProcessFactory, wait_for
 
 #: Custom logging level names that rewrote or split a record while the shim wrote them raw.

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tasklog.demo.embedded import EmbeddedPostgres
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
 from tests.helpers import ProcessFactory, wait_for
 from tests.integration.api_support import (
     PREFIX,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from collector import clock
-from collector.tail import Batch, FileChunk, FileState, Line
+from collector.batch import Batch, FileChunk, FileState, Line
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

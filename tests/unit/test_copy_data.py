@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collector.batch import Line
 from collector.copydata import HEADER, TRAILER, Rows, copy_data, iso, micros
 from collector.fields import clean_text
-from collector.tail import Line
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 

@@ -914,3 +914,25 @@ def test_the_examples_give_the_api_the_read_only_login_of_docs_deploy(
 
     documented = [s.replace("PASSWORD '…'", "PASSWORD 'tasklog_api'") for s in statements(block)]
     assert statements(init) == documented
+
+
+def test_the_examples_give_tasklog_and_the_broker_their_own_redis_users(
+    compose: dict[str, Any],
+) -> None:
+    """One Redis for broker and live path: the compose demo loads deploy/redis-users.acl, the
+    workers use the broker's user, the collectors and the API tasklog's (issue 20; what the
+    users may do: tests/integration/test_hostile_tasks.py, on a real Redis)."""
+    redis_service = compose["services"]["redis"]
+    assert "--aclfile" in redis_service["command"]
+    assert "./redis-users.acl:/etc/redis/users.acl:ro" in redis_service["volumes"]
+    acl = (DEPLOY / "redis-users.acl").read_text()
+    assert "user default off" in acl
+    for example, user in (
+        ("worker.env.example", "celery"),
+        ("collector.env.example", "tasklog"),
+        ("api.env.example", "tasklog"),
+    ):
+        url = env_example(example)["TASKLOG_REDIS_URL"]
+        assert url is not None and url.startswith(f"redis://{user}:"), (example, url)
+        password = url.split("@", 1)[0].rsplit(":", 1)[1]
+        assert f"user {user} on >{password} " in acl, example

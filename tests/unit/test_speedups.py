@@ -4,6 +4,7 @@ sequence numbers and the same lines handed to the fallback."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capture_shim import capture, lines, spool
+from tasklog.core.constants import cut_note
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,3 +163,18 @@ def test_the_shims_tests_pass_on_the_python_line_writer() -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@needs_speedups
+def test_the_compiled_writer_cuts_a_long_line_with_the_constants_note() -> None:
+    """`_speedups.c` writes the cut note as a literal of its own: it must be `CUT_NOTE`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "cut.jsonl")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _run(_speedups.Lines, [("write", spool.STDOUT, "é" * 100 + "\n")], 64, fd)
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            (record,) = f.read().splitlines()
+    assert json.loads(record)["m"] == "é" * 32 + cut_note(200 - 64)

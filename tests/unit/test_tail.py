@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capture_shim import spool
-from collector.tail import FileChunk, FileState, SpoolDir, _parse_all, _parse_into
+from collector.batch import FileChunk, FileState
+from collector.records import parse_record, parse_records
+from collector.tail import SpoolDir
 
 NAME = "task-1.4242.1000.jsonl"
 
@@ -115,6 +117,7 @@ def test_batches_stop_at_max_lines_and_continue_where_they_stopped(spool_dir: Pa
         )
     reader = _spool(spool_dir)
     seen: list[str] = []
+    firsts: list[str] = []
     while True:
         batch = reader.read_batch(3, 1 << 20)
         if not batch:
@@ -122,8 +125,13 @@ def test_batches_stop_at_max_lines_and_continue_where_they_stopped(spool_dir: Pa
         assert batch.lines <= 3
         reader.commit(batch)
         seen += [line.message for c in batch.chunks for line in c.lines]
-    # Oldest file first (the name's last number is the writer's start time), each in order.
-    assert seen == [f"t{n} {i}" for n in range(3) for i in range(1, 5)]
+        firsts.append(batch.chunks[0].state.name.split(".")[0])
+    # Every line once, each file in its order; the files take turns (least recently served
+    # first), whatever their names say.
+    assert sorted(seen) == sorted(f"t{n} {i}" for n in range(3) for i in range(1, 5))
+    for n in range(3):
+        assert [m for m in seen if m.startswith(f"t{n} ")] == [f"t{n} {i}" for i in range(1, 5)]
+    assert sorted(firsts[:3]) == ["t0", "t1", "t2"]
 
 
 def test_a_replaced_file_is_read_from_its_start(spool_dir: Path) -> None:
@@ -225,14 +233,14 @@ def _line_records(draw: st.DrawFn) -> bytes:
 def test_the_reader_decides_every_record_as_the_one_record_parser_does(
     records: list[bytes], line_bytes: int
 ) -> None:
-    """The inline check of common line records (`_parse_all`) keeps, changes and refuses
-    exactly what `_parse_into` does, record by record."""
+    """The inline check of common line records (`parse_records`) keeps, changes and refuses
+    exactly what `parse_record` does, record by record."""
     state = FileState(name=NAME, inode=1)
     fast = FileChunk(state=state, end_offset=0, max_line_bytes=line_bytes)
-    used, _ = _parse_all(fast, [r.rstrip(b"\n") for r in records], 0, 10_000)
+    used, _ = parse_records(fast, [r.rstrip(b"\n") for r in records], 0, 10_000)
     slow = FileChunk(state=state, end_offset=0, max_line_bytes=line_bytes)
     for record in records:
-        _parse_into(slow, record.rstrip(b"\n"))
+        parse_record(slow, record.rstrip(b"\n"))
     assert used == sum(len(r) for r in records)
     assert fast.lines == slow.lines
     assert [type(line) for line in fast.lines] == [type(line) for line in slow.lines]

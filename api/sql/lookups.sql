@@ -1,7 +1,7 @@
--- Search, runs and workflows (issue 12), loaded by api/find.py; the API and the CLI share them.
+-- Search, runs and workflows, loaded by api/lookups.py; the API and the CLI share them.
 -- {match}, {span} and {where} are fixed fragments composed by psycopg.sql; values are bound.
 -- The match_* and filter_* sections are such fragments (each filter given adds its own,
--- api/find.py Search.statement): they hold no comment, since they land mid-line.
+-- api/lookups.py Search.statement): they hold no comment, since they land mid-line.
 
 -- name: search
 -- Newest first, keyset-paged on (ts, task_id, seq). The page is cut in the inner query, right

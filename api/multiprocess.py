@@ -1,17 +1,20 @@
-"""`tasklog api --workers N`: one port served by N processes.
+"""`tasklog api --workers N`: one port served by N server processes.
 
-The parent binds N listening sockets to the one port with SO_REUSEPORT and forks N workers,
-one socket each: the kernel spreads incoming connections evenly over them (a hash of the
-addresses), where a single shared socket lets whichever process wakes first take most of
-them. The parent supervises; it runs no event loop and serves nothing itself. Every worker
-is a whole API: its own Postgres pool, its own Redis subscriptions and watched-set marks, so
-any page or stream works whichever process a request reaches (a stream resumed on another
-process replays from Postgres after Last-Event-ID).
+(Here a "worker" is one of these API processes, never a Celery worker: the option keeps its
+name, the code says "process".)
 
-SIGTERM or SIGINT to the parent stops every worker gracefully (each ends its streams and
-finishes its requests within TASKLOG_API_SHUTDOWN_TIMEOUT); a worker that dies takes the
+The parent binds N listening sockets to the one port with SO_REUSEPORT and forks N server
+processes, one socket each: the kernel spreads incoming connections evenly over them (a hash
+of the addresses), where a single shared socket lets whichever process wakes first take most
+of them. The parent supervises; it runs no event loop and serves nothing itself. Every
+process is a whole API: its own Postgres pool, its own Redis subscriptions and watched-set
+marks, so any page or stream works whichever process a request reaches (a stream resumed on
+another process replays from Postgres after Last-Event-ID).
+
+SIGTERM or SIGINT to the parent stops every process gracefully (each ends its streams and
+finishes its requests within TASKLOG_API_SHUTDOWN_TIMEOUT); a process that dies takes the
 others down with it and the parent exits with an error, for the service manager to restart
-the set. Under systemd only the parent speaks to it: READY once every worker listens.
+the set. Under systemd only the parent speaks to it: READY once every process listens.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _KILL_GRACE = 5.0
 
 
-class WorkerDied(TasklogError):
+class ProcessDied(TasklogError):
     """An API worker process exited on its own; the others were stopped."""
 
 
@@ -60,7 +63,7 @@ def run(settings: ApiSettings, workers: int) -> None:
                 for other in socks:
                     if other is not sock:
                         other.close()
-                os._exit(_worker(settings, sock, ready_w))
+                os._exit(_serve_process(settings, sock, ready_w))
             pids[pid] = number
         os.close(ready_w)
         for sock in socks:
@@ -82,7 +85,7 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
-def _worker(settings: ApiSettings, sock: socket.socket, ready_fd: int) -> int:
+def _serve_process(settings: ApiSettings, sock: socket.socket, ready_fd: int) -> int:
     """The body of a forked worker: the ordinary API on the inherited socket."""
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(name, None)  # the parent alone speaks to systemd
@@ -99,7 +102,7 @@ def _worker(settings: ApiSettings, sock: socket.socket, ready_fd: int) -> int:
 
 
 def _supervise(settings: ApiSettings, pids: dict[int, int], ready_fd: int, url: str) -> None:
-    """Wait for a stop signal (returns) or a worker's death (raises WorkerDied)."""
+    """Wait for a stop signal (returns) or a worker's death (raises ProcessDied)."""
     waiting = len(pids)
     interval = sdnotify.watchdog_interval()
     next_ping = time.monotonic()
@@ -121,7 +124,7 @@ def _supervise(settings: ApiSettings, pids: dict[int, int], ready_fd: int, url: 
             return
         for pid, code in _reap(pids):
             number = pids.pop(pid)
-            raise WorkerDied(
+            raise ProcessDied(
                 f"API worker {number} (pid {pid}) exited with code {code}; stopped the others"
             )
 

@@ -1,7 +1,7 @@
-"""Doors of the API (issue 11): weak tokens refused at start, DNS rebinding refused without a
-token, the demo launcher off by default, failed logins throttled and logged, cookies revoked,
-healthz terse without the token, hostile cursors answered 400, SSE streams and detail pages
-bounded."""
+"""Who may use the API and how much of it: weak tokens refused at start, DNS rebinding
+refused without a token, the demo launcher off by default, failed logins throttled and
+logged, cookies revoked, healthz terse without the token, hostile cursors answered 400, SSE
+streams and detail pages bounded."""
 
 from __future__ import annotations
 

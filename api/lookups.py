@@ -1,6 +1,6 @@
 """Finding lines and tasks: search over every stored line, a task's runs, a workflow's tasks.
 
-The queries live in ``sql/find.sql``; this module composes them (psycopg only, no web server),
+The queries live in ``sql/lookups.sql``; this module composes them (psycopg only, no web server),
 so the API's routes and the command line (`tasklog grep`, `tasklog logs --root`) run the same
 SQL. The JSON shape of a search match, shared by the API and ``tasklog grep --json``::
 
@@ -35,7 +35,7 @@ from tasklog.core.constants import FINISHED_STATES, RETRY, task_id_problem
 
 Row = dict[str, Any]
 
-Q = db.queries("api", "sql/find.sql")
+Q = db.queries("api", "sql/lookups.sql")
 MAX_PATTERN = 1000
 #: How far back each window reaches below the days cut along their slices (then: the rest).
 WINDOWS = (timedelta(days=7),)
@@ -74,7 +74,7 @@ class Search:
             match, span = Q["match_substring"], Q["span_substring"]
             params["like"] = "%" + like_escape(self.text) + "%"
             params["text"] = self.text
-        # Each filter given adds its fragment of find.sql and its parameters.
+        # Each filter given adds its fragment of lookups.sql and its parameters.
         task: dict[str, dict[str, Any]] = {}
         if self.states:
             task["filter_task_states"] = {"states": list(self.states)}
