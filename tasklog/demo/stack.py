@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -116,7 +117,7 @@ def _servers(sup: Supervisor) -> tuple[str, str]:
         from tasklog.demo.embedded_redis import EmbeddedRedis
     if database_url is None:
         say(f"starting embedded Postgres in {sup.state / 'postgres'}")
-        pg = EmbeddedPostgres(sup.state / "postgres")
+        pg = EmbeddedPostgres(sup.state / "postgres", password=_secret(sup.state, "postgres"))
         sup.stack.callback(pg.stop)
         pg.start()
         if pg.pid is not None:
@@ -132,7 +133,9 @@ def _servers(sup: Supervisor) -> tuple[str, str]:
         say("using TASKLOG_DATABASE_URL")
     if redis_url is None:
         say(f"starting embedded Redis in {sup.state / 'redis'}")
-        rd = EmbeddedRedis(sup.state / "redis", preexec=die_with_parent())
+        rd = EmbeddedRedis(
+            sup.state / "redis", preexec=die_with_parent(), password=_secret(sup.state, "redis")
+        )
         sup.stack.callback(rd.stop)
         rd.start()
         if rd.pid is not None:
@@ -142,6 +145,24 @@ def _servers(sup: Supervisor) -> tuple[str, str]:
     else:
         say("using TASKLOG_REDIS_URL")
     return database_url, redis_url
+
+
+def _secret(state: Path, name: str) -> str:
+    """The embedded server's password, made once and kept in the state directory (0600): the
+    servers listen on 127.0.0.1, where any local user could otherwise use them (Postgres as
+    its superuser, Redis to write files as the demo's user)."""
+    path = state / "secrets" / name
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
 
 
 def _api_port(environ: Mapping[str, str]) -> int:

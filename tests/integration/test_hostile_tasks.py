@@ -11,6 +11,8 @@ import base64
 import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import time
@@ -865,3 +867,96 @@ def test_a_new_task_is_stored_while_big_backlogs_drain_and_names_buy_nothing(
         (ids,),
     )
     assert per_task == [(task_id, lines, 1, lines) for task_id in sorted(ids)]
+
+
+# -- 8. the demo's servers ---------------------------------------------------------------------
+
+OTHER_UID = 61010  # no such user needed: a uid that is neither root nor the demo's
+
+
+def _as_other_user(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by the system's Python (the test's may sit under root's home) as another
+    uid: the standard library alone, speaking each server's protocol by hand."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 that another user can run")
+    return subprocess.run(
+        [python, "-c", code],
+        user=OTHER_UID,
+        group=OTHER_UID,
+        extra_groups=[],
+        env={"HOME": "/tmp", "PATH": "/usr/bin:/bin"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+#: A Postgres StartupMessage for user postgres, then what the server asks: AuthenticationOk
+#: (code 0) means it let us in without a password; 10 (SASL) or 5 (md5) asks for one.
+PG_PROBE = r"""
+import socket, struct, sys
+def ask(sock):
+    body = b"user\0postgres\0database\0postgres\0\0"
+    sock.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+    kind, length = sock.recv(1), struct.unpack("!i", sock.recv(4))[0]
+    payload = sock.recv(length - 4)
+    print(kind.decode(), struct.unpack("!i", payload[:4])[0] if kind == b"R" else payload)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as a second user needs root")
+def test_the_demos_servers_refuse_other_local_users(
+    procs: ProcessFactory, pg_state_dir: Path
+) -> None:
+    """`tasklog demo` with its embedded servers: another local user gets nothing from its
+    Postgres (TCP without the password, the Unix socket) nor from its Redis, while the demo's
+    own components work (its worker, collector and API store and serve a task)."""
+    state = pg_state_dir
+    demo = procs.start(
+        "demo",
+        [sys.executable, "-m", "tasklog", "demo", "--state-dir", str(state)],
+        env={"HOME": os.environ.get("HOME", "/root"), "TASKLOG_API_PORT": str(free_port())},
+        ready="running; press Ctrl-C",
+        timeout=180,
+    )
+    assert "Quick task done" in demo.log_text()  # the demo's own components got through
+    pidfile = (state / "postgres" / "pgdata" / "postmaster.pid").read_text().splitlines()
+    pg_port, socket_dir = int(pidfile[3]), Path(pidfile[4])
+    redis_log = (state / "redis" / "redis.log").read_text()
+    redis_port = int(redis_log.rsplit("port=", 1)[1].split(".", 1)[0].split()[0].rstrip(","))
+    for secret in ("postgres", "redis"):
+        st = (state / "secrets" / secret).stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE((state / "secrets").stat().st_mode) == 0o700
+
+    tcp = _as_other_user(
+        PG_PROBE + f"ask(socket.create_connection(('127.0.0.1', {pg_port}), timeout=10))"
+    )
+    assert tcp.returncode == 0, tcp.stderr
+    assert tcp.stdout.split() == ["R", "10"], tcp.stdout  # SASL: a password is asked for
+    unix = _as_other_user(
+        PG_PROBE + "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect('{socket_dir}/.s.PGSQL.{pg_port}')\nask(s)"
+    )
+    assert unix.returncode != 0 and "PermissionError" in unix.stderr, unix.stderr
+    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+    rd = _as_other_user(
+        "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {redis_port}), timeout=10)\n"
+        "s.sendall(b'CONFIG SET dir /tmp\\r\\nPING\\r\\n')\n"
+        "got = b''\n"
+        "while got.count(b'\\r\\n') < 2:\n"
+        "    got += s.recv(4096)\n"
+        "print(got.decode())"
+    )
+    assert rd.returncode == 0, rd.stderr
+    assert rd.stdout.count("-NOAUTH") == 2, rd.stdout
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    secret = (state / "secrets" / "redis").read_text().strip()
+    assert secret not in ps.stdout  # the password on no command line
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(60) == 0
