@@ -125,7 +125,7 @@ def check_installed(app: Any) -> None:
     (under ``celery.contrib.pytest``, `install` called on ``celery_app`` where the worker runs
     ``celery_session_app``; or a project that imports `capture_shim` and forgot the call).
     """
-    if app is None or id(app) in _installed:
+    if app is None or id(app) in _installed or "not-installed" in Stats._warned:
         return
     if not ShimConfig.from_env().enabled:
         return

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             flush(redis.url(1), redis.url(2))
             spool = work / "spool"
             spool.mkdir()
-            collector = start_collector(database, spool, work / "collector.log")
+            collector = start_collector(database, spool, suite / "collector.log")
             try:
                 shimmed = run_suite(
                     suite, args.select, redis.url(1), redis.url(2), spool, args.timeout
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 passed = [name for name, outcome in plain.items() if outcome == "passed"]
                 compared = [name for name in passed if name in shimmed]
                 broken = sorted(name for name in compared if shimmed[name] != "passed")
+                if broken:
+                    print("broke with the shim: " + ", ".join(broken))
                 if broken and len(broken) <= MAX_RERUNS:
                     # Celery's suite has timing-sensitive tests (its `flaky` marks): what broke
                     # is run once more with the shim, and counts only if it breaks again.
@@ -110,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     broken = [name for name in broken if shimmed.get(name) != "passed"]
                 left = drain(spool, deadline=30)
             finally:
-                collector.terminate()
-                collector.wait(10)
+                stopped = stop(collector)
             states = stored_states(database)
     print(
         f"tasks stored: {sum(states.values())} "
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if broken:
         problems.append(f"{len(broken)} tests pass without the shim and not with it:")
         problems += [f"  {name}: {shimmed.get(name, 'not run')}" for name in broken]
+    if not stopped:
+        problems.append("the collector did not stop within 30 s of SIGTERM (killed)")
     if left:
         problems.append(f"{left} spool files not stored by the collector within 30 s")
     if states.get("STARTED"):
@@ -267,6 +270,9 @@ def start_collector(database: str, spool: Path, log: Path) -> subprocess.Popen[b
         TASKLOG_SPOOL_DIR=str(spool),
         TASKLOG_HOST="celery-suite",
         TASKLOG_LOCK_DIR=str(spool.parent),
+        # Runs whose writer died (a pool child killed by a time limit after the session
+        # worker's process ended) are finalized within the drain's wait.
+        TASKLOG_ORPHAN_TIMEOUT="5",
         PYTHONPATH=str(REPO_ROOT),
     )
     with log.open("wb") as out:
@@ -283,6 +289,18 @@ def start_collector(database: str, spool: Path, log: Path) -> subprocess.Popen[b
             raise SystemExit(f"celery suite: the collector did not start:\n{log.read_text()}")
         time.sleep(0.1)
     return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM, and SIGKILL after 30 s; whether it stopped by itself."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return False
 
 
 def drain(spool: Path, deadline: float) -> int:
