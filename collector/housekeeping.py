@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 
 from collector import metrics, searchindex
+from collector.metrics import Counters
 from collector.settings import CollectorSettings
 from collector.store import Store
 from collector.tail import SpoolDir
@@ -26,24 +27,6 @@ log = logging.getLogger("tasklog.collector")
 
 #: Below this much free space the spool counts as full (a record or two would not fit).
 SPOOL_LOW_BYTES = 64 << 10
-
-
-class Counters:
-    """What the collector did since it started (heartbeat stats and metrics)."""
-
-    def __init__(self) -> None:
-        self.lines = 0
-        self.batches = 0
-        self.corrupt = 0
-        self.lost = 0
-        self.vanished = 0
-        self.store_failures = 0
-        self.files_done = 0
-        self.quarantined = 0
-        self.times_clamped = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 class Housekeeping:

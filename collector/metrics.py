@@ -37,6 +37,24 @@ _COUNTERS = {
 }
 
 
+class Counters:
+    """What the collector did since it started (heartbeat stats and metrics)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.batches = 0
+        self.corrupt = 0
+        self.lost = 0
+        self.vanished = 0
+        self.store_failures = 0
+        self.files_done = 0
+        self.quarantined = 0
+        self.times_clamped = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """How the collector stands at one heartbeat."""

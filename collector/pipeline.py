@@ -1,0 +1,486 @@
+"""The exactly-once pipeline: read a batch → commit it → apply it → publish → clean up.
+
+`Pipeline` owns the state machine that keeps the collector's promise, every complete record
+stored exactly once: the store and its spare connection, the publisher, the spool's
+bookkeeping and the files whose offsets rows are to be forgotten. Offsets move only with a
+committed batch (`SpoolDir.commit`); after a failed commit they are reloaded from the store
+before anything is read again. Two batches are in flight at once (`drain`), the second
+committing only after the first; a record the store refuses costs its file alone, found by
+bisection (`_isolate`); files deleted under it and writers that died finalize their task.
+
+It talks to a `Store` and a `Publisher` protocol (`collector.ports`): `collector.store.Store`
+(Postgres) and `collector.publish.Publisher` (Redis) in the collector, an in-memory store in
+the unit tests (`tests/unit/test_pipeline_machine.py`), which drive it through the orders of
+events that matter. `collector.daemon.Collector` runs it: when to scan, drain, finalize, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from capture_shim.spool import parse_file_name
+from collector.batch import Batch, FileChunk, FileState, shown
+from collector.metrics import Counters
+from collector.ports import Publisher, Store, until_available
+from collector.quarantine import quarantine
+from collector.settings import CollectorSettings
+from collector.store import RecordRefused
+from collector.stored import Stored
+from collector.tail import SpoolDir
+from tasklog.core.errors import StoreUnavailable
+from tasklog.core.process import pid_alive, runs_as
+
+log = logging.getLogger("tasklog.collector")
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """A batch whose commit is under way, and the offsets rows it drops."""
+
+    batch: Batch
+    forget: list[str]
+    task: asyncio.Task[Stored]
+
+
+class Pipeline:
+    """The exactly-once state machine (see the module)."""
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        spool: SpoolDir,
+        settings: CollectorSettings,
+        *,
+        spare: Store | None = None,
+        counters: Counters | None = None,
+        stop: asyncio.Event | None = None,
+        status: Callable[[str], None] | None = None,
+        reader: Executor | None = None,
+    ) -> None:
+        self.store = store
+        #: A second connection: a batch is stored on it while the one before commits.
+        self.spare = spare
+        self.publisher = publisher
+        self.spool = spool
+        self.settings = settings
+        self.counters = counters if counters is not None else Counters()
+        self._stop = stop if stop is not None else asyncio.Event()
+        self._status = status if status is not None else (lambda _: None)
+        #: The thread that reads and parses the next batch (`drain`); None: the loop's default.
+        self._reader = reader
+        #: Spool files whose offsets rows go with the next commit (deleted, finalized).
+        self._forget: list[str] = []
+
+    async def final_drain(
+        self,
+    ) -> None:
+        """On stop, store what the spool still holds, for TASKLOG_STOP_DRAIN_TIMEOUT at most.
+
+        A sidecar's spool (a Kubernetes emptyDir) goes with its pod: what is not stored now is
+        lost. A task whose writer is gone is finalized now rather than after the idle timeout.
+        Cut short, nothing is stored twice: offsets advance only with a commit.
+        """
+        timeout = self.settings.stop_drain_timeout
+        if timeout <= 0:
+            return
+        log.info("stopping: storing what the spool holds (at most %.0fs)", timeout)
+
+        async def drain() -> None:
+            await self.vanished(self.spool.scan())
+            # One pass leaves what a file gained while its batch was in flight (the reader
+            # skips such files): pass again until a pass stores nothing.
+            while True:
+                before = self.counters.batches
+                await self.drain(final=True)
+                if self.counters.batches == before:
+                    break
+            await self.orphans(final=True)
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except TimeoutError:
+            files, nbytes = self.spool.backlog()
+            log.warning(
+                "stopped after %.0fs with %d files (%d bytes) not stored; the next collector on "
+                "this spool directory stores them",
+                timeout,
+                files,
+                nbytes,
+            )
+        except StoreUnavailable as exc:
+            log.warning("stopping without the final drain: %s", exc)
+
+    async def drain(self, *, final: bool = False) -> None:
+        """Store everything readable now, batch by batch (`final`: also while stopping).
+
+        Two batches are in flight at once, on two connections: while one commits (its
+        write-ahead log flushed to disk, which one COPY of everything would wait for once),
+        the next is already copied on the other connection, and the one after is read and
+        parsed in a thread meanwhile, from other files than those two (their offsets are
+        about to move). A batch commits only after the one before it did (`Store.commit`'s
+        `after`), so results are applied in order, and it rolls back if that one failed: it
+        is then read again, nothing stored twice.
+        """
+        limits = (self.settings.batch_lines, self.settings.batch_bytes)
+        connections = (self.store, self.spare or self.store)
+        turn = 0
+        batch = self.spool.read_batch(*limits)
+        behind: _InFlight | None = None
+        current: _InFlight | None = None  # started, and not yet `behind`
+        reading: asyncio.Future[Batch] | None = None  # the next batch, read in a thread
+        try:
+            while final or not self._stop.is_set():
+                if not batch and behind is not None:
+                    # What is left may all be in the files of the batch in flight, which the
+                    # read skipped: wait for it (or its failure's handling), then read again.
+                    await self._settle(behind, None)
+                    behind = None
+                    batch = self.spool.read_batch(*limits)
+                if not batch and not self._forget:
+                    break
+                forget, self._forget = self._forget, []
+                after = behind.task if behind is not None else None
+                if connections[1] is self.store and behind is not None:
+                    # One connection only: never two transactions on it at once.
+                    ok = await self._settle(behind, None)
+                    behind, after = None, None
+                    if not ok:
+                        self._forget = forget + self._forget
+                        batch = self.spool.read_batch(*limits)
+                        continue
+                commit = connections[turn].commit(batch, forget, after=after)
+                turn ^= 1
+                current = _InFlight(batch, forget, asyncio.create_task(commit, name="commit"))
+                if batch:
+                    in_flight = {chunk.state.name for chunk in batch.chunks}
+                    if behind is not None:
+                        in_flight.update(chunk.state.name for chunk in behind.batch.chunks)
+                    reading = asyncio.get_running_loop().run_in_executor(
+                        self._reader, self.spool.read_batch, *limits, in_flight
+                    )
+                if behind is not None and not await self._settle(behind, current, reading):
+                    behind = current = reading = None
+                    self.spool.touched(
+                        set(self.spool.files)
+                    )  # what the read ahead took is read again
+                    batch = self.spool.read_batch(*limits)
+                    continue
+                behind, current = current, None
+                if reading is None:
+                    break
+                batch = await reading
+                reading = None
+        finally:
+            # Interrupted or done: the reader is done with the spool's bookkeeping, and what is
+            # in flight commits or fails, before anything else uses them or the connections.
+            if reading is not None:
+                await asyncio.wait({reading})
+            if behind is not None and await self._settle(behind, current):
+                behind = None
+            if current is not None and behind is None:
+                await self._settle(current, None)
+
+    async def _settle(
+        self,
+        done: _InFlight,
+        following: _InFlight | None,
+        reading: asyncio.Future[Batch] | None = None,
+    ) -> bool:
+        """Wait for a batch's commit and apply it; False if it failed (handled as `_commit_alone`
+        handles a failure). `following`, the batch committing after it, then rolls back: it
+        is waited for and its files are read again; so is `reading`, the batch being read
+        meanwhile, which is thrown away (the failure's handling changes what is stored)."""
+        try:
+            stored = await done.task
+        except Exception as exc:
+            if following is not None:
+                with contextlib.suppress(Exception):
+                    await following.task
+                self._forget = following.forget + self._forget
+            if reading is not None:
+                await asyncio.wait({reading})
+            await self._failed(done.batch, done.forget, exc)
+            return False
+        await self._apply(done.batch, stored)
+        return True
+
+    async def _commit_alone(self, batch: Batch) -> bool:
+        """Commit a batch and apply its result; False when Postgres failed (the offsets were
+        reloaded from it). A record Postgres refuses costs its file alone (`_isolate`)."""
+        forget, self._forget = self._forget, []
+        try:
+            stored = await self.store.commit(batch, forget)
+        except Exception as exc:
+            return await self._failed(batch, forget, exc)
+        await self._apply(batch, stored)
+        return True
+
+    async def _failed(
+        self,
+        batch: Batch,
+        forget: list[str],
+        exc: Exception,
+    ) -> bool:
+        """A batch's commit failed: isolate a refused record, or wait for Postgres and
+        reload the offsets from it. True when the batch was stored after all (in parts)."""
+        self._forget = forget + self._forget
+        if isinstance(exc, RecordRefused):
+            return await self._isolate(batch.chunks, exc)
+        self.counters.store_failures += 1
+        if not isinstance(exc, StoreUnavailable):
+            log.error("storing a batch failed; retrying it", exc_info=exc)
+        files = await self.until_available(self.store.load_files, first_error=exc)
+        if files is not None:
+            _reload(self.spool, files)
+            if self.spare is not None:
+                # Nothing runs on it now (a failed batch waits for the one after it), and
+                # its connection most likely went with the outage: open a fresh one on next
+                # use rather than meet a second failure, and a second warning, for the same.
+                await self.spare.close()
+        return False
+
+    async def _apply(self, batch: Batch, stored: Stored) -> None:
+        """A batch committed: move its files' offsets, publish, delete the finished files."""
+        ended = self.spool.commit(batch, stored)
+        for state in stored.refused:
+            self.spool.forged[state.name] = "it claims a task that already succeeded or failed"
+        self.counters.batches += 1
+        self.counters.lines += stored.rows
+        self.counters.corrupt += batch.corrupt
+        self.counters.times_clamped += stored.clamped
+        log.debug(
+            "batch: %d lines from %d files stored in one transaction",
+            stored.rows,
+            len(batch.chunks),
+        )
+        await self.publisher.publish(stored.lines, stored.tasks)
+        for state in ended:
+            self._remove(state)
+
+    async def _isolate(
+        self,
+        chunks: list[FileChunk],
+        refusal: RecordRefused,
+    ) -> bool:
+        """Postgres refused something in these files' records: commit halves until the file
+        holding it is found (each half is a whole transaction, exactly once as any batch),
+        then move that file aside. The other files go on as if nothing happened."""
+        if not chunks:  # only forgotten files' rows: never refused, but never retried forever
+            log.error("Postgres refused dropping offsets rows (%s); kept", refusal.why)
+            self._forget.clear()
+            return True
+        if len(chunks) == 1:
+            record = await _refused_record(self.store, chunks[0])
+            await self._quarantine(chunks[0].state, f"{refusal.why} in {record}")
+            return True
+        half = len(chunks) // 2
+        for part in (chunks[:half], chunks[half:]):
+            if not await self._commit_alone(Batch.of(part)):
+                return False
+        return True
+
+    async def _quarantine(self, state: FileState, why: str) -> None:
+        """Move a spool file Postgres cannot take into the quarantine directory, with one
+        warning naming it; its task, if stored, becomes LOST with the lines stored so far."""
+        where = quarantine(self.spool.path, state.name, self.settings.quarantine_path())
+        self.spool.drop(state)
+        self.counters.quarantined += 1
+        task = None
+        if state.registered:
+            reason = f"its spool file was quarantined ({why})"
+            try:
+                task = await self.store.lose(state, reason)
+            except (StoreUnavailable, RecordRefused):
+                pass  # the task stays as stored; the file is out of the way all the same
+            self._forget.append(state.name)
+        log.warning(
+            "spool file %s quarantined, %s: %s%s; the other files go on",
+            shown(state.name),
+            where,
+            why,
+            f"; task {shown(state.task_id or '')} is LOST" if task else "",
+        )
+        if task:
+            await self.publisher.publish({}, [task])
+
+    async def unstorable(self) -> None:
+        """Files whose name Postgres cannot store (not UTF-8): moved aside unread."""
+        while self.spool.unstorable:
+            name = self.spool.unstorable.pop()
+            where = quarantine(self.spool.path, name, self.settings.quarantine_path())
+            self.spool.ignore(name)
+            self.counters.quarantined += 1
+            log.warning(
+                "spool file %s quarantined, %s: its name is not UTF-8",
+                shown(name),
+                where,
+            )
+
+    async def forged(self) -> None:
+        """Files that claim a task they may not speak for (another task's id than their
+        name's, or a new run of a task that already succeeded or failed under that same
+        delivery): moved aside, the task they claim left as it is."""
+        while self.spool.forged:
+            name, why = self.spool.forged.popitem()
+            state = self.spool.files.get(name)
+            if state is None:
+                continue
+            if state.registered:
+                # Its own task's run, stored before: the run is finalized as LOST.
+                await self._quarantine(state, why)
+                continue
+            where = quarantine(self.spool.path, name, self.settings.quarantine_path())
+            self.spool.drop(state)
+            self.counters.quarantined += 1
+            log.warning("spool file %s quarantined, %s: %s", shown(name), where, why)
+
+    def _remove(self, state: FileState) -> None:
+        """A file whose end is stored is deleted; its offsets row goes with the next batch."""
+        try:
+            os.unlink(self.spool.path / state.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot delete stored spool file %s: %s", shown(state.name), exc)
+            return
+        self.spool.files.pop(state.name, None)
+        self._forget.append(state.name)
+        self.counters.files_done += 1
+
+    async def vanished(self, names: list[str]) -> None:
+        """Files deleted under us: what was stored stays; an unfinished task becomes LOST."""
+        for name in names:
+            state = self.spool.files[name]
+            if not state.ended:
+                self.counters.vanished += 1
+                log.warning(
+                    "spool file %s disappeared before its end was stored (task %s)",
+                    shown(name),
+                    shown(state.task_id or "?"),
+                )
+                if state.registered:
+                    try:
+                        task = await self.store.lose(
+                            state, "its spool file was deleted before the end"
+                        )
+                    except StoreUnavailable:
+                        return  # the next scan tries again
+                    self.spool.lost(state)
+                    await self.publisher.publish({}, [task] if task else [])
+            del self.spool.files[name]
+            if state.registered:
+                self._forget.append(name)
+
+    async def orphans(self, *, final: bool = False) -> None:
+        """Finalize files whose writer died: idle past TASKLOG_ORPHAN_TIMEOUT (at once if
+        `final`: while stopping, a dead writer will not come back before the spool goes)."""
+        now = time.monotonic()
+        for state in list(self.spool.files.values()):
+            if state.ended and state.size <= state.offset:
+                # Stored in full, but the process died before deleting it (kill -9 after commit).
+                self._remove(state)
+                continue
+            if state.ended or state.size > state.offset:
+                continue
+            if not final and now - state.changed_at < self.settings.orphan_timeout:
+                continue
+            pid = writer_pid(state.name)
+            if pid is not None and _writing(pid, state):
+                continue
+            if (
+                not final
+                and state.parent_pid is not None
+                and now - state.changed_at < PARENT_GRACE
+                and pid_alive(state.parent_pid)
+            ):
+                continue  # a pool child's worker may still write its end (capture_shim.verdict)
+            if not state.registered:
+                self._remove(state)  # the writer died before its start record
+                continue
+            reason = f"worker process {pid} died without finishing the task"
+            try:
+                task = await self.store.lose(state, reason)
+            except StoreUnavailable:
+                return
+            self.spool.lost(state)
+            self.counters.lost += 1
+            log.warning("task %s is LOST: %s", shown(state.task_id or "?"), reason)
+            await self.publisher.publish({}, [task] if task else [])
+            self._remove(state)
+
+    async def until_available(
+        self, fn: Callable[[], Awaitable[T]], first_error: BaseException | None = None
+    ) -> T | None:
+        """`until_available` with this pipeline's stop and status."""
+        return await until_available(fn, self._stop, self._status, first_error)
+
+
+async def _refused_record(store: Store, chunk: FileChunk) -> str:
+    """Which record of a file's chunk Postgres refuses, found by trial transactions rolled
+    back: its end, its progress, else the first line whose prefix is refused (bisected)."""
+
+    async def refused(**parts: Any) -> bool:
+        try:
+            await store.commit(Batch.of([dataclasses.replace(chunk, **parts)]), trial=True)
+        except RecordRefused:
+            return True
+        return False
+
+    try:
+        if chunk.end is not None and not await refused(end=None):
+            return "its end record"
+        if chunk.progress is not None and not await refused(end=None, progress=None):
+            return "its progress record"
+        lines = chunk.lines
+        if lines and not await refused(end=None, progress=None, lines=[]):
+            low, high = 0, len(lines)  # lines[:low] passes, lines[:high] is refused
+            while high - low > 1:
+                mid = (low + high) // 2
+                if await refused(end=None, progress=None, lines=lines[:mid]):
+                    high = mid
+                else:
+                    low = mid
+            return f"its line {lines[high - 1].seq}"
+        return "its start record" if chunk.start is not None else "its records"
+    except StoreUnavailable:
+        return "one of its records"
+
+
+def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:
+    """After a failed commit, trust only what Postgres says was stored."""
+    for name, state in list(spool.files.items()):
+        saved = files.get(name)
+        fresh = saved or FileState(name=name, inode=state.inode)
+        fresh.size, fresh.changed_at = state.size, state.changed_at
+        spool.files[name] = fresh
+    spool.scan()
+    spool.touched(set(spool.files))
+
+
+#: Seconds a dead pool child's run waits for its worker's main process to write its end (a
+#: hard time limit, a revoke, a lost child: Celery's verdict) before it is LOST. Billiard notices
+#: a child killed by SIGKILL some seconds after the fact.
+PARENT_GRACE = 30.0
+
+
+def _writing(pid: int, state: FileState) -> bool:
+    """Whether the process a file's name gives may still write it: alive, and running as the
+    file's owner. A name is chosen by whoever wrote the file: one naming pid 1 (or any long-lived
+    process of another user) would otherwise never be finalized, and stay in memory."""
+    return pid_alive(pid) and (state.uid is None or runs_as(pid, state.uid))
+
+
+def writer_pid(name: str) -> int | None:
+    parsed = parse_file_name(name)
+    return None if parsed is None else parsed.pid

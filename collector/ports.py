@@ -1,0 +1,87 @@
+"""The exactly-once pipeline's ports (`collector.pipeline`): the `Store` it commits batches to,
+the `Publisher` it tells, and waiting for a store that is down.
+
+The collector plugs in Postgres (`collector.store.Store`) and Redis
+(`collector.publish.Publisher`); the unit tests plug in an in-memory store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from collector.batch import Batch, FileState
+from collector.copydata import Rows
+from collector.stored import Stored
+from tasklog.core.errors import StoreUnavailable
+
+log = logging.getLogger("tasklog.collector")
+
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    """Where batches are stored: one transaction per batch, offsets with the lines.
+
+    `commit` raises `StoreUnavailable` when the store cannot be reached (the batch is then
+    not stored at all) and `RecordRefused` when a value of the batch is refused (another
+    batch would pass). `after` is the commit of the batch before, on another connection: it
+    is awaited just before this one commits, and this one fails if that one did.
+    """
+
+    async def commit(
+        self,
+        batch: Batch,
+        forget: Iterable[str] = (),
+        *,
+        trial: bool = False,
+        after: Awaitable[object] | None = None,
+    ) -> Stored: ...
+
+    async def load_files(self) -> dict[str, FileState]: ...
+
+    async def lose(self, state: FileState, reason: str) -> dict[str, Any] | None: ...
+
+    async def close(self) -> None: ...
+
+
+class Publisher(Protocol):
+    """Where news of what was stored goes (Redis); it never fails the pipeline."""
+
+    async def publish(self, lines: dict[str, list[Rows]], tasks: list[dict[str, Any]]) -> None: ...
+
+
+async def until_available(
+    fn: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    status: Callable[[str], None],
+    first_error: BaseException | None = None,
+) -> T | None:
+    """Call `fn` until Postgres answers, backing off; None if asked to stop meanwhile.
+    `status` hears "waiting for postgres" while it waits, "ok" once it answered."""
+    delay = 0.2
+    error = first_error
+    warned = False
+    while not stop.is_set():
+        if error is None:
+            try:
+                result = await fn()
+            except StoreUnavailable as exc:
+                error = exc
+            else:
+                if warned:
+                    log.info("Postgres reachable again; resuming from stored offsets")
+                status("ok")
+                return result
+        if not warned:
+            log.warning("Postgres unavailable (%s); retrying with backoff", error)
+            warned = True
+        status("waiting for postgres")
+        error = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 10.0)
+    return None
