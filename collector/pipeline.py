@@ -157,6 +157,8 @@ class Pipeline:
                     behind, after = None, None
                     if not ok:
                         self._forget = forget + self._forget
+                        # The batch read meanwhile is dropped: its files are read again.
+                        self.spool.touched(set(self.spool.files))
                         batch = self.spool.read_batch(*limits)
                         continue
                 commit = connections[turn].commit(batch, forget, after=after)

@@ -1,0 +1,253 @@
+"""The exactly-once pipeline (`collector.pipeline.Pipeline`) by itself, against an in-memory
+store (`tests.memory_store`): whatever the order of events, every complete record of a spool
+file is stored once, none twice.
+
+Hypothesis chooses the files, the batch sizes and the faults: commits that fail while the next
+batch is in flight, refused lines bisected down to their file, a file deleted under the
+collector, a stop in the middle of a batch followed by a new collector on the same store. The
+real-process fault tests (`tests/integration/test_collector_faults.py`, `test_faults_spool.py`,
+`test_collector_stop.py`) do the same to the real collector with Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from capture_shim import spool
+from collector.metrics import Counters
+from collector.pipeline import Pipeline
+from collector.settings import CollectorSettings
+from collector.tail import SpoolDir
+from tests.memory_store import POISON, MemoryPublisher, MemoryStore, SecondConnection
+
+#: A pid no process has (Linux pids stop below 2**22): a file's writer is dead.
+DEAD_PID = 4_000_000
+
+
+def write_file(directory: Path, index: int, lines: int, *, ended: bool, poison: int = 0) -> str:
+    """A spool file as the shim writes it: start, `lines` lines, maybe an end; line `poison`
+    (if any) holds what the store refuses."""
+    task_id = f"task-{index}"
+    name = spool.file_name(task_id, DEAD_PID, 1_000 + index)
+    records = [
+        spool.encode(
+            {"k": "start", "v": spool.VERSION, "task_id": task_id, "t": 1.8e9, "max_lines": 10**6}
+        )
+    ]
+    for n in range(1, lines + 1):
+        text = f"{POISON} {n}" if n == poison else f"{task_id} line {n}"
+        records.append(spool.encode_line(n, spool.STDOUT, text))
+    if ended:
+        records.append(spool.encode({"k": "end", "state": "SUCCESS", "t": 1.8e9 + 1}))
+    (directory / name).write_bytes(b"".join(records))
+    return task_id
+
+
+def expected(task_id: str, lines: int) -> list[str]:
+    return [f"{task_id} line {n}" for n in range(1, lines + 1)]
+
+
+def pipeline_for(
+    directory: Path, store: MemoryStore, files: dict, batch_lines: int, *, spare: bool
+) -> tuple[Pipeline, asyncio.Event]:
+    config = CollectorSettings(
+        spool_dir=directory,
+        batch_lines=batch_lines,
+        quarantine_dir=directory.parent / "quarantine",
+        orphan_timeout=0.1,
+    )
+    spool_dir = SpoolDir(directory, files)
+    spool_dir.scan()
+    stop = asyncio.Event()
+    machine = Pipeline(
+        store,
+        MemoryPublisher(),
+        spool_dir,
+        config,
+        spare=SecondConnection(store) if spare else None,
+        counters=Counters(),
+        stop=stop,
+    )
+    return machine, stop
+
+
+async def settle(machine: Pipeline) -> None:
+    """Scan and drain until nothing is left to store (as the collector's loop does)."""
+    for _ in range(200):
+        before = machine.counters.batches
+        await machine.vanished(machine.spool.scan())
+        await machine.drain(final=True)
+        await machine.forged()
+        if machine.counters.batches == before and machine.spool.backlog() == (0, 0):
+            return
+    raise AssertionError("the pipeline never settled")
+
+
+FILES = st.lists(
+    st.tuples(st.integers(0, 12), st.booleans()),  # (lines, ended)
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    files=FILES,
+    batch_lines=st.integers(1, 7),
+    unavailable=st.sets(st.integers(1, 12), max_size=4),
+    reply_lost=st.sets(st.integers(1, 12), max_size=3),
+    spare=st.booleans(),
+)
+def test_nothing_lost_nothing_twice_when_commits_fail_with_the_next_batch_in_flight(
+    files: list[tuple[int, bool]],
+    batch_lines: int,
+    unavailable: set[int],
+    reply_lost: set[int],
+    spare: bool,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        tasks = {
+            write_file(directory, i, lines, ended=ended): lines
+            for i, (lines, ended) in enumerate(files)
+        }
+        store = MemoryStore(unavailable=unavailable, reply_lost=reply_lost - unavailable)
+        machine, _ = pipeline_for(directory, store, {}, batch_lines, spare=spare)
+        asyncio.run(settle(machine))
+        assert store.duplicates == 0
+        for task_id, lines in tasks.items():
+            assert store.messages(task_id) == expected(task_id, lines)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    files=st.lists(st.integers(1, 8), min_size=2, max_size=6),
+    poisoned=st.data(),
+    batch_lines=st.integers(3, 40),
+)
+def test_a_refused_line_is_bisected_to_its_file_and_the_others_are_stored_once(
+    files: list[int], poisoned: st.DataObject, batch_lines: int
+) -> None:
+    bad = poisoned.draw(st.integers(0, len(files) - 1))
+    bad_line = poisoned.draw(st.integers(1, files[bad]))
+    note(f"files {files}, line {bad_line} of file {bad} refused, batches of {batch_lines}")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        tasks = {
+            write_file(directory, i, lines, ended=True, poison=bad_line if i == bad else 0): lines
+            for i, lines in enumerate(files)
+        }
+        store = MemoryStore()
+        machine, _ = pipeline_for(directory, store, {}, batch_lines, spare=True)
+        asyncio.run(settle(machine))
+        assert store.duplicates == 0
+        bad_task = f"task-{bad}"
+        for task_id, lines in tasks.items():
+            if task_id != bad_task:
+                assert store.messages(task_id) == expected(task_id, lines)
+        # The refused file is moved aside whole: none of its lines past the poison is stored.
+        assert (
+            store.messages(bad_task)
+            == expected(bad_task, bad_line - 1)[: len(store.messages(bad_task))]
+        )
+        assert machine.counters.quarantined == 1
+        assert (Path(tmp) / "quarantine").is_dir()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    files=st.lists(st.integers(1, 10), min_size=2, max_size=5),
+    batch_lines=st.integers(1, 4),
+    gone=st.data(),
+)
+def test_a_file_vanishing_keeps_what_was_stored_and_loses_its_task(
+    files: list[int], batch_lines: int, gone: st.DataObject
+) -> None:
+    victim = gone.draw(st.integers(0, len(files) - 1))
+    note(f"files {files}, file {victim} deleted at the second commit, batches of {batch_lines}")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        tasks = {
+            write_file(directory, i, lines, ended=False): lines for i, lines in enumerate(files)
+        }
+        victim_task = f"task-{victim}"
+        victim_file = next(directory.glob(f"{victim_task}.*"))
+
+        def delete_on_second_commit(number: int) -> None:
+            if number == 2:
+                victim_file.unlink(missing_ok=True)
+
+        store = MemoryStore(on_commit=delete_on_second_commit)
+        machine, _ = pipeline_for(directory, store, {}, batch_lines, spare=True)
+        asyncio.run(settle(machine))
+        assert store.duplicates == 0
+        for task_id, lines in tasks.items():
+            stored = store.messages(task_id)
+            if task_id == victim_task:
+                assert stored == expected(task_id, lines)[: len(stored)]  # a prefix, once
+            else:
+                assert stored == expected(task_id, lines)
+        if victim_task in store.tasks and not victim_file.exists():  # stored, then deleted
+            assert store.tasks[victim_task]["state"] == "LOST"
+            assert machine.counters.vanished == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    files=FILES,
+    batch_lines=st.integers(1, 5),
+    stop_at=st.integers(1, 8),
+    unavailable=st.sets(st.integers(1, 10), max_size=2),
+    reply_lost=st.sets(st.integers(1, 10), max_size=2),
+)
+def test_a_stop_mid_batch_then_a_new_collector_stores_the_rest_once(
+    files: list[tuple[int, bool]],
+    batch_lines: int,
+    stop_at: int,
+    unavailable: set[int],
+    reply_lost: set[int],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        tasks = {
+            write_file(directory, i, lines, ended=ended): lines
+            for i, (lines, ended) in enumerate(files)
+        }
+        stops: list[asyncio.Event] = []
+
+        def stop_there(number: int) -> None:
+            if number == stop_at and stops:
+                stops[0].set()
+
+        store = MemoryStore(
+            unavailable=unavailable, reply_lost=reply_lost - unavailable, on_commit=stop_there
+        )
+
+        async def first_collector() -> None:
+            machine, stop = pipeline_for(directory, store, {}, batch_lines, spare=True)
+            stops.append(stop)
+            with ThreadPoolExecutor(1) as reader:
+                machine._reader = reader
+                await machine.drain()  # returns once the stop came and the batches settled
+
+        asyncio.run(first_collector())
+
+        async def second_collector() -> None:
+            files_known = await store.load_files()
+            machine, _ = pipeline_for(directory, store, files_known, batch_lines, spare=True)
+            await settle(machine)
+
+        asyncio.run(second_collector())
+        assert store.duplicates == 0
+        for task_id, lines in tasks.items():
+            assert store.messages(task_id) == expected(task_id, lines)
