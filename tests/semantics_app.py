@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import redis
 from celery import Celery
@@ -17,6 +18,7 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from celery.utils.log import get_logger, get_task_logger
 
 import capture_shim
+from capture_shim import spool
 
 _url = os.environ.get("TASKLOG_REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("semantics", broker=_url, backend=_url)
@@ -93,6 +95,7 @@ def sleeper(self) -> None:
 
 @app.task(bind=True, name="sem.lost")
 def lost(self) -> None:
+    keep_spool_file(self.request.id)
     print(f"lost {self.request.id} before")
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -124,9 +127,22 @@ def replace(self) -> None:
     raise self.replace(ok.s())
 
 
+def keep_spool_file(task_id: str) -> None:
+    """A hard link to this run's spool file in TASKLOG_TEST_KEEP_DIR (when set), taken before
+    the task prints and kills its process: the same inode, so afterwards it holds exactly
+    what the file held at the kill."""
+    keep = os.environ.get("TASKLOG_TEST_KEEP_DIR")
+    if keep:
+        name = f"{spool.safe_name(task_id)}.{os.getpid()}.*{spool.SUFFIX}"
+        (path,) = Path(os.environ["TASKLOG_SPOOL_DIR"]).glob(name)
+        os.link(path, Path(keep) / path.name)
+
+
 @app.task(bind=True, name="sem.crash", acks_late=True)
 def crash(self) -> str:
     delivery = _counter(f"crash:{self.request.id}")
+    if delivery == 1:
+        keep_spool_file(self.request.id)
     print(f"crash {self.request.id} delivery {delivery}", flush=True)
     if delivery == 1:  # the whole worker dies (its session), the message is not acknowledged
         os.killpg(os.getpgid(0), signal.SIGKILL)

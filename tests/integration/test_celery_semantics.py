@@ -21,6 +21,7 @@ from celery import Celery
 
 from tasklog.core.constants import FAILURE, IGNORED, LOST, REJECTED, RETRY, REVOKED, SUCCESS
 from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
+from tests.integration.test_collector_faults import held_in, stored_of
 
 #: Generous: two cores shared with other work, and a worker forks its pool first.
 DEADLINE = 60
@@ -46,7 +47,12 @@ def start_collector(procs: ProcessFactory, database_url: str, spool_dir: Path) -
 
 
 def start_worker(
-    procs: ProcessFactory, redis_url: str, spool_dir: Path, pool: str, name: str = "w"
+    procs: ProcessFactory,
+    redis_url: str,
+    spool_dir: Path,
+    pool: str,
+    name: str = "w",
+    keep_dir: Path | None = None,
 ) -> Proc:
     argv = [
         sys.executable,
@@ -68,6 +74,8 @@ def start_worker(
         f"{name}-{pool}-{os.getpid()}@%h",
     ]
     env = {"TASKLOG_REDIS_URL": redis_url, "TASKLOG_SPOOL_DIR": str(spool_dir)}
+    if keep_dir is not None:  # where a task that kills its worker links its spool file first
+        env["TASKLOG_TEST_KEEP_DIR"] = str(keep_dir)
     return procs.start(
         f"worker-{name}-{pool}", argv, env=env, ready=re.compile(r"\bready\.$", re.M), timeout=60
     )
@@ -234,14 +242,27 @@ def test_revoke_with_terminate_is_stored_revoked(
 
 
 def test_a_worker_process_lost_mid_task_is_celerys_worker_lost_failure(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, client: Celery
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    client: Celery,
+    tmp_path: Path,
 ) -> None:
     start_collector(procs, database_url, spool_dir)
-    start_worker(procs, redis_url, spool_dir, "prefork")
+    keep_dir = tmp_path / "at-kill"
+    keep_dir.mkdir()
+    start_worker(procs, redis_url, spool_dir, "prefork", keep_dir=keep_dir)
     task_id = client.send_task("sem.lost").id
     wait_state(database_url, task_id, FAILURE, "WorkerLostError")
     assert celery_state(client, task_id, FAILURE) == FAILURE
     assert messages(database_url, task_id) == [f"lost {task_id} before"]
+    # Exactly the lines the spool file held at the kill (a hard link the task took just
+    # before it), then the end the worker's main process wrote for the killed child.
+    held = held_in(keep_dir)
+    assert list(held) == [task_id]
+    assert stored_of(database_url, task_id) == held[task_id].lines
+    assert held[task_id].end is not None and held[task_id].end["state"] == FAILURE
 
 
 # -- runs that never started -----------------------------------------------------------------
@@ -301,13 +322,26 @@ def test_a_rejection_with_requeue_then_its_redelivery_keep_both_outcomes(
 
 
 def test_an_acks_late_task_of_a_crashed_worker_is_lost_then_redelivered(
-    procs: ProcessFactory, database_url: str, redis_url: str, spool_dir: Path, client: Celery
+    procs: ProcessFactory,
+    database_url: str,
+    redis_url: str,
+    spool_dir: Path,
+    client: Celery,
+    tmp_path: Path,
 ) -> None:
     start_collector(procs, database_url, spool_dir)
-    first = start_worker(procs, redis_url, spool_dir, "prefork", name="first")
+    keep_dir = tmp_path / "at-kill"
+    keep_dir.mkdir()
+    first = start_worker(procs, redis_url, spool_dir, "prefork", name="first", keep_dir=keep_dir)
     task_id = client.send_task("sem.crash").id
     wait_for(lambda: not first.alive, DEADLINE, 0.1, "the first worker crashed")
     wait_state(database_url, task_id, LOST)
+    # The lost run's lines are exactly what its spool file held at the kill (a hard link the
+    # task took just before it): none lost, none twice, and no end in it.
+    held = held_in(keep_dir)
+    assert list(held) == [task_id] and held[task_id].end is None
+    assert stored_of(database_url, task_id) == held[task_id].lines
+    assert held[task_id].lines == [(1, "stdout", f"crash {task_id} delivery 1")]
     start_worker(procs, redis_url, spool_dir, "prefork", name="second")
     wait_state(database_url, task_id, SUCCESS)
     assert celery_state(client, task_id, SUCCESS) == SUCCESS
