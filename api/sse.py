@@ -118,8 +118,9 @@ class Stream(EventSourceResponse):
             metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames) - statuses)
 
 
-def frame(data: str, id: int | None = None) -> bytes:
-    """One event as `EventSourceResponse.send` frames it (default separator), for batching."""
+def frame(data: str, id: int | str | None = None) -> bytes:
+    """One event as `EventSourceResponse.send` frames it (default separator), for batching;
+    `id` is a seq, or a stream's own cursor (the workflow stream's)."""
     split = EventSourceResponse.LINE_SEP_EXPR.split
     chunks = "".join(f"data: {chunk}\r\n" for chunk in split(data))
     head = "" if id is None else f"id: {id}\r\n"
@@ -333,7 +334,7 @@ async def _task_stream(request: web.Request) -> web.StreamResponse:
     async with hub.subscribe(task_id, settings.api_client_buffer) as sub:
         # The first read happens before the response starts, so a dead Postgres is a 503.
         row = await app[keys.PRIMARY].task_progress(task_id)
-        async with _open(request, sub) as stream:
+        async with open_stream(request, sub) as stream:
             follower = TaskFollower(stream, request, task_id, after)
             await stream.event(
                 {"type": wire.CONNECTED, "task_id": task_id, "after_seq": after}, retry=RETRY_MS
@@ -372,7 +373,7 @@ async def _tasks_stream(request: web.Request) -> web.StreamResponse:
     given = params.timestamp(request, "since")
     async with hub.subscribe(None, settings.api_client_buffer) as sub:
         since = given or await _now(store)
-        async with _open(request, sub) as stream:
+        async with open_stream(request, sub) as stream:
             await stream.event({"type": wire.CONNECTED}, retry=RETRY_MS)
             try:
                 catch_up, waiting = given is not None, False
@@ -457,8 +458,9 @@ async def _now(store: Store) -> datetime:
 
 
 @asynccontextmanager
-async def _open(request: web.Request, sub: Subscription) -> AsyncIterator[Stream]:
-    """Start an SSE response for a subscription; a lost client closes the subscription."""
+async def open_stream(request: web.Request, sub: Subscription) -> AsyncIterator[Stream]:
+    """Start an SSE response for a subscription (every kind of stream: task, task list,
+    workflow); a lost client closes the subscription. The caller holds a stream slot."""
     settings = request.app[keys.SETTINGS]
     label = "task" if sub.task_id is not None else "tasks"
     async with sse_response(

@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 from psycopg import sql
 
 from api import keys, params, wire
@@ -31,7 +30,7 @@ from api.models import Task, Workflow
 from api.queries import TASK_COLUMNS, Row
 from api.routes import respond
 from api.settings import ApiSettings
-from api.sse import RETRY_MS, Stream, _open
+from api.sse import RETRY_MS, Stream, frame, open_stream
 from tasklog.core.constants import FINISHED_STATES, MAX_TASK_ID_BYTES, task_id_problem
 from tasklog.core.errors import StoreUnavailable
 
@@ -82,12 +81,6 @@ async def get_workflow(request: web.Request) -> web.Response:
     )
 
 
-def _frame(data: str, event_id: str) -> bytes:
-    split = EventSourceResponse.LINE_SEP_EXPR.split
-    chunks = "".join(f"data: {chunk}\r\n" for chunk in split(data))
-    return f"id: {event_id}\r\n{chunks}\r\n".encode()
-
-
 class WorkflowFollower:
     """One client following one workflow: its members, what was sent of each."""
 
@@ -132,7 +125,7 @@ class WorkflowFollower:
                     continue
                 self.cursor.advance(task_id, row["seq"])
                 data = wire.dumps(wire.line_json(row, task_id))
-                frames.append(_frame(data, self.cursor.encode()))
+                frames.append(frame(data, self.cursor.encode()))
             await self.stream.lines(frames)
             if len(rows) < REPLAY_PAGE:
                 return
@@ -191,7 +184,13 @@ class WorkflowFollower:
 
 
 async def workflow_stream(request: web.Request) -> web.StreamResponse:
-    """``GET /tasklog/sse/workflow/{root_id}/``: replay after Last-Event-ID, then live."""
+    """``GET /tasklog/sse/workflow/{root_id}/``: replay after Last-Event-ID, then live. It takes
+    one of the process's stream slots, as every stream does (`api.slots`)."""
+    with request.app[keys.SLOTS].take():
+        return await _workflow_stream(request)
+
+
+async def _workflow_stream(request: web.Request) -> web.StreamResponse:
     root_id = root_param(request)
     raw = request.headers.get("Last-Event-ID") or request.query.get("after") or ""
     try:
@@ -203,7 +202,7 @@ async def workflow_stream(request: web.Request) -> web.StreamResponse:
     async with hub.subscribe(None, settings.api_client_buffer) as sub:
         # Read before the response starts, so a dead Postgres is a 503.
         await workflow_tasks(request, root_id, live=True)
-        async with _open(request, sub) as stream:
+        async with open_stream(request, sub) as stream:
             follower = WorkflowFollower(stream, request, root_id, cursor)
             await stream.event(
                 {"type": wire.CONNECTED, "root_id": root_id, "after": cursor.encode()},

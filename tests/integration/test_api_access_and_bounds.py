@@ -424,6 +424,36 @@ async def test_sse_streams_beyond_the_bound_get_a_503_with_retry_after(
                 assert (await one.next()) is not None and (await two.next()) is not None
 
 
+async def test_a_workflow_stream_takes_a_slot_like_every_stream(
+    database_url: str, redis_url: str
+) -> None:
+    """Beyond TASKLOG_API_MAX_STREAMS a workflow stream gets the 503 any stream gets, and an
+    open workflow stream holds a slot a task stream is then refused for."""
+    async with FakeCollector.connect(database_url, redis_url) as fake:
+        await fake.start("root")
+        settings = api_settings(database_url, redis_url, api_max_streams=1)
+        async with running_api(settings) as client:
+            async with sse(client, f"{PREFIX}/sse/workflow/root/") as flow:
+                event = await flow.next()
+                assert event is not None and event.type == "connected"
+                before = await refused_so_far(client)
+                for path in ("/sse/workflow/root/", "/sse/task/root/"):
+                    refused = await client.get(PREFIX + path)
+                    assert refused.status == 503, path
+                    assert refused.headers["Retry-After"] == "5"
+                    assert "TASKLOG_API_MAX_STREAMS" in (await refused.json())["error"]
+                assert await refused_so_far(client) == before + 2
+            # Closed, the workflow stream gives its slot back.
+            async with asyncio.timeout(20):
+                while True:
+                    response = await client.get(f"{PREFIX}/sse/test/?count=1")
+                    if response.status == 200:
+                        await response.read()
+                        break
+                    response.close()
+                    await asyncio.sleep(0.1)
+
+
 async def test_the_largest_detail_page_is_bounded(database_url: str, redis_url: str) -> None:
     async with FakeCollector.connect(database_url, redis_url) as fake:
         await fake.start("job")
