@@ -13,6 +13,7 @@ from bench import (
     collector,
     fanout,
     fleet,
+    hostile,
     latency,
     livepath,
     pertask,
@@ -37,6 +38,7 @@ SUITES: dict[str, ModuleType] = {
     "livepath": livepath,
     "fleet": fleet,
     "topology": topology,
+    "hostile": hostile,
 }
 
 
