@@ -16,6 +16,10 @@ channel is confirmed subscribed before its replay starts: `Hub.subscribe` waits 
 confirm (bounded); when the confirmation comes later than that, the subscription receives
 `RESYNC` and its stream reads Postgres again.
 
+The connection itself (sessions and their per-node links) is `api.redislink`'s; every
+client comes from the Redis boundary, `tasklog.core.live`, which also owns the watched set's
+commands and says what a Redis error was in one line.
+
 redis-py's asyncio pub/sub does not come back by itself after an outage, a failover or a slot
 that moved, so the hub's link is a reconnect-and-resubscribe loop: each spell of connection is
 a `_Session` that subscribes everything followed and ends at the first error on any of its
@@ -36,23 +40,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
-
 from api import metrics
+from api.redislink import Session
 from tasklog.core import live, messages, supervise
 from tasklog.core.constants import (
     LINES_CHANNEL_PREFIX,
     TASKS_CHANNEL,
     WATCH_TTL,
-    WATCHED_KEY,
     lines_channel,
 )
 
@@ -68,9 +66,6 @@ Item = messages.LinesMessage | messages.TaskMessage | Literal["resync"]
 CONFIRM_WAIT = 2.0
 #: How the API's connections are named in CLIENT LIST.
 CLIENT_NAME = "tasklog-api"
-#: Channels per SUBSCRIBE command when a session resubscribes everything.
-_SUBSCRIBE_CHUNK = 500
-_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class Subscription:
@@ -134,14 +129,15 @@ class Hub:
     ) -> None:
         self._url = redis_url
         self._mode: live.ClusterMode = cluster
-        self._ping_every = ping_every
+        #: Seconds of silence after which a pub/sub connection is pinged (`api.redislink`).
+        self.ping_every = ping_every
         self._retry_max = retry_max
         self._by_task: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
         #: Messages dropped since the last warning, and when that was (`_drop`).
         self._dropped = 0
         self._drop_warned = -DROP_WARNING_INTERVAL
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._background: set[asyncio.Task[None]] = set()
         #: True while subscribed: streams may rely on pushes; otherwise they poll Postgres.
         self.live = False
@@ -173,12 +169,9 @@ class Hub:
             return {"ok": None}
         try:
             client = await self._client()
-            if isinstance(client, RedisCluster):
-                info = await client.info("server", target_nodes=RedisCluster.RANDOM)
-            else:
-                info = await client.info("server")
-        except _ERRORS as exc:
-            return {"ok": False, "error": str(exc) or type(exc).__name__}
+            info = await live.server_info(client)
+        except live.ERRORS as exc:
+            return {"ok": False, "error": live.describe(exc)}
         return {"ok": True, "version": info.get("redis_version")}
 
     @property
@@ -251,23 +244,19 @@ class Hub:
         if self._url is None or not task_ids:
             return
         try:
-            client = await self._client()
-            until = time.time() + WATCH_TTL
-            for start in range(0, len(task_ids), _SUBSCRIBE_CHUNK):
-                chunk = task_ids[start : start + _SUBSCRIBE_CHUNK]
-                await client.zadd(WATCHED_KEY, dict.fromkeys(chunk, until))
-        except _ERRORS as exc:
+            await live.mark_watched(await self._client(), task_ids, time.time() + WATCH_TTL)
+        except live.ERRORS as exc:
             # Lines then reach the followers through Postgres; the next refresh tries again.
-            log.debug("cannot mark followed tasks in Redis: %s", exc)
+            log.debug("cannot mark followed tasks in Redis: %s", live.describe(exc))
 
     async def _keep_watched(self) -> None:
         """Refresh the marks of the followed tasks; drop everybody's expired marks."""
         while True:
             await asyncio.sleep(WATCH_TTL / 3)
             await self._mark_watched(self.followed())
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*live.ERRORS):
                 if self._commands is not None:
-                    await self._commands.zremrangebyscore(WATCHED_KEY, "-inf", time.time())
+                    await live.drop_expired_marks(self._commands)
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -307,17 +296,20 @@ class Hub:
         delay = 0.1
         while True:
             try:
-                session = _Session(self, await self._client(), self._url)
+                session = Session(self, await self._client(), self._url, CLIENT_NAME)
                 self._session = session
                 try:
                     await session.run()
                 finally:
                     self._session = None
                     await session.aclose()
-            except _ERRORS as exc:
+            except live.ERRORS as exc:
                 if self.live or self.last_error is None:
-                    log.warning("Redis pub/sub lost (%s); streams poll Postgres meanwhile", exc)
-                self.last_error = str(exc) or type(exc).__name__
+                    log.warning(
+                        "Redis pub/sub lost (%s); streams poll Postgres meanwhile",
+                        live.describe(exc),
+                    )
+                self.last_error = live.describe(exc)
             finally:
                 was_live = self._went_down()
             if was_live:
@@ -343,7 +335,8 @@ class Hub:
         metrics.HUB_RECONNECTS.inc()
         self.reconnects += 1
 
-    def _went_live(self) -> None:
+    def went_live(self) -> None:
+        """The session's word that every channel holds."""
         # Every channel holds: from now on nothing published is missed, and whatever was
         # published while away is in Postgres.
         log.info("Redis pub/sub subscribed (%d task channels)", len(self._by_task))
@@ -357,8 +350,8 @@ class Hub:
         # at the next refresh.
         self._in_background(self._mark_watched(self.followed()), "redis-watch-mark")
 
-    def _confirmed(self, task_id: str) -> None:
-        """A task channel subscribed after the session went live now holds."""
+    def confirmed(self, task_id: str) -> None:
+        """The session's word that a task channel subscribed after it went live now holds."""
         for sub in self._by_task.get(task_id, ()):
             if not sub.covered:
                 sub.covered = True
@@ -383,7 +376,8 @@ class Hub:
             )
             self._dropped = 0
 
-    def _dispatch(self, channel: bytes, data: bytes) -> None:
+    def dispatch(self, channel: bytes, data: bytes) -> None:
+        """A message the session received on `channel`: to the subscriptions it is for."""
         name = channel.decode("utf-8", "replace")
         if name == TASKS_CHANNEL:
             self._on_task(data)
@@ -412,197 +406,3 @@ class Hub:
             sub.push(payload)
         for sub in self._by_task.get(payload["task_id"], ()):
             sub.push(payload)
-
-
-class _Session:
-    """One spell of connection: the pub/sub links, the channels held, until the first error.
-
-    Per channel it counts the (un)subscribe commands sent and not yet confirmed: Redis answers
-    them in order, so a channel holds when the confirmation of its last command is a subscribe.
-    """
-
-    def __init__(self, hub: Hub, client: live.Client, url: str) -> None:
-        self._hub = hub
-        self._client = client
-        self._url = url
-        self._sharded = isinstance(client, RedisCluster)
-        self._links: dict[str, _Link] = {}
-        self._inflight: dict[str, int] = {}
-        self._sends: set[asyncio.Task[None]] = set()
-        self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # What the session starts with; a follower that comes meanwhile waits for it.
-        channels = [TASKS_CHANNEL, *map(lines_channel, hub.followed())]
-        self._held = {channel: asyncio.Event() for channel in channels}
-        self._starting = set(channels)
-
-    async def run(self) -> None:
-        """Subscribe everything followed, then dispatch until a link fails (raises)."""
-        if isinstance(self._client, RedisCluster):
-            # Whoever owns each slot now (after a failover or a resharding).
-            await self._client.nodes_manager.initialize()
-        await self._send(True, [c for c in self._starting if c in self._held])
-        await self._failed
-
-    async def aclose(self) -> None:
-        for task in self._sends:
-            task.cancel()
-        await asyncio.gather(*self._sends, return_exceptions=True)
-        for link in self._links.values():
-            await link.aclose()
-
-    async def hold(self, channel: str, timeout: float) -> bool:
-        """Subscribe `channel` unless held or asked; whether it holds within `timeout` s."""
-        event = self._held.get(channel)
-        if event is None:
-            event = self._held[channel] = asyncio.Event()
-            try:
-                await self._send(True, [channel])
-            except _ERRORS as exc:
-                self._fail(exc)
-                return False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        return event.is_set()
-
-    def release(self, channel: str) -> None:
-        """Unsubscribe `channel` (its last follower left), without waiting for Redis."""
-        if self._held.pop(channel, None) is None:
-            return
-        self._starting.discard(channel)
-        self._check_started()
-        task = asyncio.create_task(self._send(False, [channel]), name="redis-unsubscribe")
-        self._sends.add(task)
-        task.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sends.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._fail(task.exception())
-
-    def _fail(self, exc: BaseException | None) -> None:
-        if not self._failed.done():
-            self._failed.set_exception(exc or ConnectionError("Redis pub/sub failed"))
-
-    async def _send(self, subscribe: bool, channels: list[str]) -> None:
-        for channel in channels:
-            self._inflight[channel] = self._inflight.get(channel, 0) + 1
-        for link, group in self._by_link(channels):
-            for start in range(0, len(group), _SUBSCRIBE_CHUNK):
-                chunk = group[start : start + _SUBSCRIBE_CHUNK]
-                if self._sharded:
-                    # One slot per SSUBSCRIBE (several would be refused as CROSSSLOT).
-                    for channel in chunk:
-                        await link.send(subscribe, [channel])
-                else:
-                    await link.send(subscribe, chunk)
-
-    def _by_link(self, channels: Iterable[str]) -> list[tuple[_Link, list[str]]]:
-        groups: dict[str, list[str]] = {}
-        for channel in channels:
-            if isinstance(self._client, RedisCluster):
-                node = self._client.get_node_from_key(channel)
-                if node is None:
-                    raise RedisClusterException(f"no Redis Cluster node owns {channel}")
-                name, url = node.name, live.node_url(self._url, node.host, node.port)
-            else:
-                name, url = "redis", self._url
-            if name not in self._links:
-                self._links[name] = _Link(self, name, url, self._sharded, self._hub._ping_every)
-            groups.setdefault(name, []).append(channel)
-        return [(self._links[name], group) for name, group in groups.items()]
-
-    def on_message(self, kind: str, channel: bytes, data: Any) -> None:
-        if kind in ("message", "smessage"):
-            self._hub._dispatch(channel, data)
-            return
-        name = channel.decode("utf-8", "replace")
-        inflight = self._inflight.get(name, 0)
-        if inflight == 0:
-            # Redis dropped a subscription by itself: its slot moved or its node is a replica
-            # now. Start over, asking the cluster who owns what.
-            raise ConnectionError(f"Redis ended the subscription to {name} ({kind})")
-        if inflight > 1:
-            self._inflight[name] = inflight - 1
-            return  # a later command on this channel decides
-        del self._inflight[name]
-        event = self._held.get(name)
-        if kind not in ("subscribe", "ssubscribe") or event is None:
-            return
-        event.set()
-        if name in self._starting:
-            self._starting.discard(name)
-            self._check_started()
-        elif name.startswith(LINES_CHANNEL_PREFIX) and self._hub.live:
-            self._hub._confirmed(name[len(LINES_CHANNEL_PREFIX) :])
-
-    def _check_started(self) -> None:
-        if not self._starting and TASKS_CHANNEL in self._held and not self._hub.live:
-            self._hub._went_live()
-
-    def link_failed(self, exc: BaseException) -> None:
-        self._fail(exc)
-
-
-class _Link:
-    """One pub/sub connection to one Redis node, read by a task of its own."""
-
-    def __init__(
-        self, session: _Session, name: str, url: str, sharded: bool, ping_every: float
-    ) -> None:
-        self._session = session
-        self._sharded = sharded
-        self._ping_every = ping_every
-        self._client = aioredis.from_url(
-            url, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0), client_name=CLIENT_NAME
-        )
-        self._pubsub = self._client.pubsub()
-        self._reader: asyncio.Task[None] | None = None
-        self._name = name
-
-    async def send(self, subscribe: bool, channels: list[str]) -> None:
-        if self._sharded:
-            if subscribe:
-                await self._pubsub.ssubscribe(*channels)
-            else:
-                await self._pubsub.sunsubscribe(*channels)
-        elif subscribe:
-            await self._pubsub.subscribe(*channels)
-        else:
-            await self._pubsub.unsubscribe(*channels)
-        if self._reader is None:  # only now has the pub/sub a connection to read
-            self._reader = asyncio.create_task(self._read(), name=f"redis-hub-{self._name}")
-            self._reader.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled():
-            self._session.link_failed(task.exception() or ConnectionError("pub/sub ended"))
-
-    async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        with contextlib.suppress(*_ERRORS):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
-        await self._client.aclose(close_connection_pool=True)
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_seen = loop.time()
-        ping_sent: float | None = None
-        while True:
-            message = await self._pubsub.get_message(timeout=self._ping_every)
-            now = loop.time()
-            if message is None:
-                # A silent half-open connection would block forever: ping it, and give up on
-                # it when the answer does not come.
-                if ping_sent is not None and now - ping_sent > 2 * self._ping_every:
-                    raise ConnectionError("Redis did not answer a PING")
-                if ping_sent is None and now - last_seen >= self._ping_every:
-                    await self._pubsub.ping()
-                    ping_sent = now
-                continue
-            last_seen, ping_sent = now, None
-            kind = message["type"]
-            if kind != "pong":
-                self._session.on_message(kind, message["channel"], message["data"])

@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 import time
 
-from redis.exceptions import RedisError
-
 from collector.copydata import Rows, iso
 from tasklog.core import live
-from tasklog.core.constants import TASKS_CHANNEL, WATCHED_KEY, lines_channel
+from tasklog.core.constants import TASKS_CHANNEL, lines_channel
 from tasklog.core.messages import LineMessage, encode, lines_message
 
 log = logging.getLogger("tasklog.collector")
@@ -78,12 +76,15 @@ class Publisher:
                     pipe.execute_command(command, TASKS_CHANNEL, encode(task))
                     sent += 1
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except live.ERRORS as exc:
             self.failures += 1
             self._watched.clear()
             if not self.down:
                 self.down = True
-                log.warning("Redis unreachable, live updates paused (storage goes on): %s", exc)
+                log.warning(
+                    "Redis unreachable, live updates paused (storage goes on): %s",
+                    live.describe(exc),
+                )
             return
         if self.down:
             self.down = False
@@ -96,12 +97,12 @@ class Publisher:
         now = time.monotonic()
         ask = [t for t in task_ids if self._watched.get(t, (False, 0.0))[1] <= now]
         if ask:
-            scores = await client.execute_command("ZMSCORE", WATCHED_KEY, *ask)
+            scores = await live.watched_scores(client, ask)
             deadline = time.time()
             if len(self._watched) > _CACHE_MAX:
                 self._watched = {k: v for k, v in self._watched.items() if v[1] > now}
             for task_id, score in zip(ask, scores, strict=True):
-                followed = score is not None and float(score) > deadline
+                followed = score is not None and score > deadline
                 self._watched[task_id] = (followed, now + WATCH_CACHE)
         return {t for t in task_ids if self._watched[t][0]}
 

@@ -29,7 +29,7 @@ async def test_hub_recovers_from_an_unexpected_error(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    dispatch = Hub._dispatch
+    dispatch = Hub.dispatch
     broken = asyncio.Event()
 
     def fails_once(self: Hub, channel: bytes, data: bytes) -> None:
@@ -38,7 +38,7 @@ async def test_hub_recovers_from_an_unexpected_error(
             raise RuntimeError("injected: a bug in the hub")
         dispatch(self, channel, data)
 
-    monkeypatch.setattr(Hub, "_dispatch", fails_once)
+    monkeypatch.setattr(Hub, "dispatch", fails_once)
     caplog.set_level(logging.DEBUG, logger="api.hub")
     settings = api_settings(database_url, redis_url)
     async with (
