@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per group (1000)")
     parser.add_argument("--runs", type=int, default=5, help="groups per configuration (5)")
     parser.add_argument("--target", type=float, default=TARGET, help="captured/plain bound")
+    parser.add_argument(
+        "--profile", type=Path, metavar="FILE", help="run the collector under cProfile into FILE"
+    )
 
 
 def _worker(queue: str, redis_url: str, env: dict[str, str], log_dir: Path) -> Child:
@@ -94,7 +97,13 @@ def run(args: argparse.Namespace) -> None:
             database = databases.fresh()
             collector = Child(
                 "collector",
-                [python(), "-m", "tasklog", "collector"],
+                [
+                    python(),
+                    *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []),
+                    "-m",
+                    "tasklog",
+                    "collector",
+                ],
                 {
                     "TASKLOG_DATABASE_URL": database,
                     "TASKLOG_SPOOL_DIR": str(spool),
@@ -152,3 +161,8 @@ def run(args: argparse.Namespace) -> None:
     )
     row("collector CPU per task file", per_task_ms.text(3))
     row("Postgres CPU per task file", pg_ms.text(3), "the collector's backends")
+    if args.profile:
+        import pstats
+
+        print(f"  collector profile ({args.profile}), by own time:")
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(20)
