@@ -68,9 +68,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from capture_shim import spool
-from capture_shim.capture import StreamRouter, TaskCapture, TextOut, warn_once
+from capture_shim import fdio, spool
+from capture_shim.capture import TaskCapture, TextOut, warn_once
 from capture_shim.config import ShimConfig
+from capture_shim.fdio import FdStats
 
 __all__ = [
     "DETACH_GRACE",
@@ -94,19 +95,8 @@ _READ_SIZE = 1 << 16
 #: Reads per pipe per turn of the lock, so a busy pipe cannot hold a print up for long.
 _READS_PER_TURN = 16
 #: Asked of the kernel per pipe (best effort): fewer wake-ups for a burst. Pages are used lazily.
-_PIPE_SIZE = 1 << 20
 _SAFE_POOLS = frozenset({"celery.concurrency.prefork:TaskPool", "celery.concurrency.solo:TaskPool"})
 _decoder = codecs.getincrementaldecoder("utf-8")
-_EPOLL = hasattr(select, "epoll")
-
-
-class FdStats:
-    """Process-wide counters of fd-level capture."""
-
-    sessions = 0  # tasks captured at fd level
-    fallbacks = 0  # tasks left at Python-level capture because fd capture could not start
-    detached = 0  # sessions whose pipes a child process still held when the task ended
-    errors = 0  # other OS errors while capturing (descriptors are put back regardless)
 
 
 # -- where it is safe -----------------------------------------------------------------------
@@ -243,7 +233,7 @@ class FdSession:
         self._poller = select.poll()  # the reader thread's
         #: The task thread's (`waiting`): an epoll instance on Linux, one system call of
         #: constant cost however many pipes; a poll object elsewhere.
-        self._probe, self.probe_fd = _new_probe()
+        self._probe, self.probe_fd = fdio.new_probe()
         #: The `Gate` the capture reads before a new Python-level line: the reader saw output
         #: not delivered yet; the pipes' read ends (`probe_fd` above, -1 without epoll).
         self.pending = False
@@ -260,7 +250,7 @@ class FdSession:
 
     def start(self) -> None:
         """Redirect fd 1/2 into pipes; raises OSError with everything undone."""
-        _flush_stdio()
+        fdio.flush_stdio()
         write_ends: dict[int, int] = {}
         redirected: list[int] = []
         try:
@@ -272,22 +262,22 @@ class FdSession:
                 read_end, write_ends[fd] = os.pipe()
                 self._readers[read_end] = (fd, _decoder(errors="backslashreplace"))
                 os.set_blocking(read_end, False)
-                _grow_pipe(read_end)
+                fdio.grow_pipe(read_end)
             for fd in (1, 2):
                 os.dup2(write_ends[fd], fd, inheritable=True)
                 redirected.append(fd)
         except BaseException:
             for fd in redirected:
-                _quiet(os.dup2, self._saved[fd], fd, self._inheritable[fd])
+                fdio.quiet(os.dup2, self._saved[fd], fd, self._inheritable[fd])
             for number in [*self._readers, *self._saved.values()]:
-                _quiet(os.close, number)
+                fdio.quiet(os.close, number)
             raise
         finally:  # on success fd 1/2 are now the only write ends here
             for number in write_ends.values():
-                _quiet(os.close, number)
+                fdio.quiet(os.close, number)
         for read_end in self._readers:
             self._poller.register(read_end, select.POLLIN)
-            self._probe.register(read_end, select.EPOLLIN if _EPOLL else select.POLLIN)
+            self._probe.register(read_end, select.EPOLLIN if fdio.EPOLL else select.POLLIN)
         self.read_ends = tuple(self._readers)
         follow_forks()
         self._redirect_worker_streams()
@@ -301,17 +291,17 @@ class FdSession:
 
     def _redirect_worker_streams(self) -> None:
         """Point what writes to fd 1/2 on the worker's behalf at the kept descriptors."""
-        for handler in _stream_handlers():
-            fd = _fileno(handler.stream)
+        for handler in fdio.stream_handlers():
+            fd = fdio.std_fileno(handler.stream)
             if fd in self._saved:
-                old = handler.setStream(_FdWriter(self._saved[fd], handler.stream))
+                old = handler.setStream(fdio.FdWriter(self._saved[fd], handler.stream))
                 self._swapped.append((handler, old))
         for stream in (spool.STDOUT, spool.STDERR, spool.LOG):
             target = self.cap.fallback(stream)
-            fd = _fileno(target)
+            fd = fdio.std_fileno(target)
             if fd in self._saved:
                 self._fallback[stream] = self.cap.set_fallback(
-                    stream, _FdWriter(self._saved[fd], target)
+                    stream, fdio.FdWriter(self._saved[fd], target)
                 )
 
     # -- during -----------------------------------------------------------------------------
@@ -331,11 +321,11 @@ class FdSession:
         """`TASKLOG_TEE`: Python-level text captured and echoed to the worker's own fd."""
         self.cap.write(stream, text)
         if stream in _FD_OF:
-            _write_all(self._saved[_FD_OF[stream]], text.encode("utf-8", "backslashreplace"))
+            fdio.write_all(self._saved[_FD_OF[stream]], text.encode("utf-8", "backslashreplace"))
 
     def write_forked(self, stream: str, text: str) -> None:
         """In a child the task forked: Python-level text into the pipes, like its fd output."""
-        _write_all(_FD_OF.get(stream, 2), text.encode("utf-8", "backslashreplace"))
+        fdio.write_all(_FD_OF.get(stream, 2), text.encode("utf-8", "backslashreplace"))
 
     def _run(self) -> None:
         try:
@@ -373,7 +363,7 @@ class FdSession:
                 self._close_reader(read_end)
                 return
             if self.tee or not self._attached:
-                _write_all(self._saved[fd], data)
+                fdio.write_all(self._saved[fd], data)
             if self._attached:
                 text = decoder.decode(data)
                 if text:
@@ -386,9 +376,9 @@ class FdSession:
             text = decoder.decode(b"", True)  # an incomplete character at the very end
             if text:
                 self.cap.feed(_STREAMS[fd], text)
-        _quiet(self._poller.unregister, read_end)
-        _quiet(self._probe.unregister, read_end)
-        _quiet(os.close, read_end)
+        fdio.quiet(self._poller.unregister, read_end)
+        fdio.quiet(self._probe.unregister, read_end)
+        fdio.quiet(os.close, read_end)
 
     # -- end --------------------------------------------------------------------------------
 
@@ -405,15 +395,15 @@ class FdSession:
             warn_once(f"fd-end:{type(exc).__name__}", f"fd capture end failed: {exc!r}")
 
     def _end(self) -> None:
-        _flush_stdio()  # what the task left in Python's and C's buffers is the task's
+        fdio.flush_stdio()  # what the task left in Python's and C's buffers is the task's
         for handler, old in reversed(self._swapped):
-            _quiet(handler.setStream, old)
+            fdio.quiet(handler.setStream, old)
         for stream, target in self._fallback.items():
             self.cap.set_fallback(stream, target)
         self.cap.order_with(None)
         self.probe_fd = -1
-        if _EPOLL:  # the capture no longer asks `waiting`
-            _quiet(self._probe.close)
+        if fdio.EPOLL:  # the capture no longer asks `waiting`
+            fdio.quiet(self._probe.close)
         if self.cap.route == self.write_tee:
             self.cap.route_through(None)
         for fd in (1, 2):
@@ -459,42 +449,7 @@ class FdSession:
         for fd in list(self._saved):
             number = self._saved.pop(fd)
             if fd in self._identity:  # not if the task closed it (and the number went on)
-                _quiet(os.close, number)
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-class _FdWriter:
-    """A text stream onto a raw descriptor, standing in for one that writes to fd 1/2."""
-
-    def __init__(self, fd: int, like: Any) -> None:
-        self._fd = fd
-        self.encoding = getattr(like, "encoding", None) or "utf-8"
-
-    def write(self, text: str) -> int:
-        _write_all(self._fd, text.encode(self.encoding, "backslashreplace"))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return os.isatty(self._fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except BlockingIOError:
-        pass  # a non-blocking original that is full: drop rather than stall the reader
-    except OSError:
-        FdStats.errors += 1
+                fdio.quiet(os.close, number)
 
 
 def _python_tee(cap: TaskCapture) -> Callable[[str, str], None]:
@@ -506,67 +461,3 @@ def _python_tee(cap: TaskCapture) -> Callable[[str, str], None]:
             FdStats.errors += 1
 
     return route
-
-
-def _stream_handlers() -> list[logging.StreamHandler[Any]]:
-    loggers: list[Any] = [logging.root, *logging.root.manager.loggerDict.values()]
-    found: dict[int, logging.StreamHandler[Any]] = {}
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", ()):
-            if isinstance(handler, logging.StreamHandler) and not isinstance(
-                handler, logging.FileHandler
-            ):
-                found[id(handler)] = handler
-    return list(found.values())
-
-
-def _fileno(stream: Any) -> int | None:
-    if stream is None or isinstance(stream, StreamRouter | _FdWriter):
-        return None
-    try:
-        fd = stream.fileno()
-    except Exception:
-        return None
-    return fd if fd in (1, 2) else None
-
-
-_libc_fflush: Callable[[Any], int] | None = None
-
-
-def _flush_stdio() -> None:
-    """Flush Python's own stdout/stderr objects and every C stdio stream."""
-    global _libc_fflush
-    for stream in (sys.__stdout__, sys.__stderr__):
-        if stream is not None:
-            _quiet(stream.flush)
-    if _libc_fflush is None:
-        try:
-            import ctypes
-
-            _libc_fflush = ctypes.CDLL(None).fflush
-        except Exception:
-            _libc_fflush = lambda _: 0  # noqa: E731 - no C library to flush
-    _quiet(_libc_fflush, None)
-
-
-def _new_probe() -> tuple[Any, int]:
-    """An epoll instance and its descriptor; without epoll a poll object and -1."""
-    if _EPOLL:
-        probe = select.epoll()
-        return probe, probe.fileno()
-    return select.poll(), -1
-
-
-def _grow_pipe(fd: int) -> None:
-    import fcntl
-
-    size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if size is not None:
-        _quiet(fcntl.fcntl, fd, size, _PIPE_SIZE)
-
-
-def _quiet(fn: Callable[..., Any], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        pass
