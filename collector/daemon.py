@@ -35,6 +35,9 @@ from tasklog.core import __version__, sdnotify, supervise, trigram
 
 log = logging.getLogger("tasklog.collector")
 
+#: Seconds between the checks of whether kept files' commits are safe (`collector.keep`).
+RELEASE_INTERVAL = 1.0
+
 
 class Collector:
     def __init__(self, settings: CollectorSettings) -> None:
@@ -133,6 +136,7 @@ class Collector:
             task.add_done_callback(supervise.stop_on_exit)
         due = {"scan": 0.0, "orphans": 0.0, "heartbeat": 0.0, "summary": 0.0, "prune": 0.0}
         due["index"] = 0.0
+        due["release"] = 0.0 if pipeline.keeping else float("inf")
         summary = (time.monotonic(), 0)
         try:
             while not self._stop.is_set():
@@ -145,6 +149,9 @@ class Collector:
                 await pipeline.drain()
                 await pipeline.forged()
                 now = time.monotonic()
+                if now >= due["release"]:
+                    await pipeline.release()
+                    due["release"] = now + RELEASE_INTERVAL
                 if now >= due["orphans"]:
                     await pipeline.orphans()
                     due["orphans"] = now + min(5.0, self.settings.orphan_timeout / 2)

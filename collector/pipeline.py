@@ -7,6 +7,10 @@ committed batch (`SpoolDir.commit`); after a failed commit they are reloaded fro
 before anything is read again. Two batches are in flight at once (`drain`), the second
 committing only after the first; a record the store refuses costs its file alone, found by
 bisection (`_isolate`); files deleted under it and writers that died finalize their task.
+A finished file is deleted once its end is stored, or kept until its commit is safe from a
+failover to an asynchronous standby (`collector.keep`, TASKLOG_FAILOVER_GRACE: `release`); a
+store whose connection was lost is asked for its offsets again before the next commit (it may
+be a promoted standby that lacks some), and what it lacks is read again.
 
 It talks to a `Store` and a `Publisher` protocol (`collector.ports`): `collector.store.Store`
 (Postgres) and `collector.publish.Publisher` (Redis) in the collector, an in-memory store in
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 
 from capture_shim.spool import parse_file_name
 from collector.batch import Batch, FileChunk, FileState, shown
+from collector.keep import KeptFiles
 from collector.metrics import Counters
 from collector.ports import Publisher, Store, until_available
 from collector.quarantine import quarantine
@@ -81,6 +86,11 @@ class Pipeline:
         self._reader = reader
         #: Spool files whose offsets rows go with the next commit (deleted, finalized).
         self._forget: list[str] = []
+        #: Finished files kept for a failover (TASKLOG_FAILOVER_GRACE, `collector.keep`).
+        self._kept = KeptFiles(settings.failover_grace)
+        #: `store.losses` when the offsets were last loaded: one more, and the next connection
+        #: may lead to another server (a promoted standby).
+        self._losses = store.losses
 
     async def final_drain(
         self,
@@ -132,6 +142,8 @@ class Pipeline:
         `after`), so results are applied in order, and it rolls back if that one failed: it
         is then read again, nothing stored twice.
         """
+        if self.store.losses != self._losses:
+            await self._resync()
         limits = (self.settings.batch_lines, self.settings.batch_bytes)
         connections = (self.store, self.spare or self.store)
         turn = 0
@@ -244,7 +256,7 @@ class Pipeline:
             log.error("storing a batch failed; retrying it", exc_info=exc)
         files = await self.until_available(self.store.load_files, first_error=exc)
         if files is not None:
-            _reload(self.spool, files)
+            self._reloaded(files)
             if self.spare is not None:
                 # Nothing runs on it now (a failed batch waits for the one after it), and
                 # its connection most likely went with the outage: open a fresh one on next
@@ -348,17 +360,69 @@ class Pipeline:
             log.warning("spool file %s quarantined, %s: %s", shown(name), where, why)
 
     def _remove(self, state: FileState) -> None:
-        """A file whose end is stored is deleted; its offsets row goes with the next batch."""
+        """A file whose end is stored goes, or is kept for a failover (TASKLOG_FAILOVER_GRACE)
+        until its commit is safe (`release`)."""
+        if self._kept.enabled and state.registered:
+            self._kept.keep(state.name, time.monotonic())
+        else:
+            self._delete(state.name)
+
+    def _delete(self, name: str) -> None:
+        """Delete a stored file; its offsets row goes with the next batch."""
         try:
-            os.unlink(self.spool.path / state.name)
+            os.unlink(self.spool.path / name)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("cannot delete stored spool file %s: %s", shown(state.name), exc)
+            log.warning("cannot delete stored spool file %s: %s", shown(name), exc)
             return
-        self.spool.files.pop(state.name, None)
-        self._forget.append(state.name)
+        self.spool.files.pop(name, None)
+        self._forget.append(name)
         self.counters.files_done += 1
+
+    @property
+    def keeping(self) -> bool:
+        """Whether finished files are kept for a failover (`release` has work to do)."""
+        return self._kept.enabled
+
+    async def release(self) -> None:
+        """Delete the kept files whose commit every standby confirmed, or whose grace period
+        is over. The store gone meanwhile: its offsets are reloaded once it answers again, as
+        after a failed commit (a failover may have rolled commits back)."""
+        if not len(self._kept):
+            return
+        try:
+            written, confirmed = await self.store.replication_position()
+        except StoreUnavailable as exc:
+            await self._failed(Batch(), [], exc)
+            return
+        if self.store.losses != self._losses:
+            return  # the connection was lost meanwhile: resync first (`drain`)
+        for name in self._kept.release(written, confirmed, time.monotonic()):
+            state = self.spool.files.get(name)
+            if state is not None and state.ended and state.size <= state.offset:
+                self._delete(name)
+
+    async def _resync(self) -> None:
+        """The store's connection was lost (a heartbeat, a prune failed): the next one may
+        reach a promoted standby; trust only the offsets the store holds then."""
+        files = await self.until_available(self.store.load_files)
+        if files is not None:
+            self._reloaded(files)
+
+    def _reloaded(self, files: dict[str, FileState]) -> None:
+        """Apply the offsets read from the store. Kept files start over: those stored in full
+        are kept again (`orphans`), the others are read again from where the store says."""
+        behind = _reload(self.spool, files)
+        if behind:
+            log.warning(
+                "Postgres holds less than this collector committed of %d spool files "
+                "(a failover to a standby that missed commits?): re-reading them from the "
+                "stored offsets",
+                behind,
+            )
+        self._kept.clear()
+        self._losses = self.store.losses
 
     async def vanished(self, names: list[str]) -> None:
         """Files deleted under us: what was stored stays; an unfinished task becomes LOST."""
@@ -381,6 +445,7 @@ class Pipeline:
                     self.spool.lost(state)
                     await self.publisher.publish({}, [task] if task else [])
             del self.spool.files[name]
+            self._kept.discard(name)
             if state.registered:
                 self._forget.append(name)
 
@@ -390,8 +455,10 @@ class Pipeline:
         now = time.monotonic()
         for state in list(self.spool.files.values()):
             if state.ended and state.size <= state.offset:
-                # Stored in full, but the process died before deleting it (kill -9 after commit).
-                self._remove(state)
+                # Stored in full, but the process died before deleting it (kill -9 after commit),
+                # or kept for a failover (kept again after a reload or a restart).
+                if state.name not in self._kept:
+                    self._remove(state)
                 continue
             if state.ended or state.size > state.offset:
                 continue
@@ -459,15 +526,20 @@ async def _refused_record(store: Store, chunk: FileChunk) -> str:
         return "one of its records"
 
 
-def _reload(spool: SpoolDir, files: dict[str, FileState]) -> None:
-    """After a failed commit, trust only what Postgres says was stored."""
+def _reload(spool: SpoolDir, files: dict[str, FileState]) -> int:
+    """After a failed commit, trust only what Postgres says was stored; returns how many files
+    Postgres holds less of than this process had committed (rolled back by a failover)."""
+    behind = 0
     for name, state in list(spool.files.items()):
         saved = files.get(name)
         fresh = saved or FileState(name=name, inode=state.inode)
+        if state.registered and fresh.offset < state.offset:
+            behind += 1
         fresh.size, fresh.changed_at = state.size, state.changed_at
         spool.files[name] = fresh
     spool.scan()
     spool.touched(set(spool.files))
+    return behind
 
 
 #: Seconds a dead pool child's run waits for its worker's main process to write its end (a

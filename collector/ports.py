@@ -30,7 +30,11 @@ class Store(Protocol):
     not stored at all) and `RecordRefused` when a value of the batch is refused (another
     batch would pass). `after` is the commit of the batch before, on another connection: it
     is awaited just before this one commits, and this one fails if that one did.
+    `losses` counts the connections lost: the next one may reach another server (a promoted
+    standby), whose offsets are then the truth.
     """
+
+    losses: int
 
     async def commit(
         self,
@@ -44,6 +48,8 @@ class Store(Protocol):
     async def load_files(self) -> dict[str, FileState]: ...
 
     async def lose(self, state: FileState, reason: str) -> dict[str, Any] | None: ...
+
+    async def replication_position(self) -> tuple[int | None, int | None]: ...
 
     async def close(self) -> None: ...
 

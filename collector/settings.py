@@ -75,6 +75,13 @@ class CollectorSettings(Common):
         description="Directory of the lock file that keeps one collector per spool dir "
         "(default: $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR, else the temp dir).",
     )
+    failover_grace: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a stored, finished spool file is kept for a failover to an"
+        " asynchronous standby that missed its commit (then it is read again); gone sooner once"
+        " every standby confirms the commit. 0: deleted at once (one server, synchronous standby).",
+    )
     prune_interval: float = Field(
         3600.0, gt=0, description="Seconds between the collector's own retention prunes."
     )

@@ -60,6 +60,9 @@ class Store:
         self.host = host
         #: TASKLOG_DATABASE_PREPARED_STATEMENTS (off behind a transaction-pooling PgBouncer).
         self._prepare = prepare
+        #: Connections lost so far: the next one may lead to another server (a failover),
+        #: whose offsets are the truth from then on.
+        self.losses = 0
         #: The window a run's start is held to (`collector.clock`).
         self.retention_days = retention_days
         self._conn: Conn | None = None
@@ -98,6 +101,7 @@ class Store:
                     raise RecordRefused(exc) from exc
         except StoreUnavailable:
             await self.close()
+            self.losses += 1
             raise
 
     # -- offsets ----------------------------------------------------------------------------
@@ -347,6 +351,24 @@ class Store:
                 names = [d.name for d in cur.description or ()]
                 row = await cur.fetchone()
             return dict(zip(names, row, strict=True)) if row else None
+
+        return await self._run(step)
+
+    async def replication_position(self) -> tuple[int | None, int | None]:
+        """(this primary's WAL position, the lowest position every standby has flushed) as
+        byte counts; the second is None without a standby or without the right to read their
+        positions (`collector.keep`)."""
+
+        async def step(conn: Conn) -> tuple[int | None, int | None]:
+            cur = await conn.execute(Q["replication_position"])
+            found = await cur.fetchone()
+            if found is None:
+                return None, None
+            written, confirmed = found
+            return (
+                None if written is None else int(written),
+                None if confirmed is None else int(confirmed),
+            )
 
         return await self._run(step)
 

@@ -59,6 +59,8 @@ class MemoryStore:
         #: Seqs that a commit wrote a second time.
         self.duplicates = 0
         self.closed = 0
+        #: Connections dropped (the pipeline reloads the offsets after one).
+        self.losses = 0
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -80,6 +82,7 @@ class MemoryStore:
         if any(POISON in line.message for chunk in batch.chunks for line in chunk.lines):
             raise RecordRefused(ValueError("poisoned line"))
         if number in self.unavailable:
+            self.losses += 1
             raise _Unavailable("the in-memory store dropped the connection")
         if after is not None:
             await after  # the batch before commits first; its failure is this one's
@@ -88,6 +91,7 @@ class MemoryStore:
             return stored
         self._apply(list(forget), stored)
         if number in self.reply_lost:
+            self.losses += 1
             raise _Unavailable("the in-memory store dropped the connection after COMMIT")
         return stored
 
@@ -102,6 +106,10 @@ class MemoryStore:
             task["state"] = LOST
         self.files[state.name] = dataclasses.replace(state, ended=True)
         return dict(task)
+
+    async def replication_position(self) -> tuple[int | None, int | None]:
+        """No standby here: kept files wait for their grace period."""
+        return None, None
 
     async def close(self) -> None:
         self.closed += 1
@@ -204,6 +212,13 @@ class SecondConnection:
 
     async def lose(self, state: FileState, reason: str) -> dict[str, Any] | None:
         return await self.store.lose(state, reason)
+
+    async def replication_position(self) -> tuple[int | None, int | None]:
+        return await self.store.replication_position()
+
+    @property
+    def losses(self) -> int:
+        return self.store.losses
 
     async def close(self) -> None:
         self.closed += 1

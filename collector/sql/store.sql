@@ -118,6 +118,15 @@ ON CONFLICT (host, file) DO UPDATE SET
     ended = EXCLUDED.ended,
     updated_at = now()
 
+-- name: replication_position
+-- Where this primary's WAL is, and the lowest position every standby streaming from it has
+-- flushed (NULL without a standby, or when this login may not see their positions: it needs
+-- pg_monitor). Byte counts, compared in Python (collector/keep.py).
+SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS written,
+       CASE WHEN count(*) > 0 AND count(flush_lsn) = count(*)
+            THEN min(flush_lsn) - '0/0'::pg_lsn END AS confirmed
+FROM pg_stat_replication
+
 -- name: forget_file
 DELETE FROM spool_files WHERE host = %(host)s AND file = %(file)s
 

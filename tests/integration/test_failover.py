@@ -14,7 +14,7 @@ import pytest
 
 from capture_shim import spool
 from tests.helpers import Proc, ProcessFactory, pg_rows, wait_for
-from tests.replication import ReplicatedPostgres
+from tests.replication import ReplicatedPostgres, wait_caught_up
 from tests.spooling import LINES, Sender
 
 pytestmark = pytest.mark.slow
@@ -59,6 +59,7 @@ def failover_mid_ingest(
     *,
     before_stop: Callable[[], None],
     env: dict[str, str],
+    idle: bool = False,
 ) -> tuple[Sender, Proc]:
     """Tasks stored, then more sent while the primary is stopped and the standby promoted,
     then more after; returns once the new primary holds them all (or a deadline passes)."""
@@ -81,7 +82,8 @@ def failover_mid_ingest(
     for r in range(4):
         sender.finish(f"running-{r}", LINES // 2)
     sender.tasks("during", 40)
-    some = first + (sender.total - first) // 4
+    # Mid-ingest; `idle`: once all is stored, the collector waiting for more.
+    some = sender.total if idle else first + (sender.total - first) // 4
     wait_for(
         lambda: stored(pair.primary_url()) >= some,
         timeout=60,
@@ -135,3 +137,100 @@ def test_synchronous_standby_promoted_mid_ingest_keeps_every_line_once(
         timeout=30,
         message="every spool file deleted",
     )
+
+
+@pytest.mark.parametrize("when", ["mid-ingest", "idle"])
+def test_asynchronous_standby_that_missed_commits_promoted_keeps_every_line_once(
+    replicated_pg: Callable[..., ReplicatedPostgres],
+    procs: ProcessFactory,
+    spool_dir: Path,
+    when: str,
+) -> None:
+    pair = replicated_pg(synchronous=False)
+
+    def partition() -> None:
+        # The standby has what was stored so far, and nothing from now on: every commit of
+        # the next phase is one a failover loses.
+        wait_caught_up(pair)
+        pair.detach()
+
+    sender, collector = failover_mid_ingest(
+        pair,
+        procs,
+        spool_dir,
+        before_stop=partition,
+        env={"TASKLOG_FAILOVER_GRACE": "600"},
+        idle=when == "idle",
+    )
+    found = counts(pair.standby_url(), sender)
+    assert found == {
+        "sent": sender.total,
+        "stored": sender.total,
+        "lost": 0,
+        "duplicated": 0,
+        "wrong_text": 0,
+        "unfinished": 0,
+        "unknown_tasks": 0,
+    }
+    assert collector.alive
+    assert "re-reading them from the stored offsets" in collector.log_text()
+    # What the old primary alone had stored was kept, then read again: counted once.
+    print(f"counts on the new primary: {found}")
+
+
+def test_asynchronous_standby_without_the_grace_period_loses_what_it_missed(
+    replicated_pg: Callable[..., ReplicatedPostgres], procs: ProcessFactory, spool_dir: Path
+) -> None:
+    """The documented cost of TASKLOG_FAILOVER_GRACE=0 with asynchronous replication: the
+    lines of the files finished in the standby's lag are gone with them."""
+    pair = replicated_pg(synchronous=False)
+
+    def partition() -> None:
+        wait_caught_up(pair)
+        pair.detach()
+
+    sender = Sender(spool_dir)
+    procs.collector(
+        database_url=pair.url(), spool_dir=spool_dir, ready="following", env=COLLECTOR_ENV
+    )
+    sender.tasks("before", 5)
+    wait_for(lambda: stored(pair.primary_url()) >= sender.total, timeout=60, message="stored")
+    partition()
+    sender.tasks("missed", 5)
+    wait_for(
+        lambda: (
+            stored(pair.primary_url()) >= sender.total
+            and not list(spool_dir.glob("*" + spool.SUFFIX))
+        ),
+        timeout=60,
+        message="all stored on the old primary and deleted",
+    )
+    pair.primary.stop(mode="immediate")
+    pair.promote()
+    found = counts(pair.standby_url(), sender)
+    assert found["lost"] == 5 * LINES and found["duplicated"] == 0
+
+
+def test_kept_files_go_once_the_standby_confirms_their_commit(
+    replicated_pg: Callable[..., ReplicatedPostgres], procs: ProcessFactory, spool_dir: Path
+) -> None:
+    """With the grace period on and a standby streaming, a finished file waits for the
+    standby's flush (milliseconds), not for the grace period (here 600 s)."""
+    pair = replicated_pg(synchronous=False)
+    procs.collector(
+        database_url=pair.url(),
+        spool_dir=spool_dir,
+        ready="following",
+        env={**COLLECTOR_ENV, "TASKLOG_FAILOVER_GRACE": "600"},
+    )
+    sender = Sender(spool_dir)
+    sender.tasks("confirmed", 10)
+    wait_for(
+        lambda: (
+            stored(pair.primary_url()) >= sender.total
+            and not list(spool_dir.glob("*" + spool.SUFFIX))
+        ),
+        timeout=60,
+        message="every file stored, confirmed by the standby and deleted",
+    )
+    assert pg_rows(pair.primary_url(), "SELECT count(*) FROM spool_files") == [(0,)]
