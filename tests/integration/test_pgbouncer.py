@@ -83,6 +83,15 @@ async def test_migrate_collector_index_and_api_through_transaction_pooling(
         message="no advisory lock left held",
     )
 
+    # The command line's reads, each on a short session of its own.
+    listed = tasklog_cli("tasks", "--limit", "50", env=env)
+    assert listed.returncode == 0 and listed.stdout.count("pooled-") == TASKS, listed.stderr
+    logs = tasklog_cli("logs", "pooled-3", env=env)
+    assert logs.returncode == 0, logs.stderr
+    assert len(logs.stdout.splitlines()) == LINES
+    found = tasklog_cli("grep", "pooled-5 line 7", env=env)
+    assert found.returncode == 0, found.stderr
+
     _, base = start_api(procs, url, redis_url, **POOLED)
     async with http() as session:
         for _ in range(8):  # past psycopg's prepare threshold (5) on each pooled connection
