@@ -61,6 +61,14 @@ FROM collectors
 ORDER BY host;
 
 -- name: server_info
-SELECT current_setting('server_version') AS version, now() AS now,
+-- `now` is the time up to which this server shows every commit: on a replica
+-- (TASKLOG_API_READ_URL) the commit time of the last transaction it replayed (none yet since
+-- it started: its start), so that a task list read from it and the live stream resuming from
+-- `now` leave no gap between them.
+SELECT current_setting('server_version') AS version,
+       CASE WHEN pg_is_in_recovery()
+            THEN least(now(), coalesce(pg_last_xact_replay_timestamp(),
+                                       pg_postmaster_start_time()))
+            ELSE now() END AS now,
        (SELECT max(version) FROM tasklog_migrations) AS schema_version,
        (SELECT reltuples::bigint FROM pg_class WHERE oid = 'tasks'::regclass) AS tasks_estimate;

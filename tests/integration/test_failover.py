@@ -75,7 +75,7 @@ def failover_mid_ingest(
     for r in range(4):
         sender.begin(f"running-{r}", LINES // 2)
     first = sender.total
-    wait_for(lambda: stored(pair.primary_url()) >= first, timeout=60, message=f"{first} stored")
+    wait_for(lambda: stored(pair.primary_url()) >= first, timeout=180, message=f"{first} stored")
     before_stop()
 
     # During: the running tasks end, more are sent, and the primary stops mid-way.
@@ -86,7 +86,7 @@ def failover_mid_ingest(
     some = sender.total if idle else first + (sender.total - first) // 4
     wait_for(
         lambda: stored(pair.primary_url()) >= some,
-        timeout=60,
+        timeout=180,
         interval=0.005,
         message=f"{some} stored",
     )
@@ -103,7 +103,7 @@ def failover_mid_ingest(
         return found["lost"] == 0 and found["unfinished"] == 0
 
     try:
-        wait_for(complete, timeout=90, interval=0.2, message="every line on the new primary")
+        wait_for(complete, timeout=180, interval=0.2, message="every line on the new primary")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; counts: {counts(new, sender)}") from None
     print(
@@ -134,7 +134,7 @@ def test_synchronous_standby_promoted_mid_ingest_keeps_every_line_once(
     # Synchronous: nothing to keep, each finished file went once stored.
     wait_for(
         lambda: not list(spool_dir.glob("*" + spool.SUFFIX)),
-        timeout=30,
+        timeout=120,
         message="every spool file deleted",
     )
 
@@ -194,7 +194,7 @@ def test_asynchronous_standby_without_the_grace_period_loses_what_it_missed(
         database_url=pair.url(), spool_dir=spool_dir, ready="following", env=COLLECTOR_ENV
     )
     sender.tasks("before", 5)
-    wait_for(lambda: stored(pair.primary_url()) >= sender.total, timeout=60, message="stored")
+    wait_for(lambda: stored(pair.primary_url()) >= sender.total, timeout=180, message="stored")
     partition()
     sender.tasks("missed", 5)
     wait_for(
@@ -202,7 +202,7 @@ def test_asynchronous_standby_without_the_grace_period_loses_what_it_missed(
             stored(pair.primary_url()) >= sender.total
             and not list(spool_dir.glob("*" + spool.SUFFIX))
         ),
-        timeout=60,
+        timeout=180,
         message="all stored on the old primary and deleted",
     )
     pair.primary.stop(mode="immediate")
@@ -230,7 +230,7 @@ def test_kept_files_go_once_the_standby_confirms_their_commit(
             stored(pair.primary_url()) >= sender.total
             and not list(spool_dir.glob("*" + spool.SUFFIX))
         ),
-        timeout=60,
+        timeout=180,
         message="every file stored, confirmed by the standby and deleted",
     )
     assert pg_rows(pair.primary_url(), "SELECT count(*) FROM spool_files") == [(0,)]
