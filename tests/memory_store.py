@@ -18,6 +18,7 @@ It counts what a real store could not show so plainly: a seq written twice (`dup
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -61,6 +62,8 @@ class MemoryStore:
         self.closed = 0
         #: Connections dropped (the pipeline reloads the offsets after one).
         self.losses = 0
+        #: What the store held after each commit, for `fail_over`.
+        self.history: list[Any] = []
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class MemoryStore:
         if trial:
             return stored
         self._apply(list(forget), stored)
+        self.history.append(copy.deepcopy((self.files, self.lines, self.tasks)))
         if number in self.reply_lost:
             self.losses += 1
             raise _Unavailable("the in-memory store dropped the connection after COMMIT")
@@ -113,6 +117,15 @@ class MemoryStore:
 
     async def close(self) -> None:
         self.closed += 1
+
+    def fail_over(self, commits: int) -> None:
+        """A standby that had only the first `commits` commits is promoted: the rest are gone,
+        and the connection with them."""
+        empty: Any = ({}, {}, {})
+        held = self.history[commits - 1] if commits else empty
+        self.files, self.lines, self.tasks = copy.deepcopy(held)
+        del self.history[commits:]
+        self.losses += 1
 
     # -- what a test reads ----------------------------------------------------------------
 

@@ -54,13 +54,20 @@ def expected(task_id: str, lines: int) -> list[str]:
 
 
 def pipeline_for(
-    directory: Path, store: MemoryStore, files: dict, batch_lines: int, *, spare: bool
+    directory: Path,
+    store: MemoryStore,
+    files: dict,
+    batch_lines: int,
+    *,
+    spare: bool,
+    failover_grace: float = 0.0,
 ) -> tuple[Pipeline, asyncio.Event]:
     config = CollectorSettings(
         spool_dir=directory,
         batch_lines=batch_lines,
         quarantine_dir=directory.parent / "quarantine",
         orphan_timeout=0.1,
+        failover_grace=failover_grace,
     )
     spool_dir = SpoolDir(directory, files)
     spool_dir.scan()
@@ -251,3 +258,36 @@ def test_a_stop_mid_batch_then_a_new_collector_stores_the_rest_once(
         assert store.duplicates == 0
         for task_id, lines in tasks.items():
             assert store.messages(task_id) == expected(task_id, lines)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    files=st.lists(st.integers(0, 12), min_size=1, max_size=6),
+    batch_lines=st.integers(1, 7),
+    kept=st.data(),
+    spare=st.booleans(),
+)
+def test_a_failover_that_rolls_commits_back_loses_nothing_with_the_grace_period(
+    files: list[int], batch_lines: int, kept: st.DataObject, spare: bool
+) -> None:
+    """Every file stored and ended, then a standby that had only the first k commits is
+    promoted (an asynchronous one): the kept files are read again from its offsets."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        tasks = {
+            write_file(directory, i, lines, ended=True): lines for i, lines in enumerate(files)
+        }
+        store = MemoryStore()
+        machine, _ = pipeline_for(
+            directory, store, {}, batch_lines, spare=spare, failover_grace=600
+        )
+        asyncio.run(settle(machine))
+        assert len(list(directory.iterdir())) == len(files)  # kept: no standby confirmed
+        held = kept.draw(st.integers(0, len(store.history)), label="commits the standby had")
+        store.fail_over(held)
+        asyncio.run(settle(machine))
+        assert store.duplicates == 0
+        for task_id, lines in tasks.items():
+            assert store.messages(task_id) == expected(task_id, lines)
+            assert store.tasks[task_id]["state"] == "SUCCESS"
