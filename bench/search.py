@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tail-minutes",
         type=float,
-        default=6.0,
+        default=2.5,
         help="minutes of lines not indexed yet (a slice and a build's lag), at --today-lines a day",
     )
     p.add_argument("--rebuild", action="store_true", help="make the open-day database again")
@@ -260,14 +260,14 @@ def _search_in_process(url: str, search: Search, slices: bool) -> float:
 
 
 def _slice_build(url: str) -> dict[str, Figure]:
-    """What one five-minute slice costs to build at the end of this day (a concurrent partial
+    """What one slice (`trigram.SLICE`) costs to build at the end of this day (a concurrent partial
     index: two passes over the day's partition, then the slice's lines)."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
         partition = conn.execute(
-            "SELECT 'lines_' || to_char(now(), 'YYYYMMDD'), now() - interval '5 min', now()"
+            "SELECT 'lines_' || to_char(now(), 'YYYYMMDD'), now() - %s, now()", (trigram.SLICE,)
         ).fetchone()
         assert partition is not None
         name, low, high = partition
@@ -280,7 +280,7 @@ def _slice_build(url: str) -> dict[str, Figure]:
         )
         took = time.perf_counter() - started
         conn.execute("DROP INDEX bench_slice")
-    fig = Figure("today: one 5-minute slice built (tail lines)", "s", [took])
+    fig = Figure("today: one slice built (the last minutes)", "s", [took])
     row(fig.name, fig.text(1), "off the ingest path, by the collector's index thread")
     return {fig.name: fig}
 
@@ -311,6 +311,7 @@ def _ensure_open_day(args: argparse.Namespace, url: str) -> None:
                 again = "--rebuild to make it again"
                 print(f"  reusing {args.open_db} ({wanted}; {again})", flush=True)
                 started = time.monotonic()
+                migrate(url)
                 print(f"  {searchindex.apply(url, True)}", flush=True)
                 print(f"  ({time.monotonic() - started:.0f}s)", flush=True)
                 return
@@ -543,9 +544,9 @@ class SearchDatabases(Databases):
         url = super().fresh()
         searchindex.apply(url, self.enabled)
         if self.enabled:
-            # Late in the day: today's partition carries 23 hours' and 11 slices' partial
-            # indexes, whose predicates every stored line is tested against (none of them
-            # holds for a line of now).
+            # Late in the day: today's partition carries the partial indexes of the hours
+            # and of an hour's slices but one, whose predicates every stored line is tested
+            # against (none of them holds for a line of now).
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("SET TIME ZONE 'UTC'")
                 day = conn.execute("SELECT date_trunc('day', now()), now()").fetchone()
@@ -559,7 +560,8 @@ class SearchDatabases(Databases):
                     )
                 )
                 ranges = [(h * 60, h * 60 + 60) for h in range(24)]
-                ranges += [(m, m + 5) for m in range(0, 55, 5)]
+                step = int(trigram.SLICE.total_seconds() // 60)
+                ranges += [(m, m + step) for m in range(0, 60 - step, step)]
                 away = timedelta(hours=1)
                 for i, (low, high) in enumerate(ranges):
                     lo, hi = midnight + timedelta(minutes=low), midnight + timedelta(minutes=high)

@@ -4,7 +4,7 @@ Indexing a line's trigrams as it is stored costs the collector 8x its ingest rat
 (docs/BENCHMARKS.md), so no trigram index is ever written per stored line. Instead:
 
 - the open day is indexed in slices (`tasklog.core.trigram`): each hour once it is over, and
-  the hour under way in slices of five minutes as each one ends, every slice a partial index of
+  the hour under way in slices of two minutes as each one ends, every slice a partial index of
   today's partition built concurrently; a search scans only the minutes since the last slice;
 - a day that is over gets one index (``lines_YYYYMMDD_message_trgm``), then its slices go.
 

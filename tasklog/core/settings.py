@@ -55,7 +55,7 @@ class Common(BaseSettings):
     search: bool = Field(
         True,
         description="Keep the search indexes (trigram indexes of each closed day and of today's"
-        " hours and five-minute slices, built by the collector and `tasklog index`); off drops"
+        " hours and two-minute slices, built by the collector and `tasklog index`); off drops"
         " them, search then scans.",
     )
 

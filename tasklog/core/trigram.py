@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 #: The open hour is indexed in slices of this length, each built once it is over.
-SLICE = timedelta(minutes=5)
+SLICE = timedelta(minutes=2)
 HOUR = timedelta(hours=1)
 _DAY = re.compile(r"lines_(\d{8})_message_trgm")
 _SLICE = re.compile(r"lines_(\d{8})_(\d{2})(\d{2})_(\d{2})(\d{2})_trgm")

@@ -286,7 +286,7 @@ async def test_the_collector_keeps_the_day_indexes_itself(
 
 async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: str) -> None:
     """Today's lines get trigram indexes as the day goes (each hour once over, the hour under way
-    in five-minute slices), a search window inside a slice uses its index, a line stored late
+    in two-minute slices), a search window inside a slice uses its index, a line stored late
     is found through the index already built, and lines on either side of an hour's or the
     day's boundary are found once each."""
     import psycopg
@@ -350,12 +350,12 @@ async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: s
 
     clock = datetime.fromisoformat(f"{today}T12:07:30+00:00")
     said = await asyncio.to_thread(searchindex.apply, database_url, True, clock)
-    assert "today indexed up to 12:05 UTC in 13 slices (13 built now)" in said
+    assert "today indexed up to 12:06 UTC in 13 slices (13 built now)" in said
     hours = [f"lines_{d}_{h:02d}00_{h + 1:02d}00_trgm" for h in range(12)]
     assert slices() == [
         f"lines_{yesterday:%Y%m%d}_message_trgm",
         *hours,
-        f"lines_{d}_1200_1205_trgm",
+        f"lines_{d}_1200_1206_trgm",
     ]
 
     # Stored after its hour's index was built: found through that index all the same.
@@ -388,7 +388,7 @@ async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: s
     # (200 lines: Postgres may as well read them by time; the window is the slice's.)
     assert window_of(datetime.fromisoformat(f"{today}T12:02:00+00:00")) == (
         datetime.fromisoformat(f"{today}T12:00:00+00:00"),
-        datetime.fromisoformat(f"{today}T12:05:00+00:00"),
+        datetime.fromisoformat(f"{today}T12:06:00+00:00"),
     )
     assert "_trgm" not in plan("needle-tail", planted["needle-tail"]), "the newest minutes: scanned"
 
@@ -401,12 +401,12 @@ async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: s
         every = await (await client.get(f"{PREFIX}/api/search/?q={MARKER}&limit=500")).json()
         assert sorted(m["message"].split()[1] for m in every["results"]) == sorted(planted)
 
-    # The hour is over: it gets its own index, and its five-minute slice goes.
+    # The hour is over: it gets its own index, and its two-minute slice goes.
     later = datetime.fromisoformat(f"{today}T13:00:40+00:00")
     said = await asyncio.to_thread(searchindex.apply, database_url, True, later)
     assert "today indexed up to 13:00 UTC in 13 slices (1 built now)" in said
     assert f"lines_{d}_1200_1300_trgm" in slices()
-    assert f"lines_{d}_1200_1205_trgm" not in slices()
+    assert f"lines_{d}_1200_1206_trgm" not in slices()
     assert trigram.parse(f"lines_{d}_1200_1300_trgm") == trigram.Slice(
         datetime.fromisoformat(f"{today}T12:00:00+00:00"),
         datetime.fromisoformat(f"{today}T13:00:00+00:00"),
