@@ -64,6 +64,7 @@ _LINE_ROWS = """
     FROM generate_series(0, ({n}) - 1) AS i
 """
 TARGET_COPY_RATIO = 0.5
+TARGET_ON_OFF = 0.8
 MARKERS = 20
 
 
@@ -621,7 +622,12 @@ def ingest(args: argparse.Namespace) -> dict[str, Figure]:
     ratio_off = off_rate / figs["raw COPY, index off"].median
     ratio_on = on_rate / figs["raw COPY, index on"].median
     ratio_plain = on_rate / figs["raw COPY, index off"].median
-    row("collector on / off", f"{on_rate / off_rate:.2f}x")
+    ok = on_rate / off_rate >= TARGET_ON_OFF
+    row(
+        "collector on / off",
+        f"{on_rate / off_rate:.2f}x",
+        f"target >= {TARGET_ON_OFF}x: {verdict(ok)}",
+    )
     row("collector / raw COPY, index off", f"{ratio_off:.2f}x", "the collector's ratio today")
     row(
         "collector / raw COPY, index on",
