@@ -281,8 +281,11 @@
     // Rows are one text line high unless they wrap: measure those on screen once.
     let changed = false;
     for (let i = first; i <= last; i++) {
+      const e = view[i];
       const h = rows[i - first].offsetHeight;
-      if (h && h !== view[i].h) { view[i].h = h; changed = true; }
+      if (!h || h === e.h) continue;
+      if (h !== (e.h || rowHeight)) changed = true;  // only a height unlike the one assumed
+      e.h = h;
     }
     if (changed && depth < 2) { recount(); render(depth + 1); }
   }
