@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from datetime import timedelta
 
 from aiohttp import web
 
@@ -13,10 +14,25 @@ from tasklog.core.demo_tasks import DEMO_TASKS
 log = logging.getLogger("tasklog.api")
 
 
+#: The task list's time ranges (``?range=``): how far back a task's creation may be.
+RANGES = {
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "24h": timedelta(days=1),
+    "7d": timedelta(days=7),
+}
+
+
 async def task_list(request: web.Request) -> web.Response:
     filters = routes.task_filter(request)
     store = request.app[keys.STORE]
     info = await store.server_info()  # before the list: the live stream resumes from here
+    span = request.query.get("range", "")
+    if span and span not in RANGES:
+        params.bad(f"range: expected one of {', '.join(RANGES)}")
+    if span and info:
+        since = info["now"] - RANGES[span]
+        filters.since = max(since, filters.since) if filters.since else since
     rows = await store.list_tasks(filters, routes.TASKS_DEFAULT)
     tasks = [wire.task_json(row) for row in rows]
     roots = await lookups.workflow_roots(store.pool, [t["task_id"] for t in tasks])

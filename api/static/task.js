@@ -445,6 +445,8 @@
   const stamp = (iso) => (iso ? String(iso).slice(0, 19).replace("T", " ") : "—");
 
   function setStatus(task) {
+    const waiting = $("waiting");
+    if (waiting && task.status !== names.pending) waiting.remove();
     const badge = $("status");
     badge.textContent = task.status;
     badge.className = "badge " + window.tasklogClass("state", task.status);

@@ -1,7 +1,38 @@
-// The task list: rows updated live from /sse/tasks/ (status and progress events).
+// The task list: rows updated live from /sse/tasks/ (status and progress events); start times
+// shown relative to now (the exact time on hover), a running task's duration counting up.
 "use strict";
 (function () {
   const when = (iso) => (iso ? String(iso).slice(0, 19).replace("T", " ") : "—");
+  const finished = new Set(window.tasklogConstants.finished);
+
+  function ago(ms) {
+    const s = Math.round(ms / 1000);
+    if (s < 5) return "just now";
+    if (s < 60) return s + " s ago";
+    if (s < 3600) return Math.floor(s / 60) + " min ago";
+    if (s < 86400) return Math.floor(s / 3600) + " h ago";
+    return Math.floor(s / 86400) + " d ago";
+  }
+
+  function duration(ms) {
+    const s = Math.max(0, ms / 1000);
+    if (s < 60) return s.toFixed(1) + "s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  // Relative start times and running durations, from the clock of this browser.
+  function tick() {
+    const now = Date.now();
+    for (const td of table.querySelectorAll("td.time[data-at]")) {
+      const at = Date.parse(td.dataset.at);
+      if (at) td.textContent = ago(now - at);
+    }
+    for (const td of table.querySelectorAll("td.runtime.running")) {
+      const at = Date.parse(td.dataset.started);
+      if (at) td.textContent = duration(now - at);
+    }
+  }
   const table = document.getElementById("tasks");
   const body = table.tBodies[0];
   const prefix = table.dataset.prefix;
@@ -73,8 +104,14 @@
     window.tasklogProgress(c[3].querySelector(".progress"), task.progress, task.status);
     c[3].querySelector(".pmsg").textContent = task.progress_message || "";
     if (task.host) c[4].textContent = task.host;
-    if (task.started_at) { c[5].textContent = when(task.started_at); c[5].title = task.started_at; }
-    if (task.runtime !== null && task.runtime !== undefined) c[6].textContent = Number(task.runtime).toFixed(2) + "s";
+    if (task.started_at) {
+      c[5].dataset.at = task.started_at; c[5].title = when(task.started_at) + " UTC";
+      c[6].dataset.started = task.started_at;
+    }
+    const ended = task.runtime !== null && task.runtime !== undefined;
+    if (ended) c[6].textContent = Number(task.runtime).toFixed(2) + "s";
+    c[6].classList.toggle("running", !ended && !finished.has(task.status) && Boolean(c[6].dataset.started));
+    tick();
     if (task.line_count !== undefined) c[7].textContent = task.line_count;
   }
 
@@ -98,5 +135,7 @@
       if (data.type === "status") update(data);
     };
   }
+  tick();
+  setInterval(tick, 1000);
   connect();
 })();
