@@ -17,6 +17,7 @@
   let lines = 0;
   let cursor = "";
   let source = null;
+  let focused = null;  // a task whose lines alone are shown (a click on its timeline bar)
 
   function node(task) {
     const li = document.createElement("li");
@@ -63,6 +64,7 @@
     const badge = row.querySelector(".badge");
     badge.textContent = t.status; badge.className = "badge " + window.tasklogClass("state", t.status);
     window.tasklogProgress(row.querySelector(".progress"), t.progress, t.status);
+    window.tasklogTimeline.update(task);
     document.getElementById("wf-count").textContent = tasks.size + (tasks.size === 1 ? " task" : " tasks");
   }
 
@@ -89,6 +91,7 @@
     text.className = "msg";
     window.tasklogAnsi.render(text, line.message);
     row.append(time, tid, tag, text);
+    row.hidden = focused !== null && focused !== line.task_id;
     log.appendChild(row);
     lines += 1;
   }
@@ -108,6 +111,29 @@
       if (stick) log.scrollTop = log.scrollHeight;
     };
   }
+
+  // A bar of the timeline focuses its task's lines; the chip says so and undoes it.
+  function focus(taskId) {
+    focused = taskId;
+    const chip = document.getElementById("focus-chip");
+    chip.hidden = taskId === null;
+    const entry = taskId === null ? null : tasks.get(taskId);
+    document.getElementById("focus-name").textContent = entry
+      ? "only " + (entry.task.task_name || "?") + " · " + taskId.slice(0, 8) : "";
+    let first = null;
+    for (const row of log.children) {
+      row.hidden = taskId !== null && row.dataset.taskId !== taskId;
+      if (!row.hidden && first === null && taskId !== null) first = row;
+    }
+    follow.checked = taskId === null;
+    if (first) log.scrollTop = first.offsetTop - log.offsetTop;
+    else if (taskId === null) log.scrollTop = log.scrollHeight;
+  }
+  window.tasklogTimeline.onFocus(focus);
+  document.getElementById("focus-clear").addEventListener("click", () => {
+    window.tasklogTimeline.clear();
+    focus(null);
+  });
 
   log.addEventListener("scroll", () => {
     follow.checked = log.scrollHeight - log.scrollTop - log.clientHeight < 8;

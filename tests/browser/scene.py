@@ -29,6 +29,8 @@ HUGE = "export-catalog-0001"
 CUSTOM = "await-approval-5d21"
 ROOT = "wf-extract-a100"
 WORKFLOW = (ROOT, "wf-transform-0-a101", "wf-transform-1-a102", "wf-load-a103")
+#: A task of the workflow that was retried once (its two runs on two hosts).
+WF_RETRIED = "wf-transform-2-a104"
 
 TRACEBACK = """Traceback (most recent call last):
   File "/usr/lib/python3/dist-packages/celery/app/trace.py", line 453, in trace_task
@@ -193,6 +195,10 @@ RETRY_RUNS = (
     ),
     (215.0, 1.5, [Line(0.1, "connecting to accounts API"), Line(1.4, "synced 318 accounts")]),
 )
+WF_RETRY_RUNS = (
+    (2.3, 1.0, [Line(0.5, "transform-2: source busy", "stderr")]),
+    (4.0, 2.0, [Line(0.3, "transform-2 chunk 0"), Line(1.8, "transform-2 chunk 1")]),
+)
 
 
 def at(seconds: float) -> datetime:
@@ -256,7 +262,8 @@ async def build(database_url: str) -> None:
                     t.task_id,
                 ),
             )
-        await retried(conn)
+        await retried(conn, RETRIED, "accounts.sync", RETRY_RUNS, RETRIED, None)
+        await retried(conn, WF_RETRIED, "etl.transform", WF_RETRY_RUNS, ROOT, ROOT)
         await conn.execute(
             "INSERT INTO collectors (host, spool_dir, pid, version, started_at, heartbeat_at,"
             " backlog_files, backlog_bytes, stats) VALUES"
@@ -271,34 +278,42 @@ async def build(database_url: str) -> None:
         )
 
 
-async def retried(conn: psycopg.AsyncConnection[Any]) -> None:
-    """The retried task, run by run, as the collector would store it (the trigger records the
-    runs: a new ``retries`` value starts one)."""
-    (s1, r1, l1), (s2, r2, l2) = RETRY_RUNS
+async def retried(
+    conn: psycopg.AsyncConnection[Any],
+    task_id: str,
+    name: str,
+    runs: tuple[tuple[float, float, list[Line]], ...],
+    root_id: str,
+    parent_id: str | None,
+) -> None:
+    """A task retried once, run by run, as the collector would store it (the trigger records
+    the runs: a new ``retries`` value starts one): the first run on worker-1, the second on
+    worker-2."""
+    (s1, r1, l1), (s2, r2, l2) = runs
     await conn.execute(
-        "INSERT INTO tasks (task_id, task_name, state, host, worker, pid, root_id, created_at,"
-        " started_at, updated_at) VALUES (%s, 'accounts.sync', 'STARTED', 'worker-1',"
-        " 'celery@worker-1', 4242, %s, %s, %s, %s)",
-        (RETRIED, RETRIED, at(s1 - 0.05), at(s1), at(s1)),
+        "INSERT INTO tasks (task_id, task_name, state, host, worker, pid, root_id, parent_id,"
+        " created_at, started_at, updated_at) VALUES (%s, %s, 'STARTED', 'worker-1',"
+        " 'celery@worker-1', 4242, %s, %s, %s, %s, %s)",
+        (task_id, name, root_id, parent_id, at(s1 - 0.05), at(s1), at(s1)),
     )
-    last = await copy_lines(conn, RETRIED, s1, l1, 0)
+    last = await copy_lines(conn, task_id, s1, l1, 0)
     await conn.execute(
         "UPDATE tasks SET state = 'RETRY', line_count = %s, last_seq = %s, completed_at = %s,"
         " runtime = %s, exc_type = 'TimeoutError', exc_message = 'accounts API: 2 s',"
         " updated_at = %s WHERE task_id = %s",
-        (last, last, at(s1 + r1), r1, at(s1 + r1), RETRIED),
+        (last, last, at(s1 + r1), r1, at(s1 + r1), task_id),
     )
     await conn.execute(
         "UPDATE tasks SET state = 'STARTED', retries = 1, host = 'worker-2',"
         " worker = 'celery@worker-2', started_at = %s, completed_at = NULL, runtime = NULL,"
         " exc_type = NULL, exc_message = NULL, updated_at = %s WHERE task_id = %s",
-        (at(s2), at(s2), RETRIED),
+        (at(s2), at(s2), task_id),
     )
-    last = await copy_lines(conn, RETRIED, s2, l2, last)
+    last = await copy_lines(conn, task_id, s2, l2, last)
     await conn.execute(
         "UPDATE tasks SET state = 'SUCCESS', progress = 100, line_count = %s, last_seq = %s,"
         " completed_at = %s, runtime = %s, updated_at = %s WHERE task_id = %s",
-        (last, last, at(s2 + r2), r2, at(s2 + r2), RETRIED),
+        (last, last, at(s2 + r2), r2, at(s2 + r2), task_id),
     )
 
 

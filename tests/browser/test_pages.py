@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import expect
 
 from tests.helpers import ProcessFactory
 from tests.integration.api_support import PREFIX, api_settings, running_api
@@ -170,8 +171,8 @@ async def test_log_view_live_escaped_and_coloured(
 
         # The filter box hides what does not match.
         await page.fill("#filter", "tick 5")
-        visible = await page.locator("#log .line:not([hidden])").count()
-        assert visible == 11  # tick 5 and tick 50 to 59
+        # tick 5 and tick 50 to 59 (the view renders on the next frame)
+        await expect(page.locator("#log .line:not([hidden])")).to_have_count(11)
         await page.fill("#filter", "")
         await page.evaluate("document.getElementById('logbox').scrollTop = 0")
         await shot(page, "logview.png")
