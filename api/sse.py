@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import cast
@@ -28,9 +28,9 @@ from aiohttp.web import BaseRequest
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from api import keys, metrics, params, wire
+from api.follow import follow
 from api.hub import RESYNC, Item, Subscription
 from api.queries import Row, Store
-from api.settings import ApiSettings
 from tasklog.core.constants import FINISHED_STATES, PENDING
 from tasklog.core.errors import StoreUnavailable
 from tasklog.core.messages import LinesMessage, is_lines
@@ -40,14 +40,6 @@ log = logging.getLogger("tasklog.api.sse")
 REPLAY_PAGE = 1000
 #: Reconnection delay suggested to browsers, in milliseconds.
 RETRY_MS = 2000
-#: Writes per second an API process aims to stay under across its task streams: a write to a
-#: socket, with the wake-up of the stream's task around it, costs ~30-60 us, and a task
-#: printing 100 lines/s is ~40 messages/s per stream (a lines and a task message per commit).
-#: With N streams open, a stream that was sent news gathers more for N / WRITE_RATE seconds
-#: (1 stream: 125 us; 2,000 streams: 0.25 s) and writes it all at once, up to MAX_LINGER: at
-#: most ~8,000 writes a second, a quarter of a core, whatever the number of clients.
-WRITE_RATE = 8_000
-MAX_LINGER = 0.25
 
 
 class Stream(EventSourceResponse):
@@ -150,7 +142,11 @@ def line_frames(message: LinesMessage, task_id: str) -> list[tuple[int, bytes]]:
 
 
 class TaskFollower:
-    """One client following one task: what was sent, and how to send what comes next."""
+    """One client following one task: what was sent, and how to send what comes next (a
+    `api.follow.Source`)."""
+
+    #: Lines are whole only from Postgres: news that came while it was away is read there.
+    news_while_behind = False
 
     def __init__(self, stream: Stream, request: web.Request, task_id: str, after: int) -> None:
         self.stream = stream
@@ -261,6 +257,13 @@ class TaskFollower:
         self.status = key
         return frame(wire.dumps(wire.status_event(task)))
 
+    @property
+    def what(self) -> str:
+        return f"task {self.task_id} (at seq {self.last_seq})"
+
+    async def catch_up(self) -> None:
+        await self.refresh()
+
     async def refresh(self, row: Row | None = None) -> None:
         """Catch up from Postgres alone: the task first, from the primary (a finished task
         has all its lines stored), then its lines up to its last seq, then its state."""
@@ -269,55 +272,6 @@ class TaskFollower:
         await self.replay(until=row["last_seq"] if row is not None else None)
         if row is not None:
             await self.on_task(wire.task_json(row))
-
-    async def follow(
-        self,
-        sub: Subscription,
-        hub_live: Callable[[], bool],
-        settings: ApiSettings,
-        streams: Callable[[], int] = lambda: 1,
-    ) -> None:
-        # The replay comes first; later, whenever a Postgres read failed, Postgres again.
-        behind, first, flowing = True, True, False
-        while not self.finished:
-            if first:
-                batch, first = [], False
-            else:
-                live = hub_live() and not behind
-                linger = min(MAX_LINGER, streams() / WRITE_RATE)
-                if live and flowing and linger >= 0.001:
-                    # News keeps coming: gather for `linger` and take it all in one wake-up,
-                    # rather than waking at the first message and sleeping again.
-                    await asyncio.sleep(linger)
-                    batch = sub.take()
-                    if not batch and not sub.closed and not sub.overflowed:
-                        flowing = False  # a quiet moment: wait for news as below
-                        continue
-                else:
-                    batch = await sub.next_batch(
-                        settings.api_sse_resync if live else settings.api_poll_interval
-                    )
-                    if live and batch and linger >= 0.001:
-                        await asyncio.sleep(linger)
-                        batch += sub.take()
-                flowing = live and bool(batch)
-            if sub.closed:
-                return
-            if sub.overflowed:
-                log.info(
-                    "cutting off a slow client of task %s at seq %s", self.task_id, self.last_seq
-                )
-                return
-            try:
-                if behind or not batch or RESYNC in batch:
-                    await self.refresh()
-                else:
-                    await self.on_batch(batch)
-                behind = False
-            except StoreUnavailable as exc:
-                # What was sent is sent (last_seq says so); the rest comes once Postgres answers.
-                log.warning("stream of task %s waits for Postgres: %s", self.task_id, exc)
-                behind = True
 
 
 async def task_stream(request: web.Request) -> web.StreamResponse:
@@ -342,7 +296,9 @@ async def _task_stream(request: web.Request) -> web.StreamResponse:
             if row is None:
                 await follower.send_status(_pending(task_id))
             try:
-                await follower.follow(sub, lambda: hub.live and sub.covered, settings, hub.clients)
+                await follow(
+                    follower, sub, lambda: hub.live and sub.covered, settings, streams=hub.clients
+                )
                 if follower.finished:
                     await stream.event(
                         {"type": wire.END, "task_id": task_id, "last_seq": follower.last_seq}
@@ -365,6 +321,31 @@ async def tasks_stream(request: web.Request) -> web.StreamResponse:
         return await _tasks_stream(request)
 
 
+class TaskListFollower:
+    """One client following every task's changes (the list page): a `api.follow.Source`."""
+
+    what = "the task list"
+    finished = False
+    #: A task message is whole: sent even while Postgres is away.
+    news_while_behind = True
+
+    def __init__(self, stream: Stream, store: Store, since: datetime) -> None:
+        self.stream = stream
+        self.store = store
+        #: The newest change sent from Postgres: a catch-up sends what changed after it.
+        self.since = since
+
+    async def catch_up(self) -> None:
+        for row in await self.store.tasks_updated_since(self.since):
+            self.since = max(self.since, row.pop("updated_at"))
+            await self.stream.event(wire.status_event(wire.task_json(row)))
+
+    async def on_batch(self, batch: list[Item]) -> None:
+        for task in batch:  # the tasks channel only: task messages
+            if isinstance(task, dict):
+                await self.stream.event(wire.status_event(task))
+
+
 async def _tasks_stream(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, hub, store = app[keys.SETTINGS], app[keys.HUB], app[keys.STORE]
@@ -375,34 +356,11 @@ async def _tasks_stream(request: web.Request) -> web.StreamResponse:
         since = given or await _now(store)
         async with open_stream(request, sub) as stream:
             await stream.event({"type": wire.CONNECTED}, retry=RETRY_MS)
+            follower = TaskListFollower(stream, store, since)
             try:
-                catch_up, waiting = given is not None, False
-                while True:
-                    if catch_up:
-                        try:
-                            rows = await store.tasks_updated_since(since)
-                        except StoreUnavailable as exc:
-                            # Live changes still come through Redis; Postgres is asked again
-                            # every poll interval, and what changed meanwhile is sent then.
-                            if not waiting:
-                                log.warning("task list stream waits for Postgres: %s", exc)
-                            waiting = True
-                        else:
-                            catch_up = waiting = False
-                            for row in rows:
-                                since = max(since, row.pop("updated_at"))
-                                await stream.event(wire.status_event(wire.task_json(row)))
-                    live = hub.live and not catch_up
-                    wait = settings.api_sse_resync if live else settings.api_poll_interval
-                    batch = await sub.next_batch(wait)
-                    if sub.closed or sub.overflowed:
-                        break
-                    if batch and RESYNC not in batch:
-                        for task in batch:  # the tasks channel only: task messages
-                            if isinstance(task, dict):
-                                await stream.event(wire.status_event(task))
-                    else:
-                        catch_up = True  # Redis is away or came back, or all was quiet
+                await follow(
+                    follower, sub, lambda: hub.live, settings, catch_up_first=given is not None
+                )
             except ConnectionResetError:
                 pass
             except TimeoutError:

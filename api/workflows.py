@@ -24,12 +24,11 @@ from aiohttp import web
 from psycopg import sql
 
 from api import keys, params, wire
-from api.hub import RESYNC, Hub, Subscription
+from api.follow import follow
 from api.lookups import WORKFLOW_TASKS_MAX, Q, WorkflowCursor, fetch
 from api.models import Task, Workflow
 from api.queries import TASK_COLUMNS, Row
 from api.routes import respond
-from api.settings import ApiSettings
 from api.sse import RETRY_MS, Stream, frame, open_stream
 from tasklog.core.constants import FINISHED_STATES, MAX_TASK_ID_BYTES, task_id_problem
 from tasklog.core.errors import StoreUnavailable
@@ -82,7 +81,12 @@ async def get_workflow(request: web.Request) -> web.Response:
 
 
 class WorkflowFollower:
-    """One client following one workflow: its members, what was sent of each."""
+    """One client following one workflow: its members, what was sent of each (a
+    `api.follow.Source`)."""
+
+    finished = False
+    #: Lines are whole only from Postgres: news that came while it was away is read there.
+    news_while_behind = False
 
     def __init__(self, stream: Stream, request: web.Request, root_id: str, cursor: WorkflowCursor):
         self.stream = stream
@@ -94,6 +98,14 @@ class WorkflowFollower:
         self.members: dict[str, Row] = {}
         self.strangers: set[str] = set()
         self.status: dict[str, tuple[Any, ...]] = {}
+
+    @property
+    def what(self) -> str:
+        return f"workflow {self.root_id}"
+
+    async def catch_up(self) -> None:
+        await self.refresh_members()
+        await self.replay()
 
     async def refresh_members(self) -> None:
         """Read the workflow's tasks; a task not seen before is announced whole."""
@@ -161,27 +173,6 @@ class WorkflowFollower:
             if message.get("task_id") in self.members:
                 await self.send_status(message)
 
-    async def follow(self, sub: Subscription, hub: Hub, settings: ApiSettings) -> None:
-        behind = True
-        while True:
-            if behind:
-                batch: list[Any] = []
-            else:
-                wait = settings.api_sse_resync if hub.live else settings.api_poll_interval
-                batch = await sub.next_batch(wait)
-            if sub.closed or sub.overflowed:
-                return
-            try:
-                if behind or not batch or RESYNC in batch:
-                    await self.refresh_members()
-                    await self.replay()
-                else:
-                    await self.on_batch(batch)
-                behind = False
-            except StoreUnavailable as exc:
-                log.warning("stream of workflow %s waits for Postgres: %s", self.root_id, exc)
-                behind = True
-
 
 async def workflow_stream(request: web.Request) -> web.StreamResponse:
     """``GET /tasklog/sse/workflow/{root_id}/``: replay after Last-Event-ID, then live. It takes
@@ -209,7 +200,7 @@ async def _workflow_stream(request: web.Request) -> web.StreamResponse:
                 retry=RETRY_MS,
             )
             try:
-                await follower.follow(sub, hub, settings)
+                await follow(follower, sub, lambda: hub.live, settings)
             except StoreUnavailable as exc:
                 log.warning("stream of workflow %s ended: %s", root_id, exc)
             except (ConnectionResetError, TimeoutError):
