@@ -38,7 +38,8 @@ from pathlib import Path
 import psycopg
 
 from collector.migrate import migrate
-from tasklog.demo.embedded import EmbeddedPostgres, EmbeddedRedis
+from tasklog.demo.embedded_postgres import EmbeddedPostgres
+from tasklog.demo.embedded_redis import EmbeddedRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: What runs by default: every task test (test_tasks.py, 63 tests), and the canvas tests of
