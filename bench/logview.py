@@ -4,8 +4,9 @@ One task of ``--lines`` lines is stored in a fresh database and ``tasklog api`` 
 Chromium (Playwright, /usr/bin/chromium), each run opens the task's page and times:
 
 - load: from navigation to the last line counted (the whole replay over SSE);
-- scroll: the log box flung from top to bottom in 300 steps, one per animation frame, the
-  frames timed (a frame longer than 50 ms is a visible stall);
+- fling: the log box flung from top to bottom in 300 steps, one per animation frame (every
+  frame shows rows never seen), the frames timed (a frame longer than 50 ms is a visible stall);
+- steady scroll: 120 px a frame for 300 frames, as a wheel or a drag scrolls;
 - rows in the DOM once loaded.
 
 The baseline, in the same run and the same browser: the same lines in the same page styles, every
@@ -50,12 +51,14 @@ _LINES = """
 #: Scrolls the log box from top to bottom in `FRAMES` steps, one per animation frame (a fling
 #: through the whole log); resolves to the frame times.
 FRAMES = 300
-_SCROLL = """async ([boxId, steps]) => {
+#: A steady scroll (a wheel or a drag): this many px per frame, for `FRAMES` frames.
+WHEEL_PX = 120
+_SCROLL = """async ([boxId, steps, px]) => {
   const box = document.getElementById(boxId);
   box.scrollTop = 0;
   await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
   const frames = [];
-  const step = (box.scrollHeight - box.clientHeight) / steps;
+  const step = px || (box.scrollHeight - box.clientHeight) / steps;
   let last = performance.now();
   for (let i = 1; i <= steps; i++) {
     box.scrollTop = Math.round(i * step);
@@ -164,9 +167,10 @@ def _virtual(browser: Any, url: str, n: int) -> dict[str, Any]:
     )
     load = (time.monotonic() - start) * 1000
     rows = page.evaluate("window.tasklogView.rendered()")
-    frames = page.evaluate(_SCROLL, ["logbox", FRAMES])
+    frames = page.evaluate(_SCROLL, ["logbox", FRAMES, 0])
+    steady = page.evaluate(_SCROLL, ["logbox", FRAMES, WHEEL_PX])
     context.close()
-    return {"load": load, "frames": frames, "rows": rows}
+    return {"load": load, "frames": frames, "steady": steady, "rows": rows}
 
 
 def _every_row(browser: Any, url: str) -> dict[str, Any]:
@@ -197,9 +201,10 @@ def _every_row(browser: Any, url: str) -> dict[str, Any]:
     page.evaluate(_EVERY_ROW, lines)
     load = (time.monotonic() - start) * 1000
     rows = page.evaluate("document.getElementById('log').children.length")
-    frames = page.evaluate(_SCROLL, ["logbox", FRAMES])
+    frames = page.evaluate(_SCROLL, ["logbox", FRAMES, 0])
+    steady = page.evaluate(_SCROLL, ["logbox", FRAMES, WHEEL_PX])
     context.close()
-    return {"load": load, "frames": frames, "rows": rows}
+    return {"load": load, "frames": frames, "steady": steady, "rows": rows}
 
 
 def _p(values: list[float], q: float) -> float:
@@ -211,10 +216,13 @@ def _report(virtual: list[dict[str, Any]], every: list[dict[str, Any]]) -> None:
     figures: dict[str, tuple[Figure, Figure]] = {}
     for key, unit, pick in (
         ("load (all lines shown)", "ms", lambda r: r["load"]),
-        ("scroll frame p50", "ms", lambda r: _p(r["frames"], 50)),
-        ("scroll frame p95", "ms", lambda r: _p(r["frames"], 95)),
-        ("scroll frame max", "ms", lambda r: max(r["frames"])),
-        ("stalled frames (> 50 ms)", "%", lambda r: 100 * _stalls(r["frames"])),
+        ("fling frame p50", "ms", lambda r: _p(r["frames"], 50)),
+        ("fling frame p95", "ms", lambda r: _p(r["frames"], 95)),
+        ("fling frame max", "ms", lambda r: max(r["frames"])),
+        ("fling stalls (> 50 ms)", "%", lambda r: 100 * _stalls(r["frames"])),
+        ("steady scroll frame p50", "ms", lambda r: _p(r["steady"], 50)),
+        ("steady scroll frame p95", "ms", lambda r: _p(r["steady"], 95)),
+        ("steady scroll stalls (> 50 ms)", "%", lambda r: 100 * _stalls(r["steady"])),
         ("rows in the DOM", "rows", lambda r: r["rows"]),
     ):
         figures[key] = (
@@ -224,10 +232,10 @@ def _report(virtual: list[dict[str, Any]], every: list[dict[str, Any]]) -> None:
     for key, (mine, base) in figures.items():
         ratio = mine.median / base.median if base.median else float("nan")
         row(key, mine.text(1), f"every row in the DOM: {base.text(1)}; ratio {ratio:.3f}x")
-    p95 = figures["scroll frame p95"][0].median
+    p95 = figures["steady scroll frame p95"][0].median
     row(
         "verdict",
-        f"p95 scroll frame {p95:.1f} ms",
+        f"p95 steady scroll frame {p95:.1f} ms",
         f"target <= {TARGET_P95_FRAME_MS:g} ms: {verdict(p95 <= TARGET_P95_FRAME_MS)}",
     )
 

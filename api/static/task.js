@@ -34,6 +34,9 @@
   let view = [];
   let offsets = [0];
   let rowHeight = 19;
+  let charWidth = 7.5;        // px of one character of the log's monospace font
+  let cols = 0;               // characters that fit on a row (0: to be measured)
+  const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
   const hidden = new Set();
   let lastSeq = 0;
   let lines = 0;
@@ -110,7 +113,10 @@
     } else if (openGroup) {
       openGroup.size += 1; openGroup.lastT = e.t; cache.delete(openGroup);
     }
-    e.plain = plainText(e.kind === "group" ? e.title : line.message).toLowerCase();
+    const plain = plainText(e.kind === "group" ? e.title : line.message);
+    e.plain = plain.toLowerCase();
+    e.len = plain.length;
+    e.simple = PRINTABLE_ASCII.test(plain);  // one character, one column
     entries.push(e);
     bySeq.set(e.seq, e);
     lines += 1;
@@ -278,13 +284,24 @@
       if (el === next) next = next.nextSibling;
       else log.insertBefore(el, next);
     }
-    // Rows are one text line high unless they wrap: measure those on screen once.
+    // Rows are one text line high unless they wrap. A plain line known to fit is not
+    // measured (reading a height makes the browser lay the page out now); others are, once.
+    if (!cols) {
+      const plainRow = rows.find((r) => r.classList.contains("line") && !r.classList.contains("in-group") && !r.classList.contains("group-head"));
+      const msg = plainRow && plainRow.querySelector(".msg");
+      if (msg) cols = Math.floor(msg.clientWidth / charWidth);
+    }
     let changed = false;
     for (let i = first; i <= last; i++) {
       const e = view[i];
+      if (e.h) continue;
+      if (e.kind === "line" && (!wrap.checked || (cols && e.simple && e.len <= cols - 3))) {
+        e.h = rowHeight;
+        continue;
+      }
       const h = rows[i - first].offsetHeight;
-      if (!h || h === e.h) continue;
-      if (h !== (e.h || rowHeight)) changed = true;  // only a height unlike the one assumed
+      if (!h) continue;
+      if (h !== rowHeight) changed = true;  // only a height unlike the one assumed
       e.h = h;
     }
     if (changed && depth < 2) { recount(); render(depth + 1); }
@@ -409,6 +426,7 @@
   wrap.addEventListener("change", () => {
     box.classList.toggle("nowrap", !wrap.checked);
     for (const e of entries) e.h = 0;
+    cols = 0;
     recount(); cache.clear(); schedule();
   });
   timeMode.addEventListener("change", () => { cache.clear(); schedule(); });
@@ -433,7 +451,7 @@
       rebuild();
     });
   }
-  window.addEventListener("resize", () => { for (const e of entries) e.h = 0; recount(); schedule(); });
+  window.addEventListener("resize", () => { for (const e of entries) e.h = 0; cols = 0; recount(); schedule(); });
 
   // -- the task and its stream ------------------------------------------------------------
 
@@ -513,10 +531,12 @@
 
   // The height of one row of text, measured once with the page's fonts.
   (function measure() {
-    const probe = node({ kind: "line", seq: 1, ts: "", t: null, stream: names.streams[0], level: null, message: "M", group: null });
+    const probe = node({ kind: "line", seq: 1, ts: "", t: null, stream: names.streams[0], level: null, message: "MMMMMMMMMM", group: null });
     cache.clear();
     log.appendChild(probe);
     rowHeight = probe.offsetHeight || rowHeight;
+    const text = probe.querySelector(".msg span");
+    if (text) charWidth = text.getBoundingClientRect().width / 10 || charWidth;
     probe.remove();
   })();
 
