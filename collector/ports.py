@@ -34,7 +34,8 @@ class Store(Protocol):
     standby), whose offsets are then the truth.
     """
 
-    losses: int
+    @property
+    def losses(self) -> int: ...
 
     async def commit(
         self,

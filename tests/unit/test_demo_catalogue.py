@@ -21,8 +21,9 @@ def _registered() -> dict[str, list[str]]:
         for decorator in node.decorator_list:
             if isinstance(decorator, ast.Call):
                 for keyword in decorator.keywords:
-                    if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
-                        found[keyword.value.value] = [a.arg for a in node.args.args]
+                    value = keyword.value
+                    if keyword.arg == "name" and isinstance(value, ast.Constant):
+                        found[str(value.value)] = [a.arg for a in node.args.args]
     return found
 
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from capture_shim import spool
+from collector.batch import FileState
 from collector.metrics import Counters
 from collector.pipeline import Pipeline
 from collector.settings import CollectorSettings
@@ -56,7 +57,7 @@ def expected(task_id: str, lines: int) -> list[str]:
 def pipeline_for(
     directory: Path,
     store: MemoryStore,
-    files: dict,
+    files: dict[str, FileState],
     batch_lines: int,
     *,
     spare: bool,
