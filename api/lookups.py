@@ -39,6 +39,9 @@ Q = db.queries("api", "sql/lookups.sql")
 MAX_PATTERN = 1000
 #: How far back each window reaches below the days cut along their slices (then: the rest).
 WINDOWS = (timedelta(days=7),)
+#: Windows searched one statement each, newest first, before the rest go in one statement:
+#: the lines stamped after now and the newest minutes, not indexed yet.
+ALONE = 2
 #: Every task of a workflow shown at most (a workflow of more is cut, and says so).
 WORKFLOW_TASKS_MAX = 5000
 
@@ -109,6 +112,30 @@ class Search:
         where = sql.SQL(" AND ").join(clauses) if clauses else sql.SQL(Q["filter_none"])
         match_sql, span_sql = sql.SQL(match), sql.SQL(span)
         return sql.SQL(Q["search"]).format(match=match_sql, span=span_sql, where=where), params
+
+    def statement_for(
+        self, windows: Sequence[tuple[datetime | None, datetime | None]], limit: int
+    ) -> tuple[sql.Composed, dict[str, Any]]:
+        """The search over `windows` in one statement: one window's `statement`, or several
+        windows' pages joined (their parameters are the same), then the page."""
+        if len(windows) == 1:
+            return self.statement(*windows[0], limit)
+        pages: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        for low, high in windows:
+            query, values = self.statement(low, high, limit)
+            pages.append(sql.SQL("({})").format(query))
+            params.update(values)
+        return sql.SQL(Q["search_windows"]).format(pages=sql.SQL(" UNION ALL ").join(pages)), params
+
+    def groups(
+        self, now: datetime, indexes: Sequence[str] = ()
+    ) -> list[list[tuple[datetime | None, datetime | None]]]:
+        """`windows` as the search runs them: the newest `ALONE` one statement each (a common
+        text fills its page there), then all the others in one statement."""
+        windows = self.windows(now, indexes)
+        rest = [windows[ALONE:]] if windows[ALONE:] else []
+        return [[window] for window in windows[:ALONE]] + rest
 
     def windows(
         self, now: datetime, indexes: Sequence[str] = ()

@@ -89,8 +89,8 @@ async def run_search(store: Store, search: Search, limit: int, timeout: float) -
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(Q["statement_timeout"], {"ms": str(int(timeout * 1000))})
                 clock = await (await cur.execute(Q["now"])).fetchone() or {}
-                for low, high in search.windows(clock["now"], clock["indexes"]):
-                    query, values = search.statement(low, high, limit - len(found))
+                for group in search.groups(clock["now"], clock["indexes"]):
+                    query, values = search.statement_for(group, limit - len(found))
                     # Never prepared: a generic plan, blind to the pattern, could read a whole
                     # hour by time where the slice's trigram index finds a rare text at once.
                     await cur.execute(query, values, prepare=False)

@@ -252,8 +252,8 @@ def _search_in_process(url: str, search: Search, slices: bool) -> float:
             n for n in clock["indexes"] if slices or not isinstance(trigram.parse(n), trigram.Slice)
         ]
         found = 0
-        for low, high in search.windows(clock["now"], names):
-            query, values = search.statement(low, high, 51 - found)
+        for group in search.groups(clock["now"], names):
+            query, values = search.statement_for(group, 51 - found)
             found += len(conn.execute(query, values).fetchall())
             if found >= 51:
                 break

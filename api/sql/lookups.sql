@@ -19,6 +19,14 @@ FROM (
 LEFT JOIN tasks AS t ON t.task_id = l.task_id
 ORDER BY l.ts DESC, l.task_id DESC, l.seq DESC
 
+-- name: search_windows
+-- Several windows' pages in one statement (each window's page is the `search` above, in
+-- parentheses, joined by UNION ALL): one round trip and one plan instead of one per window,
+-- for a rare text that walks every window. Then the page.
+{pages}
+ORDER BY ts DESC, task_id DESC, seq DESC
+LIMIT %(limit)s
+
 -- name: statement_timeout
 -- A search may not hold its connection longer than this (a pathological regex).
 SELECT set_config('statement_timeout', %(ms)s, true)

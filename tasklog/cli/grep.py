@@ -50,8 +50,8 @@ def search(url: str, search: Search, limit: int) -> list[dict[str, Any]]:
     with db.connect(url, row_factory=dict_row) as conn, db.translated(url):
         try:
             clock = conn.execute(Q["now"]).fetchone() or {}
-            for low, high in search.windows(clock["now"], clock["indexes"]):
-                query, values = search.statement(low, high, limit - len(found))
+            for group in search.groups(clock["now"], clock["indexes"]):
+                query, values = search.statement_for(group, limit - len(found))
                 found += conn.execute(query, values).fetchall()
                 if len(found) >= limit:
                     break
