@@ -12,7 +12,9 @@ SQL. The JSON shape of a search match, shared by the API and ``tasklog grep --js
 A search walks back in time windows and stops as soon as a page is full: the newest day cut
 along its trigram slices (`tasklog.core.trigram`: the minutes not indexed yet are scanned, every
 other window is one partial-index lookup), the week before it, then the rest (a day index per
-partition). A common word fills its first page from the newest minutes alone.
+partition). A common word fills its first page from the newest minutes alone, which run as
+statements of their own; every older window goes in one statement (`Search.groups`), so a rare
+text that walks them all costs one plan and one round trip for them.
 """
 
 from __future__ import annotations
