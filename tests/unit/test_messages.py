@@ -38,6 +38,8 @@ def test_a_task_row_from_postgres_is_published_with_iso_times() -> None:
 def test_anything_else_is_refused() -> None:
     task: TaskMessage = {
         "task_id": "t",
+        "parent_id": None,
+        "root_id": None,
         "task_name": None,
         "status": "STARTED",
         "progress": None,

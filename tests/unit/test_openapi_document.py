@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -18,6 +18,7 @@ from api.models import NewLog, StatusEvent, Task
 from api.queries import TASK_COLUMNS
 from api.settings import ApiSettings
 from tasklog.core.constants import ALL_STATES, FINISHED_STATES, STATE_CHARS, STREAMS
+from tasklog.core.messages import LineMessage
 
 PREFIX = "/tasklog"
 #: Routes the document must describe: everything else the router serves is an HTML page.
@@ -27,7 +28,7 @@ SCHEMAS: dict[str, Any] = DOC["components"]["schemas"]
 
 
 def test_every_api_route_of_the_router_is_documented_and_nothing_else() -> None:
-    settings = ApiSettings(_env_file=None, database_url="postgresql://unused/db")  # type: ignore[call-arg]
+    settings = ApiSettings(_env_file=None, database_url="postgresql://unused/db")
     app = create_app(settings)
     served, pages = set(), []
     for route in app.router.routes():
@@ -168,7 +169,7 @@ def test_a_new_log_event_equals_its_model(row: dict[str, Any]) -> None:
     assert NewLog.model_validate(event).model_dump(mode="json") == event
     # Relayed live: the collector publishes the time as text with microseconds.
     live = {**row, "ts": row["ts"].isoformat(timespec="microseconds")}
-    relayed = wire.published_line(live, "t1")
+    relayed = wire.published_line(cast(LineMessage, live), "t1")
     checked = NewLog.model_validate_json(wire.dumps(relayed), strict=True)
     assert checked.timestamp == row["ts"]
     assert {k: v for k, v in checked.model_dump(mode="json").items() if k != "timestamp"} == {

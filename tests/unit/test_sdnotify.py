@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,14 +177,14 @@ async def test_watchdog_loop_skips_pings_while_unhealthy(
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
     asked = asyncio.Queue[None]()
-    state = {"checks": 0, "well": False}
+    state: dict[str, Any] = {"checks": 0, "well": False}
 
     def healthy() -> bool:
         asked.put_nowait(None)
         state["checks"] += 1
         if state["checks"] == 2:
             raise RuntimeError("health check broke")
-        return state["well"]
+        return bool(state["well"])
 
     stop = asyncio.Event()
     task = asyncio.create_task(sdnotify.watchdog_loop(stop, healthy=healthy), name="watchdog")

@@ -47,7 +47,10 @@ def test_today_is_cut_along_its_slices() -> None:
     indexes = [yesterday, *names(*(hour(h) for h in (0, 1, 3)), five)]
     windows = Search("x").windows(NOW, indexes)
     contiguous(windows)
-    at = lambda h, m=0: MIDNIGHT + timedelta(hours=h, minutes=m)  # noqa: E731
+
+    def at(h: int, m: int = 0) -> datetime:
+        return MIDNIGHT + timedelta(hours=h, minutes=m)
+
     assert windows == [
         (NOW, None),  # a worker's clock ahead
         (at(12, 5), NOW),  # the newest minutes: scanned

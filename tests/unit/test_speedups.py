@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 try:
     from capture_shim import _speedups
 except ImportError:  # built with no C compiler (.ci/run has one: there the skip fails)
-    _speedups = None  # type: ignore[assignment]
+    _speedups = None
 
 needs_speedups = pytest.mark.skipif(
     _speedups is None,
@@ -51,7 +51,7 @@ _TIME = re.compile(rb'"t":[0-9]+e-6')
 
 
 def _recording(base: type) -> type:
-    class Recording(base):  # type: ignore[misc, valid-type]
+    class Recording(base):  # type: ignore[misc]
         """A `Lines` whose fallback is a list."""
 
         def __init__(self, max_line_bytes: int) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from api import wire
 from api.sse import Stream, frame, line_frames
+from tasklog.core.messages import LineMessage, LinesMessage
 
 
 class _Captured(EventSourceResponse):
@@ -42,17 +43,19 @@ def test_a_frame_without_id_is_what_send_writes(data: str) -> None:
 
 
 def test_line_frames_are_built_once_and_shared() -> None:
-    message = {
-        "task_id": "t",
-        "lines": [
-            {"seq": 7, "ts": "2024-01-01T00:00:00+00:00", "stream": "stdout", "message": "a\r\nb"},
-        ],
+    line: LineMessage = {
+        "seq": 7,
+        "ts": "2024-01-01T00:00:00+00:00",
+        "stream": "stdout",
+        "level": None,
+        "message": "a\r\nb",
     }
+    message: LinesMessage = {"task_id": "t", "lines": [line]}
     first = line_frames(message, "t")
     assert line_frames(message, "t") is first
     seq, data = first[0]
     assert seq == 7
-    assert data == _sent(wire.dumps(wire.published_line(message["lines"][0], "t")), 7)  # type: ignore[index]
+    assert data == _sent(wire.dumps(wire.published_line(line, "t")), 7)
 
 
 def test_stream_takes_every_parameter_of_aiohttp_sse() -> None:
