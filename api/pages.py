@@ -10,6 +10,7 @@ each page as a JSON blob (``#tasklog-constants``), which ``static/constants.js``
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 import jinja2
@@ -79,6 +80,7 @@ class Pages:
         self.env.filters["urlencode"] = segment
         self.env.filters["css"] = lambda value, kind: css_class(kind, value)
         self.env.filters["size"] = size
+        self.env.filters["plain"] = plain
         self.env.filters["stat"] = stat
         self.env.globals["stat_labels"] = STAT_LABELS
         self.env.globals["stat_alarms"] = STAT_ALARMS
@@ -157,3 +159,12 @@ def stat(value: object, unit: str = "") -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value)
+
+
+#: Terminal escape sequences (CSI such as colours, OSC such as titles, two-character ones).
+ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_]|$)")
+
+
+def plain(text: str) -> str:
+    """A line's text without its terminal escapes (the search page shows text, not colours)."""
+    return ESCAPES.sub("", text)

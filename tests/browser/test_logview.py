@@ -201,3 +201,15 @@ async def test_a_failed_task_opens_the_group_of_its_last_line(
         )
         assert expanded == ["step 1=false", "step 2=false", "step 3=true"]
         await expect(page.locator("#log .line.in-group .msg")).to_have_text(["step 3: working"])
+
+
+async def test_search_results_show_text_without_terminal_escapes(browser: Any, site: Site) -> None:
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(site.url("/search/?q=611+orders"))
+        message = page.locator("#matches tr.match td.msg")
+        await expect(message).to_have_text(["✔ 611 orders valid, 1 fixed"])
+        await expect(message.locator("mark")).to_have_text(["611 orders"])
+    finally:
+        await context.close()
