@@ -188,7 +188,7 @@ class SpoolDir:
         # then in the order the collector found them; a name buys nothing. Each file gets its
         # share of the batch, so many backlogs drain side by side and a new file's lines wait
         # for one batch at most.
-        waiting.sort(key=_turn)
+        _take_turns(waiting)
         share_lines = max(max_lines // max(len(waiting), 1), MIN_SHARE_LINES)
         share_bytes = max(max_bytes // max(len(waiting), 1), MIN_SHARE_BYTES)
         for state in waiting:
@@ -329,6 +329,27 @@ class SpoolDir:
 
 def _turn(state: FileState) -> tuple[int, float]:
     return state.served, state.seen_at
+
+
+def _take_turns(waiting: list[FileState]) -> None:
+    """Order a batch's files fairly (`_turn`), except that one task's own files (its runs,
+    one file per delivery) keep the order they were started in, in the places fairness gives
+    them: a run is numbered in the order stored. A name reorders only its own task's files."""
+    waiting.sort(key=_turn)
+    places: dict[str, list[int]] = {}
+    for place, state in enumerate(waiting):
+        parsed = spool.parse_file_name(state.name)
+        places.setdefault(parsed.stem if parsed else state.name, []).append(place)
+    for held in places.values():
+        if len(held) > 1:
+            started = sorted((waiting[p] for p in held), key=_started)
+            for place, state in zip(held, started, strict=True):
+                waiting[place] = state
+
+
+def _started(state: FileState) -> tuple[int, str]:
+    parsed = spool.parse_file_name(state.name)
+    return (parsed.ns if parsed else 0), state.name
 
 
 def _kind(mode: int) -> str:

@@ -245,3 +245,19 @@ def test_the_reader_decides_every_record_as_the_one_record_parser_does(
     assert fast.lines == slow.lines
     assert [type(line) for line in fast.lines] == [type(line) for line in slow.lines]
     assert (fast.corrupt, fast.last_seq) == (slow.corrupt, slow.last_seq)
+
+
+def test_a_tasks_runs_are_read_in_the_order_they_started_whatever_was_found_first(
+    spool_dir: Path,
+) -> None:
+    # Two deliveries of one task (pool processes 7 and 9) and another task's file, found in
+    # an order that puts the later run first: the batch keeps the runs in started order.
+    later, earlier, other = "again.7.2000.jsonl", "again.9.1000.jsonl", "other.8.1500.jsonl"
+    reader = SpoolDir(spool_dir, {})
+    for name, text in ((later, "second run"), (other, "other task"), (earlier, "first run")):
+        _append(spool_dir / name, _start(name.split(".")[0]) + _line(1, text))
+        reader.touched({name})
+    batch = reader.read_batch(1000, 1 << 20)
+    order = [line.message for chunk in batch.chunks for line in chunk.lines]
+    assert order.index("first run") < order.index("second run")
+    assert sorted(order) == ["first run", "other task", "second run"]
