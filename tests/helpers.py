@@ -52,7 +52,7 @@ def required(variable: str) -> bool:
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 20,
     interval: float = 0.05,
     message: str = "condition",

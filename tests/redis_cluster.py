@@ -186,7 +186,7 @@ class RedisClusterNodes:
                 info = client.info("replication")
         except redis.RedisError:
             return False
-        return info.get("role") == "master" or info.get("master_link_status") == "up"
+        return bool(info.get("role") == "master" or info.get("master_link_status") == "up")
 
     def owner(self, key: str) -> Node:
         """The master node that owns `key`'s slot (as a running node sees it)."""

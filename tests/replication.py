@@ -128,7 +128,7 @@ class ReplicatedPostgres:
             self.primary.url(),
             "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1",
         )
-        return [tuple(row) for row in rows]  # type: ignore[misc]
+        return [tuple(row) for row in rows]
 
     def detach(self) -> None:
         """Cut the standby off its primary (a network partition, as far as WAL goes): the

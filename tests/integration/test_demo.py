@@ -95,7 +95,8 @@ def _descendants(pid: int) -> set[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (ppid := _parent(int(entry))) is not None:
             parents[int(entry)] = ppid
-    found, frontier = set(), {pid}
+    found: set[int] = set()
+    frontier = {pid}
     while frontier:
         frontier = {p for p, ppid in parents.items() if ppid in frontier} - found
         found |= frontier
