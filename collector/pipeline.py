@@ -28,9 +28,9 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from capture_shim.spool import parse_file_name
+from collector import recovery
 from collector.batch import Batch, FileChunk, FileState, shown
 from collector.keep import KeptFiles
 from collector.metrics import Counters
@@ -41,7 +41,7 @@ from collector.store import RecordRefused
 from collector.stored import Stored
 from collector.tail import SpoolDir
 from tasklog.core.errors import StoreUnavailable
-from tasklog.core.process import pid_alive, runs_as
+from tasklog.core.process import pid_alive
 
 log = logging.getLogger("tasklog.collector")
 
@@ -295,7 +295,7 @@ class Pipeline:
             self._forget.clear()
             return True
         if len(chunks) == 1:
-            record = await _refused_record(self.store, chunks[0])
+            record = await recovery.refused_record(self.store, chunks[0])
             await self._quarantine(chunks[0].state, f"{refusal.why} in {record}")
             return True
         half = len(chunks) // 2
@@ -413,7 +413,7 @@ class Pipeline:
     def _reloaded(self, files: dict[str, FileState]) -> None:
         """Apply the offsets read from the store. Kept files start over: those stored in full
         are kept again (`orphans`), the others are read again from where the store says."""
-        behind = _reload(self.spool, files)
+        behind = recovery.reload(self.spool, files)
         if behind:
             log.warning(
                 "Postgres holds less than this collector committed of %d spool files "
@@ -464,13 +464,13 @@ class Pipeline:
                 continue
             if not final and now - state.changed_at < self.settings.orphan_timeout:
                 continue
-            pid = writer_pid(state.name)
-            if pid is not None and _writing(pid, state):
+            pid = recovery.writer_pid(state.name)
+            if pid is not None and recovery.writing(pid, state):
                 continue
             if (
                 not final
                 and state.parent_pid is not None
-                and now - state.changed_at < PARENT_GRACE
+                and now - state.changed_at < recovery.PARENT_GRACE
                 and pid_alive(state.parent_pid)
             ):
                 continue  # a pool child's worker may still write its end (capture_shim.verdict)
@@ -493,68 +493,3 @@ class Pipeline:
     ) -> T | None:
         """`until_available` with this pipeline's stop and status."""
         return await until_available(fn, self._stop, self._status, first_error)
-
-
-async def _refused_record(store: Store, chunk: FileChunk) -> str:
-    """Which record of a file's chunk Postgres refuses, found by trial transactions rolled
-    back: its end, its progress, else the first line whose prefix is refused (bisected)."""
-
-    async def refused(**parts: Any) -> bool:
-        try:
-            await store.commit(Batch.of([dataclasses.replace(chunk, **parts)]), trial=True)
-        except RecordRefused:
-            return True
-        return False
-
-    try:
-        if chunk.end is not None and not await refused(end=None):
-            return "its end record"
-        if chunk.progress is not None and not await refused(end=None, progress=None):
-            return "its progress record"
-        lines = chunk.lines
-        if lines and not await refused(end=None, progress=None, lines=[]):
-            low, high = 0, len(lines)  # lines[:low] passes, lines[:high] is refused
-            while high - low > 1:
-                mid = (low + high) // 2
-                if await refused(end=None, progress=None, lines=lines[:mid]):
-                    high = mid
-                else:
-                    low = mid
-            return f"its line {lines[high - 1].seq}"
-        return "its start record" if chunk.start is not None else "its records"
-    except StoreUnavailable:
-        return "one of its records"
-
-
-def _reload(spool: SpoolDir, files: dict[str, FileState]) -> int:
-    """After a failed commit, trust only what Postgres says was stored; returns how many files
-    Postgres holds less of than this process had committed (rolled back by a failover)."""
-    behind = 0
-    for name, state in list(spool.files.items()):
-        saved = files.get(name)
-        fresh = saved or FileState(name=name, inode=state.inode)
-        if state.registered and fresh.offset < state.offset:
-            behind += 1
-        fresh.size, fresh.changed_at = state.size, state.changed_at
-        spool.files[name] = fresh
-    spool.scan()
-    spool.touched(set(spool.files))
-    return behind
-
-
-#: Seconds a dead pool child's run waits for its worker's main process to write its end (a
-#: hard time limit, a revoke, a lost child: Celery's verdict) before it is LOST. Billiard notices
-#: a child killed by SIGKILL some seconds after the fact.
-PARENT_GRACE = 30.0
-
-
-def _writing(pid: int, state: FileState) -> bool:
-    """Whether the process a file's name gives may still write it: alive, and running as the
-    file's owner. A name is chosen by whoever wrote the file: one naming pid 1 (or any long-lived
-    process of another user) would otherwise never be finalized, and stay in memory."""
-    return pid_alive(pid) and (state.uid is None or runs_as(pid, state.uid))
-
-
-def writer_pid(name: str) -> int | None:
-    parsed = parse_file_name(name)
-    return None if parsed is None else parsed.pid
