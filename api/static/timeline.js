@@ -114,7 +114,7 @@
     if (!entry) { entry = { task: {}, runs: null, seen: null }; tasks.set(task.task_id, entry); }
     for (const [k, v] of Object.entries(task)) if (v !== null && v !== undefined) entry.task[k] = v;
     const mark = entry.task.status + "/" + entry.task.retries;
-    if ((entry.task.retries > 0 || entry.task.status === "RETRY") && entry.seen !== mark) fetchRuns(entry);
+    if ((entry.task.retries > 0 || entry.task.status === names.retry) && entry.seen !== mark) fetchRuns(entry);
     entry.seen = mark;
     draw();
   }
