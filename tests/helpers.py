@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -55,7 +55,7 @@ def wait_for(
     predicate: Callable[[], T | None],
     timeout: float = 20,
     interval: float = 0.05,
-    message: str = "condition",
+    message: str | Callable[[], str] = "condition",
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Poll `predicate` until it returns something truthy, and return that.
@@ -72,10 +72,11 @@ def wait_for(
             last = exc
         else:
             if last:
-                return last
+                return cast(T, last)
         if time.monotonic() >= deadline:
+            what = message() if callable(message) else message
             raise AssertionError(
-                f"timed out after {timeout}s waiting for {message}; last value: {last!r}"
+                f"timed out after {timeout}s waiting for {what}; last value: {last!r}"
             )
         time.sleep(interval)
 
@@ -90,7 +91,7 @@ def pg_rows(
     """Run one statement in autocommit and return its rows (tuples, or dicts if asked)."""
     with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
         cur = conn.cursor(row_factory=dict_row) if dicts else conn.cursor()
-        cur.execute(sql.encode(), params)  # type: ignore[arg-type]
+        cur.execute(sql.encode(), params)
         return cur.fetchall() if cur.description else []
 
 
@@ -365,6 +366,7 @@ class ProcessFactory:
     def _wait_ready(self, proc: Proc, ready: Ready, timeout: float) -> None:
         if isinstance(ready, str):
             ready = re.compile(ready, re.M)
+        check: Callable[[Proc], object]
         if isinstance(ready, re.Pattern):
             pattern = ready
 

@@ -34,7 +34,7 @@ CHANNEL_TOLERANCE = 24
 #: At most this share of the pixels may differ (a glyph's hinting, not a moved element).
 PIXEL_TOLERANCE = 0.002
 #: axe-core, as the axe-playwright-python package ships it.
-AXE = Path(__import__("axe_playwright_python").__file__).parent / "axe.min.js"
+AXE = Path(str(__import__("axe_playwright_python").__file__)).parent / "axe.min.js"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import redis.asyncio as aioredis
-from aiohttp import ClientResponse, ClientTimeout
+from aiohttp import ClientResponse, ClientTimeout, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api import keys
@@ -34,6 +34,8 @@ from tasklog.core.messages import LineMessage, TaskMessage, encode, lines_messag
 from tests.helpers import Proc, ProcessFactory, free_port
 
 PREFIX = "/tasklog"
+#: The in-process API as the tests drive it.
+ApiClient = TestClient[web.Request, web.Application]
 
 
 def api_settings(database_url: str, redis_url: str | None, **extra: Any) -> ApiSettings:
@@ -46,13 +48,11 @@ def api_settings(database_url: str, redis_url: str | None, **extra: Any) -> ApiS
         "api_sse_heartbeat": 5.0,
         **extra,
     }
-    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return ApiSettings(_env_file=None, **values)
 
 
 @asynccontextmanager
-async def running_api(
-    settings: ApiSettings, *, wait_live: bool = True
-) -> AsyncIterator[TestClient]:
+async def running_api(settings: ApiSettings, *, wait_live: bool = True) -> AsyncIterator[ApiClient]:
     """The API on a free port, with its Redis subscription established (if asked)."""
     app = create_app(settings)
     async with TestClient(TestServer(app)) as client:
@@ -125,7 +125,7 @@ class SSEReader:
 
 @asynccontextmanager
 async def sse(
-    client: TestClient, path: str, headers: dict[str, str] | None = None
+    client: ApiClient, path: str, headers: dict[str, str] | None = None
 ) -> AsyncIterator[SSEReader]:
     response = await client.get(
         path, headers=headers, timeout=ClientTimeout(total=None, sock_read=30)
@@ -288,6 +288,8 @@ class FakeCollector:
             "host": "host-a",
             "started_at": task.started_at.isoformat(),
             "completed_at": None,
+            "parent_id": None,
+            "root_id": None,
             "runtime": None,
             "line_count": task.line_count,
             "last_seq": task.last_seq,

@@ -301,7 +301,7 @@ async def test_slow_client_is_cut_off_not_buffered_forever(
         hub = client.app[keys.HUB]
         async with hub.subscribe("slow", 10) as sub:
             for i in range(50):
-                sub.push({"lines": [{"seq": i}]})
+                sub.push({"lines": [{"seq": i}]})  # type: ignore[arg-type]  # never read
             assert sub.overflowed
             assert await sub.next_batch(0.01) == []
 
@@ -313,7 +313,8 @@ async def test_shutdown_ends_open_streams(database_url: str, redis_url: str) -> 
             response = await client.get(f"{PREFIX}/sse/task/long/")
             assert response.status == 200
             await response.content.readline()
-            await client.server.app.shutdown()
+            assert client.app is not None
+            await client.app.shutdown()
             async with asyncio.timeout(10):
                 while await response.content.readline():
                     pass

@@ -19,12 +19,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from api import auth
 from api.settings import MIN_TOKEN_LENGTH
 from tests.helpers import ProcessFactory, free_port
-from tests.integration.api_support import PREFIX, FakeCollector, api_settings, running_api, sse
+from tests.integration.api_support import (
+    PREFIX,
+    ApiClient,
+    FakeCollector,
+    api_settings,
+    running_api,
+    sse,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -213,7 +219,7 @@ async def test_failed_logins_are_throttled_per_address_and_logged(
 async def test_cookies_expire_and_are_revoked_by_epoch_or_token(
     database_url: str, redis_url: str
 ) -> None:
-    async def status(client: TestClient, cookie: str) -> int:
+    async def status(client: ApiClient, cookie: str) -> int:
         response = await client.get(
             f"{PREFIX}/api/tasks/", headers={"Cookie": f"{auth.COOKIE}={cookie}"}
         )

@@ -262,7 +262,8 @@ def test_a_worker_process_lost_mid_task_is_celerys_worker_lost_failure(
     held = held_in(keep_dir)
     assert list(held) == [task_id]
     assert stored_of(database_url, task_id) == held[task_id].lines
-    assert held[task_id].end is not None and held[task_id].end["state"] == FAILURE
+    end = held[task_id].end
+    assert end is not None and end["state"] == FAILURE
 
 
 # -- runs that never started -----------------------------------------------------------------

@@ -3,6 +3,7 @@ killed mid-task. Every line is stored exactly once, whatever happens."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -40,6 +41,10 @@ def write_backlog(spool_dir: Path, tasks: int, lines: int, prefix: str = "task")
         cap.finish("SUCCESS")
         ids.append(task_id)
     return ids
+
+
+def stored_at_least(database_url: str, count: int) -> bool:
+    return stored_lines(database_url) >= count
 
 
 def stored_lines(url: str) -> int:
@@ -157,7 +162,7 @@ def test_kill_9_mid_backlog_stores_every_line_once(
         proc = collector(procs, database_url, spool_dir)
         target = total * round_ // 4
         wait_for(
-            lambda t=target: stored_lines(database_url) >= t,
+            functools.partial(stored_at_least, database_url, target),
             timeout=60,
             interval=0.01,
             message=f"{target} lines stored",
@@ -275,7 +280,8 @@ def test_worker_child_killed_mid_task_fails_as_worker_lost_with_its_lines(
     assert list(held) == [task_id]
     kept = stored_of(database_url, task_id)
     assert kept == held[task_id].lines
-    assert held[task_id].end is not None and held[task_id].end["state"] == "FAILURE"
+    end = held[task_id].end
+    assert end is not None and end["state"] == "FAILURE"
     assert kept[0] == (1, "stdout", "Processing for 60 seconds")
     assert kept[1:] == [(i + 1, "stdout", f"step {i}/120") for i in range(1, len(kept))]
     ((message, count),) = pg_rows(

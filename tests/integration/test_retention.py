@@ -73,10 +73,10 @@ def test_prune_drops_what_is_older_than_the_retention(database_url: str) -> None
 
     cutoff = datetime.now(UTC) - timedelta(days=30)
     with psycopg.connect(database_url) as conn:
-        oldest_line = conn.execute("SELECT min(ts) FROM lines").fetchone()[0]
-        oldest_task = conn.execute("SELECT min(created_at) FROM tasks").fetchone()[0]
-        kept_lines = conn.execute("SELECT count(*) FROM lines").fetchone()[0]
-        kept_tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        oldest_line = conn.execute("SELECT min(ts) FROM lines").fetchall()[0][0]
+        oldest_task = conn.execute("SELECT min(created_at) FROM tasks").fetchall()[0][0]
+        kept_lines = conn.execute("SELECT count(*) FROM lines").fetchall()[0][0]
+        kept_tasks = conn.execute("SELECT count(*) FROM tasks").fetchall()[0][0]
     # Whole days go: nothing older than the day of the cutoff survives, nothing newer is touched.
     assert oldest_line >= datetime.combine(cutoff.date(), datetime.min.time(), UTC)
     assert oldest_task >= cutoff

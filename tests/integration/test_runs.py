@@ -38,8 +38,8 @@ def test_two_runs_stored_in_one_batch_keep_their_own_first_seq(
     wait_for(lambda: not list(spool_dir.glob("*" + spool.SUFFIX)), message="both runs stored")
     runs = pg_rows(database_url, "SELECT run, first_seq, state FROM task_runs ORDER BY run")
     assert runs == [(0, 1, RETRY), (1, 4, SUCCESS)]
-    lines = pg_rows(database_url, "SELECT seq, message FROM lines ORDER BY seq")
-    assert [m for _, m in lines][3] == "run 1 line 0"
+    stored = pg_rows(database_url, "SELECT seq, message FROM lines ORDER BY seq")
+    assert [m for _, m in stored][3] == "run 1 line 0"
     assert pg_rows(database_url, "SELECT state FROM tasks") == [(SUCCESS,)]
 
 

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api import auth, views
 from api.app import create_app
 from tests.helpers import ProcessFactory, free_port, pg_rows, wait_for
-from tests.integration.api_support import PREFIX, api_settings, running_api
+from tests.integration.api_support import PREFIX, ApiClient, api_settings, running_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -64,14 +64,14 @@ def routes_of(app: web.Application) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture
-async def guarded(database_url: str, redis_url: str) -> AsyncIterator[TestClient]:
+async def guarded(database_url: str, redis_url: str) -> AsyncIterator[ApiClient]:
     settings = api_settings(database_url, redis_url, api_token=TOKEN, api_demo_launch=True)
     async with running_api(settings) as client:
         yield client
 
 
 async def request(
-    client: TestClient, method: str, path: str, headers: dict[str, str] | None = None
+    client: ApiClient, method: str, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
     """Status, Location and the start of the body; a stream is closed after its headers."""
     response = await client.request(method, path, headers=headers, allow_redirects=False)
@@ -87,7 +87,7 @@ async def request(
 
 
 async def test_every_route_but_health_refuses_a_missing_or_wrong_token(
-    guarded: TestClient,
+    guarded: ApiClient,
 ) -> None:
     routes = routes_of(guarded.app)
     guarded_routes = [r for r in routes if (r[0], r[1]) not in PUBLIC]
@@ -163,7 +163,7 @@ def _cookie_attributes(header: str) -> dict[str, str]:
     return out
 
 
-async def _login(client: TestClient, headers: dict[str, str] | None = None) -> dict[str, str]:
+async def _login(client: ApiClient, headers: dict[str, str] | None = None) -> dict[str, str]:
     response = await client.post(
         f"{PREFIX}/login",
         data={"token": TOKEN, "next": f"{PREFIX}/"},
@@ -175,7 +175,7 @@ async def _login(client: TestClient, headers: dict[str, str] | None = None) -> d
 
 
 async def test_login_cookie_is_httponly_samesite_and_secure_over_https(
-    guarded: TestClient,
+    guarded: ApiClient,
 ) -> None:
     plain = await _login(guarded)
     assert "httponly" in plain
@@ -228,7 +228,7 @@ async def test_login_cookie_is_secure_over_tls(
 # -- cross-site posts ----------------------------------------------------------------------------
 
 
-async def test_launch_form_refuses_cross_site_posts(guarded: TestClient) -> None:
+async def test_launch_form_refuses_cross_site_posts(guarded: ApiClient) -> None:
     own = str(guarded.make_url("")).rstrip("/")
     cookie = {"Cookie": f"{auth.COOKIE}={auth.session_value(TOKEN)}"}
     body = {"task": "demo.demo_quick_task", "kwargs": {}}
@@ -290,7 +290,7 @@ def non_loopback_address() -> str | None:
     ).stdout
     for address in re.findall(r"\sinet (\d+\.\d+\.\d+\.\d+)/", out):
         if not address.startswith("127."):
-            return address
+            return str(address)
     return None
 
 

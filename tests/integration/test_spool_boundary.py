@@ -7,6 +7,7 @@ keeps running. Two runs of one task stored by two collectors never share a seq.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -93,6 +94,10 @@ def warnings_about(proc: Proc, text: str) -> list[str]:
     return [entry for entry in proc.log_text().splitlines() if text in entry]
 
 
+def has_rows(url: str, query: str, task_id: str, rows: list[tuple[object, ...]]) -> bool:
+    return pg_rows(url, query, (task_id,)) == rows
+
+
 def after_rescans(url: str, spool_dir: Path, count: int = 2) -> None:
     """Return once the collector has rescanned the whole spool directory `count` times from
     now on. Each time, a probe's file is deleted before its end: the watcher cannot say which
@@ -101,15 +106,15 @@ def after_rescans(url: str, spool_dir: Path, count: int = 2) -> None:
         task_id = f"rescan-probe-{i}"
         path = write(spool_dir, task_id, time.time_ns(), start(task_id) + line(1, "probe"))
         wait_for(
-            lambda t=task_id: (
-                pg_rows(url, "SELECT count(*) FROM lines WHERE task_id = %s", (t,)) == [(1,)]
+            functools.partial(
+                has_rows, url, "SELECT count(*) FROM lines WHERE task_id = %s", task_id, [(1,)]
             ),
             message=f"{task_id}'s line stored",
         )
         path.unlink()
         wait_for(
-            lambda t=task_id: (
-                pg_rows(url, "SELECT state FROM tasks WHERE task_id = %s", (t,)) == [("LOST",)]
+            functools.partial(
+                has_rows, url, "SELECT state FROM tasks WHERE task_id = %s", task_id, [("LOST",)]
             ),
             message=f"rescan {i + 1} finding {task_id}'s file gone",
         )

@@ -49,8 +49,8 @@ async def test_traceback_and_runs_in_detail_and_cli(
     assert any('tasklog/demo/tasks.py", line' in line for line in out)
     assert any("site-packages/celery" in line for line in out), "library frames are kept too"
     assert out[-1] == "Exception: Demo failure"
-    out = (await asyncio.to_thread(tasklog, database_url, "logs", failing, "--json")).stdout
-    *lines, last = [json.loads(x) for x in out.splitlines()]
+    raw = (await asyncio.to_thread(tasklog, database_url, "logs", failing, "--json")).stdout
+    *lines, last = [json.loads(x) for x in raw.splitlines()]
     assert [x["message"] for x in lines] == ["About to fail"]
     assert last["type"] == "exception" and last["state"] == "FAILURE"
     assert last["exc_type"] == "Exception" and last["exc_message"] == "Demo failure"
@@ -63,8 +63,8 @@ async def test_traceback_and_runs_in_detail_and_cli(
     assert out[1].endswith("| attempt 0")
     assert out[2].startswith("── run 2 of 2 · ") and " · SUCCESS" in out[2]
     assert out[3].endswith("| attempt 1")
-    out = (await asyncio.to_thread(tasklog, database_url, "logs", retried, "--json")).stdout
-    assert [(x["run"], x["message"]) for x in map(json.loads, out.splitlines())] == [
+    raw = (await asyncio.to_thread(tasklog, database_url, "logs", retried, "--json")).stdout
+    assert [(x["run"], x["message"]) for x in map(json.loads, raw.splitlines())] == [
         (0, "attempt 0"),
         (1, "attempt 1"),
     ]
