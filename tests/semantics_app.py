@@ -26,8 +26,14 @@ app.conf.update(
     task_track_started=True,
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
-    # An unacknowledged message of a dead worker comes back to a live one after this.
-    broker_transport_options={"visibility_timeout": 2},
+    # An unacknowledged message of a dead worker comes back to a live one after this, and a
+    # live worker looks for such messages every second (kombu's default sweep is every
+    # 10 x 10 s: a redelivery then waited up to 100 s, beyond the tests' deadline).
+    broker_transport_options={
+        "visibility_timeout": 2,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    },
     result_extended=True,
 )
 
