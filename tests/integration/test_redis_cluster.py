@@ -189,7 +189,16 @@ async def test_a_master_killed_mid_stream_fails_over_to_its_replica(
             database_url=database_url, redis_url=given, spool_dir=spool_dir, ready="following"
         )
         _, base = start_api(procs, database_url, given)
-        procs.worker(redis_url=redis_url, spool_dir=spool_dir, pool="threads", concurrency=2)
+        # Every line is kept (TASKLOG_MAX_LINES above the count): a stream that polls
+        # Postgres while Redis fails over would otherwise find the middle lines trimmed by
+        # the head+tail bound, as it should, and miss them.
+        procs.worker(
+            redis_url=redis_url,
+            spool_dir=spool_dir,
+            pool="threads",
+            concurrency=2,
+            env={"TASKLOG_MAX_LINES": "5000"},
+        )
         count = 2000
         async with http() as session, follow(session, base, task_id) as stream:
             events = await stream.until(lambda e: e.type == "connected")
