@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -207,7 +208,9 @@ def fill_spool(directory: Path, files: int, lines: int, prefix: str = "bench") -
     directory.mkdir(parents=True, exist_ok=True)
     workers = min(2, os.cpu_count() or 1)
     share = [(directory, i, workers, files, lines, prefix) for i in range(workers)]
-    with ProcessPoolExecutor(workers) as pool:
+    # Spawned, not forked: a fork of a process with threads (pytest's, after the integration
+    # tests) may copy a lock another thread holds, and the child then waits for ever.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_fill_part, share))
     return sum(p.stat().st_size for p in directory.iterdir())
 
