@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import psycopg
@@ -34,8 +34,12 @@ from tasklog.core.messages import LineMessage, TaskMessage, encode, lines_messag
 from tests.helpers import Proc, ProcessFactory, free_port
 
 PREFIX = "/tasklog"
-#: The in-process API as the tests drive it.
-ApiClient = TestClient[web.Request, web.Application]
+#: The in-process API as the tests drive it (TestClient takes type parameters only from aiohttp
+#: 3.11 on: the lowest release CI runs has none).
+if TYPE_CHECKING:
+    ApiClient = TestClient[web.Request, web.Application]
+else:
+    ApiClient = TestClient
 
 
 def api_settings(database_url: str, redis_url: str | None, **extra: Any) -> ApiSettings:
