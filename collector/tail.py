@@ -336,20 +336,16 @@ def _take_turns(waiting: list[FileState]) -> None:
     one file per delivery) keep the order they were started in, in the places fairness gives
     them: a run is numbered in the order stored. A name reorders only its own task's files."""
     waiting.sort(key=_turn)
-    places: dict[str, list[int]] = {}
+    places: dict[str, list[tuple[int, str, int]]] = {}
     for place, state in enumerate(waiting):
         parsed = spool.parse_file_name(state.name)
-        places.setdefault(parsed.stem if parsed else state.name, []).append(place)
+        stem, started = (parsed.stem, parsed.ns) if parsed else (state.name, 0)
+        places.setdefault(stem, []).append((started, state.name, place))
     for held in places.values():
         if len(held) > 1:
-            started = sorted((waiting[p] for p in held), key=_started)
-            for place, state in zip(held, started, strict=True):
+            runs = [waiting[place] for *_, place in sorted(held)]
+            for (*_, place), state in zip(held, runs, strict=True):
                 waiting[place] = state
-
-
-def _started(state: FileState) -> tuple[int, str]:
-    parsed = spool.parse_file_name(state.name)
-    return (parsed.ns if parsed else 0), state.name
 
 
 def _kind(mode: int) -> str:
