@@ -34,7 +34,7 @@ from collector import recovery
 from collector.batch import Batch, FileChunk, FileState, shown
 from collector.keep import KeptFiles
 from collector.metrics import Counters
-from collector.ports import Publisher, Store, until_available
+from collector.ports import After, Publisher, Store, until_available
 from collector.quarantine import quarantine
 from collector.settings import CollectorSettings
 from collector.store import RecordRefused
@@ -55,6 +55,8 @@ class _InFlight:
     batch: Batch
     forget: list[str]
     task: asyncio.Task[Stored]
+    #: Set once its transaction wrote all it writes (`collector.ports.After`).
+    written: asyncio.Event
 
 
 class Pipeline:
@@ -138,9 +140,10 @@ class Pipeline:
         write-ahead log flushed to disk, which one COPY of everything would wait for once),
         the next is already copied on the other connection, and the one after is read and
         parsed in a thread meanwhile, from other files than those two (their offsets are
-        about to move). A batch commits only after the one before it did (`Store.commit`'s
-        `after`), so results are applied in order, and it rolls back if that one failed: it
-        is then read again, nothing stored twice.
+        about to move). A batch begins once the one before it wrote all it writes, and
+        commits only after that one did (`Store.commit`'s `after`, `collector.ports.After`):
+        they never wait on each other in a circle, results are applied in order, and a batch
+        rolls back if the one before failed: it is then read again, nothing stored twice.
         """
         if self.store.losses != self._losses:
             await self._resync()
@@ -162,7 +165,7 @@ class Pipeline:
                 if not batch and not self._forget:
                     break
                 forget, self._forget = self._forget, []
-                after = behind.task if behind is not None else None
+                after = After(behind.written, behind.task) if behind is not None else None
                 if connections[1] is self.store and behind is not None:
                     # One connection only: never two transactions on it at once.
                     ok = await self._settle(behind, None)
@@ -173,9 +176,12 @@ class Pipeline:
                         self.spool.touched(set(self.spool.files))
                         batch = self.spool.read_batch(*limits)
                         continue
-                commit = connections[turn].commit(batch, forget, after=after)
+                written = asyncio.Event()
+                commit = connections[turn].commit(batch, forget, after=after, written=written)
                 turn ^= 1
-                current = _InFlight(batch, forget, asyncio.create_task(commit, name="commit"))
+                current = _InFlight(
+                    batch, forget, asyncio.create_task(commit, name="commit"), written
+                )
                 if batch:
                     in_flight = {chunk.state.name for chunk in batch.chunks}
                     if behind is not None:

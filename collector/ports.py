@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
@@ -23,13 +24,29 @@ log = logging.getLogger("tasklog.collector")
 T = TypeVar("T")
 
 
+@dataclasses.dataclass(frozen=True)
+class After:
+    """The batch before this one, committing on the pipeline's other connection.
+
+    This batch begins once that one has `written` all it writes (so holds every lock it will
+    take), and commits once that one is `committed`, failing if that one failed. So the two
+    never wait on each other in a circle. Such a circle cannot be seen by Postgres, as one of
+    its waits is in this process, and it would stop the collector for good: the later batch
+    locking a task's row (a retry's second run) or `lines` before the earlier one asked for
+    it, then waiting for the earlier one's commit while that one waits for the lock.
+    """
+
+    written: asyncio.Event
+    committed: Awaitable[object]
+
+
 class Store(Protocol):
     """Where batches are stored: one transaction per batch, offsets with the lines.
 
     `commit` raises `StoreUnavailable` when the store cannot be reached (the batch is then
     not stored at all) and `RecordRefused` when a value of the batch is refused (another
-    batch would pass). `after` is the commit of the batch before, on another connection: it
-    is awaited just before this one commits, and this one fails if that one did.
+    batch would pass). `after` is the batch before, committing on another connection (see
+    `After`); `written` is set once this batch has written all it writes.
     `losses` counts the connections lost: the next one may reach another server (a promoted
     standby), whose offsets are then the truth.
     """
@@ -43,7 +60,8 @@ class Store(Protocol):
         forget: Iterable[str] = (),
         *,
         trial: bool = False,
-        after: Awaitable[object] | None = None,
+        after: After | None = None,
+        written: asyncio.Event | None = None,
     ) -> Stored: ...
 
     async def load_files(self) -> dict[str, FileState]: ...

@@ -8,6 +8,7 @@ Driver errors leave as the project's errors (`StoreUnavailable` and its subclass
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,7 @@ from psycopg.types.json import Jsonb
 from collector import clock, copydata, fields, retention
 from collector.batch import Batch, FileChunk, FileState, shown
 from collector.plan import Run, plan, slices, start_params, state_marker, window
+from collector.ports import After
 from collector.stored import Stored
 from tasklog.core import db
 from tasklog.core.errors import StoreUnavailable, TasklogError
@@ -137,21 +139,34 @@ class Store:
         forget: Iterable[str] = (),
         *,
         trial: bool = False,
-        after: Awaitable[object] | None = None,
+        after: After | None = None,
+        written: asyncio.Event | None = None,
     ) -> Stored:
         """Store a batch in one transaction. The files' states are left alone: the caller
         applies the result (`SpoolDir.commit`) once this returned.
 
         `trial`: roll the transaction back at its end; raises as the commit would (to find
-        which record Postgres refuses). `after`: the commit of the batch before this one, on
-        another connection: awaited just before this one commits, so batches commit in
-        order, and this one rolls back if that one failed.
+        which record Postgres refuses). `after`: the batch before this one, on another
+        connection (`collector.ports.After`): this one begins once that one wrote all it
+        writes, and commits after it, or rolls back if it failed. `written` is set once this
+        one wrote all it writes (or failed).
         """
-        return await self._run(
-            functools.partial(
-                self._commit, batch=batch, forget=list(forget), trial=trial, after=after
+        try:
+            if after is not None:
+                await after.written.wait()
+            return await self._run(
+                functools.partial(
+                    self._commit,
+                    batch=batch,
+                    forget=list(forget),
+                    trial=trial,
+                    after=after,
+                    written=written,
+                )
             )
-        )
+        finally:
+            if written is not None:
+                written.set()
 
     async def _commit(
         self,
@@ -160,7 +175,8 @@ class Store:
         batch: Batch,
         forget: list[str],
         trial: bool = False,
-        after: Awaitable[object] | None = None,
+        after: After | None = None,
+        written: asyncio.Event | None = None,
     ) -> Stored:
         # Times a file chose are held to its run's window first: they choose partitions.
         known = {day for name in self._partitions if (day := retention.partition_day(name))}
@@ -232,8 +248,10 @@ class Store:
                     await cur.execute(Q["changed_tasks"], {"ids": changed})
                     names = [d.name for d in cur.description or ()]
                     stored.tasks = [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+            if written is not None:
+                written.set()
             if after is not None:
-                await after
+                await after.committed
             if trial:
                 raise psycopg.Rollback()
         return stored

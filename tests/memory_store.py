@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from collector.batch import Batch, FileState
 from collector.copydata import Rows
 from collector.plan import Run, plan, window
+from collector.ports import After
 from collector.store import RecordRefused
 from collector.stored import Stored
 from tasklog.core.constants import FAILURE, LOST, STARTED
@@ -73,8 +74,26 @@ class MemoryStore:
         forget: Iterable[str] = (),
         *,
         trial: bool = False,
-        after: Awaitable[object] | None = None,
+        after: After | None = None,
+        written: asyncio.Event | None = None,
     ) -> Stored:
+        try:
+            return await self._commit(batch, forget, trial=trial, after=after, written=written)
+        finally:
+            if written is not None:
+                written.set()
+
+    async def _commit(
+        self,
+        batch: Batch,
+        forget: Iterable[str],
+        *,
+        trial: bool,
+        after: After | None,
+        written: asyncio.Event | None,
+    ) -> Stored:
+        if after is not None:
+            await after.written.wait()  # the batch before has written all it writes
         self.commits += 1
         number = self.commits
         if self.on_commit is not None:
@@ -87,8 +106,10 @@ class MemoryStore:
         if number in self.unavailable:
             self.losses += 1
             raise _Unavailable("the in-memory store dropped the connection")
+        if written is not None:
+            written.set()
         if after is not None:
-            await after  # the batch before commits first; its failure is this one's
+            await after.committed  # the batch before commits first; its failure is this one's
         stored = self._plan(batch)
         if trial:
             return stored
@@ -216,9 +237,10 @@ class SecondConnection:
         forget: Iterable[str] = (),
         *,
         trial: bool = False,
-        after: Awaitable[object] | None = None,
+        after: After | None = None,
+        written: asyncio.Event | None = None,
     ) -> Stored:
-        return await self.store.commit(batch, forget, trial=trial, after=after)
+        return await self.store.commit(batch, forget, trial=trial, after=after, written=written)
 
     async def load_files(self) -> dict[str, FileState]:
         return await self.store.load_files()
