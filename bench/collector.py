@@ -4,8 +4,11 @@ The spool is written by the shim's own writer (`TaskCapture`), one file per task
 hard-links it into a fresh spool directory, spawns ``python -m tasklog collector`` against a
 fresh database, and times until every task's end is stored: from the process's spawn (the
 figure a user meets: imports, migrations and the first scan count) and, beside it, from its
-"following" log line. Baselines on the same rows: a raw ``COPY`` with ``psql`` (the practical
-limit) and one committed INSERT per line (a sample, extrapolated). ``--baseline-src DIR`` also
+"following" log line. Baselines on the same rows, each run in the same round as the collector
+it is compared with: a raw ``COPY`` with ``psql`` (the practical limit), a ``COPY`` issued from
+Python over the collector's own driver (psycopg 3 ``cursor.copy()``, the rows' COPY text written
+in 1 MB blocks: no per-row work in Python), both timed from their process's spawn, and one
+committed INSERT per line (a sample, extrapolated). ``--baseline-src DIR`` also
 runs the collector of another source tree (e.g. a worktree of the previous commit) in the same
 run, interleaved, for a before/after on the same machine state. ``--backlog-gb 1`` is the
 memory mode: one run over a spool of that size.
@@ -41,7 +44,8 @@ from bench.common import (
 )
 
 TARGET_RATE = 200_000
-TARGET_COPY_RATIO = 0.6
+#: The collector from spawn against each COPY baseline of the same round, in every run.
+TARGET_COPY_RATIO = 1.0
 TARGET_RSS_MB = 150
 _COLUMNS = "task_id, seq, ts, stream, level, message"
 #: A head+tail bound beyond any file's length (and within the schema's integer).
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
     if args.baseline_src is not None:
         ways["baseline"] = args.baseline_src.resolve()
     results: dict[str, list[dict[str, float]]] = {way: [] for way in ways}
-    rates: dict[str, list[float]] = {"copy": [], "insert": []}
+    rates: dict[str, list[float]] = {"copy": [], "pycopy": [], "insert": []}
     try:
         with workdir(args.keep) as tmp:
             master = tmp / "master"
@@ -109,16 +113,19 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
                         flush=True,
                     )
                 rates["copy"].append(psql_copy(copy_file, days, dbs, args.lines))
+                rates["pycopy"].append(python_copy(copy_file, days, dbs, args.lines))
                 rates["insert"].append(insert_per_line(copy_file, days, dbs, args.insert_sample))
     finally:
         dbs.close()
     copy = Figure("raw COPY with psql, same rows", "lines/s", rates["copy"])
+    pycopy = Figure("COPY from Python (psycopg cursor.copy), same rows", "lines/s", rates["pycopy"])
     insert = Figure("one committed INSERT per line (extrapolated)", "lines/s", rates["insert"])
-    figures = {"copy": copy, "insert": insert}
+    figures = {"copy": copy, "pycopy": pycopy, "insert": insert}
     for way, source in ways.items():
         name = "collector" if source is None else f"baseline collector ({source})"
-        figures.update(_report_way(way, name, results[way], rates["copy"]))
-    row(copy.name, copy.text(0))
+        figures.update(_report_way(way, name, results[way], rates["copy"], rates["pycopy"]))
+    row(copy.name, copy.text(0), "from psql's spawn")
+    row(pycopy.name, pycopy.text(0), "from its process's spawn")
     row(insert.name, insert.text(0), f"sample of {args.insert_sample:,} lines per run")
     start = figures["collector"]
     row("collector (from spawn) / INSERT per line", f"{start.median / insert.median:,.0f}x")
@@ -126,25 +133,33 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
 
 
 def _report_way(
-    way: str, name: str, results: list[dict[str, float]], copy_rates: list[float]
+    way: str,
+    name: str,
+    results: list[dict[str, float]],
+    copy_rates: list[float],
+    pycopy_rates: list[float],
 ) -> dict[str, Figure]:
     """The figures of one collector: from spawn, from "following", and per-run COPY ratios."""
     spawn = Figure(f"{name}, from process spawn", "lines/s", [r["rate"] for r in results])
     follow = Figure(f"{name}, from 'following'", "lines/s", [r["rate_following"] for r in results])
-    # Each run's ratio to the COPY of the same round: the two met the same machine.
+    # Each run's ratio to the COPYs of the same round: they met the same machine.
     ratio = Figure("", "x", [r["rate"] / c for r, c in zip(results, copy_rates, strict=True)])
+    ratio_py = Figure("", "x", [r["rate"] / c for r, c in zip(results, pycopy_rates, strict=True)])
     ratio_follow = Figure(
         "", "x", [r["rate_following"] / c for r, c in zip(results, copy_rates, strict=True)]
     )
-    target = ratio.median >= TARGET_COPY_RATIO
     row(spawn.name, spawn.text(0))
-    row(
-        "  / raw COPY of the same round",
-        ratio.text(2),
-        f"target >= {TARGET_COPY_RATIO}x from spawn: {verdict(target)}"
-        if way == "collector"
-        else "",
-    )
+    for label, figure in (("raw COPY (psql)", ratio), ("COPY from Python", ratio_py)):
+        # Every run, not the median: a run below the baseline is a miss.
+        target = min(figure.values) >= TARGET_COPY_RATIO
+        row(
+            f"  / {label} of the same round",
+            figure.text(2),
+            f"target >= {TARGET_COPY_RATIO}x from spawn in every run: {verdict(target)}"
+            if way == "collector"
+            else "",
+        )
+        row("    per run", " ".join(f"{value:.2f}" for value in figure.values))
     row(follow.name, follow.text(0))
     row("  / raw COPY of the same round", ratio_follow.text(2))
     row(
@@ -161,6 +176,7 @@ def _report_way(
         way: spawn,
         f"{way}_following": follow,
         f"{way}_copy_ratio": ratio,
+        f"{way}_pycopy_ratio": ratio_py,
         f"{way}_copy_ratio_following": ratio_follow,
     }
 
@@ -400,6 +416,34 @@ def psql_copy(copy_file: Path, days: set[str], dbs: Databases, lines: int) -> fl
     dbs.drop(url)
     if stored != lines:
         raise RuntimeError(f"COPY stored {stored} lines, expected {lines}")
+    return lines / elapsed
+
+
+#: The COPY from Python: the rows' COPY text through psycopg 3's `cursor.copy()` in 1 MB blocks.
+_PYTHON_COPY = """
+import sys
+import psycopg
+
+url, path, columns = sys.argv[1:]
+with psycopg.connect(url) as conn, conn.cursor() as cur, open(path, "rb") as src:
+    with cur.copy(f"COPY lines ({columns}) FROM STDIN") as copy:
+        while block := src.read(1 << 20):
+            copy.write(block)
+"""
+
+
+def python_copy(copy_file: Path, days: set[str], dbs: Databases, lines: int) -> float:
+    """Lines per second of a COPY issued from Python (psycopg 3, the collector's driver) of the
+    same rows into the same (fresh) lines table, from the spawn of its process to its exit."""
+    url = dbs.fresh()
+    _partitions(url, days)
+    started = time.monotonic()
+    subprocess.run([python(), "-c", _PYTHON_COPY, url, str(copy_file), _COLUMNS], check=True)
+    elapsed = time.monotonic() - started
+    stored = scalar(url, "SELECT count(*) FROM lines")
+    dbs.drop(url)
+    if stored != lines:
+        raise RuntimeError(f"COPY from Python stored {stored} lines, expected {lines}")
     return lines / elapsed
 
 

@@ -11,12 +11,17 @@
  * the gate's `take_in` (before touching any state) and `_unwritten` (after it). write(2) on
  * the spool file is made without releasing the GIL: an append to a local file, like the lock
  * the Python class holds around it.
+ *
+ * The collector's side of the same records lives here too (one optional extension to build):
+ * `read_lines` reads them back into lines and `copy_rows` makes binary COPY rows of lines, each
+ * the C twin of a Python function it is tested against (collector.records, collector.copydata).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <string.h>
 #include <time.h>
@@ -763,6 +768,440 @@ static PyTypeObject RouterType = {
     .tp_members = router_members,
 };
 
+/* -- the collector's reader: line records back into lines ------------------------------------ */
+
+/*
+ * collector.records reads a spool file's records with read_lines while they have the shape the
+ * writer above gives them, and hands any other record to its Python parser (parse_record), which
+ * decides as it always did. A record read here is the line that parser would make of it, value
+ * for value (tests/unit/test_records_reader.py compares the two): its text ASCII without NUL,
+ * within the line bound; its seq above the file's last and at most the highest accepted; its time
+ * the float nearest n * 10**-6, which is what a JSON parser makes of "<n>e-6".
+ */
+
+static PyObject *s_stdout, *s_stderr, *s_log;
+
+/* The escape after a backslash at p (p < end), as one ASCII character other than NUL; 0 when
+ * it is none (another escape, a code point that is not ASCII or is NUL: not for this reader).
+ * *size is how many bytes it takes after the backslash. */
+static int
+unescape(const unsigned char *p, const unsigned char *end, int *size)
+{
+    *size = 1;
+    switch (*p) {
+    case '"': return '"';
+    case '\\': return '\\';
+    case '/': return '/';
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    case 'u': break;
+    default: return 0;
+    }
+    if (end - p < 5)
+        return 0;
+    int value = 0;
+    for (int i = 1; i <= 4; i++) {
+        int c = p[i], digit;
+        if (c >= '0' && c <= '9')
+            digit = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            digit = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            digit = c - 'A' + 10;
+        else
+            return 0;
+        value = value * 16 + digit;
+    }
+    *size = 5;
+    return value > 0 && value < 0x80 ? value : 0;
+}
+
+/* The JSON string whose content starts at *pos (after its opening quote), as a str of ASCII
+ * text without NUL of at most `limit` characters; *pos moves past its closing quote. NULL with
+ * no exception when it is not one; NULL with an exception on failure. */
+static PyObject *
+read_text(const unsigned char **pos, const unsigned char *end, Py_ssize_t limit)
+{
+    const unsigned char *p = *pos, *start = p;
+    Py_ssize_t chars = 0;
+    int escaped = 0;
+    for (;;) {
+        if (p >= end)
+            return NULL;
+        unsigned char c = *p;
+        if (c == '"')
+            break;
+        if (c == '\\') {
+            int size;
+            if (p + 1 >= end || unescape(p + 1, end, &size) == 0)
+                return NULL;
+            p += 1 + size;
+            escaped = 1;
+        }
+        else if (c < 0x20 || c >= 0x80) {
+            return NULL; /* a control character (not JSON), or text that is not ASCII */
+        }
+        else {
+            p++;
+        }
+        if (++chars > limit)
+            return NULL;
+    }
+    PyObject *text = PyUnicode_New(chars, 127);
+    if (text == NULL)
+        return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+    if (!escaped) {
+        memcpy(out, start, (size_t)chars);
+    }
+    else {
+        for (const unsigned char *q = start; q < p;) {
+            if (*q == '\\') {
+                int size;
+                *out++ = (Py_UCS1)unescape(q + 1, end, &size);
+                q += 1 + size;
+            }
+            else {
+                *out++ = *q++;
+            }
+        }
+    }
+    *pos = p + 1;
+    return text;
+}
+
+/* Digits at *pos as a JSON integer (no leading zero) of at most `most` digits; -1 if none. */
+static long long
+read_uint(const unsigned char **pos, const unsigned char *end, int most)
+{
+    const unsigned char *p = *pos;
+    long long value = 0;
+    int digits = 0;
+    while (p < end && *p >= '0' && *p <= '9') {
+        if (++digits > most || (digits == 2 && value == 0))
+            return -1;
+        value = value * 10 + (*p++ - '0');
+    }
+    if (digits == 0)
+        return -1;
+    *pos = p;
+    return value;
+}
+
+#define LITERAL(p, end, text) \
+    ((end) - (p) >= (Py_ssize_t)sizeof(text) - 1 && memcmp((p), (text), sizeof(text) - 1) == 0 \
+         ? ((p) += sizeof(text) - 1, 1) \
+         : 0)
+
+/* One record, data[p:end] without its newline, as a Line; NULL without an exception when it
+ * is not a record for this reader. */
+static PyObject *
+read_line(const unsigned char *p, const unsigned char *end, long long last, long long most,
+          Py_ssize_t limit, Py_ssize_t level_limit, PyTypeObject *line_type, long long *seq_out)
+{
+    if (!LITERAL(p, end, "{\"k\":\"line\",\"n\":"))
+        return NULL;
+    long long seq = read_uint(&p, end, 18);
+    if (seq <= last || seq > most || !LITERAL(p, end, ",\"t\":"))
+        return NULL;
+    /* Below 2**53 every integer is a double, and one division rounds once: the double
+     * nearest n / 10**6, as a JSON parser reads "<n>e-6". */
+    long long micros = read_uint(&p, end, 16);
+    if (micros < 0 || micros >= (1LL << 53) || !LITERAL(p, end, "e-6,\"s\":\""))
+        return NULL;
+    PyObject *stream;
+    if (LITERAL(p, end, "stdout\""))
+        stream = s_stdout;
+    else if (LITERAL(p, end, "stderr\""))
+        stream = s_stderr;
+    else if (LITERAL(p, end, "log\""))
+        stream = s_log;
+    else
+        return NULL;
+    PyObject *level = NULL, *message = NULL, *line = NULL;
+    if (LITERAL(p, end, ",\"l\":\"")) {
+        level = read_text(&p, end, level_limit);
+        if (level == NULL)
+            return NULL;
+    }
+    if (!LITERAL(p, end, ",\"m\":\""))
+        goto done;
+    message = read_text(&p, end, limit);
+    if (message == NULL || end - p != 1 || *p != '}')
+        goto done;
+    line = line_type->tp_alloc(line_type, 5);
+    if (line == NULL)
+        goto done;
+    PyObject *number = PyLong_FromLongLong(seq);
+    PyObject *t = number ? PyFloat_FromDouble((double)micros / 1e6) : NULL;
+    if (t == NULL) {
+        Py_XDECREF(number);
+        Py_CLEAR(line);
+        goto done;
+    }
+    PyTuple_SET_ITEM(line, 0, number);
+    PyTuple_SET_ITEM(line, 1, t);
+    PyTuple_SET_ITEM(line, 2, Py_NewRef(stream));
+    PyTuple_SET_ITEM(line, 3, level ? Py_NewRef(level) : Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(line, 4, Py_NewRef(message));
+    *seq_out = seq;
+done:
+    Py_XDECREF(level);
+    Py_XDECREF(message);
+    return line;
+}
+
+/* read_lines(lines, data, pos, end, last_seq, most_seq, max_line, max_level, max_lines,
+ * line_type) -> (pos, last_seq) */
+static PyObject *
+read_lines(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10 || !PyList_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])
+        || !PyType_Check(args[9])
+        || !PyType_IsSubtype((PyTypeObject *)args[9], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "read_lines(lines, data, pos, end, last_seq, most_seq, max_line, "
+                        "max_level, max_lines, line_type)");
+        return NULL;
+    }
+    PyObject *lines = args[0];
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[2]), stop = PyLong_AsSsize_t(args[3]);
+    long long last = PyLong_AsLongLong(args[4]), most = PyLong_AsLongLong(args[5]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[6]), level_limit = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t max_lines = PyLong_AsSsize_t(args[8]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || stop > size || pos > stop) {
+        PyErr_SetString(PyExc_ValueError, "read_lines: pos and end out of the data");
+        return NULL;
+    }
+    PyTypeObject *line_type = (PyTypeObject *)args[9];
+    while (pos < stop && PyList_GET_SIZE(lines) < max_lines) {
+        const unsigned char *record = data + pos;
+        const unsigned char *nl = memchr(record, '\n', (size_t)(stop - pos));
+        if (nl == NULL)
+            break;
+        long long seq = 0;
+        PyObject *line =
+            read_line(record, nl, last, most, limit, level_limit, line_type, &seq);
+        if (line == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            break; /* not for this reader: collector.records parses it */
+        }
+        int appended = PyList_Append(lines, line);
+        Py_DECREF(line);
+        if (appended < 0)
+            return NULL;
+        last = seq;
+        pos = nl + 1 - data;
+    }
+    return Py_BuildValue("nL", pos, last);
+}
+
+/* -- the collector's COPY rows --------------------------------------------------------------- */
+
+/*
+ * copy_rows is collector.copydata.copy_data_py, byte for byte (tests/unit/test_copy_data.py
+ * compares the two): the lines of each (task_id, base, lines) piece as rows of Postgres's
+ * binary COPY format, in one bytes object.
+ */
+
+typedef struct {
+    PyObject *bytes; /* the bytes object written into, grown as needed */
+    Py_ssize_t used;
+} Out;
+
+static char *
+out_room(Out *out, Py_ssize_t more)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(out->bytes);
+    if (out->used + more > size) {
+        Py_ssize_t want = size * 2 > out->used + more ? size * 2 : out->used + more + 4096;
+        if (_PyBytes_Resize(&out->bytes, want) < 0)
+            return NULL;
+    }
+    return PyBytes_AS_STRING(out->bytes) + out->used;
+}
+
+static char *
+put_be(char *p, unsigned long long value, int size)
+{
+    for (int i = size - 1; i >= 0; i--) {
+        p[i] = (char)(value & 0xff);
+        value >>= 8;
+    }
+    return p + size;
+}
+
+/* A str's UTF-8 bytes: ASCII text is its own; other text is encoded into *owned (strict, as
+ * str.encode: a lone surrogate raises UnicodeEncodeError). */
+static const char *
+utf8_of(PyObject *text, Py_ssize_t *size, PyObject **owned)
+{
+    *owned = NULL;
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "copy_rows: text fields must be str");
+        return NULL;
+    }
+    if (PyUnicode_IS_ASCII(text)) {
+        *size = PyUnicode_GET_LENGTH(text);
+        return (const char *)PyUnicode_1BYTE_DATA(text);
+    }
+    *owned = PyUnicode_AsUTF8String(text);
+    if (*owned == NULL)
+        return NULL;
+    *size = PyBytes_GET_SIZE(*owned);
+    return PyBytes_AS_STRING(*owned);
+}
+
+/* Append a field: its length and its bytes. */
+static int
+put_field(Out *out, const char *value, Py_ssize_t size)
+{
+    if (size > 0x7fffffff) {
+        PyErr_SetString(PyExc_OverflowError, "copy_rows: a field over 2 GB");
+        return -1;
+    }
+    char *p = out_room(out, 4 + size);
+    if (p == NULL)
+        return -1;
+    p = put_be(p, (unsigned long long)size, 4);
+    memcpy(p, value, (size_t)size);
+    out->used += 4 + size;
+    return 0;
+}
+
+static int
+put_text_field(Out *out, PyObject *text)
+{
+    Py_ssize_t size;
+    PyObject *owned;
+    const char *value = utf8_of(text, &size, &owned);
+    if (value == NULL)
+        return -1;
+    int status = put_field(out, value, size);
+    Py_XDECREF(owned);
+    return status;
+}
+
+static int
+put_int8_field(Out *out, long long value)
+{
+    char *p = out_room(out, 12);
+    if (p == NULL)
+        return -1;
+    p = put_be(p, 8, 4);
+    put_be(p, (unsigned long long)value, 8);
+    out->used += 12;
+    return 0;
+}
+
+static int
+put_row(Out *out, PyObject *task, long long base, PyObject *line, double earliest,
+        double latest, long long epoch)
+{
+    if (!PyTuple_Check(line) || PyTuple_GET_SIZE(line) != 5) {
+        PyErr_SetString(PyExc_TypeError, "copy_rows: a line is (n, t, stream, level, message)");
+        return -1;
+    }
+    long long n = PyLong_AsLongLong(PyTuple_GET_ITEM(line, 0));
+    double t = PyFloat_AsDouble(PyTuple_GET_ITEM(line, 1));
+    if (PyErr_Occurred())
+        return -1;
+    if (isnan(t)) {
+        PyErr_SetString(PyExc_ValueError, "cannot convert float NaN to integer");
+        return -1;
+    }
+    if (!(earliest <= t && t <= latest)) /* fields.clamped_time */
+        t = t < earliest ? earliest : (t > latest ? latest : t);
+    /* int(t * 1_000_000 + 0.5): two roundings, as in Python (no fused multiply-add). */
+    volatile double scaled = t * 1e6;
+    double rounded = scaled + 0.5;
+    long long seq;
+    if (__builtin_add_overflow(base, n, &seq)) {
+        PyErr_SetString(PyExc_OverflowError, "copy_rows: seq out of range");
+        return -1;
+    }
+    char *p = out_room(out, 2);
+    if (p == NULL)
+        return -1;
+    put_be(p, 6, 2);
+    out->used += 2;
+    PyObject *level = PyTuple_GET_ITEM(line, 3);
+    if (put_text_field(out, task) < 0 || put_int8_field(out, seq) < 0
+        || put_int8_field(out, (long long)rounded - epoch) < 0
+        || put_text_field(out, PyTuple_GET_ITEM(line, 2)) < 0)
+        return -1;
+    if (level == Py_None) {
+        p = out_room(out, 4);
+        if (p == NULL)
+            return -1;
+        put_be(p, 0xffffffffULL, 4);
+        out->used += 4;
+    }
+    else if (put_text_field(out, level) < 0) {
+        return -1;
+    }
+    return put_text_field(out, PyTuple_GET_ITEM(line, 4));
+}
+
+/* copy_rows(pieces, pg_epoch_us, earliest, latest) -> bytes */
+static PyObject *
+copy_rows(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "copy_rows(pieces, pg_epoch_us, earliest, latest)");
+        return NULL;
+    }
+    long long epoch = PyLong_AsLongLong(args[1]);
+    double earliest = PyFloat_AsDouble(args[2]), latest = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *pieces = PySequence_Fast(args[0], "copy_rows: pieces must be a sequence");
+    if (pieces == NULL)
+        return NULL;
+    Out out = {PyBytes_FromStringAndSize(NULL, 1 << 16), 0};
+    if (out.bytes == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(pieces); i++) {
+        PyObject *piece = PySequence_Fast_GET_ITEM(pieces, i);
+        if (!PyTuple_Check(piece) || PyTuple_GET_SIZE(piece) != 3) {
+            PyErr_SetString(PyExc_TypeError, "copy_rows: a piece is (task_id, base, lines)");
+            goto fail;
+        }
+        PyObject *task = PyTuple_GET_ITEM(piece, 0);
+        long long base = PyLong_AsLongLong(PyTuple_GET_ITEM(piece, 1));
+        if (base == -1 && PyErr_Occurred())
+            goto fail;
+        PyObject *lines = PySequence_Fast(PyTuple_GET_ITEM(piece, 2),
+                                          "copy_rows: lines must be a sequence");
+        if (lines == NULL)
+            goto fail;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(lines); j++) {
+            if (put_row(&out, task, base, PySequence_Fast_GET_ITEM(lines, j), earliest, latest,
+                        epoch) < 0) {
+                Py_DECREF(lines);
+                goto fail;
+            }
+        }
+        Py_DECREF(lines);
+    }
+    Py_DECREF(pieces);
+    if (_PyBytes_Resize(&out.bytes, out.used) < 0)
+        return NULL;
+    return out.bytes;
+fail:
+    Py_DECREF(pieces);
+    Py_XDECREF(out.bytes);
+    return NULL;
+}
+
 /* -- the module ------------------------------------------------------------------------------ */
 
 static int
@@ -778,7 +1217,9 @@ speedups_exec(PyObject *module)
     if (intern(&s_write, "write") < 0 || intern(&s_newline, "\n") < 0
         || intern(&s_empty, "") < 0 || intern(&s_take_in, "take_in") < 0
         || intern(&s_pending, "pending") < 0 || intern(&s_read_ends, "read_ends") < 0
-        || intern(&s_unwritten, "_unwritten") < 0 || intern(&s_probe_fd, "probe_fd") < 0)
+        || intern(&s_unwritten, "_unwritten") < 0 || intern(&s_probe_fd, "probe_fd") < 0
+        || intern(&s_stdout, "stdout") < 0 || intern(&s_stderr, "stderr") < 0
+        || intern(&s_log, "log") < 0)
         return -1;
     s_ellipsis = PyUnicode_FromString(" \xe2\x80\xa6");
     if (s_ellipsis == NULL)
@@ -791,13 +1232,25 @@ speedups_exec(PyObject *module)
     return 0;
 }
 
+static PyMethodDef speedups_methods[] = {
+    {"read_lines", (PyCFunction)(void (*)(void))read_lines, METH_FASTCALL,
+     "read_lines(lines, data, pos, end, last_seq, most_seq, max_line, max_level, max_lines, "
+     "line_type) -> (pos, last_seq): the line records from data[pos:end] of the writer's shape "
+     "appended to lines, up to the first record of any other shape (collector.records)."},
+    {"copy_rows", (PyCFunction)(void (*)(void))copy_rows, METH_FASTCALL,
+     "copy_rows(pieces, pg_epoch_us, earliest, latest) -> bytes: the pieces' lines as binary "
+     "COPY rows (collector.copydata)."},
+    {NULL}};
+
 static PyModuleDef_Slot speedups_slots[] = {{Py_mod_exec, speedups_exec}, {0, NULL}};
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "capture_shim._speedups",
-    .m_doc = "The shim's hot path in C: capture_shim.lines, rule for rule.",
+    .m_doc = "The shim's hot path in C (capture_shim.lines, rule for rule), and the collector's "
+             "(collector.records.read, collector.copydata.copy_data).",
     .m_size = 0,
+    .m_methods = speedups_methods,
     .m_slots = speedups_slots,
 };
 

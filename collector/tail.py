@@ -22,8 +22,8 @@ from collections.abc import Set
 from pathlib import Path
 
 from capture_shim import spool
+from collector import records
 from collector.batch import Batch, FileChunk, FileState, shown
-from collector.records import parse_records
 from collector.stored import Stored
 from tasklog.core.constants import DEFAULT_MAX_LINE_BYTES
 
@@ -35,8 +35,6 @@ MAX_RECORD_BYTES = 8 << 20
 #: holds fewer of them rather than a few lines of each (the next batch serves the others).
 MIN_SHARE_LINES = 256
 MIN_SHARE_BYTES = 64 << 10
-#: Records split beyond a batch's room for lines (start, progress and end records).
-_SPLIT_SLACK = 16
 #: Opening a spool file: never through a link, never waiting on a FIFO's writer.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -242,21 +240,7 @@ class SpoolDir:
             last_seq=state.max_seq,
             max_line_bytes=self.max_line_bytes,
         )
-        pos = 0
-        while pos < cut and len(chunk.lines) < max_lines:
-            # Split only about as many records as the batch has room for: a read holds up to
-            # 8 MB, and making a bytes object of each record costs as much as parsing a tenth.
-            room = max_lines - len(chunk.lines) + _SPLIT_SLACK
-            records = (data if pos == 0 else data[pos:]).split(b"\n", room)
-            # The last piece is what follows the records split: the unsplit rest, or the
-            # bytes after the last newline (a record still being written, or nothing).
-            rest = len(records) > room
-            records.pop()
-            used, full = parse_records(chunk, records, state.offset + pos, max_lines)
-            pos += used
-            if full or not rest:
-                break
-        chunk.end_offset = state.offset + min(pos, cut)
+        chunk.end_offset = state.offset + records.read(chunk, data, cut, state.offset, max_lines)
         return chunk
 
     def _pread(self, state: FileState, size: int) -> bytes | None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import struct
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.batch import Line
-from collector.copydata import HEADER, TRAILER, Rows, copy_data, iso, micros
+from collector.copydata import HEADER, TRAILER, Rows, copy_data, copy_data_py, iso, micros
 from collector.fields import clean_text
+
+try:
+    from capture_shim import _speedups
+except ImportError:  # pragma: no cover - built without a C compiler
+    _speedups = None
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -86,3 +92,37 @@ def test_iso_time_is_the_datetime_to_the_microsecond(t: float) -> None:
 def test_iso_time_is_clamped() -> None:
     assert iso(1e12).startswith("2100-01-01T00:00:00.000000")
     assert iso(-5.0).startswith("2000-01-01T00:00:00.000000")
+
+
+_lines = st.lists(
+    st.builds(
+        Line,
+        st.integers(min_value=0, max_value=1 << 40),
+        st.one_of(st.floats(allow_nan=False), st.floats(1.7e9, 1.9e9)),
+        st.sampled_from(["stdout", "stderr", "log", "é"]),
+        st.one_of(st.none(), st.text(max_size=8)),
+        st.one_of(st.text(max_size=40), st.text(alphabet=st.sampled_from("a\x00é\ud800€"))),
+    ),
+    max_size=8,
+)
+
+
+@pytest.mark.skipif(_speedups is None, reason="capture_shim._speedups was not compiled")
+@given(
+    st.lists(st.tuples(st.text(min_size=1, max_size=20), st.integers(0, 2**61), _lines), max_size=4)
+)
+def test_the_c_rows_are_the_python_rows_byte_for_byte(
+    pieces: list[tuple[str, int, list[Line]]],
+) -> None:
+    """`copy_data` (the C extension's `copy_rows`) writes what `copy_data_py` writes, and
+    refuses what it refuses (text with a lone surrogate: UnicodeEncodeError)."""
+    rows = [Rows(*piece) for piece in pieces]
+    try:
+        expected: bytes | type[Exception] = copy_data_py(rows)
+    except UnicodeEncodeError:
+        expected = UnicodeEncodeError
+    if expected is UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            copy_data(rows)
+    else:
+        assert copy_data(rows) == expected
