@@ -226,7 +226,7 @@ def compile_bytecode(source: Path | None) -> None:
     if source is not None:
         env["PYTHONPATH"] = str(source)
     subprocess.run(
-        [python(), "-c", "import tasklog.__main__, collector.daemon, psycopg"],
+        [python(), "-c", "import tasklog.cli, collector.daemon, psycopg"],
         env=env,
         cwd=source or REPO_ROOT,
         check=True,
