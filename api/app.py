@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from api import auth, keys, metrics, openapi, routes, search, sse, views, workflows
+from api.broadcast import Broadcasts
 from api.hub import Hub
 from api.launch import Launcher
 from api.models import Error
@@ -100,6 +101,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(settings.redis(), cluster=settings.redis_cluster)
     launcher = Launcher(settings.redis())
     app[keys.STORE], app[keys.HUB], app[keys.LAUNCHER] = store, hub, launcher
+    app[keys.BROADCASTS] = broadcasts = Broadcasts(hub)
+    metrics.SSE_BROADCAST_MEMBERS.set_function(lambda: float(broadcasts.members()))
     hub_task = asyncio.create_task(hub.run(), name="redis-hub")
     hub_task.add_done_callback(supervise.stop_on_exit)
     metrics.REDIS_LIVE.set_function(lambda: float(hub.live))

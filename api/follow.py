@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from api.hub import RESYNC, Item, Subscription
@@ -65,13 +65,15 @@ async def follow(
     *,
     catch_up_first: bool = True,
     streams: Callable[[], int] | None = None,
+    ride: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Follow `sub` for `source` until the client leaves, falls behind or the source is done.
 
     `catch_up_first`: read Postgres before waiting for news (a stream without a point to
     resume from starts with news alone). `streams`: how many streams the process serves; when
     given, a stream that news keeps coming to gathers it for a moment and writes it at once
-    (`WRITE_RATE`).
+    (`WRITE_RATE`). `ride`: called whenever the stream sent all its news while live, to let
+    something else send for it (a task's broadcast) until it returns.
     """
     behind, first, flowing, waiting = catch_up_first, catch_up_first, False, False
     while not source.finished:
@@ -116,3 +118,5 @@ async def follow(
             if not waiting:
                 log.warning("stream of %s waits for Postgres: %s", source.what, exc)
             behind = waiting = True
+        if ride is not None and not behind and not source.finished and hub_live():
+            await ride()

@@ -31,6 +31,12 @@ stream catches up from there.
 
 Each subscription has its own bounded buffer: a client that cannot keep up overflows its own
 buffer and is cut off (it resumes with Last-Event-ID) instead of slowing the others.
+
+A task's followers that are in step are served by one subscription of their own kind, the
+task's broadcast (`api.broadcast`): it is attached like any subscription (`attach`), and the
+subscriptions of the followers it speaks for are paused (`pause`: nothing is pushed to them,
+they stay counted and are still closed, resynced and marked covered with the others) until it
+hands them back (`resume`).
 """
 
 from __future__ import annotations
@@ -98,6 +104,23 @@ class Subscription:
         self.closed = True
         self._wake.set()
 
+    @property
+    def pending(self) -> bool:
+        """Whether anything is buffered, or the subscription ended (closed, overflowed)."""
+        return bool(self._items) or self.closed or self.overflowed
+
+    def wake(self) -> None:
+        """Wake whoever waits in `wait` (or `next_batch`) without news."""
+        self._wake.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a push, a `wake` or the end, taking nothing."""
+        if not self.pending:
+            self._wake.clear()  # a `wake` already seen
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
     async def next_batch(self, timeout: float) -> list[Item]:
         """Everything buffered, waiting up to `timeout` seconds for something (else [])."""
         if not self._items and not self.closed and not self.overflowed:
@@ -133,7 +156,10 @@ class Hub:
         self.ping_every = ping_every
         self._retry_max = retry_max
         self._by_task: dict[str, set[Subscription]] = {}
+        #: Subscriptions a broadcast speaks for, by task (`pause`).
+        self._paused: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
+        self._clients = 0
         #: Messages dropped since the last warning, and when that was (`_drop`).
         self._dropped = 0
         self._drop_warned = -DROP_WARNING_INTERVAL
@@ -179,11 +205,12 @@ class Hub:
         return self._url is not None
 
     def clients(self) -> int:
-        return len(self._all) + sum(len(subs) for subs in self._by_task.values())
+        """The streams this process serves (`subscribe`'s subscriptions, paused or not)."""
+        return self._clients
 
     def followed(self) -> list[str]:
         """The tasks this process follows (their channels are held while connected)."""
-        return list(self._by_task)
+        return list(self._by_task.keys() | self._paused.keys())
 
     @asynccontextmanager
     async def subscribe(self, task_id: str | None, maxlen: int) -> AsyncIterator[Subscription]:
@@ -196,10 +223,8 @@ class Hub:
         if task_id is None:
             self._all.add(sub)
         else:
-            subs = self._by_task.setdefault(task_id, set())
-            subs.add(sub)
-            if len(subs) == 1:
-                self._in_background(self._mark_watched([task_id]), "redis-watch-mark")
+            self._add(sub)
+        self._clients += 1
         try:
             session = self._session
             if task_id is not None and session is not None:
@@ -210,15 +235,58 @@ class Hub:
                     sub._waiting = False
             yield sub
         finally:
+            self._clients -= 1
             if task_id is None:
                 self._all.discard(sub)
             else:
-                subs = self._by_task.get(task_id, set())
+                self._remove(sub)
+
+    def attach(self, sub: Subscription) -> None:
+        """Push a task's messages to `sub` too (a broadcast), while its channel is held by a
+        follower's `subscribe`."""
+        assert sub.task_id is not None
+        assert sub.task_id in self._by_task or sub.task_id in self._paused
+        self._add(sub)
+
+    def detach(self, sub: Subscription) -> None:
+        self._remove(sub)
+
+    def pause(self, sub: Subscription) -> None:
+        """Push nothing more to `sub`: a broadcast speaks for it until `resume`."""
+        assert sub.task_id is not None
+        self._by_task.get(sub.task_id, set()).discard(sub)
+        self._paused.setdefault(sub.task_id, set()).add(sub)
+
+    def resume(self, sub: Subscription) -> None:
+        """Push the task's messages to `sub` again, from now on."""
+        assert sub.task_id is not None
+        paused = self._paused.get(sub.task_id)
+        if paused is None or sub not in paused:
+            return
+        paused.discard(sub)
+        if not paused:
+            del self._paused[sub.task_id]
+        self._by_task.setdefault(sub.task_id, set()).add(sub)
+
+    def _add(self, sub: Subscription) -> None:
+        assert sub.task_id is not None
+        first = sub.task_id not in self._by_task and sub.task_id not in self._paused
+        self._by_task.setdefault(sub.task_id, set()).add(sub)
+        if first:
+            self._in_background(self._mark_watched([sub.task_id]), "redis-watch-mark")
+
+    def _remove(self, sub: Subscription) -> None:
+        task_id = sub.task_id
+        assert task_id is not None
+        for held in (self._by_task, self._paused):
+            subs = held.get(task_id)
+            if subs is not None:
                 subs.discard(sub)
                 if not subs:
-                    self._by_task.pop(task_id, None)
-                    if self._session is not None:
-                        self._session.release(lines_channel(task_id))
+                    del held[task_id]
+        if task_id not in self._by_task and task_id not in self._paused:
+            if self._session is not None:
+                self._session.release(lines_channel(task_id))
 
     def close_all(self) -> None:
         """Shutdown: every stream ends now; clients resume elsewhere with Last-Event-ID."""
@@ -226,7 +294,10 @@ class Hub:
             sub.close()
 
     def _every(self) -> list[Subscription]:
-        return [*self._all, *(s for subs in self._by_task.values() for s in subs)]
+        return [
+            *self._all,
+            *(s for held in (self._by_task, self._paused) for subs in held.values() for s in subs),
+        ]
 
     def _resync_all(self) -> None:
         for sub in self._every():
@@ -339,7 +410,7 @@ class Hub:
         """The session's word that every channel holds."""
         # Every channel holds: from now on nothing published is missed, and whatever was
         # published while away is in Postgres.
-        log.info("Redis pub/sub subscribed (%d task channels)", len(self._by_task))
+        log.info("Redis pub/sub subscribed (%d task channels)", len(self.followed()))
         self.live = True
         self.last_error = None
         self.connected_event.set()
@@ -352,7 +423,7 @@ class Hub:
 
     def confirmed(self, task_id: str) -> None:
         """The session's word that a task channel subscribed after it went live now holds."""
-        for sub in self._by_task.get(task_id, ()):
+        for sub in [*self._by_task.get(task_id, ()), *self._paused.get(task_id, ())]:
             if not sub.covered:
                 sub.covered = True
                 if not sub._waiting:
@@ -393,7 +464,7 @@ class Hub:
         if payload is None or payload["task_id"] != task_id:
             self._drop("lines")
             return
-        for sub in subs:
+        for sub in list(subs):  # a broadcast may resume the subscriptions it spoke for
             sub.push(payload)
 
     def _on_task(self, data: bytes) -> None:
@@ -404,5 +475,5 @@ class Hub:
             return
         for sub in self._all:
             sub.push(payload)
-        for sub in self._by_task.get(payload["task_id"], ()):
+        for sub in list(self._by_task.get(payload["task_id"], ())):
             sub.push(payload)

@@ -7,6 +7,7 @@ import weakref
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
+from api.broadcast import Broadcasts
 from api.hub import Hub
 from api.launch import Launcher
 from api.pages import Pages
@@ -21,6 +22,8 @@ STORE = web.AppKey("store", Store)
 #: The primary (TASKLOG_DATABASE_URL): what a lagging replica does not show yet.
 PRIMARY = web.AppKey("primary", Store)
 HUB = web.AppKey("hub", Hub)
+#: The tasks' broadcasts to their followers in step (`api.broadcast`).
+BROADCASTS = web.AppKey("broadcasts", Broadcasts)
 PAGES = web.AppKey("pages", Pages)
 LAUNCHER = web.AppKey("launcher", Launcher)
 STREAMS: web.AppKey[weakref.WeakSet[EventSourceResponse]] = web.AppKey("streams")

@@ -13,6 +13,11 @@ SSE_CLIENTS = Gauge(
 SSE_EVENTS = Counter(
     "tasklog_api_sse_events", "SSE events sent, by type.", ["type"], registry=REGISTRY
 )
+SSE_BROADCAST_MEMBERS = Gauge(
+    "tasklog_api_sse_broadcast_members",
+    "SSE clients in step with their task's broadcast, which writes for them (api.broadcast).",
+    registry=REGISTRY,
+)
 SSE_CUT_OFF = Counter(
     "tasklog_api_sse_cut_off",
     "SSE clients cut off because their buffer overflowed.",

@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import cast
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web import BaseRequest
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from api import keys, metrics, params, wire
+from api.broadcast import Broadcast
 from api.follow import follow
+from api.framing import frame, line_frames, status_frame, status_key
 from api.hub import RESYNC, Item, Subscription
 from api.queries import Row, Store
 from tasklog.core.constants import FINISHED_STATES, PENDING
 from tasklog.core.errors import StoreUnavailable
-from tasklog.core.messages import LinesMessage, is_lines
+from tasklog.core.messages import is_lines
 
 log = logging.getLogger("tasklog.api.sse")
 
@@ -110,37 +112,6 @@ class Stream(EventSourceResponse):
             metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames) - statuses)
 
 
-def frame(data: str, id: int | str | None = None) -> bytes:
-    """One event as `EventSourceResponse.send` frames it (default separator), for batching;
-    `id` is a seq, or a stream's own cursor (the workflow stream's)."""
-    split = EventSourceResponse.LINE_SEP_EXPR.split
-    chunks = "".join(f"data: {chunk}\r\n" for chunk in split(data))
-    head = "" if id is None else f"id: {id}\r\n"
-    return f"{head}{chunks}\r\n".encode()
-
-
-class _Framed(LinesMessage, total=False):
-    """A lines message with its frames kept on it (never published)."""
-
-    _sse_frames: list[tuple[int, bytes]]
-
-
-def line_frames(message: LinesMessage, task_id: str) -> list[tuple[int, bytes]]:
-    """A live lines message's events as ``(seq, frame)``, built once for every follower.
-
-    The hub hands the same parsed message to each subscription of the task, so the first
-    follower to see it leaves the frames on it for the others.
-    """
-    framed = cast(_Framed, message)
-    frames = framed.get("_sse_frames")
-    if frames is None:
-        frames = framed["_sse_frames"] = [
-            (line["seq"], frame(wire.dumps(wire.published_line(line, task_id)), line["seq"]))
-            for line in message["lines"]
-        ]
-    return frames
-
-
 class TaskFollower:
     """One client following one task: what was sent, and how to send what comes next (a
     `api.follow.Source`)."""
@@ -148,7 +119,15 @@ class TaskFollower:
     #: Lines are whole only from Postgres: news that came while it was away is read there.
     news_while_behind = False
 
-    def __init__(self, stream: Stream, request: web.Request, task_id: str, after: int) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        request: web.Request,
+        task_id: str,
+        after: int,
+        sub: Subscription,
+        broadcast: Broadcast | None = None,
+    ) -> None:
         self.stream = stream
         #: Where lines are read (a replica, with TASKLOG_API_READ_URL), and the primary, which
         #: has what the replica may not show yet.
@@ -158,6 +137,27 @@ class TaskFollower:
         self.last_seq = after
         self.status: tuple[object, ...] | None = None
         self.finished = False
+        self.sub = sub
+        #: What the task's broadcast needs to write to this client itself (`ride`).
+        self.broadcast = broadcast
+        self.transport = request.transport
+        self.chunked = stream.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        self.resync = request.app[keys.SETTINGS].api_sse_resync
+
+    async def ride(self) -> None:
+        """While this stream is in step with the task's broadcast, the broadcast sends for it
+        (`api.broadcast`); returns when the stream must send again (or ends)."""
+        broadcast = self.broadcast
+        if broadcast is None or not broadcast.join(self):
+            return
+        try:
+            while self in broadcast and not self.sub.pending:
+                await self.sub.wait(self.resync)
+                if time.monotonic() - broadcast.last_news >= self.resync:
+                    # A quiet spell: read Postgres, as a stream of its own does.
+                    broadcast.leave(self, resync=True)
+        finally:
+            broadcast.leave(self)
 
     async def replay(self, until: int | None = None) -> None:
         """Send every stored line after the last one sent; `until`: lines up to that seq are
@@ -251,11 +251,11 @@ class TaskFollower:
         whether the task finished."""
         if task.get("status") in FINISHED_STATES:
             self.finished = True
-        key = tuple(map(task.get, wire.STATUS_KEYS))
+        key = status_key(task)
         if key == self.status:
             return None
         self.status = key
-        return frame(wire.dumps(wire.status_event(task)))
+        return status_frame(task)
 
     @property
     def what(self) -> str:
@@ -289,29 +289,35 @@ async def _task_stream(request: web.Request) -> web.StreamResponse:
         # The first read happens before the response starts, so a dead Postgres is a 503.
         row = await app[keys.PRIMARY].task_progress(task_id)
         async with open_stream(request, sub) as stream:
-            follower = TaskFollower(stream, request, task_id, after)
-            await stream.event(
-                {"type": wire.CONNECTED, "task_id": task_id, "after_seq": after}, retry=RETRY_MS
-            )
-            if row is None:
-                await follower.send_status(_pending(task_id))
-            try:
-                await follow(
-                    follower, sub, lambda: hub.live and sub.covered, settings, streams=hub.clients
+            with app[keys.BROADCASTS].follow(task_id) as broadcast:
+                follower = TaskFollower(stream, request, task_id, after, sub, broadcast)
+                await stream.event(
+                    {"type": wire.CONNECTED, "task_id": task_id, "after_seq": after}, retry=RETRY_MS
                 )
-                if follower.finished:
-                    await stream.event(
-                        {"type": wire.END, "task_id": task_id, "last_seq": follower.last_seq}
+                if row is None:
+                    await follower.send_status(_pending(task_id))
+                try:
+                    await follow(
+                        follower,
+                        sub,
+                        lambda: hub.live and sub.covered,
+                        settings,
+                        streams=hub.clients,
+                        ride=follower.ride,
                     )
-            except StoreUnavailable as exc:
-                # Headers are sent: end the stream; the browser retries with Last-Event-ID.
-                log.warning("stream of task %s ended: %s", task_id, exc)
-            except ConnectionResetError:
-                pass  # the client went away
-            except TimeoutError:
-                _stalled(
-                    settings.api_send_timeout, f"task {task_id} (near seq {follower.last_seq})"
-                )
+                    if follower.finished:
+                        await stream.event(
+                            {"type": wire.END, "task_id": task_id, "last_seq": follower.last_seq}
+                        )
+                except StoreUnavailable as exc:
+                    # Headers are sent: end the stream; the browser retries with Last-Event-ID.
+                    log.warning("stream of task %s ended: %s", task_id, exc)
+                except ConnectionResetError:
+                    pass  # the client went away
+                except TimeoutError:
+                    _stalled(
+                        settings.api_send_timeout, f"task {task_id} (near seq {follower.last_seq})"
+                    )
     return stream
 
 

@@ -25,11 +25,12 @@ from psycopg import sql
 
 from api import keys, params, wire
 from api.follow import follow
+from api.framing import frame
 from api.lookups import WORKFLOW_TASKS_MAX, Q, WorkflowCursor, fetch
 from api.models import Task, Workflow
 from api.queries import TASK_COLUMNS, Row
 from api.routes import respond
-from api.sse import RETRY_MS, Stream, frame, open_stream
+from api.sse import RETRY_MS, Stream, open_stream
 from tasklog.core.constants import FINISHED_STATES, MAX_TASK_ID_BYTES, task_id_problem
 from tasklog.core.errors import StoreUnavailable
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,6 +18,7 @@ from tasklog.demo.embedded_postgres import EmbeddedPostgres
 from tests.helpers import ProcessFactory, wait_for
 from tests.integration.api_support import (
     PREFIX,
+    Event,
     FakeCollector,
     SSEReader,
     follow,
@@ -132,6 +134,74 @@ async def test_a_client_that_stops_reading_is_dropped_then_resumes_without_gap_o
             f"stalled client: {len(before)} lines before the cut, {len(after)} after resuming;"
             f" {total} x {len(big) // 1000} KB"
         )
+
+
+async def test_a_stalled_client_in_step_with_others_holds_none_of_them_up(
+    procs: ProcessFactory, database_url: str, redis_url: str
+) -> None:
+    """Clients in step with their task are written by its broadcast (`api.broadcast`): one
+    that stops reading goes back to a stream of its own, is dropped, and resumes without gap
+    or duplicate, while the others get every line, once and in order."""
+    api, base = start_api(
+        procs,
+        database_url,
+        redis_url,
+        TASKLOG_API_SEND_TIMEOUT="1",
+        TASKLOG_API_SSE_HEARTBEAT="0.5",
+    )
+    port = int(base.rsplit(":", 1)[1])
+    big = "x" * 20_000
+    async with FakeCollector.connect(database_url, redis_url) as fake, http() as session:
+        await fake.start("many")
+        await fake.lines("many", ["a", "b"])
+        stalled = await asyncio.to_thread(StalledClient, port, f"{PREFIX}/sse/task/many/")
+        await asyncio.to_thread(stalled.read_until, b"id: 2\r\n")
+        async with follow(session, base, "many") as quick:
+            await quick.until(lambda e: e.data.get("id") == 2)
+            # Live lines, both reading, until both are in step with the task's broadcast.
+            for _ in range(100):
+                last = (await fake.lines("many", ["c"]))[-1]["seq"]
+                await quick.until(_line(last))
+                await asyncio.to_thread(stalled.read_until, f"id: {last}\r\n".encode())
+                if await metric(session, base, "tasklog_api_sse_broadcast_members") == 2:
+                    break
+            else:
+                raise AssertionError("the clients never got in step with the task's broadcast")
+            # One stops reading; lines keep coming, big enough to fill its socket buffers.
+            in_step = fake.tasks["many"].last_seq
+            for _ in range(30):
+                await fake.lines("many", [big] * 20)
+            total = fake.tasks["many"].last_seq
+            events = await quick.until(_line(total), timeout=60)
+            assert seqs(events) == list(range(in_step + 1, total + 1))
+            await asyncio.to_thread(
+                wait_for,
+                lambda: (
+                    "dropped a client of task many" in api.log_text()
+                    or "cutting off a slow client of task many" in api.log_text()
+                ),
+                30,
+                0.1,
+                "the API to drop the stalled client",
+            )
+            await asyncio.to_thread(stalled.drain)
+            before = [i for i, data in stalled.events() if data["type"] == "new_log"]
+            assert before == list(range(1, len(before) + 1))
+            assert len(before) < total
+            await fake.finish("many")
+            rest = await quick.rest(timeout=30)
+            assert seqs(rest) == [] and rest[-1].type == "end"
+        response = await session.get(
+            f"{base}{PREFIX}/sse/task/many/", headers={"Last-Event-ID": str(before[-1])}
+        )
+        after_events = await SSEReader(response).rest(timeout=30)
+        response.close()
+        assert before + seqs(after_events) == list(range(1, total + 1))
+        assert after_events[-1].type == "end"
+
+
+def _line(seq: int) -> Callable[[Event], bool]:
+    return lambda event: event.type == "new_log" and event.data["id"] == seq
 
 
 # -- Postgres stopped and started ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`api.sse.frame` frames an event byte for byte as aiohttp-sse's own `send` does."""
+"""`api.framing.frame` frames an event byte for byte as aiohttp-sse's own `send` does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api import wire
-from api.sse import Stream, frame, line_frames
+from api.framing import frame, line_frames
+from api.sse import Stream
 from tasklog.core.messages import LineMessage, LinesMessage
 
 
