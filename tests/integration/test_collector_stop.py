@@ -40,12 +40,15 @@ def test_sigterm_stores_the_whole_spool_before_exiting(
     procs: ProcessFactory, database_url: str, spool_dir: Path
 ) -> None:
     ids = write_backlog(spool_dir, 40, 1000)
+    # Time enough for 400 batches on a loaded machine (the default, 10 s, is what a stop may
+    # take, not what this test is about).
+    env = {**SLOW_DRAIN, "TASKLOG_STOP_DRAIN_TIMEOUT": "300"}
     proc = procs.collector(
-        database_url=database_url, spool_dir=spool_dir, env=SLOW_DRAIN, ready="following"
+        database_url=database_url, spool_dir=spool_dir, env=env, ready="following"
     )
     wait_for(lambda: stored_lines(database_url) > 0, message="the first batch stored")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=300) == 0
     # Stopped mid-backlog, it still stored every line once and left no spool file behind.
     assert_exactly_once(database_url, ids, 1000)
     assert not list(spool_dir.glob("*" + spool.SUFFIX))

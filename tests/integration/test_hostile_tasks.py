@@ -657,7 +657,10 @@ def test_a_file_speaks_only_for_its_own_task_and_runs_are_append_only(
     assert pg_rows(
         database_url, "SELECT seq, message FROM lines WHERE task_id = 'victim' ORDER BY seq"
     ) == [(1, "victim 1"), (2, "retry 1")]
-    assert int(stats(database_url).get("quarantined", 0)) == 2  # type: ignore[call-overload]
+    wait_for(
+        lambda: stats(database_url).get("quarantined") == 2,
+        message="both quarantined files counted in the heartbeat's stats",
+    )
 
 
 # -- 6. the live path --------------------------------------------------------------------------
