@@ -101,7 +101,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(settings.redis(), cluster=settings.redis_cluster)
     launcher = Launcher(settings.redis())
     app[keys.STORE], app[keys.HUB], app[keys.LAUNCHER] = store, hub, launcher
-    app[keys.BROADCASTS] = broadcasts = Broadcasts(hub)
+    app[keys.BROADCASTS] = broadcasts = Broadcasts(hub, primary.task_progress)
     metrics.SSE_BROADCAST_MEMBERS.set_function(lambda: float(broadcasts.members()))
     hub_task = asyncio.create_task(hub.run(), name="redis-hub")
     hub_task.add_done_callback(supervise.stop_on_exit)

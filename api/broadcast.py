@@ -14,8 +14,10 @@ events, and the follower's share of what is gathered starts at its joining. The 
 hands followers back to their own streams (`Hub.resume`) whenever the news cannot be sent as
 it stands; what was gathered is written to them first, so their seq is the broadcast's:
 - Redis went away or came back (`RESYNC`), a lines message that does not follow the last seq,
-  a task message announcing more lines, a finished status: each member gets `RESYNC`, its
-  stream reads Postgres (and a finished task's stream sends ``end``);
+  a task message announcing more lines: each member gets `RESYNC`, its stream reads Postgres;
+- a finished status: the broadcast asks Postgres once for all its members (`_end`); when the
+  task row says finished at the seq they were sent, they get its status and are finished
+  (each stream sends ``end``), else they read Postgres themselves;
 - a member whose transport still holds more than `SLOW_BYTES` of what it was sent when the
   next write comes (a slow client) goes back to its stream alone, whose writes wait (up to
   TASKLOG_API_SEND_TIMEOUT) and whose buffer bounds it (TASKLOG_API_CLIENT_BUFFER), as
@@ -26,16 +28,24 @@ it stands; what was gathered is written to them first, so their seq is the broad
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
 from api import metrics, wire
 from api.framing import line_frames, status_frame, status_key
 from api.hub import RESYNC, Hub, Item, Subscription
+from api.queries import Row
 from tasklog.core.constants import FINISHED_STATES
+from tasklog.core.errors import StoreUnavailable
 from tasklog.core.messages import is_lines
+
+log = logging.getLogger("tasklog.api.sse")
+
+#: Reads a task's row from the primary (`api.queries.Store.task_progress`).
+ReadTask = Callable[[str], Awaitable[Row | None]]
 
 #: Writes per second a process's broadcasts aim to stay under: one is a `transport.write` of
 #: the same bytes (~10-20 us, most of it the socket's `send`). With N members on a process a
@@ -62,6 +72,7 @@ class Member(Protocol):
     sub: Subscription
     last_seq: int
     status: tuple[object, ...] | None
+    finished: bool
 
     @property
     def transport(self) -> Transport | None: ...
@@ -74,11 +85,19 @@ class Member(Protocol):
 class Broadcast(Subscription):
     """One task's in-step followers on this process (see the module's docstring)."""
 
-    def __init__(self, task_id: str, hub: Hub, linger: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        hub: Hub,
+        linger: Callable[[], float],
+        read_task: ReadTask | None = None,
+    ) -> None:
         super().__init__(task_id, maxlen=1)
         self.covered = True
         self._hub = hub
         self._linger = linger
+        self._read_task = read_task
+        self._ending: asyncio.Task[None] | None = None
         #: The seq and status every member was sent (with what is gathered); None: unknown.
         self.last_seq: int | None = None
         self.status: tuple[object, ...] | None = None
@@ -174,9 +193,12 @@ class Broadcast(Subscription):
             self._gather(new)
             return
         if item.get("status") in FINISHED_STATES:
-            # Ended on Postgres's word alone (see `api.sse`): every member reads it there.
+            # Ended on Postgres's word alone (see `api.sse`), asked once for every member.
             self.finished = True
-            self.leave_all()
+            if self._members and self._read_task is not None and self._ending is None:
+                self._ending = asyncio.create_task(self._end(), name="sse-broadcast-end")
+            else:
+                self.leave_all()
             return
         announced = item.get("last_seq")
         if isinstance(announced, int) and self.last_seq is not None and announced > self.last_seq:
@@ -195,6 +217,36 @@ class Broadcast(Subscription):
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
+        if self._ending is not None:
+            self._ending.cancel()
+
+    async def _end(self) -> None:
+        """The task finished, Redis says: the members' streams end if Postgres agrees that
+        they were sent every line; otherwise each reads Postgres."""
+        assert self._read_task is not None and self.task_id is not None
+        try:
+            try:
+                row = await self._read_task(self.task_id)
+            except StoreUnavailable as exc:
+                log.warning("the end of task %s is read by each stream: %s", self.task_id, exc)
+                return
+            task = wire.task_json(row) if row is not None else None
+            if (
+                task is None
+                or task.get("status") not in FINISHED_STATES
+                or task.get("last_seq") != self.last_seq
+            ):
+                return
+            key = status_key(task)
+            if key != self.status:
+                self.status = key
+                self._gather([status_frame(task)], status=True)
+            self.flush()
+            for member in list(self._members):
+                member.finished = True
+                self.leave(member)  # woken: its stream sends `end` and closes
+        finally:
+            self.leave_all()  # whoever is left reads Postgres
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -263,8 +315,16 @@ class Broadcast(Subscription):
 class Broadcasts:
     """The broadcasts of one process, one per task with followers (`follow`)."""
 
-    def __init__(self, hub: Hub, *, rate: float = WRITE_RATE, max_linger: float = MAX_LINGER):
+    def __init__(
+        self,
+        hub: Hub,
+        read_task: ReadTask | None = None,
+        *,
+        rate: float = WRITE_RATE,
+        max_linger: float = MAX_LINGER,
+    ):
         self._hub = hub
+        self._read_task = read_task
         self._rate = rate
         self._max_linger = max_linger
         self._by_task: dict[str, tuple[Broadcast, int]] = {}
@@ -281,7 +341,7 @@ class Broadcasts:
         broadcast goes when its last follower does."""
         entry = self._by_task.get(task_id)
         if entry is None:
-            broadcast = Broadcast(task_id, self._hub, self.linger)
+            broadcast = Broadcast(task_id, self._hub, self.linger, self._read_task)
             self._hub.attach(broadcast)
             entry = (broadcast, 0)
         broadcast, count = entry

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
 from api.broadcast import SLOW_BYTES, Broadcast, Broadcasts
 from api.framing import line_frames
@@ -40,6 +40,7 @@ class Follower:
         self.sub = sub
         self.last_seq = last_seq
         self.status: tuple[object, ...] | None = None
+        self.finished = False
         self.transport = Transport()
         self.chunked = chunked
 
@@ -83,12 +84,21 @@ def task(status: str = "STARTED", last_seq: int = 0, **fields: object) -> TaskMe
 
 @asynccontextmanager
 async def setup(
-    n: int, linger: float = 0.0
+    n: int, linger: float = 0.0, stored: dict[str, Any] | None = None
 ) -> AsyncIterator[tuple[Hub, Broadcast, list[Follower]]]:
+    """A hub without Redis, `n` followers of TASK and its broadcast; `stored`: the task's row
+    in Postgres (its `state` and `last_seq`)."""
+
+    async def read_task(task_id: str) -> dict[str, Any] | None:
+        assert task_id == TASK
+        if stored is None:
+            return None
+        return {"task_id": TASK, "progress": 100.0, "progress_message": None, **stored}
+
     hub = Hub(None)
     async with AsyncExitStack() as stack:
         subs = [await stack.enter_async_context(hub.subscribe(TASK, 100)) for _ in range(n)]
-        broadcasts = Broadcasts(hub, rate=1e9, max_linger=linger)
+        broadcasts = Broadcasts(hub, read_task, rate=1e9, max_linger=linger)
         broadcast = stack.enter_context(broadcasts.follow(TASK))
         yield hub, broadcast, [Follower(sub, 0) for sub in subs]
 
@@ -168,7 +178,38 @@ async def test_a_slow_client_goes_back_alone_and_the_others_go_on() -> None:
         assert not broadcast.join(slow)  # not while its transport holds that much
 
 
-async def test_a_finished_status_ends_through_postgres_and_statuses_are_sent_once() -> None:
+async def test_a_finished_status_read_once_in_postgres_ends_every_member() -> None:
+    async with setup(2, stored={"state": "SUCCESS", "last_seq": 3}) as (_, broadcast, followers):
+        broadcast.push(lines(1, 3))
+        for follower in followers:
+            follower.last_seq = 3
+            assert broadcast.join(follower)
+        broadcast.push(task("SUCCESS", last_seq=3))
+        await settle()
+        for follower in followers:
+            assert follower.finished  # its stream sends `end` and closes
+            assert follower not in broadcast
+            assert follower.sub.take() == []  # nothing to read in Postgres
+            assert follower.body().count(b'"type":"status"') == 1
+            assert b'"finished":true' in follower.body()
+
+
+async def test_a_finished_status_postgres_does_not_confirm_sends_members_to_postgres() -> None:
+    # Redis says finished; Postgres says more lines are stored (or not finished at all).
+    for stored in ({"state": "SUCCESS", "last_seq": 9}, {"state": "STARTED", "last_seq": 3}):
+        async with setup(1, stored=stored) as (_, broadcast, (follower,)):
+            broadcast.push(lines(1, 3))
+            follower.last_seq = 3
+            assert broadcast.join(follower)
+            broadcast.push(task("SUCCESS", last_seq=3))
+            await settle()
+            assert not follower.finished
+            assert follower.sub.take() == [RESYNC]
+
+
+async def test_statuses_are_sent_once_and_without_postgres_a_finished_task_is_read_by_each() -> (
+    None
+):
     async with setup(1) as (_, broadcast, (follower,)):
         follower.chunked = False  # HTTP/1.0: the bare event stream
         broadcast.push(task(progress=0.5))
@@ -182,6 +223,7 @@ async def test_a_finished_status_ends_through_postgres_and_statuses_are_sent_onc
         await settle()
         assert follower.body().count(b'"type":"status"') == 1
         broadcast.push(task("SUCCESS", last_seq=1))
+        await settle()
         assert follower.sub.take() == [RESYNC]
         follower.sub.take()
         assert not broadcast.join(follower)  # a finished task has nothing more to broadcast
