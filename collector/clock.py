@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import operator
 import time
-from collections.abc import Iterable
 from datetime import date, timedelta
 
 from collector import fields
@@ -52,7 +51,7 @@ def hold(
         clamped += _hold_chunk(chunk, floor, ceiling)
     days: set[date] = set()
     for chunk in batch.chunks:
-        days |= _days(map(_TIME, chunk.lines))
+        days |= _days(chunk.lines)
     new = sorted(days - known)
     if len(new) <= MAX_NEW_PARTITIONS:
         return days, clamped
@@ -60,7 +59,7 @@ def hold(
     days = set()
     for chunk in batch.chunks:
         clamped += _to_allowed(chunk, allowed)
-        days |= _days(map(_TIME, chunk.lines))
+        days |= _days(chunk.lines)
     return days, clamped
 
 
@@ -117,6 +116,11 @@ def _to_allowed(chunk: FileChunk, allowed: list[date]) -> int:
     return clamped
 
 
-def _days(times: Iterable[float]) -> set[date]:
-    numbers = {int(t // _DAY) for t in times}
+def _days(lines: list[Line]) -> set[date]:
+    """The days of the lines' times: mostly one, found from the earliest and the latest."""
+    if not lines:
+        return set()
+    times = list(map(_TIME, lines))
+    first, last = int(min(times) // _DAY), int(max(times) // _DAY)
+    numbers = {first} if first == last else {int(t // _DAY) for t in times}
     return {_EPOCH_DAY + timedelta(days=n) for n in numbers}

@@ -35,6 +35,9 @@ MAX_RECORD_BYTES = 8 << 20
 #: holds fewer of them rather than a few lines of each (the next batch serves the others).
 MIN_SHARE_LINES = 256
 MIN_SHARE_BYTES = 64 << 10
+#: Batches a backlog's files are spread over: the two in flight (`Pipeline.drain`: one
+#: committing, one being written) and the one read meanwhile, from other files than theirs.
+SPREAD = 3
 #: Opening a spool file: never through a link, never waiting on a FIFO's writer.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -187,8 +190,12 @@ class SpoolDir:
         # share of the batch, so many backlogs drain side by side and a new file's lines wait
         # for one batch at most.
         _take_turns(waiting)
-        share_lines = max(max_lines // max(len(waiting), 1), MIN_SHARE_LINES)
-        share_bytes = max(max_bytes // max(len(waiting), 1), MIN_SHARE_BYTES)
+        # A few files' backlogs are spread over `SPREAD` batches, each holding a part of the
+        # files (those in `skip` counted): the batch read while two are in flight then finds
+        # files of its own, where batches holding every file left it none until both were done.
+        per_batch = max(-(-(len(waiting) + len(skip)) // SPREAD), 1)
+        share_lines = max(max_lines // per_batch, MIN_SHARE_LINES)
+        share_bytes = max(max_bytes // per_batch, MIN_SHARE_BYTES)
         for state in waiting:
             if batch.lines >= max_lines or batch.bytes >= max_bytes:
                 break
