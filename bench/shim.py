@@ -17,8 +17,9 @@ styles: one f-string per `print` (two writes to `sys.stdout`) and `print(text, i
 * ``seed`` (unless ``--no-seed``): the seed guide's ``DBLogWriter``, one committed INSERT per
   line into the same Postgres.
 
-The shim's cost is captured minus plain, run by run; its targets are ≤ 3 µs per line and
-≤ 3x the floor measured in the same run. By default the tasks run in a real solo-pool Celery
+The shim's cost is captured minus plain, run by run; its targets are ≤ 3 µs per line and, to
+the floor measured in the same run, ≤ 1.5x for the default configuration and ≤ 3x for the
+Python line writer. By default the tasks run in a real solo-pool Celery
 worker; ``--direct`` drives `TaskCapture` and `StreamRouter` in this process instead, at the
 Python level, as a task would (no Redis needed).
 """
@@ -48,7 +49,9 @@ from bench.common import (
 from bench.printing import STYLES
 
 TARGET_US = 3.0
-TARGET_FLOOR_RATIO = 3.0
+#: Shim cost / floor, per way: the default configuration (and Python level only, which does
+#: less) ≤ 1.5x, the Python line writer ≤ 3x.
+TARGET_FLOOR_RATIO = {"fd": 1.5, "python": 1.5, "pyref": 3.0, "baseline": 1.5}
 TARGET_RATIO = 100.0
 #: The captured ways: the default, fd capture off, the Python line writer (each its worker).
 WAYS = {
@@ -169,11 +172,8 @@ def report(
             )
             row(captured.name, captured.text(3))
             row(cost.name, cost.text(3), f"≤ {TARGET_US} µs: {verdict(cost.median <= TARGET_US)}")
-            row(
-                ratio.name,
-                ratio.text(2),
-                f"≤ {TARGET_FLOOR_RATIO}x: {verdict(ratio.median <= TARGET_FLOOR_RATIO)}",
-            )
+            target = TARGET_FLOOR_RATIO[way]
+            row(ratio.name, ratio.text(2), f"≤ {target}x: {verdict(ratio.median <= target)}")
             figures.update(
                 {
                     f"{way}:{style}": captured,

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <poll.h>
 #include <string.h>
 #include <time.h>
@@ -30,8 +31,8 @@
 #include <sys/epoll.h>
 #endif
 
-static PyObject *s_write, *s_newline, *s_empty, *s_take_in, *s_pending, *s_read_ends,
-    *s_unwritten, *s_ellipsis, *s_probe_fd;
+static PyObject *s_write, *s_newline, *s_empty, *s_take_in, *s_read_ends, *s_unwritten,
+    *s_ellipsis, *s_probe_fd;
 
 /* -- the record ------------------------------------------------------------------------------ */
 
@@ -40,12 +41,75 @@ static const char HEX[] = "0123456789abcdef";
 /* The most bytes one code point takes in a record: "\u001f", or a lone surrogate's "\udc80". */
 #define MAX_BYTES_PER_CHAR 6
 
+/* An ASCII character that JSON writes escaped: a control character, '"' or '\\'. */
+static char *
+put_escape(char *p, Py_UCS4 c)
+{
+    *p++ = '\\';
+    switch (c) {
+    case '"': *p++ = '"'; break;
+    case '\\': *p++ = '\\'; break;
+    case '\n': *p++ = 'n'; break;
+    case '\r': *p++ = 'r'; break;
+    case '\t': *p++ = 't'; break;
+    case '\b': *p++ = 'b'; break;
+    case '\f': *p++ = 'f'; break;
+    default:
+        *p++ = 'u';
+        *p++ = '0';
+        *p++ = '0';
+        *p++ = HEX[c >> 4];
+        *p++ = HEX[c & 15];
+    }
+    return p;
+}
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether one of eight ASCII bytes needs escaping: below 0x20, '"' or '\\' (each test exact
+ * as a whole: a borrow only runs on from a byte that matched). */
+static inline int
+any_escape8(uint64_t x)
+{
+    uint64_t quote = x ^ (ONES * '"'), slash = x ^ (ONES * '\\');
+    return ((((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) | ((slash - ONES) & ~slash))
+            & HIGHS)
+           != 0;
+}
+
 /* `text` as JSON string content, UTF-8: json.encoder.encode_basestring, then encoding with
- * "backslashreplace" (a lone surrogate becomes the six characters \udXXX). */
+ * "backslashreplace" (a lone surrogate becomes the six characters \udXXX). The buffer has
+ * room for MAX_BYTES_PER_CHAR bytes a character. */
 static char *
 put_text(char *p, PyObject *text)
 {
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (PyUnicode_IS_ASCII(text)) { /* most lines: copied eight bytes at a time */
+        const unsigned char *s = PyUnicode_1BYTE_DATA(text), *end = s + n;
+        while (s < end) {
+            const unsigned char *stop = end;
+            if (end - s >= 8) {
+                uint64_t x;
+                memcpy(&x, s, 8);
+                if (!any_escape8(x)) {
+                    memcpy(p, &x, 8);
+                    p += 8;
+                    s += 8;
+                    continue;
+                }
+                stop = s + 8; /* these eight one by one */
+            }
+            while (s < stop) {
+                unsigned char c = *s++;
+                if (c >= 0x20 && c != '"' && c != '\\')
+                    *p++ = (char)c;
+                else
+                    p = put_escape(p, c);
+            }
+        }
+        return p;
+    }
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -54,22 +118,7 @@ put_text(char *p, PyObject *text)
             *p++ = (char)c;
         }
         else if (c < 0x80) {
-            *p++ = '\\';
-            switch (c) {
-            case '"': *p++ = '"'; break;
-            case '\\': *p++ = '\\'; break;
-            case '\n': *p++ = 'n'; break;
-            case '\r': *p++ = 'r'; break;
-            case '\t': *p++ = 't'; break;
-            case '\b': *p++ = 'b'; break;
-            case '\f': *p++ = 'f'; break;
-            default:
-                *p++ = 'u';
-                *p++ = '0';
-                *p++ = '0';
-                *p++ = HEX[c >> 4];
-                *p++ = HEX[c & 15];
-            }
+            p = put_escape(p, c);
         }
         else if (c < 0x800) {
             *p++ = (char)(0xc0 | (c >> 6));
@@ -102,21 +151,47 @@ put_text(char *p, PyObject *text)
 #define PUT_LITERAL(p, literal) \
     (memcpy((p), (literal), sizeof(literal) - 1), (p) + sizeof(literal) - 1)
 
+/* "00" to "99": two digits at a time. */
+static const char DIGIT_PAIRS[] =
+    "0001020304050607080910111213141516171819"
+    "2021222324252627282930313233343536373839"
+    "4041424344454647484950515253545556575859"
+    "6061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static char *
 put_uint(char *p, unsigned long long v)
 {
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = digits[--n];
-    return p;
+    char digits[24], *end = digits + sizeof(digits), *q = end;
+    while (v >= 100) {
+        q -= 2;
+        memcpy(q, DIGIT_PAIRS + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        q -= 2;
+        memcpy(q, DIGIT_PAIRS + 2 * v, 2);
+    }
+    else
+        *--q = (char)('0' + v);
+    memcpy(p, q, (size_t)(end - q));
+    return p + (end - q);
 }
 
 /* -- Lines ----------------------------------------------------------------------------------- */
+
+/* One stream's line state, held in the object itself for the first streams written to (stdout
+ * and stderr in a task): no dict or set operation on the hot path. */
+typedef struct {
+    PyObject *stream;  /* NULL: a free slot */
+    PyObject *partial; /* the text of a line not ended yet ("" if none) */
+    char open;         /* its Python-level line is open (with a gate) */
+} Slot;
+
+/* The streams held in slots; any further one's state is in the `partial` dict and `open` set.
+ * Slots are taken in the order streams are first written to, and given up together by
+ * flush_partials, so slots then dict is the order the reference's dict keeps. */
+#define SLOTS 3
 
 typedef struct {
     PyObject_HEAD
@@ -125,9 +200,13 @@ typedef struct {
     Py_ssize_t max_line_bytes; /* longest line kept, in UTF-8 bytes */
     Py_ssize_t cut_at;         /* lines longer than this many characters may be over it */
     Py_ssize_t max_partial;    /* text without its newline is let go past this many */
+    Slot slots[SLOTS];         /* the first streams' state */
+    int used;                  /* slots taken */
     PyObject *partial;         /* dict: stream -> the text of a line not ended yet */
     PyObject *open;            /* set: streams whose Python-level line is open (with a gate) */
     PyObject *gate;            /* NULL, or fd capture's side */
+    int probe_fd;              /* the gate's `probe_fd`, read once by order_with */
+    char gate_pending;         /* `gate_pending`: the gate's reader holds output undelivered */
     PyObject *route;           /* NULL: straight into `write`; else what route_through set */
 } LinesObject;
 
@@ -136,6 +215,10 @@ static PyTypeObject LinesType;
 static int
 lines_traverse(LinesObject *self, visitproc visit, void *arg)
 {
+    for (int i = 0; i < self->used; i++) {
+        Py_VISIT(self->slots[i].stream);
+        Py_VISIT(self->slots[i].partial);
+    }
     Py_VISIT(self->partial);
     Py_VISIT(self->open);
     Py_VISIT(self->gate);
@@ -146,6 +229,10 @@ lines_traverse(LinesObject *self, visitproc visit, void *arg)
 static int
 lines_clear(LinesObject *self)
 {
+    for (; self->used > 0; self->used--) {
+        Py_CLEAR(self->slots[self->used - 1].stream);
+        Py_CLEAR(self->slots[self->used - 1].partial);
+    }
     Py_CLEAR(self->partial);
     Py_CLEAR(self->open);
     Py_CLEAR(self->gate);
@@ -169,6 +256,7 @@ lines_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     self->fd = -1;
+    self->probe_fd = -1;
     self->partial = PyDict_New();
     self->open = PySet_New(NULL);
     if (self->partial == NULL || self->open == NULL) {
@@ -193,6 +281,79 @@ lines_init(LinesObject *self, PyObject *args, PyObject *kwds)
     self->cut_at = max_line_bytes / 4;
     self->max_partial = max_line_bytes;
     return 0;
+}
+
+/* -- a stream's state: its slot, else the dict and the set -- */
+
+/* The slot of `stream` (a str), NULL if it has none; with `take`, one is taken if free. */
+static Slot *
+slot_of(LinesObject *self, PyObject *stream, int take)
+{
+    for (int i = 0; i < self->used; i++)
+        if (self->slots[i].stream == stream)
+            return &self->slots[i];
+    for (int i = 0; i < self->used; i++)
+        if (PyUnicode_Compare(self->slots[i].stream, stream) == 0)
+            return &self->slots[i];
+    if (!take || self->used == SLOTS)
+        return NULL;
+    /* Not in the dict either: streams go there only once every slot is taken, and slots are
+     * given up with the dict. Its open mark may be in the set (kept over flush_partials). */
+    int open = PySet_GET_SIZE(self->open) ? PySet_Discard(self->open, stream) : 0;
+    if (open < 0)
+        return NULL;
+    Slot *slot = &self->slots[self->used++];
+    slot->stream = Py_NewRef(stream);
+    slot->partial = Py_NewRef(s_empty);
+    slot->open = (char)open;
+    return slot;
+}
+
+/* The text of `stream`'s line not ended yet, borrowed; NULL without one (or with an error). */
+static PyObject *
+get_partial(LinesObject *self, PyObject *stream)
+{
+    Slot *slot = slot_of(self, stream, 0);
+    if (slot != NULL)
+        return slot->partial;
+    return PyDict_GetItemWithError(self->partial, stream);
+}
+
+static int
+set_partial(LinesObject *self, PyObject *stream, PyObject *text)
+{
+    Slot *slot = slot_of(self, stream, 1);
+    if (slot != NULL) {
+        Py_SETREF(slot->partial, Py_NewRef(text));
+        return 0;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    return PyDict_SetItem(self->partial, stream, text);
+}
+
+static int
+is_open(LinesObject *self, PyObject *stream)
+{
+    Slot *slot = slot_of(self, stream, 0);
+    if (slot != NULL)
+        return slot->open;
+    return PySet_GET_SIZE(self->open) ? PySet_Contains(self->open, stream) : 0;
+}
+
+static int
+set_open(LinesObject *self, PyObject *stream, int open)
+{
+    Slot *slot = slot_of(self, stream, open);
+    if (slot != NULL) {
+        slot->open = (char)open;
+        return 0;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    if (open)
+        return PySet_Add(self->open, stream);
+    return PySet_GET_SIZE(self->open) ? (PySet_Discard(self->open, stream) < 0 ? -1 : 0) : 0;
 }
 
 /* `text` cut to at most `limit` UTF-8 bytes with how much was cut: lines.cut. New ref. */
@@ -340,17 +501,17 @@ take(LinesObject *self, PyObject *stream, PyObject *buf, Py_ssize_t nl)
     Py_ssize_t n = PyUnicode_GET_LENGTH(buf);
     if (nl == -1) {
         if (n > self->max_partial) {
-            if (PyDict_SetItem(self->partial, stream, s_empty) < 0)
+            if (set_partial(self, stream, s_empty) < 0)
                 return -1;
             return emit(self, stream, buf, NULL);
         }
-        return PyDict_SetItem(self->partial, stream, buf);
+        return set_partial(self, stream, buf);
     }
     if (nl == n - 1) { /* one line and its newline: the common case */
         PyObject *line = PyUnicode_Substring(buf, 0, nl);
         if (line == NULL)
             return -1;
-        int status = PyDict_SetItem(self->partial, stream, s_empty);
+        int status = set_partial(self, stream, s_empty);
         if (status == 0)
             status = emit(self, stream, line, NULL);
         Py_DECREF(line);
@@ -360,44 +521,32 @@ take(LinesObject *self, PyObject *stream, PyObject *buf, Py_ssize_t nl)
     if (parts == NULL)
         return -1;
     Py_ssize_t count = PyList_GET_SIZE(parts);
-    int status = PyDict_SetItem(self->partial, stream, PyList_GET_ITEM(parts, count - 1));
+    int status = set_partial(self, stream, PyList_GET_ITEM(parts, count - 1));
     for (Py_ssize_t i = 0; status == 0 && i < count - 1; i++)
         status = emit(self, stream, PyList_GET_ITEM(parts, i), NULL);
     Py_DECREF(parts);
     return status;
 }
 
-/* Whether fd-level output may be waiting: the gate's `pending`, or its pipes readable: an
- * epoll instance holding them (`probe_fd`), else each of `read_ends` polled. An error of the
- * system call says yes: `take_in` looks for itself. */
+/* Whether fd-level output may be waiting: a pipe readable (the epoll instance holding them,
+ * `probe_fd`, else each of the gate's `read_ends` polled), or the gate's reader holding output
+ * it took out of a pipe and has not delivered (`gate_pending`, read after the pipes: the reader
+ * raises it before it reads). An error of the system call says yes: `take_in` looks for itself.
+ */
 static int
-gate_waiting(PyObject *gate)
+gate_waiting(LinesObject *self)
 {
-    PyObject *pending = PyObject_GetAttr(gate, s_pending);
-    if (pending == NULL)
-        return -1;
-    int truth = PyObject_IsTrue(pending);
-    Py_DECREF(pending);
-    if (truth != 0)
-        return truth;
 #ifdef __linux__
-    PyObject *probe = PyObject_GetAttr(gate, s_probe_fd);
-    if (probe == NULL)
-        return -1;
-    long probe_fd = PyLong_AsLong(probe);
-    Py_DECREF(probe);
-    if (probe_fd == -1 && PyErr_Occurred())
-        return -1;
-    if (probe_fd >= 0) {
+    if (self->probe_fd >= 0) {
         struct epoll_event event;
         int ready;
         do {
-            ready = epoll_wait((int)probe_fd, &event, 1, 0);
+            ready = epoll_wait(self->probe_fd, &event, 1, 0);
         } while (ready < 0 && errno == EINTR);
-        return ready != 0;
+        return ready != 0 || self->gate_pending;
     }
 #endif
-    PyObject *ends = PyObject_GetAttr(gate, s_read_ends);
+    PyObject *ends = PyObject_GetAttr(self->gate, s_read_ends);
     if (ends == NULL)
         return -1;
     struct pollfd fds[8];
@@ -416,18 +565,18 @@ gate_waiting(PyObject *gate)
         }
     }
     Py_DECREF(ends);
-    if (count == 0)
-        return 0;
-    int ready;
-    do {
-        ready = poll(fds, count, 0);
-    } while (ready < 0 && errno == EINTR);
-    if (ready <= 0)
-        return ready < 0; /* an error: look (take_in tells what is there) */
-    for (nfds_t i = 0; i < count; i++)
+    int ready = 0;
+    if (count > 0) {
+        do {
+            ready = poll(fds, count, 0);
+        } while (ready < 0 && errno == EINTR);
+    }
+    if (ready < 0)
+        return 1; /* an error: look (take_in tells what is there) */
+    for (nfds_t i = 0; i < count && ready > 0; i++)
         if (fds[i].revents & ~POLLNVAL)
             return 1;
-    return 0;
+    return self->gate_pending;
 }
 
 static int
@@ -450,12 +599,12 @@ lines_write_text(LinesObject *self, PyObject *stream, PyObject *text)
     }
     int gated = self->gate != NULL;
     if (gated) {
-        int open = PySet_Contains(self->open, stream);
+        int open = is_open(self, stream);
         if (open < 0)
             return -1;
         if (!open) { /* a new line from Python: what the pipes hold was written before it */
             PyObject *gate = Py_NewRef(self->gate);
-            int waiting = gate_waiting(gate);
+            int waiting = gate_waiting(self);
             PyObject *result = NULL;
             if (waiting > 0)
                 result = PyObject_CallMethodNoArgs(gate, s_take_in);
@@ -466,42 +615,47 @@ lines_write_text(LinesObject *self, PyObject *stream, PyObject *text)
         }
     }
     int status;
-    PyObject *partial = PyDict_GetItemWithError(self->partial, stream);
+    PyObject *partial = get_partial(self, stream);
     if (partial == NULL && PyErr_Occurred())
         return -1;
     Py_XINCREF(partial);
     if (!is_newline(text)) {
+        /* A partial line holds no newline: only the new text is searched. */
+        Py_ssize_t tn = PyUnicode_GET_LENGTH(text);
+        Py_ssize_t nl = PyUnicode_FindChar(text, '\n', 0, tn, 1);
+        if (nl == -2) {
+            status = -1;
+            goto done;
+        }
         PyObject *buf = joined(partial, text);
         if (buf == NULL) {
             status = -1;
             goto done;
         }
         Py_ssize_t n = PyUnicode_GET_LENGTH(buf);
-        Py_ssize_t nl = PyUnicode_FindChar(buf, '\n', 0, n, 1);
-        if (nl == -2)
-            status = -1;
-        else if (nl >= 0 || n > self->max_partial) {
+        if (nl >= 0)
+            nl += n - tn;
+        if (nl >= 0 || n > self->max_partial) {
             status = take(self, stream, buf, nl);
-            Py_ssize_t tn = PyUnicode_GET_LENGTH(text);
             if (status == 0 && gated && tn > 0 && PyUnicode_READ_CHAR(text, tn - 1) == '\n') {
-                status = PySet_Discard(self->open, stream) < 0 ? -1 : 0;
+                status = set_open(self, stream, 0);
                 Py_DECREF(buf);
                 goto done;
             }
         }
         else
-            status = PyDict_SetItem(self->partial, stream, buf); /* kept until its newline */
+            status = set_partial(self, stream, buf); /* kept until its newline */
         Py_DECREF(buf);
         if (status == 0 && gated)
-            status = PySet_Add(self->open, stream);
+            status = set_open(self, stream, 1);
         goto done;
     }
     /* print's last write, ending the line its first ones began */
-    if (gated && PySet_Discard(self->open, stream) < 0) {
+    if (gated && set_open(self, stream, 0) < 0) {
         status = -1;
         goto done;
     }
-    status = PyDict_SetItem(self->partial, stream, s_empty);
+    status = set_partial(self, stream, s_empty);
     if (status == 0)
         status = emit(self, stream, partial != NULL ? partial : s_empty, NULL);
 done:
@@ -541,9 +695,9 @@ lines_feed(LinesObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (two_str(args, nargs, "feed") < 0)
         return NULL;
     PyObject *stream = args[0], *text = args[1];
-    if (PySet_Discard(self->open, stream) < 0)
+    if (set_open(self, stream, 0) < 0)
         return NULL;
-    PyObject *partial = PyDict_GetItemWithError(self->partial, stream);
+    PyObject *partial = get_partial(self, stream);
     if (partial == NULL && PyErr_Occurred())
         return NULL;
     PyObject *buf = joined(partial, text);
@@ -579,14 +733,30 @@ lines_flush_partials(LinesObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *fresh = PyDict_New();
     if (fresh == NULL)
         return NULL;
+    /* Everything taken out first: what an emit's fallback calls sees a fresh state. Open
+     * marks stay (in the set), as the reference's set keeps them. */
+    Slot slots[SLOTS];
+    int used = self->used;
+    memcpy(slots, self->slots, sizeof(Slot) * (size_t)used);
+    self->used = 0;
     PyObject *partial = self->partial;
     self->partial = fresh;
+    int status = 0;
+    for (int i = 0; i < used; i++)
+        if (status == 0 && slots[i].open)
+            status = PySet_Add(self->open, slots[i].stream);
+    for (int i = 0; i < used; i++)
+        if (status == 0 && PyUnicode_GET_LENGTH(slots[i].partial) > 0)
+            status = emit(self, slots[i].stream, slots[i].partial, NULL);
     PyObject *stream, *text;
     Py_ssize_t pos = 0;
-    int status = 0;
     while (status == 0 && PyDict_Next(partial, &pos, &stream, &text))
         if (PyUnicode_Check(text) && PyUnicode_GET_LENGTH(text) > 0)
             status = emit(self, stream, text, NULL);
+    for (int i = 0; i < used; i++) {
+        Py_DECREF(slots[i].stream);
+        Py_DECREF(slots[i].partial);
+    }
     Py_DECREF(partial);
     if (status < 0)
         return NULL;
@@ -596,7 +766,22 @@ lines_flush_partials(LinesObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 lines_order_with(LinesObject *self, PyObject *gate)
 {
+    int probe_fd = -1;
+    if (gate != Py_None) {
+        PyObject *probe = PyObject_GetAttr(gate, s_probe_fd);
+        if (probe == NULL)
+            return NULL;
+        long number = PyLong_AsLong(probe);
+        Py_DECREF(probe);
+        if (number == -1 && PyErr_Occurred())
+            return NULL;
+        probe_fd = number < 0 || number > INT_MAX ? -1 : (int)number;
+    }
     Py_XSETREF(self->gate, gate == Py_None ? NULL : Py_NewRef(gate));
+    self->probe_fd = probe_fd;
+    self->gate_pending = 0;
+    for (int i = 0; i < self->used; i++)
+        self->slots[i].open = 0;
     if (PySet_Clear(self->open) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -635,6 +820,8 @@ static PyMethodDef lines_methods[] = {
 static PyMemberDef lines_members[] = {
     {"_fd", T_INT, offsetof(LinesObject, fd), 0, "The spool file's descriptor, -1 if none."},
     {"_seq", T_LONGLONG, offsetof(LinesObject, seq), 0, "The last line's sequence number."},
+    {"gate_pending", T_BOOL, offsetof(LinesObject, gate_pending), 0,
+     "Raised by the gate's reader while it holds output it took out of a pipe, undelivered."},
     {"_max_line_bytes", T_PYSSIZET, offsetof(LinesObject, max_line_bytes), READONLY, NULL},
     {NULL}};
 
@@ -666,6 +853,8 @@ typedef struct {
     PyObject *original; /* the stream in place before routing */
     PyObject *stream;   /* "stdout" or "stderr" */
     PyObject *current;  /* the ContextVar holding the current task's capture */
+    PyObject *write;    /* self.write, bound once: `print` asks for it at every piece */
+    PyTypeObject *lines_type; /* the last type of capture found to be a Lines */
 } RouterObject;
 
 static int
@@ -674,6 +863,8 @@ router_traverse(RouterObject *self, visitproc visit, void *arg)
     Py_VISIT(self->original);
     Py_VISIT(self->stream);
     Py_VISIT(self->current);
+    Py_VISIT(self->write);
+    Py_VISIT(self->lines_type);
     return 0;
 }
 
@@ -683,6 +874,8 @@ router_clear(RouterObject *self)
     Py_CLEAR(self->original);
     Py_CLEAR(self->stream);
     Py_CLEAR(self->current);
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->lines_type);
     return 0;
 }
 
@@ -705,7 +898,40 @@ router_init(RouterObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->original, Py_NewRef(original));
     Py_XSETREF(self->stream, Py_NewRef(stream));
     Py_XSETREF(self->current, Py_NewRef(current));
-    return 0;
+    Py_CLEAR(self->write);
+    self->write = PyObject_GenericGetAttr((PyObject *)self, s_write);
+    return self->write == NULL ? -1 : 0;
+}
+
+static int
+is_write(PyObject *name)
+{
+    return name == s_write
+           || (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "write") == 0);
+}
+
+/* Attributes: `write` as bound at __init__ (no new bound method for each piece `print` writes),
+ * the others as usual, and what the router does not have, the original stream's (encoding,
+ * isatty, fileno…). */
+static PyObject *
+router_getattro(RouterObject *self, PyObject *name)
+{
+    if (self->write != NULL && is_write(name))
+        return Py_NewRef(self->write);
+    PyObject *found = PyObject_GenericGetAttr((PyObject *)self, name);
+    if (found != NULL || self->original == NULL || !PyErr_ExceptionMatches(PyExc_AttributeError))
+        return found;
+    PyErr_Clear();
+    return PyObject_GetAttr(self->original, name);
+}
+
+/* Setting or deleting `write` drops the bound one: looked up as usual from then on. */
+static int
+router_setattro(RouterObject *self, PyObject *name, PyObject *value)
+{
+    if (is_write(name))
+        Py_CLEAR(self->write);
+    return PyObject_GenericSetAttr((PyObject *)self, name, value);
 }
 
 static PyObject *
@@ -723,7 +949,10 @@ router_write(RouterObject *self, PyObject *text)
         return PyObject_CallMethodOneArg(self->original, s_write, text);
     }
     int status;
-    if (PyObject_TypeCheck(cap, &LinesType) && ((LinesObject *)cap)->route == NULL) {
+    PyTypeObject *type = Py_TYPE(cap);
+    if (type != self->lines_type && PyType_IsSubtype(type, &LinesType))
+        Py_XSETREF(self->lines_type, (PyTypeObject *)Py_NewRef(type));
+    if (type == self->lines_type && ((LinesObject *)cap)->route == NULL) {
         status = lines_write_text((LinesObject *)cap, self->stream, text);
     }
     else {
@@ -739,7 +968,7 @@ router_write(RouterObject *self, PyObject *text)
     Py_DECREF(cap);
     if (status < 0)
         return NULL;
-    Py_ssize_t size = PyObject_Length(text);
+    Py_ssize_t size = PyUnicode_Check(text) ? PyUnicode_GET_LENGTH(text) : PyObject_Length(text);
     return size < 0 ? NULL : PyLong_FromSsize_t(size);
 }
 
@@ -764,6 +993,8 @@ static PyTypeObject RouterType = {
     .tp_dealloc = (destructor)router_dealloc,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)router_init,
+    .tp_getattro = (getattrofunc)router_getattro,
+    .tp_setattro = (setattrofunc)router_setattro,
     .tp_methods = router_methods,
     .tp_members = router_members,
 };
@@ -1216,7 +1447,7 @@ speedups_exec(PyObject *module)
 {
     if (intern(&s_write, "write") < 0 || intern(&s_newline, "\n") < 0
         || intern(&s_empty, "") < 0 || intern(&s_take_in, "take_in") < 0
-        || intern(&s_pending, "pending") < 0 || intern(&s_read_ends, "read_ends") < 0
+        || intern(&s_read_ends, "read_ends") < 0
         || intern(&s_unwritten, "_unwritten") < 0 || intern(&s_probe_fd, "probe_fd") < 0
         || intern(&s_stdout, "stdout") < 0 || intern(&s_stderr, "stderr") < 0
         || intern(&s_log, "log") < 0)

@@ -96,7 +96,8 @@ def current() -> TaskCapture | None:
 
 class StreamRouter(RouterBase):
     """A stand-in for sys.stdout/sys.stderr that follows the current task (``write`` is
-    `RouterBase`'s: the current capture's route, or outside a task the original stream)."""
+    `RouterBase`'s: the current capture's route, or outside a task the original stream; so is
+    every attribute it does not have: the original stream's encoding, isatty, fileno…)."""
 
     def __init__(self, original: TextIO, stream: str) -> None:
         super().__init__(original, stream, _current)
@@ -115,10 +116,6 @@ class StreamRouter(RouterBase):
         if cap is None:
             return self._original.buffer
         return _BinaryRouter(cap, self._stream)
-
-    def __getattr__(self, name: str) -> Any:
-        # encoding, errors, isatty, fileno…: whatever the original stream says.
-        return getattr(self._original, name)
 
 
 class _BinaryRouter:

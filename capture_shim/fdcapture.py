@@ -31,13 +31,15 @@ One task (`FdSession`)
     a new line from Python, what waits in the pipes is taken in first (under the lock the
     reader holds while it reads and feeds), so fd-level output written before a `print` is
     recorded before it, exactly. The session is the capture's `Gate`: output may be waiting if
-    the reader raised `pending` (its `poll` returned; it clears the flag, under the lock, once
-    what it read is delivered) or a pipe is readable (`probe_fd`, an epoll instance holding
-    both pipes, waited on with no timeout; elsewhere than Linux `read_ends` are polled). Data
-    the reader took out of a pipe is covered by the flag, data still in a pipe by the poll: one
-    system call per Python-level line, none for the rest of a line already open. Prints keep
-    their exact order with each other across streams. Between stdout and stderr written at fd
-    level the order is the order the reader saw them in, as with any two pipes.
+    a pipe is readable (`ready`: `probe`, an epoll instance holding both pipes, waited on with
+    no timeout; elsewhere than Linux the pipes are polled) or the reader holds some: holding
+    the lock, it raises the capture's `gate_pending` before it reads and lowers it once what it
+    read is delivered. Data still in a pipe is covered by the poll, data the reader took out of
+    one by the flag (read after the poll): one system call per Python-level line, none for the
+    rest of a line already open. Output in a pipe is known only to the kernel, so no cheaper
+    test is exact. Prints keep their exact order with each other across streams. Between
+    stdout and stderr written at fd level the order is the order the reader saw them in, as
+    with any two pipes.
 
     End: flush the stdio buffers into the pipes, put fd 1/2 back with `dup2` from the kept
     copies (inheritable flag as it was), and wait up to `DETACH_GRACE` seconds for end-of-file.
@@ -231,12 +233,11 @@ class FdSession:
         #: Open read ends → (1 or 2, incremental decoder).
         self._readers: dict[int, tuple[int, Any]] = {}
         self._poller = select.poll()  # the reader thread's
-        #: The task thread's (`waiting`): an epoll instance on Linux, one system call of
-        #: constant cost however many pipes; a poll object elsewhere.
-        self._probe, self.probe_fd = fdio.new_probe()
-        #: The `Gate` the capture reads before a new Python-level line: the reader saw output
-        #: not delivered yet; the pipes' read ends (`probe_fd` above, -1 without epoll).
-        self.pending = False
+        #: The `Gate` the capture asks before a new Python-level line: the pipes' read ends in
+        #: an epoll instance on Linux (one system call of constant cost however many pipes)
+        #: and its descriptor; a poll object and -1 elsewhere.
+        self.probe, self.probe_fd = fdio.new_probe()
+        self.ready = fdio.readiness(self.probe)
         self.read_ends: tuple[int, ...] = ()
         self._attached = True
         self._ended = False
@@ -277,7 +278,7 @@ class FdSession:
                 fdio.quiet(os.close, number)
         for read_end in self._readers:
             self._poller.register(read_end, select.POLLIN)
-            self._probe.register(read_end, select.EPOLLIN if fdio.EPOLL else select.POLLIN)
+            self.probe.register(read_end, select.EPOLLIN if fdio.EPOLL else select.POLLIN)
         self.read_ends = tuple(self._readers)
         follow_forks()
         self._redirect_worker_streams()
@@ -306,16 +307,11 @@ class FdSession:
 
     # -- during -----------------------------------------------------------------------------
 
-    def waiting(self) -> bool:
-        """Whether fd-level output may wait: the reader holds some, or a pipe has some."""
-        return self.pending or bool(self._probe.poll(0))
-
     def take_in(self) -> None:
         """Deliver what the pipes hold now: the capture asks before a new Python-level line."""
         with self._lock:
             for read_end in list(self._readers):
                 self._drain(read_end)
-            self.pending = False  # all written until now is delivered
 
     def write_tee(self, stream: str, text: str) -> None:
         """`TASKLOG_TEE`: Python-level text captured and echoed to the worker's own fd."""
@@ -329,14 +325,17 @@ class FdSession:
 
     def _run(self) -> None:
         try:
+            cap = self.cap
             while self._readers:
                 events = self._poller.poll()
-                self.pending = True  # the print path reads it without a system call
                 with self._lock:
+                    # Raised before reading, lowered once delivered, inside the lock: what the
+                    # reader took out of a pipe and holds, the print path learns of here.
+                    cap.gate_pending = True
                     for read_end, _ in events:
                         if read_end in self._readers:
                             self._drain(read_end)
-                    self.pending = False
+                    cap.gate_pending = False
         except Exception as exc:
             FdStats.errors += 1
             warn_once(f"fd-reader:{type(exc).__name__}", f"fd capture reader stopped: {exc!r}")
@@ -377,7 +376,7 @@ class FdSession:
             if text:
                 self.cap.feed(_STREAMS[fd], text)
         fdio.quiet(self._poller.unregister, read_end)
-        fdio.quiet(self._probe.unregister, read_end)
+        fdio.quiet(self.probe.unregister, read_end)
         fdio.quiet(os.close, read_end)
 
     # -- end --------------------------------------------------------------------------------
@@ -402,8 +401,8 @@ class FdSession:
             self.cap.set_fallback(stream, target)
         self.cap.order_with(None)
         self.probe_fd = -1
-        if fdio.EPOLL:  # the capture no longer asks `waiting`
-            fdio.quiet(self._probe.close)
+        if fdio.EPOLL:  # the capture no longer polls it
+            fdio.quiet(self.probe.close)
         if self.cap.route == self.write_tee:
             self.cap.route_through(None)
         for fd in (1, 2):

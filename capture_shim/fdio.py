@@ -8,6 +8,7 @@ the descriptors, this module does it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -111,6 +112,13 @@ def new_probe() -> tuple[Any, int]:
         probe = select.epoll()
         return probe, probe.fileno()
     return select.poll(), -1
+
+
+def readiness(probe: Any) -> Callable[[], list[Any]]:
+    """`probe.poll` with no wait: the descriptors ready now (at most one asked of epoll)."""
+    if EPOLL:
+        return functools.partial(probe.poll, 0, 1)
+    return functools.partial(probe.poll, 0)
 
 
 def grow_pipe(fd: int) -> None:

@@ -16,8 +16,11 @@ The rules, the same in both:
 * ``emit(stream, text, level)``: one whole line (a `logging` record's, a marker).
 * A line longer than ``max_line_bytes`` UTF-8 bytes is cut there, with a marker of how much.
 * Order with fd-level output: while a `Gate` is set (`order_with`), before the first piece of a
-  new Python-level line the gate is asked to deliver what its pipes hold, if it says anything
-  waits (`Gate.waiting`), so output written at fd level before a `print` is recorded before it.
+  new Python-level line the gate is asked to deliver what its pipes hold (`Gate.take_in`) if
+  anything may wait: a pipe readable (`Gate.ready`: one ``epoll_wait`` with no timeout), or
+  the gate's reader holding output it took out of a pipe and has not delivered yet
+  (`gate_pending`, which the reader raises before it reads). So output written at fd level
+  before a `print` is recorded before it.
 * One ``os.write`` per record on the spool descriptor ``_fd``; what cannot be written that way
   (no spool, a short write, an error) goes to the subclass's ``_unwritten``.
 
@@ -27,8 +30,10 @@ takes a lock instead.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -39,6 +44,8 @@ from tasklog.core.constants import cut_note
 __all__ = ["Gate", "Lines", "Route", "RouterBase", "cut"]
 
 _encode_line = spool.encode_line
+_encode_basestring = json.encoder.encode_basestring
+_time_ns = time.time_ns
 _os_write = os.write
 
 #: What Python-level text of a task goes through: (stream, text), ending in `Lines.write`.
@@ -46,14 +53,20 @@ Route = Callable[[str, str], None]
 
 
 class Gate(Protocol):
-    """fd-level capture as `Lines` sees it: output that may wait in its pipes."""
+    """fd-level capture as `Lines` sees it: output that may wait in its pipes.
 
-    def waiting(self) -> bool:
-        """Whether fd-level output may be waiting: the reader holds some, or a pipe has some.
+    Its reader raises the capture's `Lines.gate_pending` before it reads a pipe and lowers it,
+    holding the lock `take_in` takes, once what it read is delivered."""
 
-        The C class asks the same of the gate's attributes: ``pending`` true, or ``probe_fd``
-        (an epoll instance holding the pipes, -1 without epoll) ready with no wait, else one of
-        ``read_ends`` readable (``poll`` with no wait)."""
+    #: The descriptor of the epoll instance holding the pipes' read ends, -1 without epoll:
+    #: the C class waits on it itself (without epoll it polls `read_ends`). Read once, by
+    #: `Lines.order_with`.
+    probe_fd: int
+    #: The pipes' read ends still open.
+    read_ends: tuple[int, ...]
+
+    def ready(self) -> object:
+        """Whether a pipe is readable now (true: some is): one system call that does not wait."""
 
     def take_in(self) -> None:
         """Deliver (with `Lines.feed`) whatever the pipes hold now."""
@@ -83,8 +96,11 @@ class Lines:
         self._max_partial = max_line_bytes
         #: Per stream, the text of a line not ended yet.
         self._partial: dict[str, str] = {}
-        #: fd capture's side, while it runs (`order_with`).
+        #: fd capture's side, while it runs (`order_with`), and its `Gate.ready`.
         self._gate: Gate | None = None
+        self._gate_ready: Callable[[], object] | None = None
+        #: Raised by the gate's reader while it holds output it took out of a pipe, undelivered.
+        self.gate_pending = False
         #: Streams whose last Python-level write left a line open, no fd output since: the
         #: rest of that line needs no look at the pipes. Kept only with a gate.
         self._open: set[str] = set()
@@ -102,6 +118,8 @@ class Lines:
     def order_with(self, gate: Gate | None) -> None:
         """Keep Python-level lines in order with fd-level output `gate` delivers; None: stop."""
         self._gate = gate
+        self._gate_ready = None if gate is None else gate.ready
+        self.gate_pending = False
         self._open.clear()
 
     # -- text in -------------------------------------------------------------------------------
@@ -109,8 +127,11 @@ class Lines:
     def write(self, stream: str, text: str) -> None:
         """Python-level text of the task, any piece of a line."""
         gate = self._gate
-        if gate is not None and stream not in self._open and gate.waiting():
-            gate.take_in()  # a new line from Python: what the pipes hold was written before it
+        if gate is not None and stream not in self._open:
+            # A new line from Python: what the pipes hold was written before it. The pipes
+            # first, then the flag (the reader raises it before it takes anything out).
+            if self._gate_ready() or self.gate_pending:  # type: ignore[misc]
+                gate.take_in()
         partials = self._partial
         lock = self._lock
         lock.acquire()
@@ -177,7 +198,13 @@ class Lines:
         if len(text) > self._cut_at:  # a str of n characters is at most 4n bytes
             text = cut(text, self._max_line_bytes)
         self._seq = seq = self._seq + 1
-        data = _encode_line(seq, stream, text, level)
+        if level is None:  # spool.encode_line, inline: one call less on the hot path
+            data = (
+                f'{{"k":"line","n":{seq},"t":{_time_ns() // 1000}e-6,"s":"{stream}",'
+                f'"m":{_encode_basestring(text)}}}\n'
+            ).encode("utf-8", "backslashreplace")
+        else:
+            data = _encode_line(seq, stream, text, level)
         if self._fd >= 0:
             try:
                 written = _os_write(self._fd, data)
@@ -201,7 +228,7 @@ class RouterBase:
     """What `print` calls inside a task: `sys.stdout`/`sys.stderr`'s ``write`` (see capture).
 
     Text goes to the current capture's route, or, outside any task, to the stream that was
-    there before.
+    there before. An attribute the router does not have is the original stream's.
     """
 
     def __init__(self, original: Any, stream: str, current: ContextVar[Any]) -> None:
@@ -216,3 +243,9 @@ class RouterBase:
             return written
         cap.route(self._stream, text)
         return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        # encoding, errors, isatty, fileno…: whatever the original stream says.
+        if name == "_original":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self._original, name)

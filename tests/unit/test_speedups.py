@@ -4,12 +4,15 @@ sequence numbers and the same lines handed to the fallback."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,15 @@ needs_speedups = pytest.mark.skipif(
     reason="capture_shim._speedups was not compiled (no C compiler at install)",
 )
 
-STREAMS = (spool.STDOUT, spool.STDERR, spool.LOG)
+#: More streams than the compiled class keeps in slots (three), and "stdout" twice: the
+#: constant and an equal string that is another object.
+STREAMS = (spool.STDOUT, spool.STDERR, spool.LOG, spool.MARKER, "".join(("std", "out")))
 _SPECIAL = st.sampled_from(
     ["\n", "\r", "\x00", "\x1f", "\x7f", "\udcff", "\ud83d", '"', "\\", "\b\f\t", "é", "€", "🎉"]
 )
-_TEXT = st.lists(st.one_of(st.text(max_size=30), _SPECIAL), max_size=6).map("".join)
+#: ASCII runs too: the compiled writer copies ASCII text eight bytes at a time.
+_ASCII = st.text(st.characters(max_codepoint=127), max_size=40)
+_TEXT = st.lists(st.one_of(st.text(max_size=30), _ASCII, _SPECIAL), max_size=6).map("".join)
 _OPS = st.lists(
     st.one_of(
         st.tuples(st.just("write"), st.sampled_from(STREAMS), _TEXT),
@@ -44,10 +51,34 @@ _OPS = st.lists(
         st.tuples(st.just("feed"), st.sampled_from(STREAMS), _TEXT),
         st.tuples(st.just("emit"), st.sampled_from(STREAMS), _TEXT, st.none() | _TEXT),
         st.tuples(st.just("flush_partials")),
+        st.tuples(st.just("gate"), st.booleans()),
     ),
     max_size=40,
 )
 _TIME = re.compile(rb'"t":[0-9]+e-6')
+
+
+class _Gate:
+    """A gate whose pipe always has output waiting: the writer asks it to take in at each new
+    Python-level line, and it counts the times."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.write(self._write, b"x")
+        self.probe = select.epoll()
+        self.probe.register(self._read, select.EPOLLIN)
+        self.probe_fd = self.probe.fileno()
+        self.ready = functools.partial(self.probe.poll, 0)
+        self.read_ends = (self._read,)
+        self.taken = 0
+
+    def take_in(self) -> None:
+        self.taken += 1
+
+    def close(self) -> None:
+        self.probe.close()
+        os.close(self._read)
+        os.close(self._write)
 
 
 def _recording(base: type) -> type:
@@ -69,9 +100,17 @@ def _recording(base: type) -> type:
 def _run(base: type, ops: list[tuple[Any, ...]], max_line_bytes: int, fd: int) -> Any:
     target = _recording(base)(max_line_bytes)
     target._fd = fd
-    for op in ops:
-        getattr(target, op[0])(*op[1:])
-    target.flush_partials()
+    gate = _Gate()
+    try:
+        for op in ops:
+            if op[0] == "gate":
+                target.order_with(gate if op[1] else None)
+            else:
+                getattr(target, op[0])(*op[1:])
+        target.flush_partials()
+    finally:
+        gate.close()
+    target.taken = gate.taken  # where a new Python-level line began: the same in both
     return target
 
 
@@ -95,7 +134,7 @@ def test_the_same_calls_write_the_same_records(
                 target = _run(base, ops, max_line_bytes, fd)
             finally:
                 os.close(fd)
-            written[name] = (_records(path), target._seq, target.unwritten)
+            written[name] = (_records(path), target._seq, target.unwritten, target.taken)
     assert written["c"] == written["python"]
 
 
@@ -107,6 +146,7 @@ def test_without_a_spool_the_same_lines_go_to_the_fallback(ops: list[tuple[Any, 
     c = _run(_speedups.Lines, ops, 100, -1)
     assert c.unwritten == python.unwritten
     assert c._seq == python._seq
+    assert c.taken == python.taken
 
 
 @needs_speedups
@@ -166,6 +206,30 @@ def test_the_shims_tests_pass_on_the_python_line_writer() -> None:
 
 
 @needs_speedups
+def test_ascii_text_to_escape_at_any_place_is_written_alike() -> None:
+    """ASCII text is copied eight bytes at a time in C: a quote, a backslash or a control
+    character at each place of those eight comes out escaped as the reference does."""
+    texts = [
+        "a" * i + special + "b" * (17 - i)
+        for i in range(17)
+        for special in ('"', "\\", "\t", "\x01")
+    ]
+    ops = [("write", spool.STDOUT, text + "\n") for text in texts]
+    with tempfile.TemporaryDirectory() as tmp:
+        written = {}
+        for name, base in (("python", lines.Lines), ("c", _speedups.Lines)):
+            path = os.path.join(tmp, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                _run(base, ops, 16384, fd)
+            finally:
+                os.close(fd)
+            written[name] = _records(path)
+    assert written["c"] == written["python"]
+    assert [json.loads(r)["m"] for r in written["c"].splitlines()] == texts
+
+
+@needs_speedups
 def test_the_compiled_writer_cuts_a_long_line_with_the_constants_note() -> None:
     """`_speedups.c` writes the cut note as a literal of its own: it must be `CUT_NOTE`."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,3 +242,26 @@ def test_the_compiled_writer_cuts_a_long_line_with_the_constants_note() -> None:
         with open(path, "rb") as f:
             (record,) = f.read().splitlines()
     assert json.loads(record)["m"] == "é" * 32 + cut_note(200 - 64)
+
+
+@needs_speedups
+@pytest.mark.parametrize("seq", [0, 9, 99, 12_345_678_900])
+def test_the_compiled_writer_writes_the_number_and_the_time_in_full(
+    seq: int, tmp_path: Path
+) -> None:
+    """Numbers are written two digits at a time in C: an odd and an even count of digits."""
+    path = tmp_path / "numbers.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    target = _recording(_speedups.Lines)(100)
+    target._fd = fd
+    target._seq = seq
+    try:
+        before = time.time_ns() // 1000
+        target.write(spool.STDOUT, "a line\n")
+        after = time.time_ns() // 1000
+    finally:
+        os.close(fd)
+    record = path.read_bytes()
+    micros = int(re.fullmatch(rb'.*"t":([0-9]+)e-6.*\n', record).group(1))  # type: ignore[union-attr]
+    assert before <= micros <= after
+    assert json.loads(record)["n"] == seq + 1
