@@ -186,22 +186,6 @@ class Store:
         stored.clamped = clamped
         async with conn.transaction():
             runs = stored.runs = await self._place(conn, batch.chunks, stored)
-            # Where each new run begins in the task's seqs. The trigger that records a run
-            # (migration 0007) can only guess it from the row's last seq, which a batch holding
-            # two runs of one task (an immediate retry) has not advanced yet when the second
-            # run's start is upserted.
-            firsts = [
-                {
-                    "task_id": run.task_id,
-                    "t": fields.record_time(start.get("t")),
-                    "first_seq": run.seq(1),
-                }
-                for run in runs
-                if (start := run.chunk.start) is not None and not run.chunk.state.registered
-            ]
-            if firsts:
-                async with conn.cursor() as cur:
-                    await cur.executemany(Q["run_first_seq"], firsts)
             trims: list[Any] = []
             advances: list[Any] = []
             ends: list[Any] = []
@@ -226,28 +210,48 @@ class Store:
                         stored.rows += len(piece.lines)
                 if copy is not None:
                     await copy.write(copydata.TRAILER)
-            async with conn.cursor() as cur:
-                if trims:
-                    await cur.executemany(Q["trim_tail"], trims)
-                if advances:
-                    await cur.executemany(Q["advance_task"], advances)
-                if ends:
-                    await cur.executemany(Q["end_task"], ends)
-                    await cur.executemany(Q["end_run"], ends)
-                if markers:
-                    await cur.executemany(Q["insert_marker"], markers)
-                saves = [self._file_row(run) for run in runs]
-                if saves:
-                    await cur.executemany(Q["save_file"], saves)
-                if forget:
-                    await cur.executemany(
-                        Q["forget_file"], [{"host": self.host, "file": f} for f in forget]
-                    )
-                changed = list({run.task_id for run in runs})
-                if changed:
-                    await cur.execute(Q["changed_tasks"], {"ids": changed})
-                    names = [d.name for d in cur.description or ()]
-                    stored.tasks = [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+            # Where each new run begins in the task's seqs. The trigger that records a run
+            # (migration 0007) can only guess it from the row's last seq, which a batch holding
+            # two runs of one task (an immediate retry) has not advanced yet when the second
+            # run's start is upserted. Set before the ends: end_task and end_run find a run by it.
+            firsts = [
+                {
+                    "task_id": run.task_id,
+                    "t": fields.record_time(start.get("t")),
+                    "first_seq": run.seq(1),
+                }
+                for run in runs
+                if (start := run.chunk.start) is not None and not run.chunk.state.registered
+            ]
+            changed = list({run.task_id for run in runs})
+            # Everything else the batch changes goes in one pipeline: one round trip, however
+            # many statements (a batch of small files needs about ten).
+            async with conn.cursor() as tasks:
+                async with conn.pipeline(), conn.cursor() as cur:
+                    if firsts:
+                        await cur.executemany(Q["run_first_seq"], firsts)
+                    if trims:
+                        await cur.executemany(Q["trim_tail"], trims)
+                    if advances:
+                        await cur.executemany(Q["advance_task"], advances)
+                    if ends:
+                        await cur.executemany(Q["end_task"], ends)
+                        await cur.executemany(Q["end_run"], ends)
+                    if markers:
+                        await cur.executemany(Q["insert_marker"], markers)
+                    saves = [self._file_row(run) for run in runs]
+                    if saves:
+                        await cur.executemany(Q["save_file"], saves)
+                    if forget:
+                        await cur.executemany(
+                            Q["forget_file"], [{"host": self.host, "file": f} for f in forget]
+                        )
+                    if changed:
+                        await tasks.execute(Q["changed_tasks"], {"ids": changed})
+                if changed:  # read once the pipeline synced (a fetch within it syncs again)
+                    names = [d.name for d in tasks.description or ()]
+                    rows = await tasks.fetchall()
+                    stored.tasks = [dict(zip(names, r, strict=True)) for r in rows]
             if written is not None:
                 written.set()
             if after is not None:
