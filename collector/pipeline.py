@@ -47,6 +47,16 @@ log = logging.getLogger("tasklog.collector")
 
 T = TypeVar("T")
 
+#: The least seconds between two batches' reads while each batch holds only finished runs
+#: (small tasks, read from their start to their end at once): no one follows their lines
+#: live, and a batch costs about as much for one such file as for ten.
+GATHER_FINISHED = 0.05
+#: Seconds the offsets rows of deleted files may wait for a batch to ride with. Committed on
+#: their own at once, they doubled the transactions of a stream of small tasks (one batch
+#: for a task's file, one more to forget it); a row left behind a little longer is harmless
+#: (a restart finds its file gone and forgets it).
+FORGET_DELAY = 1.0
+
 
 @dataclasses.dataclass
 class _InFlight:
@@ -86,8 +96,16 @@ class Pipeline:
         self._status = status if status is not None else (lambda _: None)
         #: The thread that reads and parses the next batch (`drain`); None: the loop's default.
         self._reader = reader
-        #: Spool files whose offsets rows go with the next commit (deleted, finalized).
+        #: Spool files whose offsets rows go with the next commit (deleted, finalized), and
+        #: since when the oldest of them waits (`FORGET_DELAY`).
         self._forget: list[str] = []
+        self._forget_since: float | None = None
+        #: The least time between the reads of two batches while files keep changing
+        #: (TASKLOG_DEBOUNCE_MS; `GATHER_FINISHED` after a batch of finished runs only), and
+        #: when the last batch that held something was read.
+        self._gather = settings.debounce_ms / 1000
+        self._read_at = -GATHER_FINISHED
+        self._gather_next = self._gather
         #: Finished files kept for a failover (TASKLOG_FAILOVER_GRACE, `collector.keep`).
         self._kept = KeptFiles(settings.failover_grace)
         #: `store.losses` when the offsets were last loaded: one more, and the next connection
@@ -150,7 +168,10 @@ class Pipeline:
         limits = (self.settings.batch_lines, self.settings.batch_bytes)
         connections = (self.store, self.spare or self.store)
         turn = 0
+        await self._gathered(final)
+        began = time.monotonic()
         batch = self.spool.read_batch(*limits)
+        self._was_read(batch, began)
         behind: _InFlight | None = None
         current: _InFlight | None = None  # started, and not yet `behind`
         reading: asyncio.Future[Batch] | None = None  # the next batch, read in a thread
@@ -162,9 +183,10 @@ class Pipeline:
                     await self._settle(behind, None)
                     behind = None
                     batch = self.spool.read_batch(*limits)
-                if not batch and not self._forget:
+                if not batch and not self._forget_due(final):
                     break
                 forget, self._forget = self._forget, []
+                self._forget_since = None
                 after = After(behind.written, behind.task) if behind is not None else None
                 if connections[1] is self.store and behind is not None:
                     # One connection only: never two transactions on it at once.
@@ -186,9 +208,7 @@ class Pipeline:
                     in_flight = {chunk.state.name for chunk in batch.chunks}
                     if behind is not None:
                         in_flight.update(chunk.state.name for chunk in behind.batch.chunks)
-                    reading = asyncio.get_running_loop().run_in_executor(
-                        self._reader, self.spool.read_batch, *limits, in_flight
-                    )
+                    reading = asyncio.ensure_future(self._read_ahead(limits, in_flight, final))
                 if behind is not None and not await self._settle(behind, current, reading):
                     behind = current = reading = None
                     self.spool.touched(
@@ -210,6 +230,43 @@ class Pipeline:
                 behind = None
             if current is not None and behind is None:
                 await self._settle(current, None)
+
+    async def _gathered(self, final: bool) -> None:
+        """Let TASKLOG_DEBOUNCE_MS pass since the last batch was read (not while stopping).
+
+        A batch costs about as much for one small file as for ten (a transaction, its round
+        trips, a publish): while small tasks keep ending, each batch gathers the files of
+        many rather than one or two (`GATHER_FINISHED`). A lone line after a quiet spell
+        does not wait here.
+        """
+        wait = self._read_at + self._gather_next - time.monotonic()
+        if wait > 0 and not final:
+            await asyncio.sleep(wait)
+
+    async def _read_ahead(self, limits: tuple[int, int], skip: set[str], final: bool) -> Batch:
+        """The next batch, read in the reader thread (`_gathered` first), leaving out `skip`."""
+        await self._gathered(final)
+        began = time.monotonic()
+        batch = await asyncio.get_running_loop().run_in_executor(
+            self._reader, self.spool.read_batch, *limits, skip
+        )
+        self._was_read(batch, began)
+        return batch
+
+    def _was_read(self, batch: Batch, began: float) -> None:
+        if batch:
+            self._read_at = began
+            finished = all(c.start is not None and c.end is not None for c in batch.chunks)
+            self._gather_next = max(self._gather, GATHER_FINISHED) if finished else self._gather
+
+    def _forget_due(self, final: bool) -> bool:
+        """Whether the offsets rows to forget are committed without a batch (`FORGET_DELAY`)."""
+        if not self._forget:
+            return False
+        now = time.monotonic()
+        if self._forget_since is None:
+            self._forget_since = now
+        return final or now - self._forget_since >= FORGET_DELAY
 
     async def _settle(
         self,

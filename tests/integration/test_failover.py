@@ -233,4 +233,7 @@ def test_kept_files_go_once_the_standby_confirms_their_commit(
         timeout=180,
         message="every file stored, confirmed by the standby and deleted",
     )
-    assert pg_rows(pair.primary_url(), "SELECT count(*) FROM spool_files") == [(0,)]
+    wait_for(
+        lambda: pg_rows(pair.primary_url(), "SELECT count(*) FROM spool_files") == [(0,)],
+        message="the deleted files' offsets rows forgotten",
+    )
