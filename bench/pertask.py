@@ -5,9 +5,10 @@ host: one with ``TASKLOG_ENABLED=false`` (no capture: the baseline), one capturi
 that a collector on this host stores into a fresh database. Run by run, interleaved, a group of
 ``--tasks`` trivial tasks (`bench.trivial`, one printed line each: Celery's ``test_large_group``
 shape) goes to one worker and the time until the group's results are all in is taken; for the
-captured runs, until the collector has also stored every task's end. The collector's CPU time
-(user + system, /proc) over a captured run, divided by the tasks, is its CPU per task file; so
-is Postgres's (the backends serving the collector, from /proc).
+captured runs, until the collector has also stored every task's end (and, apart, until the
+results were in: the workers' own share). The collector's CPU time (user + system, /proc) over
+a captured run, divided by the tasks, is its CPU per task file; so is Postgres's (the backends
+serving the collector, from /proc), and so are the transactions committed in the database.
 
 Target: the captured wall time at most 10% above the baseline's (``--target``).
 """
@@ -76,6 +77,16 @@ def _postgres_cpu(database: str) -> float:
     return total
 
 
+def _commits(database: str) -> int:
+    """Transactions committed in `database` so far (the statistics lag up to half a second)."""
+    return int(
+        scalar(
+            database,
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+    )
+
+
 def _ended(database: str) -> int:
     return int(scalar(database, "SELECT count(*) FROM tasks WHERE completed_at IS NOT NULL"))
 
@@ -88,6 +99,8 @@ def run(args: argparse.Namespace) -> None:
     databases = Databases(args.database_url)
     plain_s: list[float] = []
     captured_s: list[float] = []
+    results_s: list[float] = []
+    commits: list[int] = []
     collector_cpu: list[float] = []
     postgres_cpu: list[float] = []
     try:
@@ -127,10 +140,12 @@ def run(args: argparse.Namespace) -> None:
                         for i in range(args.tasks)
                     )
                     cpu0, pg0 = collector.cpu_seconds(), _postgres_cpu(database)
+                    xacts0 = _commits(database)
                     began = time.monotonic()
                     result = sig.apply_async()
                     result.get(timeout=600)
                     if queue == "pertask-on":
+                        results_s.append(time.monotonic() - began)
                         stored += args.tasks
                         wait_for(
                             lambda want=stored + 1: _ended(database) >= want,  # + the warm-up
@@ -141,6 +156,8 @@ def run(args: argparse.Namespace) -> None:
                         captured_s.append(time.monotonic() - began)
                         collector_cpu.append(collector.cpu_seconds() - cpu0)
                         postgres_cpu.append(_postgres_cpu(database) - pg0)
+                        time.sleep(1.2)  # a backend reports its statistics once a second
+                        commits.append(_commits(database) - xacts0)
                     else:
                         plain_s.append(time.monotonic() - began)
                     result.forget()
@@ -153,6 +170,7 @@ def run(args: argparse.Namespace) -> None:
     pg_ms = Figure("postgres", "ms", [c / args.tasks * 1000 for c in postgres_cpu])
     row("no capture (TASKLOG_ENABLED=false)", plain.text())
     row("captured, until every end is stored", captured.text())
+    row("captured, until the results are in", Figure("results", "s", results_s).text())
     ratio = statistics.median(ratios)
     row(
         "captured / no capture",
@@ -161,6 +179,8 @@ def run(args: argparse.Namespace) -> None:
     )
     row("collector CPU per task file", per_task_ms.text(3))
     row("Postgres CPU per task file", pg_ms.text(3), "the collector's backends")
+    per_file = Figure("commits", "", [c / args.tasks for c in commits])
+    row("transactions per task file", per_file.text(), "all of the database's")
     if args.profile:
         import pstats
 
