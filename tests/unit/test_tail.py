@@ -134,6 +134,26 @@ def test_batches_stop_at_max_lines_and_continue_where_they_stopped(spool_dir: Pa
     assert sorted(firsts[:3]) == ["t0", "t1", "t2"]
 
 
+def test_the_batch_read_while_two_are_in_flight_has_files_of_its_own(spool_dir: Path) -> None:
+    """Twenty backlogs: the batch read ahead, which must leave out the files of the two batches
+    in flight (their offsets are about to move), still finds lines to read; no file is in two
+    of the three."""
+    for n in range(20):
+        _append(
+            spool_dir / f"t{n}.1.{n}.jsonl",
+            _start(f"t{n}") + b"".join(_line(i, f"t{n} {i}") for i in range(1, 1001)),
+        )
+    reader = _spool(spool_dir)
+    first = reader.read_batch(6000, 1 << 24)
+    second = reader.read_batch(6000, 1 << 24, skip={c.state.name for c in first.chunks})
+    in_flight = {c.state.name for c in first.chunks + second.chunks}
+    third = reader.read_batch(6000, 1 << 24, skip=in_flight)
+    assert first.lines == second.lines == 6000
+    assert third.lines > 0
+    names = [{c.state.name for c in b.chunks} for b in (first, second, third)]
+    assert not names[0] & names[1] and not names[2] & (names[0] | names[1])
+
+
 def test_a_replaced_file_is_read_from_its_start(spool_dir: Path) -> None:
     path = spool_dir / NAME
     _append(path, _start() + _line(1))
