@@ -48,9 +48,12 @@ log = logging.getLogger("tasklog.api.sse")
 ReadTask = Callable[[str], Awaitable[Row | None]]
 
 #: Writes per second a process's broadcasts aim to stay under: one is a `transport.write` of
-#: the same bytes (~10-20 us, most of it the socket's `send`). With N members on a process a
-#: broadcast gathers for N / WRITE_RATE seconds (2,500 members: 0.125 s), at most MAX_LINGER.
-WRITE_RATE = 20_000
+#: the same bytes (~10-20 us, most of it the socket's `send`, which on loopback also runs the
+#: reader's side of TCP). With N members on a process a broadcast gathers for N / WRITE_RATE
+#: seconds (1,000 members: 0.1 s), at most MAX_LINGER (from 2,500 members on). At 5,000
+#: clients on 2 processes, 20,000 writes/s per process cost p99 1.4-7.6 s on a loaded 2-core
+#: machine where 10,000 gave 0.9 s (bench fanout).
+WRITE_RATE = 10_000
 MAX_LINGER = 0.25
 #: Bytes of earlier writes still unsent on a member's transport when the next one comes,
 #: beyond which it is a slow client (asyncio's default high-water mark): it goes back to its

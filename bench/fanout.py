@@ -32,6 +32,7 @@ from bench.common import (
     Databases,
     Figure,
     children,
+    percentile,
     python,
     row,
     sample_lines,
@@ -250,8 +251,11 @@ def _run_once(
     hist = [0] * (HIST_MS + 1)
     totals = {"events": 0, "gaps": 0, "dups": 0, "ended": 0, "cut": 0, "max_ms": 0.0}
     clients_cpu = -clients_cpu0
+    first_ms: dict[str, float] = {}
     for _, out in client_procs:
         part = json.loads(out.read_text())
+        for seq, ms in part["first_ms"].items():
+            first_ms[seq] = min(ms, first_ms.get(seq, ms))
         for ms, n in part["hist"]:
             hist[ms] += n
         for key in ("events", "gaps", "dups", "ended", "cut"):
@@ -265,6 +269,8 @@ def _run_once(
         "wall_s": wall,
         "p50_ms": _hist_percentile(hist, 50),
         "p99_ms": _hist_percentile(hist, 99),
+        "first_p50_ms": percentile(list(first_ms.values()), 50),
+        "first_p99_ms": percentile(list(first_ms.values()), 99),
         "max_ms": totals["max_ms"],
         "events": totals["events"],
         "expected": clients * count,
@@ -371,7 +377,9 @@ def _hist_percentile(hist: list[int], p: float) -> float:
 def _print_run(clients: str, r: dict[str, float]) -> None:
     row(
         f"{clients} clients, {r['workers']:.0f} API process(es), one run",
-        f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, max {r['max_ms']:,.0f} ms; "
+        f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, max {r['max_ms']:,.0f} ms "
+        f"(first client to get a line: p50 {r['first_p50_ms']:,.0f}, "
+        f"p99 {r['first_p99_ms']:,.0f} ms); "
         f"{r['events']:,}/{r['expected']:,} line events, {r['ended']} ended, {r['cut']} cut off, "
         f"{r['gaps']} gaps, {r['dups']} dups; API CPU {r['api_cpu_pct']:.0f}% of a core, "
         f"RSS {r['rss_empty_mb']:.0f} MB empty, {r['rss_idle_mb']:.0f} MB with "
@@ -399,6 +407,9 @@ def _report(
     out = {
         f"p50_{tag}": fig("p50_ms", "delivery lag p50", "ms"),
         f"p99_{tag}": fig("p99_ms", "delivery lag p99", "ms"),
+        f"first_p99_{tag}": fig(
+            "first_p99_ms", "lag p99 of the first client to get each line (no fan-out)", "ms"
+        ),
         f"cpu_{tag}": fig("api_cpu_pct", "API CPU (% of one core, all processes)", "%"),
         f"rss_{tag}": fig("rss_peak_mb", "API peak RSS (all processes)", "MB"),
         f"kb_per_client_{tag}": fig(
@@ -458,6 +469,9 @@ class _Shared:
         for i in range(1, lines + 2):
             self.offsets.append(self.offsets[-1] + len(b"%d" % i) + 1)
         self.ts: dict[int, float] = {}
+        #: When the first stream of this process got each seq: the lag of the live path up to
+        #: the API, without the fan-out's spread.
+        self.first: dict[int, float] = {}
         self.reads: list[tuple[float, int, int]] = []  # (arrival, first seq, count)
         self.totals = {"events": 0, "gaps": 0, "dups": 0, "ended": 0, "cut": 0, "refused": 0}
         self.connected = 0
@@ -530,6 +544,9 @@ class _Client(asyncio.Protocol):
             first, count = int(ids[0]), len(ids)
             if first + count - 1 not in shared.ts:
                 shared.note_times(block)
+            if first + count - 1 not in shared.first:
+                for seq in range(first, first + count):
+                    shared.first.setdefault(seq, now)
             if first == self.last + 1 and b",".join(ids) == shared.expected(first, count):
                 shared.reads.append((now, first, count))
                 self.last = first + count - 1
@@ -545,6 +562,7 @@ class _Client(asyncio.Protocol):
                         totals["gaps"] += 1
                         print(f"gap: {self.last} -> {seq}", flush=True)
                     shared.reads.append((now, seq, 1))
+                    shared.first.setdefault(seq, now)
                     self.last = seq
             shared.totals["events"] += count
         if not self.released and b'"type":"connected"' in block:
@@ -599,6 +617,7 @@ async def _clients(url: str, n: int, lines: int, out: Path) -> None:
             hist[bucket] = hist.get(bucket, 0) + 1
     result = {
         **shared.totals,
+        "first_ms": {seq: (t - ts[seq]) * 1000 for seq, t in shared.first.items() if seq in ts},
         "max_ms": max_ms,
         "cpu_s": shared.cpu_at_end,
         "hist": sorted(hist.items()),
