@@ -65,8 +65,8 @@ class _InFlight:
     batch: Batch
     forget: list[str]
     task: asyncio.Task[Stored]
-    #: Set once its transaction wrote all it writes (`collector.ports.After`).
-    written: asyncio.Event
+    #: Set once its transaction is placed (`collector.ports.After`).
+    placed: asyncio.Event
 
 
 class Pipeline:
@@ -158,8 +158,8 @@ class Pipeline:
         write-ahead log flushed to disk, which one COPY of everything would wait for once),
         the next is already copied on the other connection, and the one after is read and
         parsed in a thread meanwhile, from other files than those two (their offsets are
-        about to move). A batch begins once the one before it wrote all it writes, and
-        commits only after that one did (`Store.commit`'s `after`, `collector.ports.After`):
+        about to move). A batch begins once the one before it is placed (its tasks' rows
+        locked), and commits only after that one did (`Store.commit`'s `after`, `After`):
         they never wait on each other in a circle, results are applied in order, and a batch
         rolls back if the one before failed: it is then read again, nothing stored twice.
         """
@@ -187,7 +187,7 @@ class Pipeline:
                     break
                 forget, self._forget = self._forget, []
                 self._forget_since = None
-                after = After(behind.written, behind.task) if behind is not None else None
+                after = After(behind.placed, behind.task) if behind is not None else None
                 if connections[1] is self.store and behind is not None:
                     # One connection only: never two transactions on it at once.
                     ok = await self._settle(behind, None)
@@ -198,11 +198,11 @@ class Pipeline:
                         self.spool.touched(set(self.spool.files))
                         batch = self.spool.read_batch(*limits)
                         continue
-                written = asyncio.Event()
-                commit = connections[turn].commit(batch, forget, after=after, written=written)
+                placed = asyncio.Event()
+                commit = connections[turn].commit(batch, forget, after=after, placed=placed)
                 turn ^= 1
                 current = _InFlight(
-                    batch, forget, asyncio.create_task(commit, name="commit"), written
+                    batch, forget, asyncio.create_task(commit, name="commit"), placed
                 )
                 if batch:
                     in_flight = {chunk.state.name for chunk in batch.chunks}

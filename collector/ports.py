@@ -28,15 +28,16 @@ T = TypeVar("T")
 class After:
     """The batch before this one, committing on the pipeline's other connection.
 
-    This batch begins once that one has `written` all it writes (so holds every lock it will
-    take), and commits once that one is `committed`, failing if that one failed. So the two
-    never wait on each other in a circle. Such a circle cannot be seen by Postgres, as one of
-    its waits is in this process, and it would stop the collector for good: the later batch
-    locking a task's row (a retry's second run) or `lines` before the earlier one asked for
-    it, then waiting for the earlier one's commit while that one waits for the lock.
+    This batch begins once that one is `placed`: its days' partitions made and its tasks' rows
+    locked, after which it waits for no lock another batch could hold. It commits once that
+    one is `committed`, failing if that one failed. So the two never wait on each other in a
+    circle. Such a circle cannot be seen by Postgres, as one of its waits is in this process,
+    and it would stop the collector for good: the later batch locking a task's row (a retry's
+    second run) or `lines` before the earlier one asked for it, then waiting for the earlier
+    one's commit while that one waits for the lock.
     """
 
-    written: asyncio.Event
+    placed: asyncio.Event
     committed: Awaitable[object]
 
 
@@ -46,7 +47,7 @@ class Store(Protocol):
     `commit` raises `StoreUnavailable` when the store cannot be reached (the batch is then
     not stored at all) and `RecordRefused` when a value of the batch is refused (another
     batch would pass). `after` is the batch before, committing on another connection (see
-    `After`); `written` is set once this batch has written all it writes.
+    `After`); `placed` is set once this batch is placed (or failed).
     `losses` counts the connections lost: the next one may reach another server (a promoted
     standby), whose offsets are then the truth.
     """
@@ -61,7 +62,7 @@ class Store(Protocol):
         *,
         trial: bool = False,
         after: After | None = None,
-        written: asyncio.Event | None = None,
+        placed: asyncio.Event | None = None,
     ) -> Stored: ...
 
     async def load_files(self) -> dict[str, FileState]: ...

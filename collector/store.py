@@ -140,20 +140,20 @@ class Store:
         *,
         trial: bool = False,
         after: After | None = None,
-        written: asyncio.Event | None = None,
+        placed: asyncio.Event | None = None,
     ) -> Stored:
         """Store a batch in one transaction. The files' states are left alone: the caller
         applies the result (`SpoolDir.commit`) once this returned.
 
         `trial`: roll the transaction back at its end; raises as the commit would (to find
         which record Postgres refuses). `after`: the batch before this one, on another
-        connection (`collector.ports.After`): this one begins once that one wrote all it
-        writes, and commits after it, or rolls back if it failed. `written` is set once this
-        one wrote all it writes (or failed).
+        connection (`collector.ports.After`): this one begins once that one is placed (its
+        partitions made, its tasks' rows locked), and commits after it, or rolls back if it
+        failed. `placed` is set once this one is placed (or failed).
         """
         try:
             if after is not None:
-                await after.written.wait()
+                await after.placed.wait()
             return await self._run(
                 functools.partial(
                     self._commit,
@@ -161,12 +161,12 @@ class Store:
                     forget=list(forget),
                     trial=trial,
                     after=after,
-                    written=written,
+                    placed=placed,
                 )
             )
         finally:
-            if written is not None:
-                written.set()
+            if placed is not None:
+                placed.set()
 
     async def _commit(
         self,
@@ -176,7 +176,7 @@ class Store:
         forget: list[str],
         trial: bool = False,
         after: After | None = None,
-        written: asyncio.Event | None = None,
+        placed: asyncio.Event | None = None,
     ) -> Stored:
         # Times a file chose are held to its run's window first: they choose partitions.
         known = {day for name in self._partitions if (day := retention.partition_day(name))}
@@ -186,6 +186,8 @@ class Store:
         stored.clamped = clamped
         async with conn.transaction():
             runs = stored.runs = await self._place(conn, batch.chunks, stored)
+            if placed is not None:
+                placed.set()  # the batch after this one may begin (`collector.ports.After`)
             trims: list[Any] = []
             advances: list[Any] = []
             ends: list[Any] = []
@@ -252,8 +254,6 @@ class Store:
                     names = [d.name for d in tasks.description or ()]
                     rows = await tasks.fetchall()
                     stored.tasks = [dict(zip(names, r, strict=True)) for r in rows]
-            if written is not None:
-                written.set()
             if after is not None:
                 await after.committed
             if trial:

@@ -75,13 +75,13 @@ class MemoryStore:
         *,
         trial: bool = False,
         after: After | None = None,
-        written: asyncio.Event | None = None,
+        placed: asyncio.Event | None = None,
     ) -> Stored:
         try:
-            return await self._commit(batch, forget, trial=trial, after=after, written=written)
+            return await self._commit(batch, forget, trial=trial, after=after, placed=placed)
         finally:
-            if written is not None:
-                written.set()
+            if placed is not None:
+                placed.set()
 
     async def _commit(
         self,
@@ -90,10 +90,10 @@ class MemoryStore:
         *,
         trial: bool,
         after: After | None,
-        written: asyncio.Event | None,
+        placed: asyncio.Event | None,
     ) -> Stored:
         if after is not None:
-            await after.written.wait()  # the batch before has written all it writes
+            await after.placed.wait()  # the batch before has its tasks' rows "locked"
         self.commits += 1
         number = self.commits
         if self.on_commit is not None:
@@ -106,8 +106,8 @@ class MemoryStore:
         if number in self.unavailable:
             self.losses += 1
             raise _Unavailable("the in-memory store dropped the connection")
-        if written is not None:
-            written.set()
+        if placed is not None:
+            placed.set()
         if after is not None:
             await after.committed  # the batch before commits first; its failure is this one's
         stored = self._plan(batch)
@@ -238,9 +238,9 @@ class SecondConnection:
         *,
         trial: bool = False,
         after: After | None = None,
-        written: asyncio.Event | None = None,
+        placed: asyncio.Event | None = None,
     ) -> Stored:
-        return await self.store.commit(batch, forget, trial=trial, after=after, written=written)
+        return await self.store.commit(batch, forget, trial=trial, after=after, placed=placed)
 
     async def load_files(self) -> dict[str, FileState]:
         return await self.store.load_files()

@@ -78,8 +78,8 @@ async def test_a_retry_whose_first_run_needs_a_new_partition(
             reader.commit(warm, await store.commit(warm))
         holder = await psycopg.AsyncConnection.connect(database_url)
         await holder.execute("LOCK TABLE lines IN ACCESS SHARE MODE")  # until its rollback
-        first_written = asyncio.Event()
-        first_commit = asyncio.create_task(a.commit(first, written=first_written))
+        first_placed = asyncio.Event()
+        first_commit = asyncio.create_task(a.commit(first, placed=first_placed))
         await asyncio.to_thread(
             wait_for,
             lambda: ("active", "Lock") in activity(database_url, "tasklog-collector@host-a"),
@@ -88,7 +88,7 @@ async def test_a_retry_whose_first_run_needs_a_new_partition(
             "run 1's partition waiting on the other session",
         )
         second_commit = asyncio.create_task(
-            b.commit(second, after=After(first_written, first_commit))
+            b.commit(second, after=After(first_placed, first_commit))
         )
         # Run 2 had every chance to begin: it must not have (see the module).
         deadline = time.monotonic() + 1.0
