@@ -343,6 +343,7 @@ class FdSession:
             with self._lock:
                 for read_end in list(self._readers):
                     self._close_reader(read_end)
+                self.cap.gate_pending = False  # a reader stopped by an error holds nothing
                 if not self._attached:
                     self._close_saved()
             self._closed.set()
