@@ -245,9 +245,7 @@ class Store:
                     if saves:
                         await cur.executemany(Q["save_file"], saves)
                     if forget:
-                        await cur.executemany(
-                            Q["forget_file"], [{"host": self.host, "file": f} for f in forget]
-                        )
+                        await cur.execute(Q["forget_files"], {"host": self.host, "files": forget})
                     if changed:
                         await tasks.execute(Q["changed_tasks"], {"ids": changed})
                 if changed:  # read once the pipeline synced (a fetch within it syncs again)

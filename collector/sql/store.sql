@@ -127,8 +127,9 @@ SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS written,
             THEN min(flush_lsn) - '0/0'::pg_lsn END AS confirmed
 FROM pg_stat_replication
 
--- name: forget_file
-DELETE FROM spool_files WHERE host = %(host)s AND file = %(file)s
+-- name: forget_files
+-- The offsets rows of files gone from the spool (deleted once stored, finalized), all at once.
+DELETE FROM spool_files WHERE host = %(host)s AND file = ANY(%(files)s)
 
 -- name: changed_tasks
 SELECT task_id, task_name, state AS status, progress, progress_message, host,
