@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=TARGET, help="captured/plain bound")
     parser.add_argument(
         "--profile", type=Path, metavar="FILE", help="run the collector under cProfile into FILE"
+    )
+    parser.add_argument(
+        "--spool-in",
+        type=Path,
+        metavar="DIR",
+        help="make the spool directory in DIR (default: the bench's scratch directory; a"
+        " file's creation costs what the file system there makes it cost, once per task)",
     )
 
 
@@ -77,6 +87,13 @@ def _postgres_cpu(database: str) -> float:
     return total
 
 
+def _file_system(path: Path) -> str:
+    found = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip() or "?"
+
+
 def _commits(database: str) -> int:
     """Transactions committed in `database` so far (the statistics lag up to half a second)."""
     return int(
@@ -103,10 +120,12 @@ def run(args: argparse.Namespace) -> None:
     commits: list[int] = []
     collector_cpu: list[float] = []
     postgres_cpu: list[float] = []
+    spool: Path | None = None
     try:
         with workdir() as work, children() as started:
-            spool = work / "spool"
-            spool.mkdir()
+            spool = Path(tempfile.mkdtemp(prefix="tasklog-spool-", dir=args.spool_in or work))
+            spool.chmod(0o755)
+            row("spool directory", f"{spool} ({_file_system(spool)})")
             database = databases.fresh()
             collector = Child(
                 "collector",
@@ -164,6 +183,8 @@ def run(args: argparse.Namespace) -> None:
     finally:
         databases.close()
         client.close()
+        if args.spool_in and spool is not None:
+            shutil.rmtree(spool, ignore_errors=True)
     plain, captured = Figure("plain", "s", plain_s), Figure("captured", "s", captured_s)
     ratios = [c / p for c, p in zip(captured_s, plain_s, strict=True)]
     per_task_ms = Figure("collector", "ms", [c / args.tasks * 1000 for c in collector_cpu])
