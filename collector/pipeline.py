@@ -47,10 +47,11 @@ log = logging.getLogger("tasklog.collector")
 
 T = TypeVar("T")
 
-#: The least seconds between two batches' reads while each batch holds only finished runs
-#: (small tasks, read from their start to their end at once): no one follows their lines
-#: live, and a batch costs about as much for one such file as for ten.
-GATHER_FINISHED = 0.05
+#: The least seconds between two batches' reads while each batch holds only runs starting or
+#: ending (many small tasks: each file's chunk has its start or its end record): a batch
+#: costs about as much for one such file as for ten. A batch with a running task's lines
+#: alone in a chunk (output followed live) keeps TASKLOG_DEBOUNCE_MS.
+GATHER_RUNS = 0.05
 #: Seconds the offsets rows of deleted files may wait for a batch to ride with. Committed on
 #: their own at once, they doubled the transactions of a stream of small tasks (one batch
 #: for a task's file, one more to forget it); a row left behind a little longer is harmless
@@ -101,10 +102,10 @@ class Pipeline:
         self._forget: list[str] = []
         self._forget_since: float | None = None
         #: The least time between the reads of two batches while files keep changing
-        #: (TASKLOG_DEBOUNCE_MS; `GATHER_FINISHED` after a batch of finished runs only), and
+        #: (TASKLOG_DEBOUNCE_MS; `GATHER_RUNS` after a batch of runs starting or ending), and
         #: when the last batch that held something was read.
         self._gather = settings.debounce_ms / 1000
-        self._read_at = -GATHER_FINISHED
+        self._read_at = -GATHER_RUNS
         self._gather_next = self._gather
         #: Finished files kept for a failover (TASKLOG_FAILOVER_GRACE, `collector.keep`).
         self._kept = KeptFiles(settings.failover_grace)
@@ -236,7 +237,7 @@ class Pipeline:
 
         A batch costs about as much for one small file as for ten (a transaction, its round
         trips, a publish): while small tasks keep ending, each batch gathers the files of
-        many rather than one or two (`GATHER_FINISHED`). A lone line after a quiet spell
+        many rather than one or two (`GATHER_RUNS`). A lone line after a quiet spell
         does not wait here.
         """
         wait = self._read_at + self._gather_next - time.monotonic()
@@ -256,8 +257,8 @@ class Pipeline:
     def _was_read(self, batch: Batch, began: float) -> None:
         if batch:
             self._read_at = began
-            finished = all(c.start is not None and c.end is not None for c in batch.chunks)
-            self._gather_next = max(self._gather, GATHER_FINISHED) if finished else self._gather
+            runs = all(c.start is not None or c.end is not None for c in batch.chunks)
+            self._gather_next = max(self._gather, GATHER_RUNS) if runs else self._gather
 
     def _forget_due(self, final: bool) -> bool:
         """Whether the offsets rows to forget are committed without a batch (`FORGET_DELAY`)."""
