@@ -9,14 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
-import pytest
-
 from api.broadcast import SLOW_BYTES, Broadcast, Broadcasts
 from api.framing import line_frames
 from api.hub import RESYNC, Hub, Subscription
 from tasklog.core.messages import LinesMessage, TaskMessage
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TASK = "t1"
 
