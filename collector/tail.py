@@ -179,11 +179,16 @@ class SpoolDir:
         batch = Batch()
         self._batches += 1
         waiting: list[FileState] = []
+        # A task's runs are read in the order they started: a later run's file waits while an
+        # earlier run's is in flight, else its lines would get the task's next seqs before the
+        # earlier run's last lines did (a retry read whole while its first run's start alone
+        # is being committed).
+        runs_in_flight = _earliest_runs(skip)
         for name in list(self._dirty):
             state = self.files.get(name)
             if state is None or state.size <= state.offset:
                 self._unmark(name, state, state.offset if state else 0)
-            elif name not in skip:
+            elif name not in skip and not _after_a_run_in_flight(name, runs_in_flight):
                 waiting.append(state)
         # Fair: the files least recently served first (a new task's file before any backlog),
         # then in the order the collector found them; a name buys nothing. Each file gets its
@@ -316,6 +321,24 @@ class SpoolDir:
     def lost(self, state: FileState) -> None:
         """The store finalized `state`'s run without its end record (`Store.lose`)."""
         state.ended = True
+
+
+def _earliest_runs(names: Set[str]) -> dict[str, int]:
+    """Each task's earliest start among `names` (spool file names), by the names' stems."""
+    earliest: dict[str, int] = {}
+    for name in names:
+        parsed = spool.parse_file_name(name)
+        if parsed is not None:
+            earliest[parsed.stem] = min(parsed.ns, earliest.get(parsed.stem, parsed.ns))
+    return earliest
+
+
+def _after_a_run_in_flight(name: str, runs_in_flight: dict[str, int]) -> bool:
+    """Whether `name` is a later run of a task that has an earlier run in flight."""
+    if not runs_in_flight:
+        return False
+    parsed = spool.parse_file_name(name)
+    return parsed is not None and runs_in_flight.get(parsed.stem, parsed.ns) < parsed.ns
 
 
 def _turn(state: FileState) -> tuple[int, float]:

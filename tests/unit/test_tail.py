@@ -281,3 +281,28 @@ def test_a_tasks_runs_are_read_in_the_order_they_started_whatever_was_found_firs
     order = [line.message for chunk in batch.chunks for line in chunk.lines]
     assert order.index("first run") < order.index("second run")
     assert sorted(order) == ["first run", "other task", "second run"]
+
+
+def test_a_later_run_waits_while_an_earlier_run_of_its_task_is_in_flight(spool_dir: Path) -> None:
+    # The first run's start alone is being committed when its retry is found whole: read
+    # now, the retry's line would take the task's next seq before the first run's line did.
+    earlier, later, other = "again.9.1000.jsonl", "again.9.2000.jsonl", "other.8.1500.jsonl"
+    reader = SpoolDir(spool_dir, {})
+    _append(spool_dir / earlier, _start("again"))
+    reader.touched({earlier})
+    first = reader.read_batch(1000, 1 << 20)
+    assert [chunk.state.name for chunk in first.chunks] == [earlier]
+    _append(spool_dir / earlier, _line(1, "first run"))
+    for name, text in ((later, "second run"), (other, "other task")):
+        _append(spool_dir / name, _start(name.split(".")[0]) + _line(1, text))
+        reader.touched({name})
+    reader.touched({earlier})
+    ahead = reader.read_batch(1000, 1 << 20, {earlier})  # the first batch still in flight
+    assert [line.message for chunk in ahead.chunks for line in chunk.lines] == ["other task"]
+    reader.commit(first)
+    reader.commit(ahead)
+    after = reader.read_batch(1000, 1 << 20)
+    assert [line.message for chunk in after.chunks for line in chunk.lines] == [
+        "first run",
+        "second run",
+    ]
