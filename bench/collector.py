@@ -415,28 +415,23 @@ def _wait_stored(url: str, files: int, proc: Child, stall: float = 60) -> float:
 
 def psql_copy(copy_file: Path, days: set[str], dbs: Databases, lines: int) -> float:
     """Lines per second of `\\copy` into the same (fresh) lines table."""
+    copy = f"\\copy lines ({_COLUMNS}) FROM '{copy_file}'"
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "{url}", "-c", copy]
+    return _timed_copy(argv, "COPY", days, dbs, lines)
+
+
+def _timed_copy(argv: list[str], what: str, days: set[str], dbs: Databases, lines: int) -> float:
+    """Lines per second of `argv` (`{url}` standing for a fresh database's) from its spawn to
+    its exit, checked to have stored every line."""
     url = dbs.fresh()
     _partitions(url, days)
     started = time.monotonic()
-    subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            f"\\copy lines ({_COLUMNS}) FROM '{copy_file}'",
-        ],
-        check=True,
-    )
+    subprocess.run([url if arg == "{url}" else arg for arg in argv], check=True)
     elapsed = time.monotonic() - started
     stored = scalar(url, "SELECT count(*) FROM lines")
     dbs.drop(url)
     if stored != lines:
-        raise RuntimeError(f"COPY stored {stored} lines, expected {lines}")
+        raise RuntimeError(f"{what} stored {stored} lines, expected {lines}")
     return lines / elapsed
 
 
@@ -456,16 +451,8 @@ with psycopg.connect(url) as conn, conn.cursor() as cur, open(path, "rb") as src
 def python_copy(copy_file: Path, days: set[str], dbs: Databases, lines: int) -> float:
     """Lines per second of a COPY issued from Python (psycopg 3, the collector's driver) of the
     same rows into the same (fresh) lines table, from the spawn of its process to its exit."""
-    url = dbs.fresh()
-    _partitions(url, days)
-    started = time.monotonic()
-    subprocess.run([python(), "-c", _PYTHON_COPY, url, str(copy_file), _COLUMNS], check=True)
-    elapsed = time.monotonic() - started
-    stored = scalar(url, "SELECT count(*) FROM lines")
-    dbs.drop(url)
-    if stored != lines:
-        raise RuntimeError(f"COPY from Python stored {stored} lines, expected {lines}")
-    return lines / elapsed
+    argv = [python(), "-c", _PYTHON_COPY, "{url}", str(copy_file), _COLUMNS]
+    return _timed_copy(argv, "COPY from Python", days, dbs, lines)
 
 
 def insert_per_line(copy_file: Path, days: set[str], dbs: Databases, sample: int) -> float:
