@@ -252,7 +252,8 @@
   function render(depth = 0) {
     const total = offsets[view.length];
     log.style.height = total + "px";
-    if (appended && follow.checked) scrollTo(box.scrollHeight);
+    const pinned = appended && follow.checked;  // to the end, and kept there as rows are measured
+    if (pinned) scrollTo(box.scrollHeight);
     else if (anchor) {
       const i = view.indexOf(anchor);
       if (i >= 0) scrollTo(Math.max(0, offsets[i] - box.clientHeight / 3));
@@ -304,7 +305,7 @@
       if (h !== rowHeight) changed = true;  // only a height unlike the one assumed
       e.h = h;
     }
-    if (changed && depth < 2) { recount(); render(depth + 1); }
+    if (changed && depth < 2) { recount(); appended = pinned; render(depth + 1); }
   }
 
   // -- selection: #L42, #L40-L52 ----------------------------------------------------------
@@ -442,6 +443,24 @@
       follow.checked = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
     }
     schedule();
+  });
+  // Home and End jump to the first and the last line at once; End follows a live task again.
+  // The browser's own jumps are animated, and a key pressed while one still runs is lost.
+  box.addEventListener("keydown", (event) => {
+    if (event.altKey || event.metaKey || event.shiftKey) return;
+    if (event.key === "Home") {
+      event.preventDefault();
+      anchor = null;
+      follow.checked = false;
+      scrollTo(0);
+      schedule();
+    } else if (event.key === "End") {
+      event.preventDefault();
+      anchor = null;
+      follow.checked = true;
+      appended = true;
+      schedule();
+    }
   });
   follow.addEventListener("change", () => { if (follow.checked) { anchor = null; appended = true; schedule(); } });
   filter.addEventListener("input", rebuild);
