@@ -32,6 +32,7 @@ from collector.settings import CollectorSettings
 from collector.store import Store
 from collector.tail import SpoolDir
 from tasklog.core import __version__, sdnotify, supervise, trigram
+from tasklog.core.errors import StoreUnavailable
 
 log = logging.getLogger("tasklog.collector")
 
@@ -171,7 +172,7 @@ class Collector:
                     due["summary"] = now + self.settings.summary_interval
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, min(due.values()) - now))
-            await pipeline.final_drain()
+            await self._final_drain(pipeline)
         finally:
             self.house.status = "stopping"
             sdnotify.stopping()
@@ -182,6 +183,43 @@ class Collector:
             log.info("collector stopped (%d lines stored)", self.counters.lines)
 
     # -- the data path ----------------------------------------------------------------------
+
+    async def _final_drain(self, pipeline: Pipeline) -> None:
+        """On stop, store what the spool still holds, for TASKLOG_STOP_DRAIN_TIMEOUT at most.
+
+        A sidecar's spool (a Kubernetes emptyDir) goes with its pod: what is not stored now is
+        lost. A task whose writer is gone is finalized now rather than after the idle timeout.
+        Cut short, nothing is stored twice: offsets advance only with a commit.
+        """
+        timeout = self.settings.stop_drain_timeout
+        if timeout <= 0:
+            return
+        log.info("stopping: storing what the spool holds (at most %.0fs)", timeout)
+
+        async def drain() -> None:
+            await pipeline.vanished(pipeline.spool.scan())
+            # One pass leaves what a file gained while its batch was in flight (the reader
+            # skips such files): pass again until a pass stores nothing.
+            while True:
+                before = pipeline.counters.batches
+                await pipeline.drain(final=True)
+                if pipeline.counters.batches == before:
+                    break
+            await pipeline.orphans(final=True)
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except TimeoutError:
+            files, nbytes = pipeline.spool.backlog()
+            log.warning(
+                "stopped after %.0fs with %d files (%d bytes) not stored; the next collector on "
+                "this spool directory stores them",
+                timeout,
+                files,
+                nbytes,
+            )
+        except StoreUnavailable as exc:
+            log.warning("stopping without the final drain: %s", exc)
 
     async def _watch(self, spool: SpoolDir) -> None:
         """Wake the loop as soon as a spool file changes, until the stop.

@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from collector import recovery
 from collector.batch import Batch, FileChunk, FileState, shown
+from collector.cadence import Forgotten, Gathering
 from collector.keep import KeptFiles
 from collector.metrics import Counters
 from collector.ports import After, Publisher, Store, until_available
@@ -46,17 +47,6 @@ from tasklog.core.process import pid_alive
 log = logging.getLogger("tasklog.collector")
 
 T = TypeVar("T")
-
-#: The least seconds between two batches' reads while each batch holds only runs starting or
-#: ending (many small tasks: each file's chunk has its start or its end record): a batch
-#: costs about as much for one such file as for ten. A batch with a running task's lines
-#: alone in a chunk (output followed live) keeps TASKLOG_DEBOUNCE_MS.
-GATHER_RUNS = 0.05
-#: Seconds the offsets rows of deleted files may wait for a batch to ride with. Committed on
-#: their own at once, they doubled the transactions of a stream of small tasks (one batch
-#: for a task's file, one more to forget it); a row left behind a little longer is harmless
-#: (a restart finds its file gone and forgets it).
-FORGET_DELAY = 1.0
 
 
 @dataclasses.dataclass
@@ -97,60 +87,15 @@ class Pipeline:
         self._status = status if status is not None else (lambda _: None)
         #: The thread that reads and parses the next batch (`drain`); None: the loop's default.
         self._reader = reader
-        #: Spool files whose offsets rows go with the next commit (deleted, finalized), and
-        #: since when the oldest of them waits (`FORGET_DELAY`).
-        self._forget: list[str] = []
-        self._forget_since: float | None = None
-        #: The least time between the reads of two batches while files keep changing
-        #: (TASKLOG_DEBOUNCE_MS; `GATHER_RUNS` after a batch of runs starting or ending), and
-        #: when the last batch that held something was read.
-        self._gather = settings.debounce_ms / 1000
-        self._read_at = -GATHER_RUNS
-        self._gather_next = self._gather
+        #: Spool files whose offsets rows go with the next commit (deleted, finalized).
+        self._forget = Forgotten()
+        #: The least time between the reads of two batches while files keep changing.
+        self._gathering = Gathering(settings.debounce_ms / 1000)
         #: Finished files kept for a failover (TASKLOG_FAILOVER_GRACE, `collector.keep`).
         self._kept = KeptFiles(settings.failover_grace)
         #: `store.losses` when the offsets were last loaded: one more, and the next connection
         #: may lead to another server (a promoted standby).
         self._losses = store.losses
-
-    async def final_drain(
-        self,
-    ) -> None:
-        """On stop, store what the spool still holds, for TASKLOG_STOP_DRAIN_TIMEOUT at most.
-
-        A sidecar's spool (a Kubernetes emptyDir) goes with its pod: what is not stored now is
-        lost. A task whose writer is gone is finalized now rather than after the idle timeout.
-        Cut short, nothing is stored twice: offsets advance only with a commit.
-        """
-        timeout = self.settings.stop_drain_timeout
-        if timeout <= 0:
-            return
-        log.info("stopping: storing what the spool holds (at most %.0fs)", timeout)
-
-        async def drain() -> None:
-            await self.vanished(self.spool.scan())
-            # One pass leaves what a file gained while its batch was in flight (the reader
-            # skips such files): pass again until a pass stores nothing.
-            while True:
-                before = self.counters.batches
-                await self.drain(final=True)
-                if self.counters.batches == before:
-                    break
-            await self.orphans(final=True)
-
-        try:
-            await asyncio.wait_for(drain(), timeout)
-        except TimeoutError:
-            files, nbytes = self.spool.backlog()
-            log.warning(
-                "stopped after %.0fs with %d files (%d bytes) not stored; the next collector on "
-                "this spool directory stores them",
-                timeout,
-                files,
-                nbytes,
-            )
-        except StoreUnavailable as exc:
-            log.warning("stopping without the final drain: %s", exc)
 
     async def drain(self, *, final: bool = False) -> None:
         """Store everything readable now, batch by batch (`final`: also while stopping).
@@ -169,7 +114,7 @@ class Pipeline:
         limits = (self.settings.batch_lines, self.settings.batch_bytes)
         connections = (self.store, self.spare or self.store)
         turn = 0
-        await self._gathered(final)
+        await self._gathering.wait(final)
         began = time.monotonic()
         batch = self.spool.read_batch(*limits)
         self._was_read(batch, began)
@@ -184,17 +129,16 @@ class Pipeline:
                     await self._settle(behind, None)
                     behind = None
                     batch = self.spool.read_batch(*limits)
-                if not batch and not self._forget_due(final):
+                if not batch and not self._forget.due(final):
                     break
-                forget, self._forget = self._forget, []
-                self._forget_since = None
+                forget = self._forget.take()
                 after = After(behind.placed, behind.task) if behind is not None else None
                 if connections[1] is self.store and behind is not None:
                     # One connection only: never two transactions on it at once.
                     ok = await self._settle(behind, None)
                     behind, after = None, None
                     if not ok:
-                        self._forget = forget + self._forget
+                        self._forget.give_back(forget)
                         # The batch read meanwhile is dropped: its files are read again.
                         self.spool.touched(set(self.spool.files))
                         batch = self.spool.read_batch(*limits)
@@ -232,21 +176,10 @@ class Pipeline:
             if current is not None and behind is None:
                 await self._settle(current, None)
 
-    async def _gathered(self, final: bool) -> None:
-        """Let TASKLOG_DEBOUNCE_MS pass since the last batch was read (not while stopping).
-
-        A batch costs about as much for one small file as for ten (a transaction, its round
-        trips, a publish): while small tasks keep ending, each batch gathers the files of
-        many rather than one or two (`GATHER_RUNS`). A lone line after a quiet spell
-        does not wait here.
-        """
-        wait = self._read_at + self._gather_next - time.monotonic()
-        if wait > 0 and not final:
-            await asyncio.sleep(wait)
-
     async def _read_ahead(self, limits: tuple[int, int], skip: set[str], final: bool) -> Batch:
-        """The next batch, read in the reader thread (`_gathered` first), leaving out `skip`."""
-        await self._gathered(final)
+        """The next batch, read in the reader thread once its gathering time passed (not
+        while stopping: `final`), leaving out `skip`."""
+        await self._gathering.wait(final)
         began = time.monotonic()
         batch = await asyncio.get_running_loop().run_in_executor(
             self._reader, self.spool.read_batch, *limits, skip
@@ -255,19 +188,8 @@ class Pipeline:
         return batch
 
     def _was_read(self, batch: Batch, began: float) -> None:
-        if batch:
-            self._read_at = began
-            runs = all(c.start is not None or c.end is not None for c in batch.chunks)
-            self._gather_next = max(self._gather, GATHER_RUNS) if runs else self._gather
-
-    def _forget_due(self, final: bool) -> bool:
-        """Whether the offsets rows to forget are committed without a batch (`FORGET_DELAY`)."""
-        if not self._forget:
-            return False
-        now = time.monotonic()
-        if self._forget_since is None:
-            self._forget_since = now
-        return final or now - self._forget_since >= FORGET_DELAY
+        runs = all(c.start is not None or c.end is not None for c in batch.chunks)
+        self._gathering.read(began, held=bool(batch), runs_only=runs)
 
     async def _settle(
         self,
@@ -285,7 +207,7 @@ class Pipeline:
             if following is not None:
                 with contextlib.suppress(Exception):
                     await following.task
-                self._forget = following.forget + self._forget
+                self._forget.give_back(following.forget)
             if reading is not None:
                 await asyncio.wait({reading})
             await self._failed(done.batch, done.forget, exc)
@@ -296,7 +218,7 @@ class Pipeline:
     async def _commit_alone(self, batch: Batch) -> bool:
         """Commit a batch and apply its result; False when Postgres failed (the offsets were
         reloaded from it). A record Postgres refuses costs its file alone (`_isolate`)."""
-        forget, self._forget = self._forget, []
+        forget = self._forget.take()
         try:
             stored = await self.store.commit(batch, forget)
         except Exception as exc:
@@ -312,7 +234,7 @@ class Pipeline:
     ) -> bool:
         """A batch's commit failed: isolate a refused record, or wait for Postgres and
         reload the offsets from it. True when the batch was stored after all (in parts)."""
-        self._forget = forget + self._forget
+        self._forget.give_back(forget)
         if isinstance(exc, RecordRefused):
             return await self._isolate(batch.chunks, exc)
         self.counters.store_failures += 1
@@ -381,7 +303,7 @@ class Pipeline:
                 task = await self.store.lose(state, reason)
             except (StoreUnavailable, RecordRefused):
                 pass  # the task stays as stored; the file is out of the way all the same
-            self._forget.append(state.name)
+            self._forget.add(state.name)
         log.warning(
             "spool file %s quarantined, %s: %s%s; the other files go on",
             shown(state.name),
@@ -441,7 +363,7 @@ class Pipeline:
             log.warning("cannot delete stored spool file %s: %s", shown(name), exc)
             return
         self.spool.files.pop(name, None)
-        self._forget.append(name)
+        self._forget.add(name)
         self.counters.files_done += 1
 
     @property
@@ -511,7 +433,7 @@ class Pipeline:
             del self.spool.files[name]
             self._kept.discard(name)
             if state.registered:
-                self._forget.append(name)
+                self._forget.add(name)
 
     async def orphans(self, *, final: bool = False) -> None:
         """Finalize files whose writer died: idle past TASKLOG_ORPHAN_TIMEOUT (at once if
