@@ -132,6 +132,8 @@ def test_nothing_lost_nothing_twice_when_commits_fail_with_the_next_batch_in_fli
         assert store.duplicates == 0
         for task_id, lines in tasks.items():
             assert store.messages(task_id) == expected(task_id, lines)
+        # A finished file is deleted once stored, and its offsets row goes with it.
+        assert set(store.files) == {path.name for path in directory.iterdir()}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
