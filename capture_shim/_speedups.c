@@ -18,6 +18,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+/* What Python calls here, numbered: capture_shim/native.py uses this module only when its
+ * ABI is this one. Raise both together whenever a function's arguments, a type's fields or
+ * methods that Python uses, or a record's shape change. */
+#define SPEEDUPS_ABI 1
 #include <structmember.h>
 
 #include <errno.h>
@@ -1458,7 +1463,8 @@ speedups_exec(PyObject *module)
     if (PyType_Ready(&LinesType) < 0 || PyType_Ready(&RouterType) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "Lines", (PyObject *)&LinesType) < 0
-        || PyModule_AddObjectRef(module, "RouterBase", (PyObject *)&RouterType) < 0)
+        || PyModule_AddObjectRef(module, "RouterBase", (PyObject *)&RouterType) < 0
+        || PyModule_AddIntConstant(module, "ABI", SPEEDUPS_ABI) < 0)
         return -1;
     return 0;
 }

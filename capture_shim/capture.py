@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from capture_shim import spool
 from capture_shim.config import ShimConfig, speedups_wanted
 from capture_shim.lines import Gate, Route
+from capture_shim.native import speedups
 
 if TYPE_CHECKING:
     from capture_shim.lines import Lines, RouterBase
 else:
     from capture_shim.lines import Lines, RouterBase
 
-    if speedups_wanted():
-        with contextlib.suppress(ImportError):  # not compiled here: the Python classes
-            from capture_shim._speedups import Lines, RouterBase
+    _native = speedups() if speedups_wanted() else None
+    if _native is not None:  # else not compiled here, or from other code: the Python classes
+        Lines, RouterBase = _native.Lines, _native.RouterBase
 
 __all__ = [
     "SPEEDUPS",

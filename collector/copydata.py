@@ -17,13 +17,12 @@ from datetime import UTC, datetime
 from struct import Struct
 from typing import NamedTuple
 
+from capture_shim.native import speedups
 from collector.batch import Line
 from collector.fields import EARLIEST, LATEST, clamped_time
 
-try:  # the shim's C extension, when it was compiled (a C compiler at install)
-    from capture_shim._speedups import copy_rows as _copy_rows
-except ImportError:  # pragma: no cover - the build without a compiler
-    _copy_rows = None
+_native = speedups()  # the shim's C extension, when it was compiled from this code
+_copy_rows = _native.copy_rows if _native is not None else None
 
 #: What binary COPY data starts with: the signature, no flags, no header extension.
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)

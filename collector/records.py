@@ -16,13 +16,12 @@ from typing import Any
 import orjson
 
 from capture_shim import spool
+from capture_shim.native import speedups
 from collector import fields
 from collector.batch import FileChunk, Line, shown
 
-try:  # the writer's C extension, when it was compiled (a C compiler at install)
-    from capture_shim._speedups import read_lines as _read_lines
-except ImportError:  # pragma: no cover - the build without a compiler
-    _read_lines = None
+_native = speedups()  # the writer's C extension, when it was compiled from this code
+_read_lines = _native.read_lines if _native is not None else None
 
 log = logging.getLogger("tasklog.collector")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import select
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture_shim import capture, lines, spool
+import capture_shim
+from capture_shim import capture, lines, native, spool
 from tasklog.core.constants import cut_note
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,3 +268,30 @@ def test_the_compiled_writer_writes_the_number_and_the_time_in_full(
     micros = int(re.fullmatch(rb'.*"t":([0-9]+)e-6.*\n', record).group(1))  # type: ignore[union-attr]
     assert before <= micros <= after
     assert json.loads(record)["n"] == seq + 1
+
+
+@needs_speedups
+def test_the_compiled_module_is_used_when_it_was_built_from_this_code() -> None:
+    assert native.speedups() is _speedups
+    assert capture.SPEEDUPS
+
+
+def test_a_build_from_other_code_is_left_for_the_python_code_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An editable install not rebuilt after a pull keeps a `_speedups` of older code: its
+    functions may take other arguments, so it is not used, and the warning says why."""
+    stale = types.ModuleType("capture_shim._speedups")
+    stale.__file__ = "/srv/app/capture_shim/_speedups.so"
+    stale.ABI = native.ABI - 1  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "capture_shim._speedups", stale)
+    monkeypatch.setattr(capture_shim, "_speedups", stale, raising=False)
+    native.speedups.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="tasklog"):
+            assert native.speedups() is None
+    finally:
+        native.speedups.cache_clear()
+    (record,) = caplog.records
+    assert "/srv/app/capture_shim/_speedups.so was built from other code" in record.message
+    assert "pip install -e ." in record.message
