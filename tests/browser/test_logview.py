@@ -134,8 +134,12 @@ async def test_the_first_and_last_line_of_a_huge_task_are_reachable_from_the_key
         await page.focus("#logbox")
         await page.keyboard.press("Home")
         await on_screen(page, "#L1")
-        await page.keyboard.press("End")
+        await expect(page.locator("#follow")).not_to_be_checked()
+        # Pressed at once, before any scroll could end: each key still goes all the way.
+        for key in ("End", "Home", "End"):
+            await page.keyboard.press(key)
         await on_screen(page, f"#L{scene.HUGE_LINES}")
+        await expect(page.locator("#follow")).to_be_checked()  # End follows again
         # A line number is a link: Enter on it selects the line.
         await page.focus(f"#L{scene.HUGE_LINES - 3} a.seq")
         await page.keyboard.press("Enter")
