@@ -5,8 +5,9 @@ publish). Two things follow, both about time rather than about what is stored:
 
 - `Gathering`: while files keep changing, the next batch is read no sooner than
   TASKLOG_DEBOUNCE_MS after the last one, or `GATHER_RUNS` after a batch that held only runs
-  starting or ending (a stream of small tasks: each batch then gathers the files of many).
-  A lone line after a quiet spell does not wait.
+  starting or ending, of several tasks (a stream of small tasks: each batch then gathers the
+  files of many). A lone line after a quiet spell does not wait, nor the first lines of a
+  task that started alone.
 - `Forgotten`: the offsets rows of spool files that are gone (deleted once stored, vanished,
   finalized) ride with the next batch's commit, or go on their own after `FORGET_DELAY`.
 """
@@ -17,9 +18,10 @@ import asyncio
 import time
 
 #: The least seconds between two batches' reads while each batch holds only runs starting or
-#: ending (many small tasks: each file's chunk has its start or its end record): a batch
-#: costs about as much for one such file as for ten. A batch with a running task's lines
-#: alone in a chunk (output followed live) keeps TASKLOG_DEBOUNCE_MS.
+#: ending, of several tasks (many small tasks: each file's chunk has its start or its end
+#: record): a batch costs about as much for one such file as for ten. A batch with a running
+#: task's lines alone in a chunk (output followed live), or one task's start alone (its first
+#: lines follow), keeps TASKLOG_DEBOUNCE_MS.
 GATHER_RUNS = 0.05
 #: Seconds the offsets rows of deleted files may wait for a batch to ride with. Committed on
 #: their own at once, they doubled the transactions of a stream of small tasks (one batch
@@ -38,17 +40,23 @@ class Gathering:
         self._read_at = -GATHER_RUNS
         self._next = debounce
 
+    @property
+    def next_read(self) -> float:
+        """The earliest time (`time.monotonic`) for the next read while files keep changing."""
+        return self._read_at + self._next
+
     async def wait(self, final: bool) -> None:
         """Let the wait since the last batch was read pass (not while stopping: `final`)."""
-        wait = self._read_at + self._next - time.monotonic()
+        wait = self.next_read - time.monotonic()
         if wait > 0 and not final:
             await asyncio.sleep(wait)
 
-    def read(self, began: float, *, held: bool, runs_only: bool) -> None:
-        """A batch was read from `began`: `held` something, `runs_only` starts and ends."""
-        if held:
+    def read(self, began: float, *, files: int, runs_only: bool) -> None:
+        """A batch was read from `began`: of `files` files, `runs_only` starts and ends."""
+        if files:
             self._read_at = began
-            self._next = max(self.debounce, GATHER_RUNS) if runs_only else self.debounce
+            many = runs_only and files > 1
+            self._next = max(self.debounce, GATHER_RUNS) if many else self.debounce
 
 
 class Forgotten:

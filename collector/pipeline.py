@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from collector import recovery
 from collector.batch import Batch, FileChunk, FileState, shown
@@ -164,8 +164,25 @@ class Pipeline:
                 behind, current = current, None
                 if reading is None:
                     break
+                # The next read may first wait out its gathering time: a batch committed
+                # meanwhile is applied and published now, not after it (print → browser).
+                either: list[asyncio.Future[Any]] = [reading, behind.task]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                settled = behind.task.done()
+                if settled:
+                    ok = await self._settle(behind, None, reading)
+                    behind = None
+                    if not ok:
+                        reading = None  # waited for, and dropped: its files are read again
+                        self.spool.touched(set(self.spool.files))
+                        batch = self.spool.read_batch(*limits)
+                        continue
                 batch = await reading
                 reading = None
+                if not batch and settled:
+                    # What is left may all be in the files of the batch settled meanwhile,
+                    # which the read skipped.
+                    batch = self.spool.read_batch(*limits)
         finally:
             # Interrupted or done: the reader is done with the spool's bookkeeping, and what is
             # in flight commits or fails, before anything else uses them or the connections.
@@ -189,7 +206,7 @@ class Pipeline:
 
     def _was_read(self, batch: Batch, began: float) -> None:
         runs = all(c.start is not None or c.end is not None for c in batch.chunks)
-        self._gathering.read(began, held=bool(batch), runs_only=runs)
+        self._gathering.read(began, files=len(batch.chunks), runs_only=runs)
 
     async def _settle(
         self,

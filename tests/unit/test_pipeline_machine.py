@@ -62,6 +62,7 @@ def pipeline_for(
     *,
     spare: bool,
     failover_grace: float = 0.0,
+    debounce_ms: int = 10,
 ) -> tuple[Pipeline, asyncio.Event]:
     config = CollectorSettings(
         spool_dir=directory,
@@ -69,6 +70,7 @@ def pipeline_for(
         quarantine_dir=directory.parent / "quarantine",
         orphan_timeout=0.1,
         failover_grace=failover_grace,
+        debounce_ms=debounce_ms,
     )
     spool_dir = SpoolDir(directory, files)
     spool_dir.scan()
@@ -294,3 +296,27 @@ def test_a_failover_that_rolls_commits_back_loses_nothing_with_the_grace_period(
         for task_id, lines in tasks.items():
             assert store.messages(task_id) == expected(task_id, lines)
             assert store.tasks[task_id]["state"] == "SUCCESS"
+
+
+def test_a_batch_is_published_once_committed_while_the_next_read_waits_its_turn() -> None:
+    """Print → browser: a committed batch goes to the live path at once, not once the read
+    ahead has waited out TASKLOG_DEBOUNCE_MS (it did: ~10 ms on every lone line)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        write_file(directory, 0, 3, ended=False)
+        machine, _ = pipeline_for(directory, MemoryStore(), {}, 100, spare=True, debounce_ms=4_000)
+        publisher = machine.publisher
+        assert isinstance(publisher, MemoryPublisher)
+
+        async def published_while_draining() -> int:
+            drain = asyncio.create_task(machine.drain())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3.0  # the read ahead waits 4 s
+            while publisher.lines < 3 and not drain.done() and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            seen = publisher.lines if not drain.done() else -1
+            await drain
+            return seen
+
+        assert asyncio.run(published_while_draining()) == 3
