@@ -154,7 +154,9 @@ class Search:
         if self.until is not None:
             top = min(top, self.until)
         if self.before is not None:
-            top = min(top, self.before[0])
+            # Up to the cursor's line's time included: lines stamped in the same microsecond
+            # sort on by task and seq (`filter_before`), and a window's top is excluded.
+            top = min(top, self.before[0] + timedelta(microseconds=1))
         days: set[date] = set()
         slices: list[trigram.Slice] = []
         for name in indexes:

@@ -9,10 +9,11 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.helpers import REPO_ROOT, ProcessFactory, pg_rows, wait_for
@@ -411,3 +412,31 @@ async def test_the_open_day_is_indexed_in_slices(database_url: str, redis_url: s
         datetime.fromisoformat(f"{today}T12:00:00+00:00"),
         datetime.fromisoformat(f"{today}T13:00:00+00:00"),
     )
+
+
+async def test_paging_through_lines_printed_in_one_microsecond_finds_each_once(
+    database_url: str, redis_url: str
+) -> None:
+    """A fast task prints several lines within one microsecond: they share a timestamp, and a
+    page may end among them. Every one is still found, once, by following `next`."""
+    ts = datetime.now(UTC) - timedelta(minutes=1)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS lines_same_us PARTITION OF lines DEFAULT")
+        await conn.execute(
+            "INSERT INTO tasks (task_id, task_name, state, created_at, updated_at)"
+            " VALUES ('burst-1', 'demo.burst', 'SUCCESS', %s, %s)",
+            (ts, ts),
+        )
+        async with conn.cursor().copy(
+            "COPY lines (task_id, seq, ts, stream, level, message) FROM STDIN"
+        ) as copy:
+            for seq in range(1, 8):
+                await copy.write_row(("burst-1", seq, ts, "stdout", None, f"burst {seq}"))
+    async with running_api(api_settings(database_url, redis_url)) as client:
+        seqs: list[int] = []
+        url: str | None = str(client.make_url(f"{PREFIX}/api/search/?q=burst&limit=3"))
+        while url:
+            page = await (await client.session.get(url)).json()
+            seqs += [m["seq"] for m in page["results"]]
+            url = page["next"]
+    assert seqs == [7, 6, 5, 4, 3, 2, 1]

@@ -89,3 +89,12 @@ def test_until_and_a_cursor_start_below_now() -> None:
     assert windows[0] == (MIDNIGHT + timedelta(hours=3), until)  # inside the slice: indexed
     contiguous(windows)
     assert Search("x", since=NOW + timedelta(hours=1)).windows(NOW, []) == [(NOW, None)]
+
+
+def test_a_cursor_window_takes_in_lines_stamped_in_the_cursor_line_s_microsecond() -> None:
+    """Lines printed within one microsecond share their time: the next page starts at that
+    time itself (the keyset on task and seq cuts it), not below it."""
+    cursor = MIDNIGHT + timedelta(hours=3, minutes=30)
+    windows = Search("x", before=(cursor, "task", 5)).windows(NOW, [])
+    assert windows[0][1] == cursor + timedelta(microseconds=1)
+    contiguous(windows)
