@@ -22,19 +22,19 @@ ABI = 1
 def speedups() -> ModuleType | None:
     """The compiled module, or None: not built here, or built from other code."""
     try:
-        from capture_shim import _speedups as native
+        from capture_shim import _speedups
     except ImportError:
         return None
-    _speedups: ModuleType = native
-    built = getattr(_speedups, "ABI", None)
+    module: ModuleType = _speedups
+    built = getattr(module, "ABI", None)
     if built != ABI:
         logging.getLogger("tasklog").warning(
             "capture_shim._speedups at %s was built from other code (interface %s, this code "
             "needs %d): using the Python code, which is slower. Rebuild it by installing the "
             "package again (pip install -e .).",
-            _speedups.__file__,
+            module.__file__,
             built,
             ABI,
         )
         return None
-    return _speedups
+    return module

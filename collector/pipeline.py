@@ -139,9 +139,7 @@ class Pipeline:
                     behind, after = None, None
                     if not ok:
                         self._forget.give_back(forget)
-                        # The batch read meanwhile is dropped: its files are read again.
-                        self.spool.touched(set(self.spool.files))
-                        batch = self.spool.read_batch(*limits)
+                        batch = self._read_again(limits)
                         continue
                 placed = asyncio.Event()
                 commit = connections[turn].commit(batch, forget, after=after, placed=placed)
@@ -156,10 +154,7 @@ class Pipeline:
                     reading = asyncio.ensure_future(self._read_ahead(limits, in_flight, final))
                 if behind is not None and not await self._settle(behind, current, reading):
                     behind = current = reading = None
-                    self.spool.touched(
-                        set(self.spool.files)
-                    )  # what the read ahead took is read again
-                    batch = self.spool.read_batch(*limits)
+                    batch = self._read_again(limits)
                     continue
                 behind, current = current, None
                 if reading is None:
@@ -173,9 +168,8 @@ class Pipeline:
                     ok = await self._settle(behind, None, reading)
                     behind = None
                     if not ok:
-                        reading = None  # waited for, and dropped: its files are read again
-                        self.spool.touched(set(self.spool.files))
-                        batch = self.spool.read_batch(*limits)
+                        reading = None  # waited for, and dropped
+                        batch = self._read_again(limits)
                         continue
                 batch = await reading
                 reading = None
@@ -192,6 +186,12 @@ class Pipeline:
                 behind = None
             if current is not None and behind is None:
                 await self._settle(current, None)
+
+    def _read_again(self, limits: tuple[int, int]) -> Batch:
+        """After a failed commit: the batch read meanwhile is dropped, and every file is read
+        again from the offsets (reloaded from the store)."""
+        self.spool.touched(set(self.spool.files))
+        return self.spool.read_batch(*limits)
 
     async def _read_ahead(self, limits: tuple[int, int], skip: set[str], final: bool) -> Batch:
         """The next batch, read in the reader thread once its gathering time passed (not
