@@ -5,9 +5,10 @@ publish). Two things follow, both about time rather than about what is stored:
 
 - `Gathering`: while files keep changing, the next batch is read no sooner than
   TASKLOG_DEBOUNCE_MS after the last one, or `GATHER_RUNS` after a batch that held only runs
-  starting or ending, of several tasks (a stream of small tasks: each batch then gathers the
-  files of many). A lone line after a quiet spell does not wait, nor the first lines of a
-  task that started alone.
+  starting or ending, several of them starting or several ending (a stream of small tasks:
+  each batch then gathers the files of many). A lone line after a quiet spell does not wait,
+  nor the first lines of a task that started alone, nor those of a task that began as the
+  one before it ended (a worker's tasks one after the other, followed live).
 - `Forgotten`: the offsets rows of spool files that are gone (deleted once stored, vanished,
   finalized) ride with the next batch's commit, or go on their own after `FORGET_DELAY`.
 """
@@ -18,10 +19,11 @@ import asyncio
 import time
 
 #: The least seconds between two batches' reads while each batch holds only runs starting or
-#: ending, of several tasks (many small tasks: each file's chunk has its start or its end
-#: record): a batch costs about as much for one such file as for ten. A batch with a running
-#: task's lines alone in a chunk (output followed live), or one task's start alone (its first
-#: lines follow), keeps TASKLOG_DEBOUNCE_MS.
+#: ending (each file's chunk has its start or its end record), several starting or several
+#: ending (many small tasks): a batch costs about as much for one such file as for ten. A
+#: batch with a running task's lines alone in a chunk (output followed live), one task's
+#: start alone (its first lines follow), or one task's end and the next one's start (a
+#: worker's tasks one after the other) keeps TASKLOG_DEBOUNCE_MS.
 GATHER_RUNS = 0.05
 #: Seconds the offsets rows of deleted files may wait for a batch to ride with. Committed on
 #: their own at once, they doubled the transactions of a stream of small tasks (one batch
@@ -51,11 +53,12 @@ class Gathering:
         if wait > 0 and not final:
             await asyncio.sleep(wait)
 
-    def read(self, began: float, *, files: int, runs_only: bool) -> None:
-        """A batch was read from `began`: of `files` files, `runs_only` starts and ends."""
+    def read(self, began: float, *, files: int, runs_only: bool, starts: int, ends: int) -> None:
+        """A batch was read from `began`: of `files` files, with `starts` runs starting and
+        `ends` ending; `runs_only`: every file's chunk has its run's start or end."""
         if files:
             self._read_at = began
-            many = runs_only and files > 1
+            many = runs_only and max(starts, ends) > 1
             self._next = max(self.debounce, GATHER_RUNS) if many else self.debounce
 
 

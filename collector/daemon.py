@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from watchfiles import awatch
 
@@ -227,20 +227,22 @@ class Collector:
         It may fail (inotify limits and the like): its supervisor starts it again, and the
         rescans every TASKLOG_RESCAN_INTERVAL find everything meanwhile.
         """
-        # watchfiles yields once no change came for one `step` (or after `debounce` of steady
-        # changes): the step is the delay a lone print waits here (10 ms made 17 of the 19 ms
-        # from print to browser, docs/BENCHMARKS.md).
+        # watchfiles yields once no change came for one `step`, or once changes kept coming
+        # for `debounce`: both are how long a print may wait here before the pipeline knows
+        # of it (a step of 10 ms made 17 of the 19 ms from print to browser; a debounce of
+        # TASKLOG_DEBOUNCE_MS, under a steady stream, up to 10 more: docs/BENCHMARKS.md).
+        # Batching is the pipeline's (`collector.cadence`), not the watcher's.
         step = max(1, min(10, self.settings.debounce_ms // 10))
         async for changes in awatch(
             spool.path,
             stop_event=self._stop,
-            debounce=self.settings.debounce_ms,
+            debounce=step,
             step=step,
             recursive=False,
             rust_timeout=1000,
             yield_on_timeout=False,
         ):
-            spool.touched({Path(path).name for _, path in changes})
+            spool.touched({os.path.basename(path) for _, path in changes})
             self._wake.set()
 
 

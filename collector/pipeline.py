@@ -58,6 +58,9 @@ class _InFlight:
     task: asyncio.Task[Stored]
     #: Set once its transaction is placed (`collector.ports.After`).
     placed: asyncio.Event
+    #: Its commit's result applied (`Pipeline._apply`): its files' offsets moved past it, so
+    #: a read need not leave them out any more.
+    applied: bool = False
 
 
 class Pipeline:
@@ -103,11 +106,12 @@ class Pipeline:
         Two batches are in flight at once, on two connections: while one commits (its
         write-ahead log flushed to disk, which one COPY of everything would wait for once),
         the next is already copied on the other connection, and the one after is read and
-        parsed in a thread meanwhile, from other files than those two (their offsets are
-        about to move). A batch begins once the one before it is placed (its tasks' rows
-        locked), and commits only after that one did (`Store.commit`'s `after`, `After`):
-        they never wait on each other in a circle, results are applied in order, and a batch
-        rolls back if the one before failed: it is then read again, nothing stored twice.
+        parsed in a thread meanwhile, from other files than those of the two not yet applied
+        when it is read (their offsets are about to move). A batch begins once the one before
+        it is placed (its tasks' rows locked), and commits only after that one did
+        (`Store.commit`'s `after`, `After`): they never wait on each other in a circle,
+        results are applied in order, and a batch rolls back if the one before failed: it is
+        then read again, nothing stored twice.
         """
         if self.store.losses != self._losses:
             await self._resync()
@@ -148,10 +152,8 @@ class Pipeline:
                     batch, forget, asyncio.create_task(commit, name="commit"), placed
                 )
                 if batch:
-                    in_flight = {chunk.state.name for chunk in batch.chunks}
-                    if behind is not None:
-                        in_flight.update(chunk.state.name for chunk in behind.batch.chunks)
-                    reading = asyncio.ensure_future(self._read_ahead(limits, in_flight, final))
+                    flights = [current] if behind is None else [behind, current]
+                    reading = asyncio.ensure_future(self._read_ahead(limits, flights, final))
                 if behind is not None and not await self._settle(behind, current, reading):
                     behind = current = reading = None
                     batch = self._read_again(limits)
@@ -193,10 +195,15 @@ class Pipeline:
         self.spool.touched(set(self.spool.files))
         return self.spool.read_batch(*limits)
 
-    async def _read_ahead(self, limits: tuple[int, int], skip: set[str], final: bool) -> Batch:
+    async def _read_ahead(
+        self, limits: tuple[int, int], flights: list[_InFlight], final: bool
+    ) -> Batch:
         """The next batch, read in the reader thread once its gathering time passed (not
-        while stopping: `final`), leaving out `skip`."""
+        while stopping: `final`), leaving out the files of those `flights` not yet applied
+        when it is read (a batch applied while the read waited no longer holds its files
+        back: under a steady stream, two files written at once were read in turns)."""
         await self._gathering.wait(final)
+        skip = {chunk.state.name for f in flights if not f.applied for chunk in f.batch.chunks}
         began = time.monotonic()
         batch = await asyncio.get_running_loop().run_in_executor(
             self._reader, self.spool.read_batch, *limits, skip
@@ -205,8 +212,11 @@ class Pipeline:
         return batch
 
     def _was_read(self, batch: Batch, began: float) -> None:
-        runs = all(c.start is not None or c.end is not None for c in batch.chunks)
-        self._gathering.read(began, files=len(batch.chunks), runs_only=runs)
+        chunks = batch.chunks
+        starts = sum(c.start is not None for c in chunks)
+        ends = sum(c.end is not None for c in chunks)
+        runs = all(c.start is not None or c.end is not None for c in chunks)
+        self._gathering.read(began, files=len(chunks), runs_only=runs, starts=starts, ends=ends)
 
     async def _settle(
         self,
@@ -230,6 +240,7 @@ class Pipeline:
             await self._failed(done.batch, done.forget, exc)
             return False
         await self._apply(done.batch, stored)
+        done.applied = True
         return True
 
     async def _commit_alone(self, batch: Batch) -> bool:

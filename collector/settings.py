@@ -27,9 +27,9 @@ class CollectorSettings(Common):
         10,
         ge=1,
         le=5000,
-        description="Longest wait grouping file changes before a batch, and the least time"
-        " between two batches while files keep changing; the watcher looks for changes every"
-        " tenth of it (at least 1 ms, polling costs ~2.7% of a core at 1 ms).",
+        description="The least time between the reads of two batches while files keep"
+        " changing (a change after a quiet spell is read at once); the watcher looks for"
+        " changes every tenth of it (at least 1 ms, polling costs ~2.7% of a core at 1 ms).",
     )
     rescan_interval: float = Field(
         2.0, gt=0, description="Seconds between full scans of the spool dir (misses no file)."

@@ -326,3 +326,45 @@ def test_a_batch_is_published_once_committed_while_the_next_read_waits_its_turn(
             return seen
 
         assert asyncio.run(published_while_draining()) == 3
+
+
+def test_a_file_whose_batch_was_applied_while_the_next_read_waited_is_in_that_read() -> None:
+    """Two files written at once, under a steady stream: the read that waited its turn takes
+    both, not only the one that was not in the batch then in flight (they were read in turns,
+    each every other batch: ~20 ms more from print to browser)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "spool"
+        directory.mkdir()
+        write_file(directory, 0, 3, ended=False)
+        store = MemoryStore()
+        machine, _ = pipeline_for(directory, store, {}, 100, spare=True, debounce_ms=300)
+        publisher = machine.publisher
+        assert isinstance(publisher, MemoryPublisher)
+        batches: list[set[str]] = []
+        commit = store.commit
+
+        async def noting(batch, *args, **kwargs):  # type: ignore[no-untyped-def]
+            batches.append({chunk.state.name for chunk in batch.chunks})
+            return await commit(batch, *args, **kwargs)
+
+        store.commit = noting  # type: ignore[method-assign]
+
+        async def run() -> None:
+            drain = asyncio.create_task(machine.drain())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while publisher.lines < 3 and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            assert publisher.lines == 3 and batches == [{first}]  # the read ahead still waits
+            with (directory / first).open("ab") as f:
+                f.write(spool.encode_line(4, spool.STDOUT, "task-0 line 4"))
+            write_file(directory, 1, 1, ended=False)
+            machine.spool.scan()  # what the watcher reports
+            await drain
+
+        [first] = [p.name for p in directory.iterdir()]
+        asyncio.run(run())
+        assert len(batches) == 2, batches
+        assert len(batches[1]) == 2  # both files, in the read that waited
+        assert store.messages("task-0") == expected("task-0", 4)
+        assert store.messages("task-1") == expected("task-1", 1)
