@@ -15,10 +15,11 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from watchfiles import awatch
+from watchfiles import watch
 
 from collector import metrics
 from collector.housekeeping import Housekeeping
@@ -233,17 +234,36 @@ class Collector:
         # TASKLOG_DEBOUNCE_MS, under a steady stream, up to 10 more: docs/BENCHMARKS.md).
         # Batching is the pipeline's (`collector.cadence`), not the watcher's.
         step = max(1, min(10, self.settings.debounce_ms // 10))
-        async for changes in awatch(
-            spool.path,
-            stop_event=self._stop,
-            debounce=step,
-            step=step,
-            recursive=False,
-            rust_timeout=1000,
-            yield_on_timeout=False,
-        ):
-            spool.touched({os.path.basename(path) for _, path in changes})
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def changed(names: set[str]) -> None:
+            spool.touched(names)
             self._wake.set()
+
+        def follow() -> None:
+            # Its own thread, the loop told of each change: awatch's thread hand-off, task
+            # group and path filter cost ~0.1 ms of the loop's time per change reported, and
+            # under a stream of small tasks there is one about every millisecond.
+            for changes in watch(
+                spool.path,
+                stop_event=stop,
+                debounce=step,
+                step=step,
+                recursive=False,
+                rust_timeout=1000,
+                yield_on_timeout=False,
+                watch_filter=None,  # `SpoolDir.touched` looks at spool files only
+            ):
+                names = {os.path.basename(path) for _, path in changes}
+                loop.call_soon_threadsafe(changed, names)
+
+        thread = asyncio.ensure_future(asyncio.to_thread(follow))
+        try:
+            await asyncio.shield(thread)
+        finally:
+            stop.set()  # cancelled (the collector stops) or failed: the thread ends within a step
+            await asyncio.wait({thread})
 
 
 async def serve(settings: CollectorSettings) -> None:

@@ -164,3 +164,18 @@ def test_a_backlog_in_one_file_drains_without_waiting_for_a_rescan(
     # 30 batches; waiting for a wake-up between them would take far longer than this allows.
     wait_all_stored(database_url, spool_dir, 3000, timeout=60)
     assert_exactly_once(database_url, ids, 3000)
+
+
+def test_files_written_while_it_runs_are_found_by_the_file_watcher_alone(
+    procs: ProcessFactory, database_url: str, spool_dir: Path
+) -> None:
+    """No rescan for an hour: only the file watcher can tell the collector of these files."""
+    env = {
+        "TASKLOG_RESCAN_INTERVAL": "3600",
+        "TASKLOG_ORPHAN_TIMEOUT": "3600",
+        "TASKLOG_HEARTBEAT_INTERVAL": "3600",
+    }
+    procs.collector(database_url=database_url, spool_dir=spool_dir, env=env, ready="following")
+    ids = write_backlog(spool_dir, 5, 200)
+    wait_all_stored(database_url, spool_dir, 1000, timeout=60)
+    assert_exactly_once(database_url, ids, 200)
