@@ -2,9 +2,9 @@
 
 Each step of the live path measured on its own, each with what it was before beside it:
 
-- **file watcher**: an append to a spool file until `watchfiles` wakes the collector, with the
-  collector's step (a tenth of ``TASKLOG_DEBOUNCE_MS``, at least 1 ms; before: 10 ms) and its
-  idle CPU;
+- **file watcher**: an append to a spool file until the collector's watcher
+  (`collector.watcher`) calls back, with its step (a tenth of ``TASKLOG_DEBOUNCE_MS``, at
+  least 1 ms), and its idle CPU; before: `watchfiles.awatch` with a 10 ms step;
 - **COPY** of one line and its task row's update, then the **commit** (the WAL flush), on a
   fresh migrated database;
 - **publish**: one Redis ``PUBLISH`` round trip of a lines message's size.
@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bench.common import Databases, Figure, percentile, row, title
+from collector import watcher
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,16 +39,19 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
 
     title("print -> browser, step by step")
     debounce = CollectorSettings.model_fields["debounce_ms"].default
-    now_step = max(1, min(10, debounce // 10))
+    now_step = watcher.step_ms(debounce)
     figures: dict[str, Figure] = {}
-    ways = {f"step {now_step} ms (now)": (debounce, now_step), "step 10 ms (before)": (50, 10)}
-    for name, (bounce, step) in ways.items():
-        runs = [asyncio.run(_watcher(bounce, step, args.samples)) for _ in range(args.runs)]
+    ways: dict[str, Watch] = {
+        f"step {now_step} ms (now)": functools.partial(_collectors, now_step),
+        "awatch, step 10 ms (before)": functools.partial(_awatch, 50, 10),
+    }
+    for name, way in ways.items():
+        runs = [asyncio.run(_watcher(way, args.samples)) for _ in range(args.runs)]
         for p in (50, 99):
             fig = Figure(f"file watcher, {name}, p{p}", "ms", [percentile(r, p) for r in runs])
             row(fig.name, fig.text(1))
             figures[fig.name] = fig
-        cpu = asyncio.run(_idle_cpu(bounce, step))
+        cpu = asyncio.run(_idle_cpu(way))
         row(f"file watcher, {name}, idle CPU", f"{cpu:.2f}% of a core")
     dbs = Databases(args.database_url)
     try:
@@ -65,27 +72,37 @@ def run(args: argparse.Namespace) -> dict[str, Figure]:
     return figures
 
 
-async def _watcher(debounce: int, step: int, samples: int) -> list[float]:
+#: A file watcher: watches a directory, calling back on each change, until cancelled.
+Watch = Callable[[str, Callable[[], None]], Awaitable[None]]
+
+
+async def _collectors(step: int, directory: str, woken: Callable[[], None]) -> None:
+    """The collector's own (`collector.watcher`)."""
+    await watcher.follow(Path(directory), step, lambda _: woken())
+
+
+async def _awatch(debounce: int, step: int, directory: str, woken: Callable[[], None]) -> None:
+    """The collector's before: `watchfiles.awatch` with the old debounce and step."""
     from watchfiles import awatch
 
+    async for _ in awatch(
+        directory,
+        debounce=debounce,
+        step=step,
+        recursive=False,
+        rust_timeout=1000,
+        yield_on_timeout=False,
+    ):
+        woken()
+
+
+async def _watcher(way: Watch, samples: int) -> list[float]:
     with tempfile.TemporaryDirectory() as directory:
         fd = os.open(os.path.join(directory, "spool"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        stop = asyncio.Event()
         woken: asyncio.Queue[float] = asyncio.Queue()
-
-        async def watch() -> None:
-            async for _ in awatch(
-                directory,
-                stop_event=stop,
-                debounce=debounce,
-                step=step,
-                recursive=False,
-                rust_timeout=1000,
-                yield_on_timeout=False,
-            ):
-                woken.put_nowait(time.perf_counter())
-
-        task = asyncio.create_task(watch(), name="watch")
+        task = asyncio.create_task(
+            way(directory, lambda: woken.put_nowait(time.perf_counter())), name="watch"
+        )
         await asyncio.sleep(0.5)
         delays = []
         for i in range(samples):
@@ -93,31 +110,21 @@ async def _watcher(debounce: int, step: int, samples: int) -> list[float]:
             os.write(fd, b'{"k":"l","n":1,"s":"o","m":"a line of output"}\n')
             delays.append((await woken.get() - written) * 1000)
             await asyncio.sleep(0.02 + (i % 7) * 0.003)  # prints at no fixed phase
-        stop.set()
-        await task
+        task.cancel()
+        await asyncio.wait({task})
         os.close(fd)
     return delays
 
 
-async def _idle_cpu(debounce: int, step: int, seconds: float = 3.0) -> float:
-    from watchfiles import awatch
-
+async def _idle_cpu(way: Watch, seconds: float = 3.0) -> float:
     with tempfile.TemporaryDirectory() as directory:
-        stop = asyncio.Event()
-
-        async def watch() -> None:
-            async for _ in awatch(
-                directory, stop_event=stop, debounce=debounce, step=step, rust_timeout=1000
-            ):
-                pass
-
-        task = asyncio.create_task(watch(), name="watch")
+        task = asyncio.create_task(way(directory, lambda: None), name="watch")
         await asyncio.sleep(0.3)
         before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         await asyncio.sleep(seconds)
         after, ended = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-        stop.set()
-        await task
+        task.cancel()
+        await asyncio.wait({task})
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return 100 * cpu / (ended - started)
 

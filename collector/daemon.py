@@ -13,15 +13,11 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from watchfiles import watch
-
-from collector import metrics
+from collector import metrics, watcher
 from collector.housekeeping import Housekeeping
 from collector.lock import spool_lock
 from collector.metrics import Counters
@@ -228,42 +224,12 @@ class Collector:
         It may fail (inotify limits and the like): its supervisor starts it again, and the
         rescans every TASKLOG_RESCAN_INTERVAL find everything meanwhile.
         """
-        # watchfiles yields once no change came for one `step`, or once changes kept coming
-        # for `debounce`: both are how long a print may wait here before the pipeline knows
-        # of it (a step of 10 ms made 17 of the 19 ms from print to browser; a debounce of
-        # TASKLOG_DEBOUNCE_MS, under a steady stream, up to 10 more: docs/BENCHMARKS.md).
-        # Batching is the pipeline's (`collector.cadence`), not the watcher's.
-        step = max(1, min(10, self.settings.debounce_ms // 10))
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()
 
         def changed(names: set[str]) -> None:
             spool.touched(names)
             self._wake.set()
 
-        def follow() -> None:
-            # Its own thread, the loop told of each change: awatch's thread hand-off, task
-            # group and path filter cost ~0.1 ms of the loop's time per change reported, and
-            # under a stream of small tasks there is one about every millisecond.
-            for changes in watch(
-                spool.path,
-                stop_event=stop,
-                debounce=step,
-                step=step,
-                recursive=False,
-                rust_timeout=1000,
-                yield_on_timeout=False,
-                watch_filter=None,  # `SpoolDir.touched` looks at spool files only
-            ):
-                names = {os.path.basename(path) for _, path in changes}
-                loop.call_soon_threadsafe(changed, names)
-
-        thread = asyncio.ensure_future(asyncio.to_thread(follow))
-        try:
-            await asyncio.shield(thread)
-        finally:
-            stop.set()  # cancelled (the collector stops) or failed: the thread ends within a step
-            await asyncio.wait({thread})
+        await watcher.follow(spool.path, watcher.step_ms(self.settings.debounce_ms), changed)
 
 
 async def serve(settings: CollectorSettings) -> None:
