@@ -9,6 +9,7 @@ Driver errors leave as the project's errors (`StoreUnavailable` and its subclass
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import json
@@ -229,15 +230,17 @@ class Store:
                 if (start := run.chunk.start) is not None and not run.chunk.state.registered
             ]
             changed = list({run.task_id for run in runs})
+            advances, ends_alone, finishes = _finishes(advances, ends)
             # Everything else the batch changes goes in one pipeline: one round trip, and one
-            # statement of each kind (its rows as arrays, `_rounds`), however many files.
+            # statement of each kind (its rows as one JSON array, `_rounds`), however many files.
             async with conn.cursor() as tasks:
                 async with conn.pipeline(), conn.cursor() as cur:
                     for name, rows in (
                         ("run_first_seq", firsts),
                         ("trim_tail", trims),
                         ("advance_task", advances),
-                        ("end_task", ends),
+                        ("end_task", ends_alone),
+                        ("finish_task", finishes),
                         ("end_run", ends),
                         ("insert_marker", markers),
                         ("save_file", [self._file_row(run) for run in runs]),
@@ -454,6 +457,37 @@ async def _lock_tasks(
             # None: a task deleted by retention while its run went on; its seqs start afresh.
             found[task_id] = max(found.get(task_id, 0), last or 0)
     return found, refused
+
+
+def _finishes(
+    advances: list[dict[str, Any]], ends: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(advances, ends, finishes): the advance and the end of a task whose one run in the batch
+    ended become one `finish_task` row. A task with several runs in the batch keeps them
+    apart: its runs' advances all come before their ends, as they always did."""
+    runs = collections.Counter(advance["task_id"] for advance in advances)
+    ended = {end["task_id"]: end for end in ends if runs[end["task_id"]] == 1}
+    if not ended:
+        return advances, ends, []
+    finishes = []
+    for advance in advances:
+        end = ended.get(advance["task_id"])
+        if end is not None:
+            finishes.append(
+                {
+                    **end,
+                    "added": advance["added"],
+                    "last_seq": advance["last_seq"],
+                    "progress": advance["progress"],
+                    "progress_message": advance["progress_message"],
+                    "progress_state": advance["state"],
+                }
+            )
+    return (
+        [advance for advance in advances if advance["task_id"] not in ended],
+        [end for end in ends if end["task_id"] not in ended],
+        finishes,
+    )
 
 
 def _start_row(start: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ SELECT last_seq FROM tasks WHERE task_id = %(task_id)s FOR UPDATE
 SELECT t.task_id, t.last_seq
 FROM json_to_recordset(%(rows)s::json) AS u (n int, task_id text)
 JOIN tasks AS t ON t.task_id = u.task_id
+WHERE t.task_id = ANY (ARRAY(
+      SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
 ORDER BY u.n
 FOR UPDATE OF t
 -- name: start_tasks
@@ -64,7 +66,9 @@ RETURNING t.task_id, t.last_seq
 -- name: advance_task
 -- Lines stored and progress seen in one batch; a finished task keeps its final state.
 -- This and the statements below take their rows as one JSON array (at most one row per task:
--- Store._commit runs a task's second row in a second round, `_rounds`).
+-- Store._commit runs a task's second row in a second round, `_rounds`). Those on tasks find
+-- their target rows by `= ANY` of the rows' ids: an index scan, whatever the planner guesses
+-- of the JSON's row count (a join alone chose to scan the whole table).
 UPDATE tasks AS t SET
     line_count = t.line_count + u.added,
     last_seq = greatest(t.last_seq, u.last_seq),
@@ -77,6 +81,8 @@ FROM json_to_recordset(%(rows)s::json)
      AS u (task_id text, added int8, last_seq int8, progress real, progress_message text,
            state text)
 WHERE t.task_id = u.task_id
+  AND t.task_id = ANY (ARRAY(
+      SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
 -- name: end_task
 -- The end of a run that is no longer the task's latest (a later run began after its first seq:
 -- an immediate retry stored in the same batch, or on another host), or a RETRY end stored after
@@ -94,14 +100,55 @@ UPDATE tasks AS t SET
     progress = CASE WHEN x.state = :'SUCCESS' THEN 100 ELSE t.progress END,
     updated_at = now()
 FROM (SELECT u.*,
-             (u.state = :'RETRY' AND tasklog_finished(o.state))
+             (u.state = :'RETRY'
+              AND tasklog_finished((SELECT o.state FROM tasks AS o WHERE o.task_id = u.task_id)))
              OR EXISTS (SELECT 1 FROM task_runs AS r
                         WHERE r.task_id = u.task_id AND r.first_seq > u.first_seq) AS late
       FROM json_to_recordset(%(rows)s::json)
            AS u (task_id text, state text, t float8, runtime float8, exc_type text,
                  exc_message text, traceback text, errors int8, omitted int8, first_seq int8)
-      JOIN tasks AS o ON o.task_id = u.task_id) AS x
+      OFFSET 0) AS x  -- computed once per row, not once per use of `late`
 WHERE t.task_id = x.task_id
+  AND t.task_id = ANY (ARRAY(
+      SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
+-- name: finish_task
+-- advance_task then end_task in one update, for a task whose one run in the batch ended (the
+-- common case: a short task's file read whole): the same values, one row version fewer.
+UPDATE tasks AS t SET
+    line_count = t.line_count + x.added,
+    last_seq = greatest(t.last_seq, x.last_seq),
+    progress = CASE WHEN x.state = :'SUCCESS' THEN 100
+                    ELSE coalesce(x.progress, t.progress) END,
+    progress_message = coalesce(x.progress_message, t.progress_message),
+    state = CASE WHEN x.late THEN x.advanced ELSE x.state END,
+    completed_at = CASE WHEN x.late THEN t.completed_at ELSE to_timestamp(x.t) END,
+    runtime = CASE WHEN x.late THEN t.runtime ELSE x.runtime END,
+    exc_type = CASE WHEN x.late THEN t.exc_type ELSE x.exc_type END,
+    exc_message = CASE WHEN x.late THEN t.exc_message ELSE x.exc_message END,
+    traceback = CASE WHEN x.late THEN t.traceback ELSE x.traceback END,
+    spool_errors = t.spool_errors + x.errors,
+    lines_omitted = t.lines_omitted + x.omitted,
+    updated_at = now()
+FROM (SELECT v.*,
+             (v.state = :'RETRY' AND tasklog_finished(v.advanced))
+             OR EXISTS (SELECT 1 FROM task_runs AS r
+                        WHERE r.task_id = v.task_id AND r.first_seq > v.first_seq) AS late
+      FROM (SELECT u.*,
+                   -- The state advance_task would leave.
+                   (SELECT CASE WHEN tasklog_finished(o.state) THEN o.state
+                                ELSE coalesce(u.progress_state, o.state) END
+                    FROM tasks AS o WHERE o.task_id = u.task_id) AS advanced
+            FROM json_to_recordset(%(rows)s::json)
+                 AS u (task_id text, added int8, last_seq int8, progress real,
+                       progress_message text, progress_state text, state text, t float8,
+                       runtime float8, exc_type text, exc_message text, traceback text,
+                       errors int8, omitted int8, first_seq int8)
+            OFFSET 0) AS v
+      OFFSET 0) AS x  -- computed once per row, not once per use of `late`
+WHERE t.task_id = x.task_id
+  AND t.task_id = ANY (ARRAY(
+      SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
+
 -- name: lose_task
 -- The writer died without an end record.
 UPDATE tasks SET
@@ -117,6 +164,8 @@ WHERE task_id = %(task_id)s AND NOT tasklog_finished(state)
 DELETE FROM lines AS l
 USING json_to_recordset(%(rows)s::json) AS u (task_id text, low int8, high int8)
 WHERE l.task_id = u.task_id AND l.seq > u.low AND l.seq <= u.high
+  AND l.task_id = ANY (ARRAY(
+      SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
 -- name: insert_marker
 INSERT INTO lines (task_id, seq, ts, stream, level, message)
 SELECT u.task_id, u.seq, to_timestamp(u.t), :'MARKER', NULL, u.message
