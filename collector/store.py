@@ -9,12 +9,16 @@ Driver errors leave as the project's errors (`StoreUnavailable` and its subclass
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import itertools
+import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -226,24 +230,23 @@ class Store:
                 if (start := run.chunk.start) is not None and not run.chunk.state.registered
             ]
             changed = list({run.task_id for run in runs})
-            # Everything else the batch changes goes in one pipeline: one round trip, however
-            # many statements (a batch of small files needs about ten).
+            advances, ends_alone, finishes = _finishes(advances, ends)
+            # Everything else the batch changes goes in one pipeline: one round trip, and one
+            # statement of each kind (its rows as one JSON array, `_rounds`), however many files.
             async with conn.cursor() as tasks:
                 async with conn.pipeline(), conn.cursor() as cur:
-                    if firsts:
-                        await cur.executemany(Q["run_first_seq"], firsts)
-                    if trims:
-                        await cur.executemany(Q["trim_tail"], trims)
-                    if advances:
-                        await cur.executemany(Q["advance_task"], advances)
-                    if ends:
-                        await cur.executemany(Q["end_task"], ends)
-                        await cur.executemany(Q["end_run"], ends)
-                    if markers:
-                        await cur.executemany(Q["insert_marker"], markers)
-                    saves = [self._file_row(run) for run in runs]
-                    if saves:
-                        await cur.executemany(Q["save_file"], saves)
+                    for name, rows in (
+                        ("run_first_seq", firsts),
+                        ("trim_tail", trims),
+                        ("advance_task", advances),
+                        ("end_task", ends_alone),
+                        ("finish_task", finishes),
+                        ("end_run", ends),
+                        ("insert_marker", markers),
+                        ("save_file", [self._file_row(run) for run in runs]),
+                    ):
+                        for params in _rounds(rows):
+                            await cur.execute(Q[name], params)
                     if forget:
                         await cur.execute(Q["forget_files"], {"host": self.host, "files": forget})
                     if changed:
@@ -350,23 +353,21 @@ class Store:
                     {"task_id": state.task_id, "reason": reason, "omitted": omitted},
                 )
                 if omitted:
-                    await conn.execute(Q["insert_marker"], state_marker(state, omitted))
-                await conn.execute(
-                    Q["save_file"],
-                    {
-                        "host": self.host,
-                        "file": state.name,
-                        "inode": state.inode,
-                        "offset": state.offset,
-                        "task_id": state.task_id,
-                        "seq_base": state.seq_base,
-                        "segments": _flat(state.segments),
-                        "max_seq": state.max_seq,
-                        "head": state.head,
-                        "tail": state.tail,
-                        "ended": True,
-                    },
-                )
+                    await conn.execute(Q["insert_marker"], _rows([state_marker(state, omitted)]))
+                file_row = {
+                    "host": self.host,
+                    "file": state.name,
+                    "inode": state.inode,
+                    "offset": state.offset,
+                    "task_id": state.task_id,
+                    "seq_base": state.seq_base,
+                    "segments": _flat(state.segments),
+                    "max_seq": state.max_seq,
+                    "head": state.head,
+                    "tail": state.tail,
+                    "ended": True,
+                }
+                await conn.execute(Q["save_file"], _rows([file_row]))
                 cur = await conn.execute(Q["changed_tasks"], {"ids": [state.task_id]})
                 names = [d.name for d in cur.description or ()]
                 row = await cur.fetchone()
@@ -414,31 +415,116 @@ async def _lock_tasks(
 ) -> tuple[dict[str, int], set[int]]:
     """Lock the row of every task in `starts` (upserting those with new runs as STARTED), in
     task-id order and in one round trip; returns each one's last allocated seq, and the ids
-    (`id()`) of the start records refused: new runs of a settled task (`start_task`)."""
-    cursors: list[tuple[str, dict[str, Any] | None, psycopg.AsyncCursor[Any]]] = []
+    (`id()`) of the start records refused: new runs of a settled task (`start_task`).
+
+    One statement per stretch of tasks of one kind (locked only, or new runs), each taking
+    its rows in the order given: the rows are locked in task-id order as one statement per
+    task locked them. A task's second new run in the batch begins a new stretch (an upsert
+    cannot touch a row twice)."""
+    stretches: list[tuple[str, list[str], list[dict[str, Any]]]] = []
+    for task_id in sorted(starts):
+        claims = starts[task_id]
+        for claim in claims or (None,):
+            kind = "lock_tasks" if claim is None else "start_tasks"
+            if not stretches or stretches[-1][0] != kind or stretches[-1][1][-1] == task_id:
+                stretches.append((kind, [], []))
+            stretches[-1][1].append(task_id)
+            if claim is not None:
+                stretches[-1][2].append(claim)
+    cursors: list[tuple[list[str], list[dict[str, Any]], psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline():
-        for task_id in sorted(starts):
-            if not starts[task_id]:
-                cur = conn.cursor()
-                await cur.execute(Q["lock_task"], {"task_id": task_id})
-                cursors.append((task_id, None, cur))
-            for start in starts[task_id]:
-                cur = conn.cursor()
-                await cur.execute(Q["start_task"], start_params(start))
-                cursors.append((task_id, start, cur))
+        for kind, ids, claims in stretches:
+            cur = conn.cursor()
+            if claims:
+                rows = [{"n": n, **_start_row(claim)} for n, claim in enumerate(claims)]
+            else:
+                rows = [{"n": n, "task_id": task_id} for n, task_id in enumerate(ids)]
+            await cur.execute(Q[kind], _rows(rows))
+            cursors.append((ids, claims, cur))
     found: dict[str, int] = {}
     refused: set[int] = set()
-    for task_id, claim, cur in cursors:
-        row = await cur.fetchone()
-        if row is None and claim is not None:
-            # The settled task's row is locked all the same (ON CONFLICT locks the row it
-            # leaves alone); its seqs are read as lock_task reads them.
-            refused.add(id(claim))
-            locked = await conn.execute(Q["lock_task"], {"task_id": task_id})
-            row = await locked.fetchone()
-        # No row: a task deleted by retention while its run went on; its seqs start afresh.
-        found[task_id] = max(found.get(task_id, 0), row[0] if row else 0)
+    for ids, claims, cur in cursors:
+        returned = dict(await cur.fetchall())
+        for task_id, claim in itertools.zip_longest(ids, claims):
+            last = returned.get(task_id)
+            if last is None and claim is not None:
+                # The settled task's row is locked all the same (ON CONFLICT locks the row
+                # it leaves alone); its seqs are read as lock_task reads them.
+                refused.add(id(claim))
+                locked = await conn.execute(Q["lock_task"], {"task_id": task_id})
+                row = await locked.fetchone()
+                last = row[0] if row else None
+            # None: a task deleted by retention while its run went on; its seqs start afresh.
+            found[task_id] = max(found.get(task_id, 0), last or 0)
     return found, refused
+
+
+def _finishes(
+    advances: list[dict[str, Any]], ends: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(advances, ends, finishes): the advance and the end of a task whose one run in the batch
+    ended become one `finish_task` row. A task with several runs in the batch keeps them
+    apart: its runs' advances all come before their ends, as they always did."""
+    runs = collections.Counter(advance["task_id"] for advance in advances)
+    ended = {end["task_id"]: end for end in ends if runs[end["task_id"]] == 1}
+    if not ended:
+        return advances, ends, []
+    finishes = []
+    for advance in advances:
+        end = ended.get(advance["task_id"])
+        if end is not None:
+            finishes.append(
+                {
+                    **end,
+                    "added": advance["added"],
+                    "last_seq": advance["last_seq"],
+                    "progress": advance["progress"],
+                    "progress_message": advance["progress_message"],
+                    "progress_state": advance["state"],
+                }
+            )
+    return (
+        [advance for advance in advances if advance["task_id"] not in ended],
+        [end for end in ends if end["task_id"] not in ended],
+        finishes,
+    )
+
+
+def _start_row(start: dict[str, Any]) -> dict[str, Any]:
+    """`start_params` as a row of `start_tasks`: the arguments as JSON text, made as psycopg
+    makes a Jsonb parameter's."""
+    params = start_params(start)
+    if params["args"] is not None:
+        params["args"] = json.dumps(params["args"].obj)
+    return params
+
+
+def _rounds(rows: list[dict[str, Any]]) -> Iterator[dict[str, str]]:
+    """The parameters of a set-based statement (arrays, one element per row) for `rows`, in
+    rounds that each hold at most one row of a task: a task's rows apply one after the other,
+    in their order, as they did one statement each (an UPDATE FROM takes one row per target)."""
+    rounds: list[list[dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for row in rows:
+        n = seen.get(row["task_id"], 0)
+        seen[row["task_id"]] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(row)
+    for group in rounds:
+        yield _rows(group)
+
+
+def _rows(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The parameter of a set-based statement: its rows as one JSON array, which Postgres
+    reads with json_to_recordset (one value to send, where arrays cost psycopg a Python call
+    per element)."""
+    try:
+        return {"rows": orjson.dumps(rows).decode()}
+    except orjson.JSONEncodeError:
+        # What orjson refuses (an integer beyond 64 bits, a lone surrogate) goes as before:
+        # Postgres or the driver refuses it (`RecordRefused`).
+        return {"rows": json.dumps(rows, ensure_ascii=False)}
 
 
 def _flat(segments: tuple[tuple[int, int], ...]) -> list[int]:
