@@ -500,9 +500,9 @@ def _start_row(start: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rounds(rows: list[dict[str, Any]]) -> Iterator[dict[str, str]]:
-    """The parameters of a set-based statement (arrays, one element per row) for `rows`, in
-    rounds that each hold at most one row of a task: a task's rows apply one after the other,
-    in their order, as they did one statement each (an UPDATE FROM takes one row per target)."""
+    """The parameters of a set-based statement for `rows` (`_rows`), in rounds that each
+    hold at most one row of a task: a task's rows apply one after the other, in their order,
+    as they did one statement each (an UPDATE FROM takes one row per target)."""
     rounds: list[list[dict[str, Any]]] = []
     seen: dict[str, int] = {}
     for row in rows:

@@ -27,6 +27,7 @@ WHERE t.task_id = ANY (ARRAY(
       SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
 ORDER BY u.n
 FOR UPDATE OF t
+
 -- name: start_tasks
 -- New runs of tasks, one per task, upserted in the order given (Store._place sorts them): each
 -- STARTED, with its details, and the seq its lines continue from (the upsert locks the row
@@ -63,6 +64,7 @@ ON CONFLICT (task_id) DO UPDATE SET
 -- a run of it but a file claiming it. It changes nothing, and no row comes back.
 WHERE NOT (t.state IN (:'SUCCESS', :'FAILURE') AND t.retries >= EXCLUDED.retries)
 RETURNING t.task_id, t.last_seq
+
 -- name: advance_task
 -- Lines stored and progress seen in one batch; a finished task keeps its final state.
 -- This and the statements below take their rows as one JSON array (at most one row per task:
@@ -83,6 +85,7 @@ FROM json_to_recordset(%(rows)s::json)
 WHERE t.task_id = u.task_id
   AND t.task_id = ANY (ARRAY(
       SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
+
 -- name: end_task
 -- The end of a run that is no longer the task's latest (a later run began after its first seq:
 -- an immediate retry stored in the same batch, or on another host), or a RETRY end stored after
@@ -111,6 +114,7 @@ FROM (SELECT u.*,
 WHERE t.task_id = x.task_id
   AND t.task_id = ANY (ARRAY(
       SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
+
 -- name: finish_task
 -- advance_task then end_task in one update, for a task whose one run in the batch ended (the
 -- common case: a short task's file read whole): the same values, one row version fewer.
@@ -166,11 +170,13 @@ USING json_to_recordset(%(rows)s::json) AS u (task_id text, low int8, high int8)
 WHERE l.task_id = u.task_id AND l.seq > u.low AND l.seq <= u.high
   AND l.task_id = ANY (ARRAY(
       SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
+
 -- name: insert_marker
 INSERT INTO lines (task_id, seq, ts, stream, level, message)
 SELECT u.task_id, u.seq, to_timestamp(u.t), :'MARKER', NULL, u.message
 FROM json_to_recordset(%(rows)s::json) AS u (task_id text, seq int8, t float8, message text)
 ON CONFLICT DO NOTHING
+
 -- name: save_file
 INSERT INTO spool_files AS f (host, file, inode, "offset", task_id, seq_base, max_seq,
                               head_lines, tail_lines, ended, seq_segments, updated_at)
@@ -187,6 +193,7 @@ ON CONFLICT (host, file) DO UPDATE SET
     max_seq = EXCLUDED.max_seq,
     ended = EXCLUDED.ended,
     updated_at = now()
+
 -- name: replication_position
 -- Where this primary's WAL is, and the lowest position every standby streaming from it has
 -- flushed (NULL without a standby, or when this login may not see their positions: it needs
@@ -230,6 +237,7 @@ ON CONFLICT (host) DO UPDATE SET
 UPDATE task_runs AS r SET first_seq = u.first_seq
 FROM json_to_recordset(%(rows)s::json) AS u (task_id text, t float8, first_seq int8)
 WHERE r.task_id = u.task_id AND r.started_at = to_timestamp(u.t)
+
 -- name: end_run
 -- A run's end on its own run, found by where its lines begin (a run without lines shares that
 -- seq with the next run: then the trigger's record of the task's latest run stands alone).
