@@ -3,7 +3,8 @@
 One collector per spool directory (`collector.lock`). `Collector.run` opens what it needs (the
 lock, the metrics, two Postgres connections, Redis), migrates, loads the stored offsets and
 runs the loop: scan, drain, finalize (`collector.pipeline.Pipeline`, the exactly-once state
-machine), and the housekeeping (`collector.housekeeping`) when due, woken by `watchfiles`. The
+machine), and the housekeeping (`collector.housekeeping`) when due, woken by the file watcher
+(`collector.watcher`). The
 watcher and the systemd watchdog are supervised side tasks (`tasklog.core.supervise`).
 """
 

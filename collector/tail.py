@@ -98,7 +98,7 @@ class SpoolDir:
         return gone
 
     def touched(self, names: set[str]) -> None:
-        """Files that watchfiles says changed."""
+        """Files that the file watcher (`collector.watcher`) says changed."""
         for name in names:
             if not name.endswith(spool.SUFFIX):
                 continue

@@ -1,55 +1,89 @@
-"""The spool directory's file watcher: which files changed, told to the event loop at once.
+"""The spool directory's file watcher: which files changed, told to the collector's loop.
 
-`watchfiles` (inotify) runs in a thread of its own and reports a change once no other came
-for one `step`, or once changes kept coming for as long (its `debounce`): that is how long a
-print may wait here before the collector knows of it. Batching is the pipeline's
-(`collector.cadence`), not the watcher's. Each report reaches the loop as one callback
-(`loop.call_soon_threadsafe`): `watchfiles.awatch` costs the loop ~0.1 ms per report (a thread
-hand-off, a task group, a path filter), and a stream of small tasks makes one about every
-millisecond.
+On Linux it is inotify itself, read on the event loop (`inotify_simple` wraps the system
+calls): a change after a quiet spell is reported at once, and no thread polls while nothing
+changes. After each report it stops listening for `step` milliseconds, in which the kernel
+gathers what comes into one queued event per file: a task printing thousands of lines a
+second is reported at most once a step, not once a line. Batching is the pipeline's
+(`collector.cadence`), not the watcher's. Elsewhere `watchfiles` does the same, by polling:
+one look every `step`.
+
+Only changes that may bring something to read count: a file created, written, closed or
+moved in. A file deleted (the collector deletes those it stored) is not reported; the
+rescans find files gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from watchfiles import watch
-
 __all__ = ["follow", "step_ms"]
+
+Changed = Callable[[set[str]], None]
 
 
 def step_ms(debounce_ms: int) -> int:
-    """The watcher's step for TASKLOG_DEBOUNCE_MS: a tenth of it, 1 to 10 ms (a step of 10 ms
-    made 17 of the 19 ms from print to browser, docs/BENCHMARKS.md)."""
+    """The watcher's step for TASKLOG_DEBOUNCE_MS: a tenth of it, 1 to 10 ms."""
     return max(1, min(10, debounce_ms // 10))
 
 
-async def follow(path: Path, step_ms: int, changed: Callable[[set[str]], None]) -> None:
-    """Call `changed` on the running loop with the names of the files in `path` that changed,
-    within `step_ms` of each change, until cancelled (or until the watcher fails: raised)."""
+async def follow(path: Path, step: int, changed: Changed) -> None:
+    """Call `changed` with the names of the files in `path` that changed, within `step`
+    milliseconds of each change (at once after a quiet spell, on Linux), until cancelled; a
+    watcher that fails (inotify limits, the directory gone) raises."""
+    if sys.platform == "linux":
+        await _inotify(path, step, changed)
+    else:
+        await _polled(path, step, changed)
+
+
+async def _inotify(path: Path, step: int, changed: Changed) -> None:
+    from inotify_simple import INotify, flags
+
     loop = asyncio.get_running_loop()
-    stop = threading.Event()
+    ready = asyncio.Event()
+    with INotify(nonblocking=True) as inotify:
+        inotify.add_watch(path, flags.CREATE | flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO)
+        try:
+            while True:
+                loop.add_reader(inotify.fileno(), ready.set)
+                try:
+                    await ready.wait()
+                finally:
+                    loop.remove_reader(inotify.fileno())
+                ready.clear()
+                names = set()
+                for event in inotify.read(timeout=0):
+                    if event.mask & flags.Q_OVERFLOW:
+                        # Events were lost (the queue filled): every file may have changed.
+                        names.update(os.listdir(path))
+                    elif event.mask & flags.IGNORED:
+                        raise OSError(f"the watch on {path} ended (the directory was removed?)")
+                    elif event.name:
+                        names.add(event.name)
+                if names:
+                    changed(names)
+                await asyncio.sleep(step / 1000)  # the kernel gathers what comes meanwhile
+        finally:
+            loop.remove_reader(inotify.fileno())
 
-    def watching() -> None:
-        for changes in watch(
-            path,
-            stop_event=stop,
-            debounce=step_ms,
-            step=step_ms,
-            recursive=False,
-            rust_timeout=1000,
-            yield_on_timeout=False,
-            watch_filter=None,  # the caller looks at the names it wants
-        ):
-            loop.call_soon_threadsafe(changed, {os.path.basename(p) for _, p in changes})
 
-    thread = asyncio.ensure_future(asyncio.to_thread(watching))
-    try:
-        await asyncio.shield(thread)
-    finally:
-        stop.set()  # cancelled or failed: the thread ends within a step
-        await asyncio.wait({thread})
+async def _polled(path: Path, step: int, changed: Changed) -> None:
+    from watchfiles import Change, awatch
+
+    async for changes in awatch(
+        path,
+        debounce=step,
+        step=step,
+        recursive=False,
+        rust_timeout=1000,
+        yield_on_timeout=False,
+        watch_filter=None,  # the caller looks at the names it wants
+    ):
+        names = {os.path.basename(p) for change, p in changes if change != Change.deleted}
+        if names:
+            changed(names)

