@@ -28,8 +28,8 @@ class CollectorSettings(Common):
         ge=1,
         le=5000,
         description="The least time between the reads of two batches while files keep"
-        " changing (a change after a quiet spell is read at once); the watcher looks for"
-        " changes every tenth of it (at least 1 ms, polling costs ~2.7% of a core at 1 ms).",
+        " changing (a change after a quiet spell is read at once); the file watcher reports a"
+        " file's changes at most once every tenth of it (1 to 10 ms).",
     )
     rescan_interval: float = Field(
         2.0, gt=0, description="Seconds between full scans of the spool dir (misses no file)."
