@@ -211,11 +211,12 @@ def test_the_shims_tests_pass_on_the_python_line_writer() -> None:
 @needs_speedups
 def test_ascii_text_to_escape_at_any_place_is_written_alike() -> None:
     """ASCII text is copied eight bytes at a time in C: a quote, a backslash or a control
-    character at each place of those eight comes out escaped as the reference does."""
+    character at each place of those eight comes out escaped as the reference does, and DEL
+    as it is (the reference escapes ASCII text with json's ensure_ascii escaper, but DEL)."""
     texts = [
         "a" * i + special + "b" * (17 - i)
         for i in range(17)
-        for special in ('"', "\\", "\t", "\x01")
+        for special in ('"', "\\", "\t", "\x01", "\x1f", "\x7f")
     ]
     ops = [("write", spool.STDOUT, text + "\n") for text in texts]
     with tempfile.TemporaryDirectory() as tmp:
