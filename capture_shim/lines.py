@@ -237,21 +237,32 @@ class RouterBase:
     there before. An attribute the router does not have is the original stream's.
     """
 
+    #: ``write(text)``: a function held by the instance (`_write`), not a method.
+    write: Callable[[str], int]
+
     def __init__(self, original: Any, stream: str, current: ContextVar[Any]) -> None:
         self._original = original
         self._stream = stream
-        self._current_get = current.get
-
-    def write(self, text: str) -> int:
-        cap = self._current_get()
-        if cap is None:
-            written: int = self._original.write(text)
-            return written
-        cap.route(self._stream, text)
-        return len(text)
+        self.write = _write(original, stream, current.get)
 
     def __getattr__(self, name: str) -> Any:
         # encoding, errors, isatty, fileno…: whatever the original stream says.
         if name == "_original":  # not set yet (a copy being made): no recursion
             raise AttributeError(name)
         return getattr(self._original, name)
+
+
+def _write(original: Any, stream: str, current: Callable[[], Any]) -> Callable[[str], int]:
+    """A router's ``write``, which each piece a `print` writes goes through: a closure, since
+    a method of a class with ``__getattr__`` costs a bound method and a slower lookup of each
+    attribute it reads."""
+
+    def write(text: str) -> int:
+        cap = current()
+        if cap is None:
+            written: int = original.write(text)
+            return written
+        cap.route(stream, text)
+        return len(text)
+
+    return write

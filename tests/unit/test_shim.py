@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -207,6 +209,47 @@ def test_concurrent_tasks_in_threads_do_not_mix(
         expected = [f"task {n} log {i}" for i in range(50, count + 1, 50)]
         assert len(logs) == len(expected)
         assert all(m.endswith(e) for m, e in zip(logs, expected, strict=True)), logs
+
+
+def test_threads_of_one_task_printing_at_once_lose_nothing(
+    spool_dir: Path, routed: pytest.CaptureFixture[str]
+) -> None:
+    """A task's threads print into one capture at once (the GIL handed over as often as it
+    can be): their pieces may share a line, as on a terminal, but every piece is in exactly
+    one record, each newline ends exactly one, and the records are in sequence order."""
+    count, threads = 2000, 4
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    cap = _capture(spool_dir)
+    capture.ensure_routing()
+    cap.activate()
+    barrier = threading.Barrier(threads)
+
+    def printer(n: int) -> None:
+        barrier.wait()
+        for i in range(count):
+            print(f"<{n}.{i}>")  # two writes: the piece, then its newline
+
+    try:
+        # Each thread in a copy of this context: the capture is the current one there too.
+        workers = [
+            threading.Thread(target=contextvars.copy_context().run, args=(printer, n))
+            for n in range(threads)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+        cap.finish("SUCCESS")
+        cap.deactivate()
+    lines = _lines(_records(spool_dir))
+    assert [seq for seq, _, _ in lines] == list(range(1, count * threads + 1))
+    text = "".join(m for _, _, m in lines)
+    pieces = re.findall(r"<[0-9]+\.[0-9]+>", text)
+    assert len("".join(pieces)) == len(text)
+    assert sorted(pieces) == sorted(f"<{n}.{i}>" for n in range(threads) for i in range(count))
 
 
 def test_binary_writes_are_decoded_with_visible_escapes(
