@@ -7,8 +7,9 @@ publish). Two things follow, both about time rather than about what is stored:
   TASKLOG_DEBOUNCE_MS after the last one, or `GATHER_RUNS` after a batch that held only runs
   starting or ending, several of them starting or several ending (a stream of small tasks:
   each batch then gathers the files of many). A lone line after a quiet spell does not wait,
-  nor the first lines of a task that started alone, nor those of a task that began as the
-  one before it ended (a worker's tasks one after the other, followed live).
+  nor the first lines of a task whose start was read alone, and those of a task that began
+  as the one before it ended (a worker's tasks one after the other, followed live) wait
+  TASKLOG_DEBOUNCE_MS only.
 - `Forgotten`: the offsets rows of spool files that are gone (deleted once stored, vanished,
   finalized) ride with the next batch's commit, or go on their own after `FORGET_DELAY`.
 """
@@ -17,19 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 #: The least seconds between two batches' reads while each batch holds only runs starting or
 #: ending (each file's chunk has its start or its end record), several starting or several
 #: ending (many small tasks): a batch costs about as much for one such file as for ten. A
-#: batch with a running task's lines alone in a chunk (output followed live), one task's
-#: start alone (its first lines follow), or one task's end and the next one's start (a
-#: worker's tasks one after the other) keeps TASKLOG_DEBOUNCE_MS.
+#: batch with a running task's lines alone in a chunk (output followed live), or one task's
+#: end and the next one's start (a worker's tasks one after the other) keeps
+#: TASKLOG_DEBOUNCE_MS; after one task's start alone the next read does not wait.
 GATHER_RUNS = 0.05
 #: Seconds the offsets rows of deleted files may wait for a batch to ride with. Committed on
 #: their own at once, they doubled the transactions of a stream of small tasks (one batch
 #: for a task's file, one more to forget it); a row left behind a little longer is harmless
 #: (a restart finds its file gone and forgets it).
 FORGET_DELAY = 1.0
+
+
+class Chunk(Protocol):
+    """What the gathering asks of a file's part of a batch (`collector.batch.FileChunk`)."""
+
+    @property
+    def start(self) -> Any: ...
+    @property
+    def end(self) -> Any: ...
+    @property
+    def lines(self) -> Sequence[Any]: ...
 
 
 class Gathering:
@@ -53,13 +67,21 @@ class Gathering:
         if wait > 0 and not final:
             await asyncio.sleep(wait)
 
-    def read(self, began: float, *, files: int, runs_only: bool, starts: int, ends: int) -> None:
-        """A batch was read from `began`: of `files` files, with `starts` runs starting and
-        `ends` ending; `runs_only`: every file's chunk has its run's start or end."""
-        if files:
-            self._read_at = began
-            many = runs_only and max(starts, ends) > 1
-            self._next = max(self.debounce, GATHER_RUNS) if many else self.debounce
+    def read(self, began: float, chunks: Sequence[Chunk]) -> None:
+        """A batch of these `chunks` (one a file) was read from `began`."""
+        if not chunks:
+            return
+        self._read_at = began
+        starts = sum(chunk.start is not None for chunk in chunks)
+        if len(chunks) == 1 and starts == 1 and not chunks[0].lines and chunks[0].end is None:
+            # A task's start alone, read as it began: its first lines, most likely printed
+            # by now, are read as they come (the pace of a steady stream is set after them).
+            self._next = 0.0
+            return
+        ends = sum(chunk.end is not None for chunk in chunks)
+        runs_only = all(chunk.start is not None or chunk.end is not None for chunk in chunks)
+        many = runs_only and max(starts, ends) > 1
+        self._next = max(self.debounce, GATHER_RUNS) if many else self.debounce
 
 
 class Forgotten:

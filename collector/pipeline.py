@@ -212,11 +212,7 @@ class Pipeline:
         return batch
 
     def _was_read(self, batch: Batch, began: float) -> None:
-        chunks = batch.chunks
-        starts = sum(c.start is not None for c in chunks)
-        ends = sum(c.end is not None for c in chunks)
-        runs = all(c.start is not None or c.end is not None for c in chunks)
-        self._gathering.read(began, files=len(chunks), runs_only=runs, starts=starts, ends=ends)
+        self._gathering.read(began, batch.chunks)
 
     async def _settle(
         self,
