@@ -219,7 +219,8 @@ class Store:
             # Where each new run begins in the task's seqs. The trigger that records a run
             # (migration 0007) can only guess it from the row's last seq, which a batch holding
             # two runs of one task (an immediate retry) has not advanced yet when the second
-            # run's start is upserted. Set before the ends: end_task and end_run find a run by it.
+            # run's start is upserted. Set before the ends: finish_task and end_run find a run
+            # by it.
             firsts = [
                 {
                     "task_id": run.task_id,
@@ -230,7 +231,7 @@ class Store:
                 if (start := run.chunk.start) is not None and not run.chunk.state.registered
             ]
             changed = list({run.task_id for run in runs})
-            advances, ends_alone, finishes = _finishes(advances, ends)
+            advances, finishes = _finishes(advances, ends)
             # Everything else the batch changes goes in one pipeline: one round trip, and one
             # statement of each kind (its rows as one JSON array, `_rounds`), however many files.
             async with conn.cursor() as tasks:
@@ -239,7 +240,6 @@ class Store:
                         ("run_first_seq", firsts),
                         ("trim_tail", trims),
                         ("advance_task", advances),
-                        ("end_task", ends_alone),
                         ("finish_task", finishes),
                         ("end_run", ends),
                         ("insert_marker", markers),
@@ -461,33 +461,34 @@ async def _lock_tasks(
 
 def _finishes(
     advances: list[dict[str, Any]], ends: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(advances, ends, finishes): the advance and the end of a task whose one run in the batch
-    ended become one `finish_task` row. A task with several runs in the batch keeps them
-    apart: its runs' advances all come before their ends, as they always did."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(advances, finishes): each end a `finish_task` row, in the ends' order, with the advance
+    of its task when that task has one run in the batch (the advance row then goes); a task
+    with several runs in the batch keeps its advances apart, all before its ends, as before."""
     runs = collections.Counter(advance["task_id"] for advance in advances)
-    ended = {end["task_id"]: end for end in ends if runs[end["task_id"]] == 1}
-    if not ended:
-        return advances, ends, []
-    finishes = []
-    for advance in advances:
-        end = ended.get(advance["task_id"])
-        if end is not None:
-            finishes.append(
-                {
-                    **end,
-                    "added": advance["added"],
-                    "last_seq": advance["last_seq"],
-                    "progress": advance["progress"],
-                    "progress_message": advance["progress_message"],
-                    "progress_state": advance["state"],
-                }
-            )
-    return (
-        [advance for advance in advances if advance["task_id"] not in ended],
-        [end for end in ends if end["task_id"] not in ended],
-        finishes,
-    )
+    single = {a["task_id"]: a for a in advances if runs[a["task_id"]] == 1}
+    finishes = [{**end, **_advanced(single.get(end["task_id"]))} for end in ends]
+    ended = {end["task_id"] for end in ends}
+    return [a for a in advances if a["task_id"] not in ended or runs[a["task_id"]] > 1], finishes
+
+
+def _advanced(advance: dict[str, Any] | None) -> dict[str, Any]:
+    """An advance's values as a `finish_task` row takes them; none: nothing to advance."""
+    if advance is None:
+        return {
+            "added": 0,
+            "last_seq": 0,
+            "progress": None,
+            "progress_message": None,
+            "progress_state": None,
+        }
+    return {
+        "added": advance["added"],
+        "last_seq": advance["last_seq"],
+        "progress": advance["progress"],
+        "progress_message": advance["progress_message"],
+        "progress_state": advance["state"],
+    }
 
 
 def _start_row(start: dict[str, Any]) -> dict[str, Any]:

@@ -86,38 +86,13 @@ WHERE t.task_id = u.task_id
   AND t.task_id = ANY (ARRAY(
       SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
 
--- name: end_task
--- The end of a run that is no longer the task's latest (a later run began after its first seq:
--- an immediate retry stored in the same batch, or on another host), or a RETRY end stored after
--- the retried run finished, leaves the task's state alone; its counts still add up. end_run
--- records it on its own run.
-UPDATE tasks AS t SET
-    state = CASE WHEN x.late THEN t.state ELSE x.state END,
-    completed_at = CASE WHEN x.late THEN t.completed_at ELSE to_timestamp(x.t) END,
-    runtime = CASE WHEN x.late THEN t.runtime ELSE x.runtime END,
-    exc_type = CASE WHEN x.late THEN t.exc_type ELSE x.exc_type END,
-    exc_message = CASE WHEN x.late THEN t.exc_message ELSE x.exc_message END,
-    traceback = CASE WHEN x.late THEN t.traceback ELSE x.traceback END,
-    spool_errors = t.spool_errors + x.errors,
-    lines_omitted = t.lines_omitted + x.omitted,
-    progress = CASE WHEN x.state = :'SUCCESS' THEN 100 ELSE t.progress END,
-    updated_at = now()
-FROM (SELECT u.*,
-             (u.state = :'RETRY'
-              AND tasklog_finished((SELECT o.state FROM tasks AS o WHERE o.task_id = u.task_id)))
-             OR EXISTS (SELECT 1 FROM task_runs AS r
-                        WHERE r.task_id = u.task_id AND r.first_seq > u.first_seq) AS late
-      FROM json_to_recordset(%(rows)s::json)
-           AS u (task_id text, state text, t float8, runtime float8, exc_type text,
-                 exc_message text, traceback text, errors int8, omitted int8, first_seq int8)
-      OFFSET 0) AS x  -- computed once per row, not once per use of `late`
-WHERE t.task_id = x.task_id
-  AND t.task_id = ANY (ARRAY(
-      SELECT i.task_id FROM json_to_recordset(%(rows)s::json) AS i (task_id text)))
-
 -- name: finish_task
--- advance_task then end_task in one update, for a task whose one run in the batch ended (the
--- common case: a short task's file read whole): the same values, one row version fewer.
+-- The end of a run, with the lines and progress the batch stored of it (what advance_task
+-- does, in the same update: one row version fewer; none for a task with several runs in the
+-- batch, advanced apart before). The end of a run that is no longer the task's latest (a later
+-- run began after its first seq: an immediate retry stored in the same batch, or on another
+-- host), or a RETRY end stored after the retried run finished, leaves the task's state alone;
+-- its counts still add up. end_run records it on its own run.
 UPDATE tasks AS t SET
     line_count = t.line_count + x.added,
     last_seq = greatest(t.last_seq, x.last_seq),
