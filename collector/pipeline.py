@@ -121,7 +121,7 @@ class Pipeline:
         await self._gathering.wait(final)
         began = time.monotonic()
         batch = self.spool.read_batch(*limits)
-        self._was_read(batch, began)
+        self._gathering.read(began, batch.chunks)
         behind: _InFlight | None = None
         current: _InFlight | None = None  # started, and not yet `behind`
         reading: asyncio.Future[Batch] | None = None  # the next batch, read in a thread
@@ -208,11 +208,8 @@ class Pipeline:
         batch = await asyncio.get_running_loop().run_in_executor(
             self._reader, self.spool.read_batch, *limits, skip
         )
-        self._was_read(batch, began)
-        return batch
-
-    def _was_read(self, batch: Batch, began: float) -> None:
         self._gathering.read(began, batch.chunks)
+        return batch
 
     async def _settle(
         self,

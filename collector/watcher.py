@@ -48,28 +48,25 @@ async def _inotify(path: Path, step: int, changed: Changed) -> None:
     ready = asyncio.Event()
     with INotify(nonblocking=True) as inotify:
         inotify.add_watch(path, flags.CREATE | flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO)
-        try:
-            while True:
-                loop.add_reader(inotify.fileno(), ready.set)
-                try:
-                    await ready.wait()
-                finally:
-                    loop.remove_reader(inotify.fileno())
-                ready.clear()
-                names = set()
-                for event in inotify.read(timeout=0):
-                    if event.mask & flags.Q_OVERFLOW:
-                        # Events were lost (the queue filled): every file may have changed.
-                        names.update(os.listdir(path))
-                    elif event.mask & flags.IGNORED:
-                        raise OSError(f"the watch on {path} ended (the directory was removed?)")
-                    elif event.name:
-                        names.add(event.name)
-                if names:
-                    changed(names)
-                await asyncio.sleep(step / 1000)  # the kernel gathers what comes meanwhile
-        finally:
-            loop.remove_reader(inotify.fileno())
+        while True:
+            loop.add_reader(inotify.fileno(), ready.set)
+            try:
+                await ready.wait()
+            finally:
+                loop.remove_reader(inotify.fileno())
+            ready.clear()
+            names = set()
+            for event in inotify.read(timeout=0):
+                if event.mask & flags.Q_OVERFLOW:
+                    # Events were lost (the queue filled): every file may have changed.
+                    names.update(os.listdir(path))
+                elif event.mask & flags.IGNORED:
+                    raise OSError(f"the watch on {path} ended (the directory was removed?)")
+                elif event.name:
+                    names.add(event.name)
+            if names:
+                changed(names)
+            await asyncio.sleep(step / 1000)  # the kernel gathers what comes meanwhile
 
 
 async def _polled(path: Path, step: int, changed: Changed) -> None:
