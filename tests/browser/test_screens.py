@@ -110,7 +110,27 @@ async def open_screen(browser: Any, site: Site, screen: Screen, size: str) -> tu
         await page.wait_for_function(
             f"() => document.getElementById('count').textContent === '{scene.HUGE_LINES} lines'"
         )
+    # A followed log is pinned to its end as its rows are measured, a frame or more after
+    # the stream opened: the look is compared once the page has stopped moving.
+    await page.wait_for_function(SETTLED, polling=SETTLE_POLL_MS, timeout=30_000)
     return page, watch
+
+
+SETTLE_POLL_MS = 250
+#: True when the scroll positions, the rows on screen and the line count are those of the
+#: previous call, `SETTLE_POLL_MS` before.
+SETTLED = """() => {
+  const boxes = ["logbox", "log"].map((id) => document.getElementById(id));
+  const state = JSON.stringify([
+    window.scrollY, document.documentElement.scrollHeight,
+    boxes.map((box) => box && [box.scrollTop, box.scrollHeight]),
+    Array.from(document.querySelectorAll("#log > *"), (row) => row.textContent.slice(0, 12)),
+    document.getElementById("count")?.textContent,
+  ]);
+  const settled = window.__tasklogScreenState === state;
+  window.__tasklogScreenState = state;
+  return settled;
+}"""
 
 
 async def close(page: Any, watch: Watch) -> None:
