@@ -55,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="make the spool directory in DIR (default: the bench's scratch directory; a"
         " file's creation costs what the file system there makes it cost, once per task)",
     )
+    parser.add_argument(
+        "--collector-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the collector at this niceness (systemd's Nice=): it takes the cores when"
+        " the workers leave them idle (0)",
+    )
 
 
 def _worker(queue: str, redis_url: str, env: dict[str, str], log_dir: Path) -> Child:
@@ -87,6 +95,19 @@ def _postgres_cpu(database: str) -> float:
     return total
 
 
+def _busy() -> tuple[float, float]:
+    """The machine's busy and total CPU time so far, in clock ticks (/proc/stat)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def _busy_share(before: tuple[float, float]) -> float:
+    busy, total = _busy()
+    return (busy - before[0]) / max(total - before[1], 1.0)
+
+
 def _file_system(path: Path) -> str:
     found = subprocess.run(
         ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=False
@@ -117,6 +138,7 @@ def run(args: argparse.Namespace) -> None:
     plain_s: list[float] = []
     captured_s: list[float] = []
     results_s: list[float] = []
+    busy: dict[str, list[float]] = {"pertask-off": [], "pertask-on": []}
     commits: list[int] = []
     collector_cpu: list[float] = []
     postgres_cpu: list[float] = []
@@ -130,6 +152,7 @@ def run(args: argparse.Namespace) -> None:
             collector = Child(
                 "collector",
                 [
+                    *(["nice", "-n", str(args.collector_nice)] if args.collector_nice else []),
                     python(),
                     *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []),
                     "-m",
@@ -160,6 +183,7 @@ def run(args: argparse.Namespace) -> None:
                     )
                     cpu0, pg0 = collector.cpu_seconds(), _postgres_cpu(database)
                     xacts0 = _commits(database)
+                    busy0 = _busy()
                     began = time.monotonic()
                     result = sig.apply_async()
                     result.get(timeout=600)
@@ -173,12 +197,14 @@ def run(args: argparse.Namespace) -> None:
                             collector,
                         )
                         captured_s.append(time.monotonic() - began)
+                        busy[queue].append(_busy_share(busy0))
                         collector_cpu.append(collector.cpu_seconds() - cpu0)
                         postgres_cpu.append(_postgres_cpu(database) - pg0)
                         time.sleep(1.2)  # a backend reports its statistics once a second
                         commits.append(_commits(database) - xacts0)
                     else:
                         plain_s.append(time.monotonic() - began)
+                        busy[queue].append(_busy_share(busy0))
                     result.forget()
     finally:
         databases.close()
@@ -198,6 +224,9 @@ def run(args: argparse.Namespace) -> None:
         f"{ratio:.2f}x (runs {min(ratios):.2f}-{max(ratios):.2f})",
         f"target <= {args.target:.2f}x {verdict(ratio <= args.target)}",
     )
+    for queue, label in (("pertask-off", "no capture"), ("pertask-on", "captured")):
+        share = Figure(label, "%", [b * 100 for b in busy[queue]])
+        row(f"the machine's cores busy, {label}", share.text(0), "all processes, /proc/stat")
     row("collector CPU per task file", per_task_ms.text(3))
     row("Postgres CPU per task file", pg_ms.text(3), "the collector's backends")
     per_file = Figure("commits", "", [c / args.tasks for c in commits])
