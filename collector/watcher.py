@@ -11,6 +11,12 @@ one look every `step`.
 Only changes that may bring something to read count: a file created, written, closed or
 moved in. A file deleted (the collector deletes those it stored) is not reported; the
 rescans find files gone.
+
+A watch begins by reporting every file already in the directory: one made after the
+collector's last scan and before the watch (a worker writing as the collector starts, or
+while its watcher is restarted) is otherwise found only by the next rescan
+(TASKLOG_RESCAN_INTERVAL). The polled watcher looks before its first poll; a file made
+between the two is left to the rescans.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ async def _inotify(path: Path, step: int, changed: Changed) -> None:
     ready = asyncio.Event()
     with INotify(nonblocking=True) as inotify:
         inotify.add_watch(path, flags.CREATE | flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO)
+        _report_present(path, changed)
         while True:
             loop.add_reader(inotify.fileno(), ready.set)
             try:
@@ -72,6 +79,7 @@ async def _inotify(path: Path, step: int, changed: Changed) -> None:
 async def _polled(path: Path, step: int, changed: Changed) -> None:
     from watchfiles import Change, awatch
 
+    _report_present(path, changed)
     async for changes in awatch(
         path,
         debounce=step,
@@ -84,3 +92,10 @@ async def _polled(path: Path, step: int, changed: Changed) -> None:
         names = {os.path.basename(p) for change, p in changes if change != Change.deleted}
         if names:
             changed(names)
+
+
+def _report_present(path: Path, changed: Changed) -> None:
+    """Every file in `path` now, as changed (a watch's beginning)."""
+    names = set(os.listdir(path))
+    if names:
+        changed(names)

@@ -100,7 +100,9 @@ async def test_a_client_that_stops_reading_is_dropped_then_resumes_without_gap_o
         await fake.start("slow")
         await fake.lines("slow", [f"{i:04d} {big}" for i in range(1, per_batch + 1)])
         client = await asyncio.to_thread(StalledClient, port, f"{PREFIX}/sse/task/slow/")
-        await asyncio.to_thread(client.read_until, b"id: 1\r\n")  # the replay has begun
+        # The replay has begun, its first event whole: the server will abort the connection,
+        # and an abort drops what the client's socket holds unread.
+        await asyncio.to_thread(client.read_until, b"id: 2\r\n")
         # The client reads no more; the collector keeps storing and publishing.
         for batch in range(1, batches):
             first = batch * per_batch + 1

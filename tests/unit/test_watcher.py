@@ -111,3 +111,21 @@ def test_the_watch_ending_with_its_directory_is_an_error(tmp_path: Path) -> None
             await asyncio.wait_for(task, 10)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("follow", WAYS)
+def test_files_made_before_the_watch_began_are_reported_as_it_begins(
+    tmp_path: Path, follow: Follow
+) -> None:
+    """A file made after the collector's scan and before its watch (a worker writing as the
+    collector starts, or while its watcher restarts) is not left for the next rescan."""
+    (tmp_path / "early.jsonl").write_bytes(b"{}\n")
+    reported: set[str] = set()
+
+    async def run() -> None:
+        task = asyncio.create_task(follow(tmp_path, 1, reported.update))
+        await until(lambda: "early.jsonl" in reported, "the file made before the watch")
+        task.cancel()
+        await asyncio.wait({task})
+
+    asyncio.run(run())
