@@ -19,9 +19,10 @@ it stands; what was gathered is written to them first, so their seq is the broad
   task row says finished at the seq they were sent, they get its status and are finished
   (each stream sends ``end``), else they read Postgres themselves;
 - a member whose transport still holds more than `SLOW_BYTES` of what it was sent when the
-  next write comes (a slow client) goes back to its stream alone, whose writes wait (up to
-  TASKLOG_API_SEND_TIMEOUT) and whose buffer bounds it (TASKLOG_API_CLIENT_BUFFER), as
-  before; it joins again once caught up;
+  next write comes, or `SLOW_CHECK` after a write if none comes (a slow client), goes back
+  to its stream alone, which first waits for its transport to drain and whose writes wait
+  (each up to TASKLOG_API_SEND_TIMEOUT), and whose buffer bounds it
+  (TASKLOG_API_CLIENT_BUFFER), as before; it joins again once caught up;
 - a member whose client left, or a quiet spell (`TaskFollower.ride`'s resync interval).
 """
 
@@ -59,6 +60,10 @@ MAX_LINGER = 0.25
 #: beyond which it is a slow client (asyncio's default high-water mark): it goes back to its
 #: own stream.
 SLOW_BYTES = 64 * 1024
+#: Seconds after a write that left a member holding more than `SLOW_BYTES` at which it is
+#: judged slow if no other write came first: a client that stops reading on the last news
+#: is handed back to its stream, whose wait for the drain times out, rather than kept.
+SLOW_CHECK = 0.5
 
 
 class Transport(Protocol):
@@ -112,6 +117,7 @@ class Broadcast(Subscription):
         self._pending: list[bytes] = []
         self._pending_statuses: list[int] = []  # indexes of status events in `_pending`
         self._flush_at: asyncio.Handle | None = None
+        self._check_at: asyncio.Handle | None = None
 
     @property
     def size(self) -> int:
@@ -217,9 +223,10 @@ class Broadcast(Subscription):
     def close(self) -> None:
         super().close()
         self.leave_all(resync=False)
-        if self._flush_at is not None:
-            self._flush_at.cancel()
-            self._flush_at = None
+        for handle in (self._flush_at, self._check_at):
+            if handle is not None:
+                handle.cancel()
+        self._flush_at = self._check_at = None
         if self._ending is not None:
             self._ending.cancel()
 
@@ -276,21 +283,20 @@ class Broadcast(Subscription):
         shares: dict[int, tuple[bytes, bytes, int]] = {}
         slow = []
         lines = statuses = 0
+        behind = False  # some member holds more than SLOW_BYTES after this write
         for member, start in self._members.items():
             if start >= len(self._pending):
                 self._members[member] = 0  # joined after the last of it: nothing to write
                 continue
             transport = member.transport
-            if (
-                transport is None
-                or transport.is_closing()
-                or (transport.get_write_buffer_size() > SLOW_BYTES)
-            ):
+            if _slow(transport):
                 # Gone, or it did not take what it was sent last time: back to its stream.
                 slow.append(member)
                 continue
+            assert transport is not None
             share = self._share(start, shares)
             transport.write(share[1] if member.chunked else share[0])
+            behind = behind or transport.get_write_buffer_size() > SLOW_BYTES
             self._members[member] = 0
             statuses += share[2]
             lines += len(self._pending) - start - share[2]
@@ -298,10 +304,23 @@ class Broadcast(Subscription):
             self.leave(member)
         self._pending = []
         self._pending_statuses = []
+        if self._check_at is not None:
+            self._check_at.cancel()
+            self._check_at = None
+        if behind:
+            # Should no write come next, the check is made then (see `SLOW_CHECK`).
+            self._check_at = asyncio.get_running_loop().call_later(SLOW_CHECK, self._check)
         if lines:
             metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(lines)
         if statuses:
             metrics.SSE_EVENTS.labels(wire.STATUS).inc(statuses)
+
+    def _check(self) -> None:
+        """`SLOW_CHECK` after a write that left a member behind, none since: who still is
+        goes back to its stream."""
+        self._check_at = None
+        for member in [m for m in self._members if _slow(m.transport)]:
+            self.leave(member)
 
     def _share(
         self, start: int, shares: dict[int, tuple[bytes, bytes, int]]
@@ -363,3 +382,12 @@ class Broadcasts:
     def close_all(self) -> None:
         for broadcast, _ in list(self._by_task.values()):
             broadcast.close()
+
+
+def _slow(transport: Transport | None) -> bool:
+    """Whether a member's client is gone or holds more than `SLOW_BYTES` of what it was sent."""
+    return (
+        transport is None
+        or transport.is_closing()
+        or transport.get_write_buffer_size() > SLOW_BYTES
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -74,10 +74,12 @@ class Stream(EventSourceResponse):
         )
         self.send_timeout = send_timeout
         self._request: BaseRequest | None = None
+        self._writer: AbstractStreamWriter | None = None
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         self._request = request
-        return await super().prepare(request)
+        self._writer = await super().prepare(request)
+        return self._writer
 
     async def event(self, data: wire.Json, id: int | None = None, retry: int | None = None) -> None:
         await self.send(wire.dumps(data), id=None if id is None else str(id), retry=retry)
@@ -93,9 +95,22 @@ class Stream(EventSourceResponse):
         """
         if not frames:
             return
+        await self._within_timeout(self.write(b"".join(frames)))
+        if statuses:
+            metrics.SSE_EVENTS.labels(wire.STATUS).inc(statuses)
+        if len(frames) > statuses:
+            metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames) - statuses)
+
+    async def wait_sent(self) -> None:
+        """Wait until the transport holds no more than its high-water mark of what was written
+        to it (by a task's broadcast, say); same timeout and abort as `send`."""
+        if self._writer is not None:
+            await self._within_timeout(self._writer.drain())
+
+    async def _within_timeout(self, write: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(self.send_timeout):
-                await self.write(b"".join(frames))
+                await write
         except ConnectionResetError:
             self.stop_streaming()
             raise
@@ -106,10 +121,6 @@ class Stream(EventSourceResponse):
             if transport is not None:
                 transport.abort()
             raise
-        if statuses:
-            metrics.SSE_EVENTS.labels(wire.STATUS).inc(statuses)
-        if len(frames) > statuses:
-            metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(len(frames) - statuses)
 
 
 class TaskFollower:
@@ -158,6 +169,10 @@ class TaskFollower:
                     broadcast.leave(self, resync=True)
         finally:
             broadcast.leave(self)
+        # What the broadcast wrote may still be on its way: this stream writes next only
+        # once it has gone, as its own writes would have waited (a slow client's drain
+        # times out and drops it).
+        await self.stream.wait_sent()
 
     async def replay(self, until: int | None = None) -> None:
         """Send every stored line after the last one sent; `until`: lines up to that seq are

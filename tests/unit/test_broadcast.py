@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
-from api.broadcast import SLOW_BYTES, Broadcast, Broadcasts
+from api.broadcast import SLOW_BYTES, SLOW_CHECK, Broadcast, Broadcasts
 from api.framing import line_frames
 from api.hub import RESYNC, Hub, Subscription
 from tasklog.core.messages import LinesMessage, TaskMessage
@@ -176,6 +176,27 @@ async def test_a_slow_client_goes_back_alone_and_the_others_go_on() -> None:
         assert quick.body() == framed(2, big + 2)
         assert slow.body() == framed(2, big + 1)
         assert not broadcast.join(slow)  # not while its transport holds that much
+
+
+async def test_a_client_that_stalls_on_the_last_news_goes_back_without_another_write() -> None:
+    async with setup(2) as (_, broadcast, (slow, quick)):
+        broadcast.push(lines(1, 1))
+        for follower in (slow, quick):
+            follower.last_seq = 1
+            assert broadcast.join(follower)
+        slow.transport.stalled = True
+        big = SLOW_BYTES // 100
+        broadcast.push(lines(2, big))  # and then no more news
+        await settle()
+        assert slow in broadcast and quick in broadcast
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOW_CHECK + 5
+        while slow in broadcast and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        # Back to its stream, whose wait for the drain times out and drops it.
+        assert slow not in broadcast and quick in broadcast
+        assert slow.sub.take() == [] and slow.last_seq == big
+        assert quick.body() == slow.body() == framed(2, big)
 
 
 async def test_a_finished_status_read_once_in_postgres_ends_every_member() -> None:
