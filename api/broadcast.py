@@ -17,7 +17,8 @@ it stands; what was gathered is written to them first, so their seq is the broad
   a task message announcing more lines: each member gets `RESYNC`, its stream reads Postgres;
 - a finished status: the broadcast asks Postgres once for all its members (`_end`); when the
   task row says finished at the seq they were sent, they get its status and are finished
-  (each stream sends ``end``), else they read Postgres themselves;
+  (each stream sends ``end``), else they read Postgres themselves (and, if the row says the
+  task still runs, may join again: a forged message does not end a broadcast);
 - a member whose transport still holds more than `SLOW_BYTES` of what it was sent when the
   next write comes, or `SLOW_CHECK` after a write if none comes (a slow client), goes back
   to its stream alone, which first waits for its transport to drain and whose writes wait
@@ -202,9 +203,10 @@ class Broadcast(Subscription):
             self._gather(new)
             return
         if item.get("status") in FINISHED_STATES:
-            # Ended on Postgres's word alone (see `api.sse`), asked once for every member.
-            self.finished = True
+            # Ended on Postgres's word alone (see `api.sse`), asked once for every member;
+            # without members, each follower's stream asks for itself.
             if self._members and self._read_task is not None and self._ending is None:
+                self.finished = True  # until Postgres says otherwise
                 self._ending = asyncio.create_task(self._end(), name="sse-broadcast-end")
             else:
                 self.leave_all()
@@ -241,11 +243,12 @@ class Broadcast(Subscription):
                 log.warning("the end of task %s is read by each stream: %s", self.task_id, exc)
                 return
             task = wire.task_json(row) if row is not None else None
-            if (
-                task is None
-                or task.get("status") not in FINISHED_STATES
-                or task.get("last_seq") != self.last_seq
-            ):
+            if task is not None and task.get("status") not in FINISHED_STATES:
+                # Not finished after all (a forged message, or a retry has begun since): the
+                # members read Postgres, and may join again.
+                self.finished = False
+                return
+            if task is None or task.get("last_seq") != self.last_seq:
                 return
             key = status_key(task)
             if key != self.status:
@@ -256,6 +259,7 @@ class Broadcast(Subscription):
                 member.finished = True
                 self.leave(member)  # woken: its stream sends `end` and closes
         finally:
+            self._ending = None
             self.leave_all()  # whoever is left reads Postgres
 
     # -- writing ---------------------------------------------------------------------------

@@ -226,6 +226,9 @@ async def test_a_finished_status_postgres_does_not_confirm_sends_members_to_post
             await settle()
             assert not follower.finished
             assert follower.sub.take() == [RESYNC]
+            # A task still running (the message was forged, or a retry began): once its
+            # stream has read Postgres, the follower joins again; a finished one, never.
+            assert broadcast.join(follower) == (stored["state"] == "STARTED")
 
 
 async def test_statuses_are_sent_once_and_without_postgres_a_finished_task_is_read_by_each() -> (
