@@ -5,7 +5,7 @@ at the seq they were sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
@@ -108,14 +108,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def in_step(broadcast: Broadcast, followers: Iterable[Follower], last: int) -> None:
+    """The broadcast sees lines 1..`last`, which each follower's stream sent too: all join."""
+    broadcast.push(lines(1, last))
+    for follower in followers:
+        follower.last_seq = last  # what each one's stream sent of the same message
+        assert broadcast.join(follower)
+
+
 async def test_followers_in_step_get_every_line_once_in_order() -> None:
     async with setup(3) as (hub, broadcast, followers):
         # Not in step before it has seen a line: the followers send for themselves.
         assert not broadcast.join(followers[0])
-        broadcast.push(lines(1, 5))
-        for follower in followers:
-            follower.last_seq = 5  # what each one's stream sent of the same message
-            assert broadcast.join(follower)
+        in_step(broadcast, followers, 5)
         broadcast.push(lines(6, 8))
         broadcast.push(lines(8, 10))  # 8 again: sent once
         await settle()
@@ -142,10 +147,7 @@ async def test_one_write_per_gathering_and_a_late_joiner_gets_only_what_follows(
 
 async def test_a_gap_sends_members_back_to_postgres_at_the_seq_they_were_sent() -> None:
     async with setup(2, linger=10) as (_, broadcast, followers):
-        broadcast.push(lines(1, 1))
-        for follower in followers:
-            follower.last_seq = 1
-            assert broadcast.join(follower)
+        in_step(broadcast, followers, 1)
         broadcast.push(lines(2, 3))
         broadcast.push(lines(7, 8))  # 4-6 missed on Redis
         for follower in followers:
@@ -157,10 +159,7 @@ async def test_a_gap_sends_members_back_to_postgres_at_the_seq_they_were_sent() 
 
 async def test_a_slow_client_goes_back_alone_and_the_others_go_on() -> None:
     async with setup(2) as (_, broadcast, (slow, quick)):
-        broadcast.push(lines(1, 1))
-        for follower in (slow, quick):
-            follower.last_seq = 1
-            assert broadcast.join(follower)
+        in_step(broadcast, (slow, quick), 1)
         slow.transport.stalled = True  # from now on, nothing it is sent leaves its transport
         big = SLOW_BYTES // 100
         broadcast.push(lines(2, big))
@@ -180,10 +179,7 @@ async def test_a_slow_client_goes_back_alone_and_the_others_go_on() -> None:
 
 async def test_a_client_that_stalls_on_the_last_news_goes_back_without_another_write() -> None:
     async with setup(2) as (_, broadcast, (slow, quick)):
-        broadcast.push(lines(1, 1))
-        for follower in (slow, quick):
-            follower.last_seq = 1
-            assert broadcast.join(follower)
+        in_step(broadcast, (slow, quick), 1)
         slow.transport.stalled = True
         big = SLOW_BYTES // 100
         broadcast.push(lines(2, big))  # and then no more news
@@ -201,10 +197,7 @@ async def test_a_client_that_stalls_on_the_last_news_goes_back_without_another_w
 
 async def test_a_finished_status_read_once_in_postgres_ends_every_member() -> None:
     async with setup(2, stored={"state": "SUCCESS", "last_seq": 3}) as (_, broadcast, followers):
-        broadcast.push(lines(1, 3))
-        for follower in followers:
-            follower.last_seq = 3
-            assert broadcast.join(follower)
+        in_step(broadcast, followers, 3)
         broadcast.push(task("SUCCESS", last_seq=3))
         await settle()
         for follower in followers:
@@ -219,9 +212,7 @@ async def test_a_finished_status_postgres_does_not_confirm_sends_members_to_post
     # Redis says finished; Postgres says more lines are stored (or not finished at all).
     for stored in ({"state": "SUCCESS", "last_seq": 9}, {"state": "STARTED", "last_seq": 3}):
         async with setup(1, stored=stored) as (_, broadcast, (follower,)):
-            broadcast.push(lines(1, 3))
-            follower.last_seq = 3
-            assert broadcast.join(follower)
+            in_step(broadcast, [follower], 3)
             broadcast.push(task("SUCCESS", last_seq=3))
             await settle()
             assert not follower.finished
@@ -255,9 +246,7 @@ async def test_statuses_are_sent_once_and_without_postgres_a_finished_task_is_re
 
 async def test_redis_news_of_more_lines_or_a_resync_send_members_back() -> None:
     async with setup(1) as (_, broadcast, (follower,)):
-        broadcast.push(lines(1, 2))
-        follower.last_seq = 2
-        assert broadcast.join(follower)
+        in_step(broadcast, [follower], 2)
         broadcast.push(task(last_seq=5))  # 3-5 stored but not published
         assert follower.sub.take() == [RESYNC]
         follower.last_seq = 5  # read from Postgres
