@@ -33,7 +33,8 @@ from bench.common import (
 )
 from tasklog.demo.embedded import free_port
 
-TARGETS_MS = {"sse_p50_idle": 50, "sse_p99_idle": 250, "sse_p99_load": 500}
+#: Print → SSE client (issue 23): p99 idle, and under 10,000 lines/s of other output.
+TARGETS_MS = {"sse_p99_idle": 10, "sse_p99_load": 20}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,7 +154,11 @@ def _report(
         note = ""
         key = f"sse_p{p}_{target_phase}"
         if target_phase is not None and key in TARGETS_MS:
-            note = f"target <= {TARGETS_MS[key]} ms: {verdict(fig.median <= TARGETS_MS[key])}"
+            met = sum(value <= TARGETS_MS[key] for value in fig.values)
+            note = (
+                f"target <= {TARGETS_MS[key]} ms in every run: {verdict(met == len(fig.values))}"
+                f" ({met} of {len(fig.values)})"
+            )
         row(fig.name, fig.text(1), note)
         out[f"{'sse' if target_phase else 'db'}_p{p}_{phase}"] = fig
     return out
