@@ -194,20 +194,25 @@ class Link:
         self._pubsub = self._client.pubsub()
         self._reader: asyncio.Task[None] | None = None
         self._name = name
+        #: One command at a time. The first one opens the pub/sub's connection; two at once
+        #: (the session subscribing what it starts with while a follower holds its channel)
+        #: would each open one (redis-py's `PubSub.connect`), and one of them is never read.
+        self._sending = asyncio.Lock()
 
     async def send(self, subscribe: bool, channels: list[str]) -> None:
-        if self._sharded:
-            if subscribe:
-                await self._pubsub.ssubscribe(*channels)
+        async with self._sending:
+            if self._sharded:
+                if subscribe:
+                    await self._pubsub.ssubscribe(*channels)
+                else:
+                    await self._pubsub.sunsubscribe(*channels)
+            elif subscribe:
+                await self._pubsub.subscribe(*channels)
             else:
-                await self._pubsub.sunsubscribe(*channels)
-        elif subscribe:
-            await self._pubsub.subscribe(*channels)
-        else:
-            await self._pubsub.unsubscribe(*channels)
-        if self._reader is None:  # only now has the pub/sub a connection to read
-            self._reader = asyncio.create_task(self._read(), name=f"redis-hub-{self._name}")
-            self._reader.add_done_callback(self._done)
+                await self._pubsub.unsubscribe(*channels)
+            if self._reader is None:  # only now has the pub/sub a connection to read
+                self._reader = asyncio.create_task(self._read(), name=f"redis-hub-{self._name}")
+                self._reader.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled():
