@@ -61,9 +61,9 @@ MAX_LINGER = 0.25
 #: beyond which it is a slow client (asyncio's default high-water mark): it goes back to its
 #: own stream.
 SLOW_BYTES = 64 * 1024
-#: Seconds after a write that left a member holding more than `SLOW_BYTES` at which it is
-#: judged slow if no other write came first: a client that stops reading on the last news
-#: is handed back to its stream, whose wait for the drain times out, rather than kept.
+#: Seconds after a write at which the members are judged as the next write would judge them,
+#: if none came first: a client that stops reading on the last news is handed back to its
+#: stream, whose wait for the drain times out, rather than kept.
 SLOW_CHECK = 0.5
 
 
@@ -140,9 +140,7 @@ class Broadcast(Subscription):
             or member.last_seq != self.last_seq
             or member.status != self.status
             or member.sub.pending
-            or transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > SLOW_BYTES
+            or _slow(transport)
         ):
             return False
         self._members[member] = len(self._pending)
@@ -287,7 +285,6 @@ class Broadcast(Subscription):
         shares: dict[int, tuple[bytes, bytes, int]] = {}
         slow = []
         lines = statuses = 0
-        behind = False  # some member holds more than SLOW_BYTES after this write
         for member, start in self._members.items():
             if start >= len(self._pending):
                 self._members[member] = 0  # joined after the last of it: nothing to write
@@ -300,7 +297,6 @@ class Broadcast(Subscription):
             assert transport is not None
             share = self._share(start, shares)
             transport.write(share[1] if member.chunked else share[0])
-            behind = behind or transport.get_write_buffer_size() > SLOW_BYTES
             self._members[member] = 0
             statuses += share[2]
             lines += len(self._pending) - start - share[2]
@@ -310,18 +306,16 @@ class Broadcast(Subscription):
         self._pending_statuses = []
         if self._check_at is not None:
             self._check_at.cancel()
-            self._check_at = None
-        if behind:
-            # Should no write come next, the check is made then (see `SLOW_CHECK`).
-            self._check_at = asyncio.get_running_loop().call_later(SLOW_CHECK, self._check)
+        # Should no write come next, the check it would make is made then (see `SLOW_CHECK`).
+        self._check_at = asyncio.get_running_loop().call_later(SLOW_CHECK, self._check)
         if lines:
             metrics.SSE_EVENTS.labels(wire.NEW_LOG).inc(lines)
         if statuses:
             metrics.SSE_EVENTS.labels(wire.STATUS).inc(statuses)
 
     def _check(self) -> None:
-        """`SLOW_CHECK` after a write that left a member behind, none since: who still is
-        goes back to its stream."""
+        """`SLOW_CHECK` after a write, none since: who did not take it goes back to its
+        stream."""
         self._check_at = None
         for member in [m for m in self._members if _slow(m.transport)]:
             self.leave(member)
